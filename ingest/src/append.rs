@@ -1,0 +1,287 @@
+//! The append service: partitions a decoded batch, drops ids the partition already holds, and
+//! appends each partition's share to the log.
+
+use crate::Result;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use strata_proto::{partition_for_key, Event, IdLookup, Log, StreamInfo, StreamName};
+use tokio::sync::Mutex;
+
+/// Settings of the append service.
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    /// Partition count of streams created by a first append.
+    pub default_partitions: u32,
+}
+
+/// What one partition took of an append.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionAppend {
+    /// The partition.
+    pub partition: u32,
+    /// Offset of its first appended event.
+    pub first_offset: u64,
+    /// Offset of its last appended event.
+    pub last_offset: u64,
+    /// Events appended to it.
+    pub count: usize,
+}
+
+/// The result of an append, reported once every appended event is durable.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AppendOutcome {
+    /// Events appended.
+    pub appended: usize,
+    /// Events not appended because their id was already in the partition (or earlier in the batch).
+    pub duplicates: usize,
+    /// Per partition that received events, ascending.
+    pub partitions: Vec<PartitionAppend>,
+}
+
+/// Ids a partition holds that the store may not have applied yet: appended (offset known) or in
+/// flight (offset `None`).
+#[derive(Default)]
+struct PendingIds {
+    loaded: bool,
+    by_id: HashMap<String, Option<u64>>,
+    by_offset: BTreeMap<u64, String>,
+}
+
+impl PendingIds {
+    /// Forgets ids below `stored`: from there on the store's index answers for them.
+    fn prune(&mut self, stored: u64) {
+        let keep = self.by_offset.split_off(&stored);
+        for id in std::mem::replace(&mut self.by_offset, keep).into_values() {
+            self.by_id.remove(&id);
+        }
+    }
+
+    fn record(&mut self, id: String, offset: u64) {
+        self.by_id.insert(id.clone(), Some(offset));
+        self.by_offset.insert(offset, id);
+    }
+}
+
+/// The write path: one per node, shared by every request.
+pub struct Ingest {
+    log: Arc<dyn Log>,
+    ids: Option<Arc<dyn IdLookup>>,
+    config: IngestConfig,
+    pending: parking_lot::Mutex<HashMap<(StreamName, u32), Arc<Mutex<PendingIds>>>>,
+    sticky: AtomicU32,
+}
+
+impl Ingest {
+    /// A write path over `log`. With `ids`, retried event ids are detected against the store;
+    /// without, only ids seen since this process started are.
+    pub fn new(log: Arc<dyn Log>, ids: Option<Arc<dyn IdLookup>>, config: IngestConfig) -> Self {
+        Self {
+            log,
+            ids,
+            config,
+            pending: parking_lot::Mutex::new(HashMap::new()),
+            sticky: AtomicU32::new(0),
+        }
+    }
+
+    /// The log this write path appends to.
+    pub fn log(&self) -> &Arc<dyn Log> {
+        &self.log
+    }
+
+    /// The stream `name`, created with the default partition count if it does not exist.
+    pub async fn stream(&self, name: &StreamName) -> Result<StreamInfo> {
+        if let Some(info) = self.log.catalog().borrow().get(name) {
+            return Ok(info.clone());
+        }
+        match self.log.create_stream(name, self.config.default_partitions).await {
+            Ok((info, _)) => Ok(info),
+            // Created concurrently with another count: use what exists.
+            Err(strata_proto::Error::PartitionMismatch { .. }) => self
+                .log
+                .catalog()
+                .borrow()
+                .get(name)
+                .cloned()
+                .ok_or_else(|| strata_proto::Error::UnknownStream(name.to_string()).into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Appends a validated batch to `stream` (creating it if needed). Events with a key go to the
+    /// key's partition (Kafka's murmur2), events without a key but with an id to the id's, the
+    /// rest of the batch to one partition chosen round-robin per request.
+    pub async fn append(&self, stream: &StreamName, events: Vec<Event>) -> Result<AppendOutcome> {
+        let info = self.stream(stream).await?;
+        let total = events.len();
+        let sticky = self.sticky.fetch_add(1, Ordering::Relaxed) % info.partitions;
+        let mut by_partition: BTreeMap<u32, Vec<Event>> = BTreeMap::new();
+        for event in events {
+            let p = match (&event.key, &event.id) {
+                (Some(key), _) => partition_for_key(key.as_bytes(), info.partitions),
+                (None, Some(id)) => partition_for_key(id.as_bytes(), info.partitions),
+                (None, None) => sticky,
+            };
+            by_partition.entry(p).or_default().push(event);
+        }
+        let appends = by_partition
+            .into_iter()
+            .map(|(p, events)| self.append_partition(stream, p, events));
+        let results = futures::future::join_all(appends).await;
+        let mut outcome = AppendOutcome { appended: 0, duplicates: 0, partitions: Vec::new() };
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Ok(Some(part)) => {
+                    outcome.appended += part.count;
+                    outcome.partitions.push(part);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        outcome.duplicates = total - outcome.appended;
+        metrics::counter!("strata_events_appended_total", "stream" => stream.to_string())
+            .increment(outcome.appended as u64);
+        if outcome.duplicates > 0 {
+            metrics::counter!("strata_events_deduplicated_total", "stream" => stream.to_string())
+                .increment(outcome.duplicates as u64);
+        }
+        Ok(outcome)
+    }
+
+    async fn append_partition(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        events: Vec<Event>,
+    ) -> Result<Option<PartitionAppend>> {
+        let bytes: usize = events.iter().map(Event::approx_size).sum();
+        let has_ids = events.iter().any(|e| e.id.is_some());
+        let pending = if has_ids {
+            let pending = self
+                .pending
+                .lock()
+                .entry((stream.clone(), partition))
+                .or_default()
+                .clone();
+            Some(pending)
+        } else {
+            None
+        };
+        let events = match &pending {
+            Some(pending) => self.reserve_ids(stream, partition, pending, events).await?,
+            None => events,
+        };
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let count = events.len();
+        let ids: Vec<Option<String>> = match pending {
+            Some(_) => events.iter().map(|e| e.id.clone()).collect(),
+            None => Vec::new(),
+        };
+        let result = self.log.append(stream, partition, events).await;
+        if let Some(pending) = pending {
+            let mut pending = pending.lock().await;
+            for (i, id) in ids.into_iter().enumerate() {
+                let Some(id) = id else { continue };
+                match &result {
+                    Ok(range) => pending.record(id, range.first + i as u64),
+                    Err(_) => {
+                        pending.by_id.remove(&id);
+                    }
+                }
+            }
+        }
+        let range = result?;
+        metrics::counter!("strata_bytes_appended_total", "stream" => stream.to_string())
+            .increment(bytes as u64);
+        Ok(Some(PartitionAppend {
+            partition,
+            first_offset: range.first,
+            last_offset: range.last,
+            count,
+        }))
+    }
+
+    /// Drops events whose id the partition holds (stored, appended, in flight, or earlier in this
+    /// batch) and marks the remaining ids as in flight.
+    async fn reserve_ids(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        pending: &Mutex<PendingIds>,
+        events: Vec<Event>,
+    ) -> Result<Vec<Event>> {
+        let mut pending = pending.lock().await;
+        let stored = match &self.ids {
+            Some(ids) => ids.stored_next_offset(stream, partition)?,
+            None => 0,
+        };
+        if !pending.loaded {
+            self.load_unstored_ids(stream, partition, stored, &mut pending).await?;
+        }
+        if self.ids.is_some() {
+            pending.prune(stored);
+        }
+        let in_store: Vec<Option<u64>> = match &self.ids {
+            Some(ids) => {
+                let list: Vec<&str> = events.iter().filter_map(|e| e.id.as_deref()).collect();
+                ids.lookup_ids(stream, partition, &list)?
+            }
+            None => Vec::new(),
+        };
+        let mut in_store = in_store.into_iter();
+        let mut seen = HashSet::new();
+        let mut kept = Vec::with_capacity(events.len());
+        for event in events {
+            if let Some(id) = &event.id {
+                let stored_already = in_store.next().flatten().is_some();
+                if stored_already || pending.by_id.contains_key(id) || !seen.insert(id.clone()) {
+                    continue;
+                }
+                pending.by_id.insert(id.clone(), None);
+            }
+            kept.push(event);
+        }
+        Ok(kept)
+    }
+
+    /// Reads the ids of the log's records the store has not applied yet (the log's tail after a
+    /// restart), so that a retry of one of them is still caught.
+    async fn load_unstored_ids(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        stored: u64,
+        pending: &mut PendingIds,
+    ) -> Result<()> {
+        let end = self.log.end_offset(stream, partition).await?;
+        if self.ids.is_some() && stored < end {
+            let mut reader = self.log.open_reader(stream, partition, stored).await?;
+            let mut rounds = 0usize;
+            while reader.position() < end && rounds < 1_000_000 {
+                rounds += 1;
+                let batch = reader.next_batch(65_536, Duration::from_secs(1)).await?;
+                if batch.is_empty() {
+                    break;
+                }
+                for record in batch {
+                    if let Some(id) = record.event.id {
+                        pending.record(id, record.offset);
+                    }
+                }
+            }
+        }
+        pending.loaded = true;
+        Ok(())
+    }
+}

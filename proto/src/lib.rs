@@ -1,0 +1,19 @@
+//! Wire and storage types shared by every strata crate.
+//!
+//! This crate holds no I/O: the event envelope ([`Event`], [`Record`]), validated stream names
+//! ([`StreamName`]), Kafka-compatible key partitioning ([`partition_for_key`]), the binary record
+//! encoding used by the embedded log and the store's tail ([`codec`]), and the [`Log`] contract that
+//! the write path (ingest) and the store nodes (store) share.
+
+pub mod codec;
+mod error;
+mod event;
+mod log;
+mod name;
+mod partition;
+
+pub use error::{Error, Result};
+pub use event::{Event, Record, format_time_ms, write_ndjson_fields};
+pub use log::{Catalog, IdLookup, Log, LogReader, OffsetRange, StreamInfo};
+pub use name::StreamName;
+pub use partition::{murmur2, partition_for_key};

@@ -1,0 +1,116 @@
+//! The `Log` contract: what the write path appends to and what store nodes consume from.
+//!
+//! The embedded on-disk log and the Kafka log both implement [`Log`]; ingest and store only ever
+//! see this trait.
+
+use crate::{Event, Record, Result, StreamName};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A stream as the catalog knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamInfo {
+    /// The stream's name.
+    pub name: StreamName,
+    /// How many partitions it has (fixed at creation).
+    pub partitions: u32,
+}
+
+impl StreamInfo {
+    /// The largest partition count a stream may have.
+    pub const MAX_PARTITIONS: u32 = 256;
+
+    /// Checks that `partitions` is in `1..=MAX_PARTITIONS`.
+    pub fn check_partitions(partitions: u32) -> Result<()> {
+        if (1..=Self::MAX_PARTITIONS).contains(&partitions) {
+            Ok(())
+        } else {
+            Err(crate::Error::InvalidPartitions(partitions))
+        }
+    }
+
+    /// Fails with [`crate::Error::UnknownPartition`] unless `partition` exists.
+    pub fn check_partition(&self, partition: u32) -> Result<()> {
+        if partition < self.partitions {
+            Ok(())
+        } else {
+            Err(crate::Error::UnknownPartition {
+                stream: self.name.to_string(),
+                partition,
+                partitions: self.partitions,
+            })
+        }
+    }
+}
+
+/// Every stream of a log, by name. Cheap to clone.
+pub type Catalog = Arc<BTreeMap<StreamName, StreamInfo>>;
+
+/// The offsets one append took in a partition, both ends inclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetRange {
+    /// Offset of the first appended event.
+    pub first: u64,
+    /// Offset of the last appended event.
+    pub last: u64,
+}
+
+/// A partitioned, durable, append-only log of events.
+#[async_trait]
+pub trait Log: Send + Sync + 'static {
+    /// Creates `name` with `partitions` partitions. Returns the stream and whether it was created now;
+    /// an existing stream with the same partition count is returned as is, one with another count is
+    /// [`crate::Error::PartitionMismatch`].
+    async fn create_stream(&self, name: &StreamName, partitions: u32) -> Result<(StreamInfo, bool)>;
+
+    /// The catalog, kept current as streams are created.
+    fn catalog(&self) -> watch::Receiver<Catalog>;
+
+    /// Appends `events` to one partition, in order, and returns once they are durable.
+    async fn append(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        events: Vec<Event>,
+    ) -> Result<OffsetRange>;
+
+    /// The offset the next durable append to the partition will get (its end).
+    async fn end_offset(&self, stream: &StreamName, partition: u32) -> Result<u64>;
+
+    /// Opens a reader of one partition positioned at `from`.
+    async fn open_reader(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        from: u64,
+    ) -> Result<Box<dyn LogReader>>;
+}
+
+/// A cursor over one partition of a [`Log`].
+#[async_trait]
+pub trait LogReader: Send {
+    /// Returns up to `max` durable records at the cursor and advances past them, waiting at most
+    /// `wait` for the first one; an empty vector means nothing arrived in time.
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>>;
+
+    /// The offset the next record returned will have (at least).
+    fn position(&self) -> u64;
+}
+
+/// What the write path asks the store to deduplicate event ids (implemented by store nodes).
+pub trait IdLookup: Send + Sync + 'static {
+    /// The next offset the store has not yet applied for the partition.
+    fn stored_next_offset(&self, stream: &StreamName, partition: u32) -> Result<u64>;
+
+    /// For each id, the offset at which the partition's store already holds it.
+    fn lookup_ids(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        ids: &[&str],
+    ) -> Result<Vec<Option<u64>>>;
+}

@@ -1,0 +1,34 @@
+//! strata store nodes: consume log partitions into fjall shards and read them back.
+//!
+//! Each partition of each stream is one shard, a set of fjall keyspaces in one database:
+//!
+//! | keyspace | key | value |
+//! |---|---|---|
+//! | `meta` (shared) | `<stream>/<partition>` | next offset, rows in the tail |
+//! | `<shard>.tail` | offset (u64 BE) | one row-encoded event |
+//! | `<shard>.blocks` | first offset (u64 BE) | an Arrow IPC batch of [`StoreConfig::block_rows`] events |
+//! | `<shard>.bmeta` | first offset (u64 BE) | offset range, time range and row count of the block |
+//! | `<shard>.ids` | event id | offset |
+//! | `<shard>.keys` | key length (u16 BE), key, offset (u64 BE) | — |
+//!
+//! A commit writes a batch of events to `tail`, `ids`, `keys` and the shard's next offset in one
+//! fjall write batch, so a restart resumes exactly where the shard left off. Once the tail holds a
+//! block's worth of rows, one more batch turns the oldest ones into a columnar block (delta plus
+//! main, as column stores do). Scans read blocks, skipping those outside offset and time filters,
+//! then the tail; the query layer sees only [`Store::scan`] and Arrow record batches.
+
+mod block;
+mod consumer;
+mod error;
+pub mod ndjson;
+mod scan;
+pub mod schema;
+mod shard;
+
+pub use consumer::run_consumers;
+pub use error::{Error, Result};
+pub use scan::{ScanRequest, ShardScan};
+pub use shard::{ShardStatus, Store, StoreConfig};
+
+#[cfg(test)]
+mod tests;
