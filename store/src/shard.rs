@@ -128,6 +128,12 @@ pub struct Store {
     catalog: watch::Sender<Catalog>,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("shards", &self.shards.read().len()).finish_non_exhaustive()
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Arc<Self>> {

@@ -1,1 +1,19 @@
-//! placeholder
+//! strata's SQL layer: every stream is a DataFusion table over its store shards.
+//!
+//! [`SqlEngine`] answers read-only SQL. Each stream is a table with columns `partition, offset,
+//! time, key, id, type, data`; [`StreamTable`] scans one DataFusion partition per shard and pushes
+//! projection and filters on `partition`, `offset`, `time` and `key` down into the shard scans.
+//! JSON functions (datafusion-functions-json) reach into `data`.
+
+mod engine;
+mod error;
+mod filters;
+mod table;
+
+pub use engine::{QueryOutput, SqlEngine};
+pub use error::{Error, Result};
+pub use filters::ScanBounds;
+pub use table::StreamTable;
+
+#[cfg(test)]
+mod tests;

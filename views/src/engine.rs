@@ -1,0 +1,135 @@
+//! The read-only SQL engine.
+
+use crate::table::StreamTable;
+use crate::{Error, Result};
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::execution::context::{SQLOptions, SessionContext};
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::prelude::SessionConfig;
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::Statement;
+use std::sync::Arc;
+use std::time::Instant;
+use strata_proto::StreamName;
+use strata_store::Store;
+
+/// Every stream of the store, as tables.
+#[derive(Debug)]
+struct StreamSchema {
+    store: Arc<Store>,
+}
+
+#[async_trait]
+impl SchemaProvider for StreamSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.store.catalog().keys().map(|n| n.to_string()).collect()
+    }
+
+    async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
+        let Ok(stream) = StreamName::new(name) else { return Ok(None) };
+        Ok(self.store.catalog().get(&stream).map(|info| {
+            Arc::new(StreamTable::new(self.store.clone(), stream, info.partitions)) as Arc<dyn TableProvider>
+        }))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        StreamName::new(name).is_ok_and(|s| self.store.catalog().contains_key(&s))
+    }
+}
+
+/// A query's result: its schema and a stream of record batches.
+pub struct QueryOutput {
+    /// Columns of the result.
+    pub schema: SchemaRef,
+    /// The rows, as they are computed.
+    pub batches: SendableRecordBatchStream,
+}
+
+/// Answers read-only SQL over the store's streams.
+pub struct SqlEngine {
+    ctx: SessionContext,
+}
+
+impl SqlEngine {
+    /// An engine over `store`: every stream is a table of the same name in the default schema.
+    pub fn new(store: Arc<Store>) -> Result<Self> {
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema("strata", "public");
+        let mut ctx = SessionContext::new_with_config(config);
+        datafusion_functions_json::register_all(&mut ctx)?;
+        let catalog = Arc::new(datafusion::catalog::MemoryCatalogProvider::new());
+        datafusion::catalog::CatalogProvider::register_schema(
+            catalog.as_ref(),
+            "public",
+            Arc::new(StreamSchema { store }),
+        )?;
+        ctx.register_catalog("strata", catalog);
+        Ok(Self { ctx })
+    }
+
+    /// Plans and starts `sql`. Only queries (`SELECT`, `WITH`, `VALUES`), `EXPLAIN` of a query and
+    /// `SHOW TABLES`/`SHOW COLUMNS` are accepted; anything that would change state or reach server
+    /// files is refused with [`Error::ReadOnly`].
+    pub async fn query(&self, sql: &str) -> Result<QueryOutput> {
+        let started = Instant::now();
+        let result = self.plan_and_run(sql).await;
+        metrics::counter!("strata_queries_total", "outcome" => if result.is_ok() { "ok" } else { "error" })
+            .increment(1);
+        metrics::histogram!("strata_query_planning_seconds").record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn plan_and_run(&self, sql: &str) -> Result<QueryOutput> {
+        let state = self.ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state.sql_to_statement(sql, &dialect)?;
+        check_read_only(&statement)?;
+        let plan = state.statement_to_plan(statement).await?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(|e| Error::ReadOnly(e.strip_backtrace()))?;
+        let df = self.ctx.execute_logical_plan(plan).await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.execute_stream().await?;
+        Ok(QueryOutput { schema, batches })
+    }
+}
+
+fn check_read_only(statement: &DfStatement) -> Result<()> {
+    let refuse = |what: &str| {
+        Err(Error::ReadOnly(format!(
+            "{what} is not allowed; send SELECT, WITH, EXPLAIN or SHOW"
+        )))
+    };
+    match statement {
+        DfStatement::Statement(s) => match s.as_ref() {
+            Statement::Query(_) | Statement::ShowTables { .. } | Statement::ShowColumns { .. } => Ok(()),
+            Statement::Explain { statement, .. } => match statement.as_ref() {
+                Statement::Query(_) => Ok(()),
+                other => refuse(&format!("EXPLAIN of {}", keyword(other))),
+            },
+            other => refuse(&keyword(other)),
+        },
+        DfStatement::Explain(e) => check_read_only(&e.statement),
+        DfStatement::CreateExternalTable(_) => refuse("CREATE EXTERNAL TABLE"),
+        DfStatement::CopyTo(_) => refuse("COPY"),
+        DfStatement::Reset(_) => refuse("RESET"),
+    }
+}
+
+/// The leading keywords of a statement, for messages (`CREATE TABLE`, `INSERT`, …).
+fn keyword(s: &Statement) -> String {
+    let text = s.to_string();
+    let words: Vec<&str> = text.split_whitespace().take(3).collect();
+    let n = match words.first().map(|w| w.to_ascii_uppercase()).as_deref() {
+        Some("CREATE" | "DROP" | "ALTER") => 2,
+        _ => 1,
+    };
+    words[..n.min(words.len())].join(" ").to_ascii_uppercase()
+}

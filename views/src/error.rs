@@ -1,0 +1,54 @@
+//! The error type of the views crate.
+
+use datafusion::error::DataFusionError;
+
+/// Errors of the SQL layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A statement that would change state or touch server files.
+    #[error("strata SQL is read-only: {0}")]
+    ReadOnly(String),
+    /// SQL that does not parse or plan: bad syntax, unknown table or column, wrong types.
+    #[error("{0}")]
+    Invalid(String),
+    /// The query needed more memory or time than allowed.
+    #[error("query over its resource limit: {0}")]
+    ResourcesExhausted(String),
+    /// The query failed while running for a reason not in the SQL (storage, internal).
+    #[error("query failed: {0}")]
+    Execution(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] strata_store::Error),
+}
+
+impl From<DataFusionError> for Error {
+    fn from(e: DataFusionError) -> Self {
+        use arrow::error::ArrowError as A;
+        use DataFusionError as D;
+        let root = e.find_root();
+        let text = root.strip_backtrace();
+        match root {
+            D::SQL(..) | D::Plan(_) | D::SchemaError(..) | D::NotImplemented(_) | D::Execution(_) => {
+                Error::Invalid(text)
+            }
+            D::ArrowError(a, _)
+                if matches!(
+                    **a,
+                    A::CastError(_)
+                        | A::ParseError(_)
+                        | A::DivideByZero
+                        | A::ArithmeticOverflow(_)
+                        | A::InvalidArgumentError(_)
+                ) =>
+            {
+                Error::Invalid(text)
+            }
+            D::ResourcesExhausted(_) => Error::ResourcesExhausted(text),
+            _ => Error::Execution(text),
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

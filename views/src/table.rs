@@ -1,0 +1,196 @@
+//! The table provider of a stream: one DataFusion partition per store shard.
+
+use crate::filters::ScanBounds;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    ReplaceChildrenOptions, SendableRecordBatchStream,
+};
+use std::sync::Arc;
+use strata_proto::StreamName;
+use strata_store::schema::table_schema;
+use strata_store::{ScanRequest, Store};
+
+/// A stream as a SQL table.
+#[derive(Debug)]
+pub struct StreamTable {
+    store: Arc<Store>,
+    stream: StreamName,
+    partitions: u32,
+}
+
+impl StreamTable {
+    /// The table of `stream` with `partitions` shards.
+    pub fn new(store: Arc<Store>, stream: StreamName, partitions: u32) -> Self {
+        Self { store, stream, partitions }
+    }
+}
+
+/// The physical scan of a stream: one output partition per shard that may hold matching rows.
+#[derive(Debug)]
+pub struct StreamScanExec {
+    store: Arc<Store>,
+    stream: StreamName,
+    shards: Vec<u32>,
+    request: ScanRequest,
+    bounds: ScanBounds,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+}
+
+impl StreamScanExec {
+    fn new(store: Arc<Store>, stream: StreamName, shards: Vec<u32>, request: ScanRequest, bounds: ScanBounds, schema: SchemaRef) -> Self {
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(shards.len()),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self { store, stream, shards, request, bounds, schema, properties: Arc::new(properties) }
+    }
+}
+
+impl DisplayAs for StreamScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "StreamScanExec: stream={}, shards={:?}", self.stream, self.shards)?;
+        let names: Vec<&str> = self.schema.fields().iter().map(|f| f.name().as_str()).collect();
+        write!(f, ", projection=[{}]", names.join(", "))?;
+        let b = &self.bounds;
+        if b.offsets != (0..u64::MAX) {
+            write!(f, ", offsets={}..{}", b.offsets.start, b.offsets.end)?;
+        }
+        if let Some((lo, hi)) = b.time {
+            let show = |ms: i64| match ms {
+                i64::MIN | i64::MAX => String::new(),
+                ms => strata_proto::format_time_ms(ms),
+            };
+            write!(f, ", time=[{}, {}]", show(lo), show(hi))?;
+        }
+        if let Some(key) = &b.key {
+            write!(f, ", key={key:?}")?;
+        }
+        if let Some(limit) = self.request.limit {
+            write!(f, ", limit={limit}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for StreamScanExec {
+    fn name(&self) -> &str {
+        "StreamScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let shard = *self.shards.get(partition).ok_or_else(|| {
+            DataFusionError::Internal(format!("StreamScanExec has no partition {partition}"))
+        })?;
+        let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema.clone(), 2);
+        let tx = builder.tx();
+        let (store, stream, request) = (self.store.clone(), self.stream.clone(), self.request.clone());
+        builder.spawn_blocking(move || {
+            let scan = store.scan(&stream, shard, request).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            for batch in scan {
+                let batch = batch.map_err(|e| DataFusionError::External(Box::new(e)));
+                let failed = batch.is_err();
+                if tx.blocking_send(batch).is_err() || failed {
+                    // The query was cancelled (or this shard failed): stop reading.
+                    break;
+                }
+            }
+            Ok(())
+        });
+        Ok(builder.build())
+    }
+}
+
+#[async_trait]
+impl TableProvider for StreamTable {
+    fn schema(&self) -> SchemaRef {
+        table_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if ScanBounds::supports(f) {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let projection: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..table_schema().fields().len()).collect(),
+        };
+        let schema = Arc::new(table_schema().project(&projection)?);
+        let bounds = ScanBounds::from_filters(filters);
+        let shards: Vec<u32> = (0..self.partitions).filter(|p| bounds.has_partition(*p)).collect();
+        if shards.is_empty() {
+            return Ok(Arc::new(EmptyExec::new(schema)));
+        }
+        let request = ScanRequest {
+            projection,
+            offsets: bounds.offsets.clone(),
+            time: bounds.time,
+            key: bounds.key.clone(),
+            // Filters are re-applied above the scan, so a limit only holds without them.
+            limit: if filters.is_empty() { limit } else { None },
+            batch_rows: 8192,
+        };
+        Ok(Arc::new(StreamScanExec::new(self.store.clone(), self.stream.clone(), shards, request, bounds, schema)))
+    }
+}
