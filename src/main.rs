@@ -1,1 +1,201 @@
-fn main() {}
+//! The `strata` command: `serve` runs a node; `produce`, `sql`, `replay` and `streams` are clients.
+
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::process::ExitCode;
+use strata::client::{Client, ReplayArgs, SqlFormat};
+use strata::config::{Config, Overrides};
+use tokio_util::sync::CancellationToken;
+
+/// strata: a log-structured event store with materialized views.
+#[derive(Parser)]
+#[command(name = "strata", version, about)]
+struct Cli {
+    /// Server the client commands talk to.
+    #[arg(
+        long,
+        env = "STRATA_SERVER",
+        global = true,
+        default_value = "http://127.0.0.1:7070"
+    )]
+    server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: log, store and SQL in one process.
+    Serve(Overrides),
+    /// Append NDJSON events (one per line) from a file or standard input.
+    Produce {
+        /// The stream (created on first append).
+        stream: String,
+        /// Input file, or - for standard input.
+        #[arg(default_value = "-")]
+        file: String,
+        /// Events per request.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
+    /// Run a read-only SQL query.
+    Sql {
+        /// The query.
+        query: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: SqlFormat,
+    },
+    /// Replay stored events as NDJSON.
+    Replay {
+        /// The stream.
+        stream: String,
+        #[command(flatten)]
+        args: ReplayArgs,
+    },
+    /// List streams, or create one.
+    Streams {
+        #[command(subcommand)]
+        action: Option<StreamsAction>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StreamsAction {
+    /// List streams with their partitions and offsets (the default).
+    List,
+    /// Create a stream.
+    Create {
+        /// Its name: [a-z][a-z0-9_]{0,62}.
+        name: String,
+        /// Its partition count.
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(overrides) => serve(overrides).await,
+        command => run_client(&cli.server, command).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(overrides: Overrides) -> strata::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,lsm_tree=warn,fjall=warn")
+            }),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Config::load(&overrides)?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ],
+        )
+        .and_then(|b| b.install_recorder())
+        .map_err(|e| strata::Error::Config(format!("metrics: {e}")))?;
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(&config.http)
+        .await
+        .map_err(|e| strata::Error::io(format!("cannot listen on {}", config.http), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| strata::Error::io("listener", e))?;
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), log = ?config.log.backend, "strata starting");
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            shutdown.cancel();
+        });
+    }
+    let node = strata::node::run(config, listener, Some(metrics), shutdown.clone());
+    // Announce the address once the node is being built; tests read this line.
+    println!("strata listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+    node.await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn run_client(server: &str, command: Command) -> strata::Result<()> {
+    let client = Client::new(server);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match command {
+        Command::Serve(_) => Ok(()),
+        Command::Produce {
+            stream,
+            file,
+            batch,
+        } => {
+            let (appended, duplicates) = if file == "-" {
+                client
+                    .produce(&stream, std::io::stdin().lock(), batch)
+                    .await?
+            } else {
+                let f = std::fs::File::open(&file)
+                    .map_err(|e| strata::Error::io(format!("cannot open {file}"), e))?;
+                client
+                    .produce(&stream, std::io::BufReader::new(f), batch)
+                    .await?
+            };
+            writeln!(
+                out,
+                "appended {appended} events to {stream} ({duplicates} duplicates skipped)"
+            )
+            .map_err(|e| strata::Error::io("stdout", e))
+        }
+        Command::Sql { query, format } => client.sql(&query, format, &mut out).await,
+        Command::Replay { stream, args } => client.replay(&stream, &args, &mut out).await,
+        Command::Streams {
+            action: None | Some(StreamsAction::List),
+        } => client.streams(&mut out).await,
+        Command::Streams {
+            action: Some(StreamsAction::Create { name, partitions }),
+        } => {
+            let created = client.create_stream(&name, partitions).await?;
+            writeln!(out, "{created}").map_err(|e| strata::Error::io("stdout", e))
+        }
+    }
+}

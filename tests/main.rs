@@ -1,1 +1,8 @@
-mod x {}
+//! End-to-end tests of the `strata` binary: one test binary, one module per area.
+
+mod common;
+
+mod api;
+mod cli;
+mod crash;
+mod determinism;

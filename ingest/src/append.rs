@@ -3,10 +3,10 @@
 
 use crate::Result;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-use strata_proto::{partition_for_key, Event, IdLookup, Log, StreamInfo, StreamName};
+use strata_proto::{Event, IdLookup, Log, StreamInfo, StreamName, partition_for_key};
 use tokio::sync::Mutex;
 
 /// Settings of the append service.
@@ -64,12 +64,15 @@ impl PendingIds {
     }
 }
 
+/// The pending ids of one partition, locked across the store lookup and the reservation.
+type SharedPending = Arc<Mutex<PendingIds>>;
+
 /// The write path: one per node, shared by every request.
 pub struct Ingest {
     log: Arc<dyn Log>,
     ids: Option<Arc<dyn IdLookup>>,
     config: IngestConfig,
-    pending: parking_lot::Mutex<HashMap<(StreamName, u32), Arc<Mutex<PendingIds>>>>,
+    pending: parking_lot::Mutex<HashMap<(StreamName, u32), SharedPending>>,
     sticky: AtomicU32,
 }
 
@@ -86,6 +89,11 @@ impl Ingest {
         }
     }
 
+    /// Partition count of streams created by a first append.
+    pub fn default_partitions(&self) -> u32 {
+        self.config.default_partitions
+    }
+
     /// The log this write path appends to.
     pub fn log(&self) -> &Arc<dyn Log> {
         &self.log
@@ -96,7 +104,11 @@ impl Ingest {
         if let Some(info) = self.log.catalog().borrow().get(name) {
             return Ok(info.clone());
         }
-        match self.log.create_stream(name, self.config.default_partitions).await {
+        match self
+            .log
+            .create_stream(name, self.config.default_partitions)
+            .await
+        {
             Ok((info, _)) => Ok(info),
             // Created concurrently with another count: use what exists.
             Err(strata_proto::Error::PartitionMismatch { .. }) => self
@@ -130,7 +142,11 @@ impl Ingest {
             .into_iter()
             .map(|(p, events)| self.append_partition(stream, p, events));
         let results = futures::future::join_all(appends).await;
-        let mut outcome = AppendOutcome { appended: 0, duplicates: 0, partitions: Vec::new() };
+        let mut outcome = AppendOutcome {
+            appended: 0,
+            duplicates: 0,
+            partitions: Vec::new(),
+        };
         let mut first_error = None;
         for result in results {
             match result {
@@ -227,7 +243,8 @@ impl Ingest {
             None => 0,
         };
         if !pending.loaded {
-            self.load_unstored_ids(stream, partition, stored, &mut pending).await?;
+            self.load_unstored_ids(stream, partition, stored, &mut pending)
+                .await?;
         }
         if self.ids.is_some() {
             pending.prune(stored);

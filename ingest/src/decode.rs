@@ -1,10 +1,10 @@
 //! Decoding of append bodies: NDJSON (one event per line) or a JSON array of events.
 
 use crate::{Error, Result};
-use serde::de::{Deserializer, Error as _};
 use serde::Deserialize;
-use serde_json::value::RawValue;
+use serde::de::{Deserializer, Error as _};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use strata_proto::Event;
 
 /// Limits applied while decoding one append body.
@@ -111,7 +111,11 @@ pub fn parse_rfc3339(s: &str) -> std::result::Result<i64, String> {
         .map_err(|e| format!("`time` {s:?} is not RFC 3339 ({e}); e.g. 2024-05-01T12:00:00Z"))
 }
 
-fn decode_one(text: &str, arrival_ms: i64, limits: &DecodeLimits) -> std::result::Result<Event, String> {
+fn decode_one(
+    text: &str,
+    arrival_ms: i64,
+    limits: &DecodeLimits,
+) -> std::result::Result<Event, String> {
     if text.len() > limits.max_event_bytes {
         return Err(format!(
             "event is {} bytes, over the limit of {}",
@@ -156,7 +160,11 @@ fn decode_one(text: &str, arrival_ms: i64, limits: &DecodeLimits) -> std::result
 /// (or array element) and the reason.
 pub fn decode_batch(body: &[u8], arrival_ms: i64, limits: &DecodeLimits) -> Result<Vec<Event>> {
     let text = std::str::from_utf8(body).map_err(|e| {
-        let line = body[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1;
+        let line = body[..e.valid_up_to()]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1;
         Error::BadEvent {
             location: format!("line {line}"),
             reason: "the body is not valid UTF-8".to_owned(),
@@ -186,12 +194,12 @@ pub fn decode_batch(body: &[u8], arrival_ms: i64, limits: &DecodeLimits) -> Resu
                 continue;
             }
             check_count(events.len() + 1, limits)?;
-            events.push(
-                decode_one(line, arrival_ms, limits).map_err(|reason| Error::BadEvent {
+            events.push(decode_one(line, arrival_ms, limits).map_err(|reason| {
+                Error::BadEvent {
                     location: format!("line {}", i + 1),
                     reason,
-                })?,
-            );
+                }
+            })?);
         }
         events
     };
@@ -228,7 +236,16 @@ mod tests {
     fn ndjson_and_arrays() {
         let nd = decode("{\"data\":{\"a\":1},\"key\":\"k\",\"id\":\"i\",\"type\":\"t\",\"time\":1000}\n\n{\"data\":2}\r\n").unwrap();
         assert_eq!(nd.len(), 2);
-        assert_eq!(nd[0], Event { time_ms: 1000, key: Some("k".into()), id: Some("i".into()), event_type: Some("t".into()), data: "{\"a\":1}".into() });
+        assert_eq!(
+            nd[0],
+            Event {
+                time_ms: 1000,
+                key: Some("k".into()),
+                id: Some("i".into()),
+                event_type: Some("t".into()),
+                data: "{\"a\":1}".into()
+            }
+        );
         assert_eq!(nd[1].time_ms, 42);
         assert_eq!(nd[1].data, "2");
         let arr = decode("[ {\"data\": {\n \"a\": [1,\n 2]}}, {\"data\": null, \"time\": \"2024-05-01T12:00:00+02:00\"} ]").unwrap();
@@ -239,13 +256,22 @@ mod tests {
 
     #[test]
     fn errors_name_the_line_and_reason() {
-        assert_eq!(reason("{\"data\":1}\n{\"key\":\"k\"}"), "line 2: missing `data` (any JSON value, required)");
-        assert!(reason("{\"data\":1}\n\n{\"data\":1,\"key\":5}").starts_with("line 3: `key` must be a string, got a number"));
+        assert_eq!(
+            reason("{\"data\":1}\n{\"key\":\"k\"}"),
+            "line 2: missing `data` (any JSON value, required)"
+        );
+        assert!(
+            reason("{\"data\":1}\n\n{\"data\":1,\"key\":5}")
+                .starts_with("line 3: `key` must be a string, got a number")
+        );
         assert!(reason("{\"data\":1,\"dat\":2}").contains("unknown field `dat`"));
         assert!(reason("{\"data\":1,\"time\":\"yesterday\"}").contains("not RFC 3339"));
         assert!(reason("{\"data\":1,\"time\":1.5}").contains("not a whole number"));
         assert!(reason("{\"data\":1").starts_with("line 1: invalid JSON"));
-        assert_eq!(reason("42"), "line 1: an event must be a JSON object with a `data` field");
+        assert_eq!(
+            reason("42"),
+            "line 1: an event must be a JSON object with a `data` field"
+        );
         assert!(reason("[{\"data\":1}, 3]").starts_with("element 2:"));
         assert!(reason("[{\"data\":1}").contains("not a JSON array"));
         assert_eq!(reason("\n \n"), Error::EmptyBatch.to_string());
@@ -254,18 +280,33 @@ mod tests {
 
     #[test]
     fn limits() {
-        let limits = DecodeLimits { max_event_bytes: 20, max_events: 2 };
+        let limits = DecodeLimits {
+            max_event_bytes: 20,
+            max_events: 2,
+        };
         let e = decode_batch(b"{\"data\":\"0123456789abcdef\"}", 0, &limits).unwrap_err();
         assert!(e.to_string().contains("over the limit of 20"), "{e}");
         let e = decode_batch(b"{\"data\":1}\n{\"data\":1}\n{\"data\":1}", 0, &limits).unwrap_err();
         assert!(matches!(e, Error::TooManyEvents { .. }), "{e}");
-        let long_key = format!("{{\"data\":1,\"key\":\"{}\"}}", "k".repeat(MAX_KEY_BYTES + 1));
+        let long_key = format!(
+            "{{\"data\":1,\"key\":\"{}\"}}",
+            "k".repeat(MAX_KEY_BYTES + 1)
+        );
         assert!(reason(&long_key).contains("over the limit"));
     }
 
     #[test]
     fn invalid_utf8_is_refused() {
-        let e = decode_batch(b"{\"data\":1}\n{\"data\":\"\xff\"}", 0, &DecodeLimits::default()).unwrap_err();
-        assert!(e.to_string().starts_with("line 2: the body is not valid UTF-8"), "{e}");
+        let e = decode_batch(
+            b"{\"data\":1}\n{\"data\":\"\xff\"}",
+            0,
+            &DecodeLimits::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("line 2: the body is not valid UTF-8"),
+            "{e}"
+        );
     }
 }

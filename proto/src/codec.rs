@@ -14,11 +14,14 @@ const HAS_TYPE: u8 = 4;
 pub fn encode_event(event: &Event, out: &mut Vec<u8>) {
     out.reserve(event.approx_size() + 21);
     out.extend_from_slice(&event.time_ms.to_le_bytes());
-    let flags = u8::from(event.key.is_some()) * HAS_KEY
-        | u8::from(event.id.is_some()) * HAS_ID
-        | u8::from(event.event_type.is_some()) * HAS_TYPE;
+    let flags = (u8::from(event.key.is_some()) * HAS_KEY)
+        | (u8::from(event.id.is_some()) * HAS_ID)
+        | (u8::from(event.event_type.is_some()) * HAS_TYPE);
     out.push(flags);
-    for s in [&event.key, &event.id, &event.event_type].into_iter().flatten() {
+    for s in [&event.key, &event.id, &event.event_type]
+        .into_iter()
+        .flatten()
+    {
         put_str(out, s);
     }
     put_str(out, &event.data);
@@ -37,7 +40,11 @@ pub fn decode_event(input: &mut &[u8]) -> Result<Event> {
         return Err(Error::Corrupt(format!("unknown event flags {flags:#x}")));
     }
     let mut opt = |bit: u8| -> Result<Option<String>> {
-        if flags & bit != 0 { take_str(input).map(Some) } else { Ok(None) }
+        if flags & bit != 0 {
+            take_str(input).map(Some)
+        } else {
+            Ok(None)
+        }
     };
     let key = opt(HAS_KEY)?;
     let id = opt(HAS_ID)?;

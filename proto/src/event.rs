@@ -85,7 +85,11 @@ pub fn write_ndjson_fields(
         }
     }
     out.extend_from_slice(b",\"data\":");
-    out.extend_from_slice(if data.is_empty() { b"null" } else { data.as_bytes() });
+    out.extend_from_slice(if data.is_empty() {
+        b"null"
+    } else {
+        data.as_bytes()
+    });
     out.extend_from_slice(b"}\n");
 }
 

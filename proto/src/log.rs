@@ -65,7 +65,8 @@ pub trait Log: Send + Sync + 'static {
     /// Creates `name` with `partitions` partitions. Returns the stream and whether it was created now;
     /// an existing stream with the same partition count is returned as is, one with another count is
     /// [`crate::Error::PartitionMismatch`].
-    async fn create_stream(&self, name: &StreamName, partitions: u32) -> Result<(StreamInfo, bool)>;
+    async fn create_stream(&self, name: &StreamName, partitions: u32)
+    -> Result<(StreamInfo, bool)>;
 
     /// The catalog, kept current as streams are created.
     fn catalog(&self) -> watch::Receiver<Catalog>;

@@ -52,7 +52,10 @@ mod tests {
             ("foobar", -790332482),
             ("a-little-bit-long-string", -985981536),
             ("a-little-bit-longer-string", -1486304829),
-            ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58897971,
+            ),
             ("abc", 479470107),
         ];
         for (input, expected) in cases {
@@ -63,7 +66,10 @@ mod tests {
     #[test]
     fn java_partition_of_known_keys() {
         // Java: Utils.toPositive(Utils.murmur2("key1".getBytes())) % 3 etc.
-        assert_eq!(partition_for_key(b"21", 10), ((-973932308i32 & 0x7fffffff) % 10) as u32);
+        assert_eq!(
+            partition_for_key(b"21", 10),
+            ((-973932308i32 & 0x7fffffff) % 10) as u32
+        );
         for p in 1..50 {
             assert!(partition_for_key(b"anything", p) < p);
         }

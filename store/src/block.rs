@@ -39,7 +39,10 @@ impl BlockMeta {
     }
 
     pub fn decode(bytes: &[u8], location: impl Fn() -> String) -> Result<Self> {
-        let corrupt = |reason: &str| Error::Corrupt { location: location(), reason: reason.into() };
+        let corrupt = |reason: &str| Error::Corrupt {
+            location: location(),
+            reason: reason.into(),
+        };
         let Some((&META_VERSION, rest)) = bytes.split_first() else {
             return Err(corrupt("unknown block metadata version"));
         };
@@ -99,7 +102,9 @@ pub(crate) fn rows_to_batch(
         })
         .collect();
     let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
-    Ok(RecordBatch::try_new_with_options(schema, columns, &options)?)
+    Ok(RecordBatch::try_new_with_options(
+        schema, columns, &options,
+    )?)
 }
 
 fn strings(rows: &[(u64, Event)], get: impl Fn(&Event) -> Option<&str>) -> ArrayRef {
@@ -112,8 +117,14 @@ fn strings(rows: &[(u64, Event)], get: impl Fn(&Event) -> Option<&str>) -> Array
 }
 
 /// The block columns of `rows`, as stored.
-const BLOCK_COLUMNS: [usize; 6] =
-    [schema::OFFSET, schema::TIME, schema::KEY, schema::ID, schema::TYPE, schema::DATA];
+const BLOCK_COLUMNS: [usize; 6] = [
+    schema::OFFSET,
+    schema::TIME,
+    schema::KEY,
+    schema::ID,
+    schema::TYPE,
+    schema::DATA,
+];
 
 /// Encodes `rows` as a block value and its metadata.
 pub(crate) fn encode_block(rows: &[(u64, Event)]) -> Result<(Vec<u8>, BlockMeta)> {
@@ -126,9 +137,9 @@ pub(crate) fn encode_block(rows: &[(u64, Event)]) -> Result<(Vec<u8>, BlockMeta)
         writer.write(&batch)?;
         writer.finish()?;
     }
-    let (min_time, max_time) = rows
-        .iter()
-        .fold((i64::MAX, i64::MIN), |(lo, hi), (_, e)| (lo.min(e.time_ms), hi.max(e.time_ms)));
+    let (min_time, max_time) = rows.iter().fold((i64::MAX, i64::MIN), |(lo, hi), (_, e)| {
+        (lo.min(e.time_ms), hi.max(e.time_ms))
+    });
     let meta = BlockMeta {
         first: rows.first().map_or(0, |r| r.0),
         last: rows.last().map_or(0, |r| r.0),
@@ -148,7 +159,10 @@ pub(crate) fn decode_block(
     location: impl Fn() -> String,
 ) -> Result<RecordBatch> {
     let Some((&BLOCK_VERSION, ipc)) = bytes.split_first() else {
-        return Err(Error::Corrupt { location: location(), reason: "unknown block version".into() });
+        return Err(Error::Corrupt {
+            location: location(),
+            reason: "unknown block version".into(),
+        });
     };
     // Block column i holds table column i + 1; read each needed one once, in stored order.
     let mut wanted: Vec<usize> = projection
@@ -159,15 +173,17 @@ pub(crate) fn decode_block(
     wanted.sort_unstable();
     wanted.dedup();
     let mut reader = StreamReader::try_new(std::io::Cursor::new(ipc), Some(wanted.clone()))?;
-    let batch = reader
-        .next()
-        .transpose()?
-        .ok_or_else(|| Error::Corrupt { location: location(), reason: "empty block".into() })?;
+    let batch = reader.next().transpose()?.ok_or_else(|| Error::Corrupt {
+        location: location(),
+        reason: "empty block".into(),
+    })?;
     let rows = batch.num_rows();
     let columns: Vec<ArrayRef> = projection
         .iter()
         .map(|&c| match c {
-            schema::PARTITION => Arc::new(Int32Array::from_value(partition as i32, rows)) as ArrayRef,
+            schema::PARTITION => {
+                Arc::new(Int32Array::from_value(partition as i32, rows)) as ArrayRef
+            }
             c => {
                 let i = wanted.binary_search(&(c - 1)).unwrap_or_default();
                 batch.column(i).clone()
@@ -175,7 +191,9 @@ pub(crate) fn decode_block(
         })
         .collect();
     let options = RecordBatchOptions::new().with_row_count(Some(rows));
-    Ok(RecordBatch::try_new_with_options(schema, columns, &options)?)
+    Ok(RecordBatch::try_new_with_options(
+        schema, columns, &options,
+    )?)
 }
 
 #[cfg(test)]
@@ -186,13 +204,16 @@ mod tests {
     fn rows(n: u64) -> Vec<(u64, Event)> {
         (0..n)
             .map(|i| {
-                (100 + i, Event {
-                    time_ms: 1000 - i as i64,
-                    key: (i % 2 == 0).then(|| format!("k{i}")),
-                    id: Some(format!("id{i}")),
-                    event_type: None,
-                    data: format!("{{\"i\":{i}}}"),
-                })
+                (
+                    100 + i,
+                    Event {
+                        time_ms: 1000 - i as i64,
+                        key: (i % 2 == 0).then(|| format!("k{i}")),
+                        id: Some(format!("id{i}")),
+                        event_type: None,
+                        data: format!("{{\"i\":{i}}}"),
+                    },
+                )
             })
             .collect()
     }
@@ -201,24 +222,63 @@ mod tests {
     fn block_roundtrip_with_projection() {
         let rows = rows(10);
         let (bytes, meta) = encode_block(&rows).unwrap();
-        assert_eq!(meta, BlockMeta { first: 100, last: 109, min_time: 991, max_time: 1000, rows: 10 });
-        assert_eq!(BlockMeta::decode(&meta.encode(), String::new).unwrap(), meta);
+        assert_eq!(
+            meta,
+            BlockMeta {
+                first: 100,
+                last: 109,
+                min_time: 991,
+                max_time: 1000,
+                rows: 10
+            }
+        );
+        assert_eq!(
+            BlockMeta::decode(&meta.encode(), String::new).unwrap(),
+            meta
+        );
         let projection = [schema::DATA, schema::PARTITION, schema::OFFSET];
         let schema = Arc::new(schema::table_schema().project(&projection).unwrap());
         let batch = decode_block(&bytes, 3, &projection, schema, String::new).unwrap();
         assert_eq!(batch.num_rows(), 10);
         assert_eq!(batch.column(0).as_string::<i32>().value(4), "{\"i\":4}");
-        assert_eq!(batch.column(1).as_primitive::<arrow::datatypes::Int32Type>().value(0), 3);
-        assert_eq!(batch.column(2).as_primitive::<arrow::datatypes::Int64Type>().value(9), 109);
+        assert_eq!(
+            batch
+                .column(1)
+                .as_primitive::<arrow::datatypes::Int32Type>()
+                .value(0),
+            3
+        );
+        assert_eq!(
+            batch
+                .column(2)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(9),
+            109
+        );
         let all: Vec<usize> = (0..7).collect();
         let full = decode_block(&bytes, 0, &all, schema::table_schema(), String::new).unwrap();
         assert!(full.column(schema::KEY).is_null(1));
-        assert!(decode_block(&bytes[..bytes.len() / 2], 0, &all, schema::table_schema(), String::new).is_err());
+        assert!(
+            decode_block(
+                &bytes[..bytes.len() / 2],
+                0,
+                &all,
+                schema::table_schema(),
+                String::new
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn overlap() {
-        let m = BlockMeta { first: 10, last: 19, min_time: 100, max_time: 200, rows: 10 };
+        let m = BlockMeta {
+            first: 10,
+            last: 19,
+            min_time: 100,
+            max_time: 200,
+            rows: 10,
+        };
         assert!(m.overlaps(&(0..11), None));
         assert!(!m.overlaps(&(0..10), None));
         assert!(!m.overlaps(&(20..30), None));

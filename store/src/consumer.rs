@@ -8,15 +8,14 @@ use strata_proto::{Log, StreamName};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Keeps the store's catalog in step with the log's and runs one consumer per partition of every
-/// stream until `shutdown` is cancelled; returns once every consumer has finished its commit.
+/// Makes the store follow the log's catalog and runs one consumer per partition of every stream until `shutdown` is cancelled; returns once every consumer has finished its commit.
 pub async fn run_consumers(store: Arc<Store>, log: Arc<dyn Log>, shutdown: CancellationToken) {
     let mut catalog_rx = log.catalog();
+    store.follow_catalog(log.catalog());
     let mut running = HashSet::new();
     let mut tasks = JoinSet::new();
     loop {
         let catalog = catalog_rx.borrow_and_update().clone();
-        store.set_catalog(catalog.clone());
         for info in catalog.values() {
             for p in 0..info.partitions {
                 if running.insert((info.name.clone(), p)) {
@@ -84,7 +83,8 @@ async fn consume(
             };
             if !batch.is_empty() {
                 let (s, st) = (store.clone(), stream.clone());
-                let committed = tokio::task::spawn_blocking(move || s.commit(&st, partition, batch)).await;
+                let committed =
+                    tokio::task::spawn_blocking(move || s.commit(&st, partition, batch)).await;
                 match committed {
                     Ok(Ok(_)) => failures = 0,
                     Ok(Err(e)) => {
@@ -99,7 +99,10 @@ async fn consume(
                     }
                 }
             }
-            if let (Ok(end), Ok(stored)) = (log.end_offset(&stream, partition).await, store.next_offset(&stream, partition)) {
+            if let (Ok(end), Ok(stored)) = (
+                log.end_offset(&stream, partition).await,
+                store.next_offset(&stream, partition),
+            ) {
                 lag.set(end.saturating_sub(stored) as f64);
             }
         }

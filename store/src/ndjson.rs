@@ -13,7 +13,9 @@ pub fn write_batch(batch: &RecordBatch, out: &mut Vec<u8>) {
     }
     let partitions = batch.column(schema::PARTITION).as_primitive::<Int32Type>();
     let offsets = batch.column(schema::OFFSET).as_primitive::<Int64Type>();
-    let times = batch.column(schema::TIME).as_primitive::<TimestampMillisecondType>();
+    let times = batch
+        .column(schema::TIME)
+        .as_primitive::<TimestampMillisecondType>();
     let keys = batch.column(schema::KEY).as_string::<i32>();
     let ids = batch.column(schema::ID).as_string::<i32>();
     let types = batch.column(schema::TYPE).as_string::<i32>();

@@ -1,8 +1,8 @@
 //! Shard scans: the only read interface the query layer and replay use.
 
-use crate::block::{decode_block, rows_to_batch, BlockMeta};
+use crate::block::{BlockMeta, decode_block, rows_to_batch};
 use crate::schema::{self, table_schema};
-use crate::shard::{block_metas, decode_row, key_index_prefix, offset_key, Shard, ShardState};
+use crate::shard::{Shard, ShardState, block_metas, decode_row, key_index_prefix, offset_key};
 use crate::{Error, Result};
 use arrow::array::{Array, AsArray, RecordBatch, RecordBatchOptions};
 use arrow::datatypes::{Int64Type, SchemaRef, TimestampMillisecondType};
@@ -47,8 +47,14 @@ impl ScanRequest {
 
 enum Phase {
     Blocks(VecDeque<BlockMeta>),
-    Tail { next: u64 },
-    Keyed { offsets: VecDeque<u64>, blocks: Vec<BlockMeta>, cached: Option<(u64, RecordBatch)> },
+    Tail {
+        next: u64,
+    },
+    Keyed {
+        offsets: VecDeque<u64>,
+        blocks: Vec<BlockMeta>,
+        cached: Option<(u64, RecordBatch)>,
+    },
     Done,
 }
 
@@ -90,14 +96,29 @@ impl ShardScan {
                         offsets.push_back(offset);
                     }
                 }
-                Phase::Keyed { offsets, blocks: metas, cached: None }
+                Phase::Keyed {
+                    offsets,
+                    blocks: metas,
+                    cached: None,
+                }
             }
             None => Phase::Blocks(
-                metas.into_iter().filter(|m| m.overlaps(&request.offsets, request.time)).collect(),
+                metas
+                    .into_iter()
+                    .filter(|m| m.overlaps(&request.offsets, request.time))
+                    .collect(),
             ),
         };
         let remaining = request.limit.unwrap_or(usize::MAX);
-        Ok(Self { shard, snapshot, state, request, schema, phase, remaining })
+        Ok(Self {
+            shard,
+            snapshot,
+            state,
+            request,
+            schema,
+            phase,
+            remaining,
+        })
     }
 
     /// The schema of the batches this scan returns.
@@ -109,12 +130,20 @@ impl ShardScan {
         self.shard.label()
     }
 
-    fn read_block(&self, meta: &BlockMeta, projection: &[usize], schema: SchemaRef) -> Result<RecordBatch> {
+    fn read_block(
+        &self,
+        meta: &BlockMeta,
+        projection: &[usize],
+        schema: SchemaRef,
+    ) -> Result<RecordBatch> {
         let label = || format!("{} block at offset {}", self.label(), meta.first);
         let bytes = self
             .snapshot
             .get(&self.shard.blocks, offset_key(meta.first))?
-            .ok_or_else(|| Error::Corrupt { location: label(), reason: "block is missing".into() })?;
+            .ok_or_else(|| Error::Corrupt {
+                location: label(),
+                reason: "block is missing".into(),
+            })?;
         decode_block(&bytes, self.shard.partition, projection, schema, label)
     }
 
@@ -124,7 +153,11 @@ impl ShardScan {
         if whole {
             if self.request.projection.is_empty() {
                 let options = RecordBatchOptions::new().with_row_count(Some(meta.rows as usize));
-                return Ok(RecordBatch::try_new_with_options(self.schema.clone(), vec![], &options)?);
+                return Ok(RecordBatch::try_new_with_options(
+                    self.schema.clone(),
+                    vec![],
+                    &options,
+                )?);
             }
             return self.read_block(&meta, &self.request.projection.clone(), self.schema.clone());
         }
@@ -133,7 +166,9 @@ impl ShardScan {
         projection.push(schema::OFFSET);
         let schema = Arc::new(table_schema().project(&projection)?);
         let batch = self.read_block(&meta, &projection, schema)?;
-        let offsets = batch.column(projection.len() - 1).as_primitive::<Int64Type>();
+        let offsets = batch
+            .column(projection.len() - 1)
+            .as_primitive::<Int64Type>();
         let values = offsets.values();
         let lo = values.partition_point(|&o| (o as u64) < range.start);
         let hi = values.partition_point(|&o| (o as u64) < range.end);
@@ -143,7 +178,9 @@ impl ShardScan {
     }
 
     fn next_tail(&mut self, next: u64) -> Result<(Option<RecordBatch>, Option<u64>)> {
-        let start = next.max(self.request.offsets.start).max(self.state.tail_start);
+        let start = next
+            .max(self.request.offsets.start)
+            .max(self.state.tail_start);
         let end = self.request.offsets.end;
         if start >= end {
             return Ok((None, None));
@@ -151,14 +188,17 @@ impl ShardScan {
         let want = self.request.batch_rows.max(1).min(self.remaining);
         let mut rows = Vec::with_capacity(want.min(65_536));
         let mut last = None;
-        for item in self.snapshot.range(&self.shard.tail, offset_key(start)..offset_key(end)) {
+        for item in self
+            .snapshot
+            .range(&self.shard.tail, offset_key(start)..offset_key(end))
+        {
             let (k, v) = item.into_inner()?;
             let (offset, event) = decode_row(&k, &v, || self.label())?;
             last = Some(offset);
-            if let Some((lo, hi)) = self.request.time {
-                if event.time_ms < lo || event.time_ms > hi {
-                    continue;
-                }
+            if let Some((lo, hi)) = self.request.time
+                && (event.time_ms < lo || event.time_ms > hi)
+            {
+                continue;
             }
             rows.push((offset, event));
             if rows.len() >= want {
@@ -172,17 +212,31 @@ impl ShardScan {
         if rows.is_empty() {
             return Ok((None, resume));
         }
-        let batch = rows_to_batch(&rows, self.shard.partition, &self.request.projection, self.schema.clone())?;
+        let batch = rows_to_batch(
+            &rows,
+            self.shard.partition,
+            &self.request.projection,
+            self.schema.clone(),
+        )?;
         Ok((Some(batch), resume))
     }
 
     fn next_keyed(&mut self) -> Result<Option<RecordBatch>> {
         let want = self.request.batch_rows.max(1).min(self.remaining);
         let tail_start = self.state.tail_start;
-        let Phase::Keyed { offsets, blocks, cached } = &mut self.phase else { return Ok(None) };
+        let Phase::Keyed {
+            offsets,
+            blocks,
+            cached,
+        } = &mut self.phase
+        else {
+            return Ok(None);
+        };
         let mut rows = Vec::with_capacity(want.min(offsets.len()));
         while rows.len() < want {
-            let Some(offset) = offsets.pop_front() else { break };
+            let Some(offset) = offsets.pop_front() else {
+                break;
+            };
             if offset >= tail_start {
                 if let Some(v) = self.snapshot.get(&self.shard.tail, offset_key(offset))? {
                     rows.push(decode_row(&offset_key(offset), &v, || self.shard.label())?);
@@ -190,26 +244,42 @@ impl ShardScan {
                 continue;
             }
             let i = blocks.partition_point(|m| m.first <= offset);
-            let Some(meta) = i.checked_sub(1).and_then(|i| blocks.get(i)).copied() else { continue };
-            if cached.as_ref().is_none_or(|(first, _)| *first != meta.first) {
+            let Some(meta) = i.checked_sub(1).and_then(|i| blocks.get(i)).copied() else {
+                continue;
+            };
+            if cached
+                .as_ref()
+                .is_none_or(|(first, _)| *first != meta.first)
+            {
                 let all: Vec<usize> = (0..table_schema().fields().len()).collect();
                 let label = || format!("{} block at offset {}", self.shard.label(), meta.first);
                 let bytes = self
                     .snapshot
                     .get(&self.shard.blocks, offset_key(meta.first))?
-                    .ok_or_else(|| Error::Corrupt { location: label(), reason: "block is missing".into() })?;
-                *cached = Some((meta.first, decode_block(&bytes, self.shard.partition, &all, table_schema(), label)?));
+                    .ok_or_else(|| Error::Corrupt {
+                        location: label(),
+                        reason: "block is missing".into(),
+                    })?;
+                *cached = Some((
+                    meta.first,
+                    decode_block(&bytes, self.shard.partition, &all, table_schema(), label)?,
+                ));
             }
-            if let Some((_, batch)) = cached.as_ref() {
-                if let Some(row) = row_at_offset(batch, offset) {
-                    rows.push((offset, row));
-                }
+            if let Some((_, batch)) = cached.as_ref()
+                && let Some(row) = row_at_offset(batch, offset)
+            {
+                rows.push((offset, row));
             }
         }
         if rows.is_empty() {
             return Ok(None);
         }
-        Ok(Some(rows_to_batch(&rows, self.shard.partition, &self.request.projection, self.schema.clone())?))
+        Ok(Some(rows_to_batch(
+            &rows,
+            self.shard.partition,
+            &self.request.projection,
+            self.schema.clone(),
+        )?))
     }
 
     fn step(&mut self) -> Result<Option<RecordBatch>> {
@@ -281,7 +351,10 @@ fn row_at_offset(batch: &RecordBatch, offset: u64) -> Option<Event> {
         (!col.is_null(i)).then(|| col.value(i).to_owned())
     };
     Some(Event {
-        time_ms: batch.column(schema::TIME).as_primitive::<TimestampMillisecondType>().value(i),
+        time_ms: batch
+            .column(schema::TIME)
+            .as_primitive::<TimestampMillisecondType>()
+            .value(i),
         key: text(schema::KEY),
         id: text(schema::ID),
         event_type: text(schema::TYPE),
@@ -303,7 +376,10 @@ pub(crate) fn offset_for_time(
         let label = || format!("{} block at offset {}", shard.label(), meta.first);
         let bytes = snapshot
             .get(&shard.blocks, offset_key(meta.first))?
-            .ok_or_else(|| Error::Corrupt { location: label(), reason: "block is missing".into() })?;
+            .ok_or_else(|| Error::Corrupt {
+                location: label(),
+                reason: "block is missing".into(),
+            })?;
         let projection = [schema::OFFSET, schema::TIME];
         let schema = Arc::new(table_schema().project(&projection)?);
         let batch = decode_block(&bytes, shard.partition, &projection, schema, label)?;

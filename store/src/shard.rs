@@ -1,6 +1,6 @@
 //! The store: one fjall database holding a shard per stream partition.
 
-use crate::block::{encode_block, BlockMeta};
+use crate::block::{BlockMeta, encode_block};
 use crate::scan::{ScanRequest, ShardScan};
 use crate::{Error, Result};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, Readable};
@@ -70,13 +70,19 @@ impl ShardState {
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
-        let (&STATE_VERSION, rest) = bytes.split_first()? else { return None };
+        let (&STATE_VERSION, rest) = bytes.split_first()? else {
+            return None;
+        };
         let mut words = rest.chunks_exact(8).map(|c| {
             let mut b = [0u8; 8];
             b.copy_from_slice(c);
             u64::from_le_bytes(b)
         });
-        Some(Self { next: words.next()?, tail_rows: words.next()?, tail_start: words.next()? })
+        Some(Self {
+            next: words.next()?,
+            tail_rows: words.next()?,
+            tail_start: words.next()?,
+        })
     }
 }
 
@@ -125,12 +131,14 @@ pub struct Store {
     meta: Keyspace,
     config: StoreConfig,
     shards: RwLock<HashMap<(StreamName, u32), Arc<Shard>>>,
-    catalog: watch::Sender<Catalog>,
+    catalog: RwLock<watch::Receiver<Catalog>>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("shards", &self.shards.read().len()).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("shards", &self.shards.read().len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -142,8 +150,14 @@ impl Store {
             .max_journaling_size(64 << 20)
             .open()?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
-        let (catalog, _) = watch::channel(Catalog::default());
-        Ok(Arc::new(Self { db, meta, config, shards: RwLock::new(HashMap::new()), catalog }))
+        let (_, catalog) = watch::channel(Catalog::default());
+        Ok(Arc::new(Self {
+            db,
+            meta,
+            config,
+            shards: RwLock::new(HashMap::new()),
+            catalog: RwLock::new(catalog),
+        }))
     }
 
     /// The store's settings.
@@ -151,20 +165,26 @@ impl Store {
         &self.config
     }
 
-    /// Replaces the catalog of streams this store serves (kept current by [`crate::run_consumers`]).
+    /// Follows the log's catalog: the streams this store serves are the log's, as soon as the log
+    /// has them.
+    pub fn follow_catalog(&self, catalog: watch::Receiver<Catalog>) {
+        *self.catalog.write() = catalog;
+    }
+
+    /// Serves a fixed catalog (for tools and tests that have no log).
     pub fn set_catalog(&self, catalog: Catalog) {
-        self.catalog.send_replace(catalog);
+        let (_, rx) = watch::channel(catalog);
+        self.follow_catalog(rx);
     }
 
     /// Every stream this store knows.
     pub fn catalog(&self) -> Catalog {
-        self.catalog.borrow().clone()
+        self.catalog.read().borrow().clone()
     }
 
     /// The stream `name`, or [`strata_proto::Error::UnknownStream`].
     pub fn stream(&self, name: &StreamName) -> Result<StreamInfo> {
-        self.catalog
-            .borrow()
+        self.catalog()
             .get(name)
             .cloned()
             .ok_or_else(|| strata_proto::Error::UnknownStream(name.to_string()).into())
@@ -217,7 +237,11 @@ impl Store {
         (0..info.partitions)
             .map(|p| {
                 let state = *self.shard(stream, p)?.state.lock();
-                Ok(ShardStatus { partition: p, stored_offset: state.next, tail_rows: state.tail_rows })
+                Ok(ShardStatus {
+                    partition: p,
+                    stored_offset: state.next,
+                    tail_rows: state.tail_rows,
+                })
             })
             .collect()
     }
@@ -248,14 +272,14 @@ impl Store {
                     skipped += 1;
                     continue;
                 }
-                batch.insert(&shard.ids, id.as_bytes(), &offset_key(record.offset));
+                batch.insert(&shard.ids, id.as_bytes(), offset_key(record.offset));
             }
             if let Some(key) = &record.event.key {
                 batch.insert(&shard.keys, key_index_key(key, record.offset), b"");
             }
             buf.clear();
             encode_event(&record.event, &mut buf);
-            batch.insert(&shard.tail, &offset_key(record.offset), buf.as_slice());
+            batch.insert(&shard.tail, offset_key(record.offset), buf.as_slice());
             next.tail_rows += 1;
         }
         if next == *state {
@@ -280,7 +304,11 @@ impl Store {
         let block_rows = self.config.block_rows.max(1);
         while state.tail_rows >= block_rows as u64 {
             let mut rows = Vec::with_capacity(block_rows);
-            for item in shard.tail.range(offset_key(state.tail_start)..).take(block_rows) {
+            for item in shard
+                .tail
+                .range(offset_key(state.tail_start)..)
+                .take(block_rows)
+            {
                 let (k, v) = item.into_inner()?;
                 rows.push(decode_row(&k, &v, || shard.label())?);
             }
@@ -288,20 +316,25 @@ impl Store {
             if rows.len() < block_rows {
                 // The counter ran ahead of the rows (it cannot, but never loop on it).
                 next.tail_rows = rows.len() as u64;
-                self.meta.insert(state_key(&shard.stream, shard.partition), next.encode())?;
+                self.meta
+                    .insert(state_key(&shard.stream, shard.partition), next.encode())?;
                 *state = next;
                 break;
             }
             let (bytes, meta) = encode_block(&rows)?;
             let mut batch = self.db.batch();
-            batch.insert(&shard.blocks, &offset_key(meta.first), bytes);
-            batch.insert(&shard.bmeta, &offset_key(meta.first), meta.encode());
+            batch.insert(&shard.blocks, offset_key(meta.first), bytes);
+            batch.insert(&shard.bmeta, offset_key(meta.first), meta.encode());
             for (offset, _) in &rows {
-                batch.remove(&shard.tail, &offset_key(*offset));
+                batch.remove(&shard.tail, offset_key(*offset));
             }
             next.tail_rows -= rows.len() as u64;
             next.tail_start = meta.last + 1;
-            batch.insert(&self.meta, state_key(&shard.stream, shard.partition), next.encode());
+            batch.insert(
+                &self.meta,
+                state_key(&shard.stream, shard.partition),
+                next.encode(),
+            );
             batch.commit()?;
             *state = next;
             metrics::counter!("strata_store_blocks_written_total").increment(1);
@@ -310,7 +343,12 @@ impl Store {
     }
 
     /// Opens a scan of one shard (see [`ScanRequest`]). The scan reads a consistent snapshot.
-    pub fn scan(&self, stream: &StreamName, partition: u32, request: ScanRequest) -> Result<ShardScan> {
+    pub fn scan(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        request: ScanRequest,
+    ) -> Result<ShardScan> {
         let shard = self.shard(stream, partition)?;
         let (state, snapshot) = {
             let state = shard.state.lock();
@@ -321,7 +359,12 @@ impl Store {
 
     /// The first offset of the partition whose event time is at or after `time_ms` (the end of
     /// the shard when there is none), as Kafka's offsets-for-times answers it.
-    pub fn offset_for_time(&self, stream: &StreamName, partition: u32, time_ms: i64) -> Result<u64> {
+    pub fn offset_for_time(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        time_ms: i64,
+    ) -> Result<u64> {
         let shard = self.shard(stream, partition)?;
         let (state, snapshot) = {
             let state = shard.state.lock();
@@ -341,11 +384,17 @@ fn state_key(stream: &StreamName, partition: u32) -> Vec<u8> {
 }
 
 /// Decodes one tail entry.
-pub(crate) fn decode_row(key: &[u8], value: &[u8], label: impl Fn() -> String) -> Result<(u64, Event)> {
-    let offset = <[u8; 8]>::try_from(key).map(u64::from_be_bytes).map_err(|_| Error::Corrupt {
-        location: label(),
-        reason: "tail key is not an offset".into(),
-    })?;
+pub(crate) fn decode_row(
+    key: &[u8],
+    value: &[u8],
+    label: impl Fn() -> String,
+) -> Result<(u64, Event)> {
+    let offset = <[u8; 8]>::try_from(key)
+        .map(u64::from_be_bytes)
+        .map_err(|_| Error::Corrupt {
+            location: label(),
+            reason: "tail key is not an offset".into(),
+        })?;
     let mut input = value;
     let event = decode_event(&mut input).map_err(|e| Error::Corrupt {
         location: format!("{} offset {offset}", label()),
@@ -369,7 +418,9 @@ impl IdLookup for Store {
         ids.iter()
             .map(|id| {
                 let found = shard.ids.get(id.as_bytes()).map_err(Error::from)?;
-                Ok(found.and_then(|v| <[u8; 8]>::try_from(&*v).ok()).map(u64::from_be_bytes))
+                Ok(found
+                    .and_then(|v| <[u8; 8]>::try_from(&*v).ok())
+                    .map(u64::from_be_bytes))
             })
             .collect()
     }

@@ -14,8 +14,18 @@ fn stream() -> StreamName {
 }
 
 fn open(dir: &std::path::Path, block_rows: usize) -> Arc<Store> {
-    let store = Store::open(dir, StoreConfig { block_rows, ..StoreConfig::default() }).unwrap();
-    let info = StreamInfo { name: stream(), partitions: 2 };
+    let store = Store::open(
+        dir,
+        StoreConfig {
+            block_rows,
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
+    let info = StreamInfo {
+        name: stream(),
+        partitions: 2,
+    };
     store.set_catalog(Arc::new(BTreeMap::from([(stream(), info)])));
     store
 }
@@ -37,45 +47,116 @@ fn record(offset: u64, time_ms: i64, key: Option<&str>, id: Option<&str>) -> Rec
 fn offsets_of(batches: &[RecordBatch], column: usize) -> Vec<u64> {
     batches
         .iter()
-        .flat_map(|b| b.column(column).as_primitive::<Int64Type>().values().iter().map(|v| *v as u64).collect::<Vec<_>>())
+        .flat_map(|b| {
+            b.column(column)
+                .as_primitive::<Int64Type>()
+                .values()
+                .iter()
+                .map(|v| *v as u64)
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
 fn scan(store: &Store, request: ScanRequest) -> Vec<RecordBatch> {
-    store.scan(&stream(), 1, request).unwrap().collect::<Result<Vec<_>, _>>().unwrap()
+    store
+        .scan(&stream(), 1, request)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
 }
 
 #[test]
 fn commit_compacts_and_scans_in_offset_order() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 4);
-    let records: Vec<_> = (0..11).map(|o| record(o, 1000 + o as i64, Some(if o % 2 == 0 { "even" } else { "odd" }), None)).collect();
-    assert_eq!(store.commit(&stream(), 1, records[..3].to_vec()).unwrap(), 3);
-    assert_eq!(store.commit(&stream(), 1, records[3..].to_vec()).unwrap(), 11);
+    let records: Vec<_> = (0..11)
+        .map(|o| {
+            record(
+                o,
+                1000 + o as i64,
+                Some(if o % 2 == 0 { "even" } else { "odd" }),
+                None,
+            )
+        })
+        .collect();
+    assert_eq!(
+        store.commit(&stream(), 1, records[..3].to_vec()).unwrap(),
+        3
+    );
+    assert_eq!(
+        store.commit(&stream(), 1, records[3..].to_vec()).unwrap(),
+        11
+    );
     // Re-applying what is stored changes nothing.
-    assert_eq!(store.commit(&stream(), 1, records[5..].to_vec()).unwrap(), 11);
+    assert_eq!(
+        store.commit(&stream(), 1, records[5..].to_vec()).unwrap(),
+        11
+    );
     let status = store.status(&stream()).unwrap();
     assert_eq!(status[1].stored_offset, 11);
-    assert_eq!(status[1].tail_rows, 3, "two blocks of 4 and 3 rows in the tail");
+    assert_eq!(
+        status[1].tail_rows, 3,
+        "two blocks of 4 and 3 rows in the tail"
+    );
 
     let all = scan(&store, ScanRequest::all());
-    assert_eq!(offsets_of(&all, schema::OFFSET), (0..11).collect::<Vec<_>>());
+    assert_eq!(
+        offsets_of(&all, schema::OFFSET),
+        (0..11).collect::<Vec<_>>()
+    );
     let row = &all[0];
     assert_eq!(row.schema(), table_schema());
-    assert_eq!(row.column(schema::PARTITION).as_primitive::<arrow::datatypes::Int32Type>().value(0), 1);
-    assert_eq!(row.column(schema::DATA).as_string::<i32>().value(0), "{\"o\":0}");
+    assert_eq!(
+        row.column(schema::PARTITION)
+            .as_primitive::<arrow::datatypes::Int32Type>()
+            .value(0),
+        1
+    );
+    assert_eq!(
+        row.column(schema::DATA).as_string::<i32>().value(0),
+        "{\"o\":0}"
+    );
     assert!(row.column(schema::ID).is_null(0));
 
-    let ranged = scan(&store, ScanRequest { offsets: 3..9, projection: vec![schema::OFFSET], ..ScanRequest::all() });
+    let ranged = scan(
+        &store,
+        ScanRequest {
+            offsets: 3..9,
+            projection: vec![schema::OFFSET],
+            ..ScanRequest::all()
+        },
+    );
     assert_eq!(offsets_of(&ranged, 0), (3..9).collect::<Vec<_>>());
 
-    let counts = scan(&store, ScanRequest { projection: vec![], ..ScanRequest::all() });
+    let counts = scan(
+        &store,
+        ScanRequest {
+            projection: vec![],
+            ..ScanRequest::all()
+        },
+    );
     assert_eq!(counts.iter().map(RecordBatch::num_rows).sum::<usize>(), 11);
 
-    let keyed = scan(&store, ScanRequest { key: Some("odd".into()), offsets: 2..11, projection: vec![schema::OFFSET], ..ScanRequest::all() });
+    let keyed = scan(
+        &store,
+        ScanRequest {
+            key: Some("odd".into()),
+            offsets: 2..11,
+            projection: vec![schema::OFFSET],
+            ..ScanRequest::all()
+        },
+    );
     assert_eq!(offsets_of(&keyed, 0), vec![3, 5, 7, 9]);
 
-    let limited = scan(&store, ScanRequest { limit: Some(5), projection: vec![schema::OFFSET], ..ScanRequest::all() });
+    let limited = scan(
+        &store,
+        ScanRequest {
+            limit: Some(5),
+            projection: vec![schema::OFFSET],
+            ..ScanRequest::all()
+        },
+    );
     assert_eq!(offsets_of(&limited, 0), (0..5).collect::<Vec<_>>());
 
     assert_eq!(store.offset_for_time(&stream(), 1, 1005).unwrap(), 5);
@@ -86,7 +167,10 @@ fn commit_compacts_and_scans_in_offset_order() {
     drop(store);
     let store = open(dir.path(), 4);
     assert_eq!(store.next_offset(&stream(), 1).unwrap(), 11);
-    assert_eq!(offsets_of(&scan(&store, ScanRequest::all()), schema::OFFSET).len(), 11);
+    assert_eq!(
+        offsets_of(&scan(&store, ScanRequest::all()), schema::OFFSET).len(),
+        11
+    );
 }
 
 #[test]
@@ -100,9 +184,21 @@ fn ids_are_stored_once() {
         record(3, 0, None, None),
     ];
     store.commit(&stream(), 1, batch).unwrap();
-    store.commit(&stream(), 1, vec![record(4, 0, None, Some("b")), record(5, 0, None, Some("c"))]).unwrap();
-    assert_eq!(offsets_of(&scan(&store, ScanRequest::all()), schema::OFFSET), vec![0, 1, 3, 5]);
-    assert_eq!(store.lookup_ids(&stream(), 1, &["a", "c", "zz"]).unwrap(), vec![Some(0), Some(5), None]);
+    store
+        .commit(
+            &stream(),
+            1,
+            vec![record(4, 0, None, Some("b")), record(5, 0, None, Some("c"))],
+        )
+        .unwrap();
+    assert_eq!(
+        offsets_of(&scan(&store, ScanRequest::all()), schema::OFFSET),
+        vec![0, 1, 3, 5]
+    );
+    assert_eq!(
+        store.lookup_ids(&stream(), 1, &["a", "c", "zz"]).unwrap(),
+        vec![Some(0), Some(5), None]
+    );
     assert_eq!(store.stored_next_offset(&stream(), 1).unwrap(), 6);
 }
 
@@ -110,7 +206,11 @@ fn ids_are_stored_once() {
 fn unknown_streams_and_partitions_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 3);
-    assert!(store.next_offset(&StreamName::new("nope").unwrap(), 0).is_err());
+    assert!(
+        store
+            .next_offset(&StreamName::new("nope").unwrap(), 0)
+            .is_err()
+    );
     assert!(store.next_offset(&stream(), 2).is_err());
 }
 

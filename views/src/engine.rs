@@ -28,9 +28,15 @@ impl SchemaProvider for StreamSchema {
     }
 
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
-        let Ok(stream) = StreamName::new(name) else { return Ok(None) };
+        let Ok(stream) = StreamName::new(name) else {
+            return Ok(None);
+        };
         Ok(self.store.catalog().get(&stream).map(|info| {
-            Arc::new(StreamTable::new(self.store.clone(), stream, info.partitions)) as Arc<dyn TableProvider>
+            Arc::new(StreamTable::new(
+                self.store.clone(),
+                stream,
+                info.partitions,
+            )) as Arc<dyn TableProvider>
         }))
     }
 
@@ -78,7 +84,8 @@ impl SqlEngine {
         let result = self.plan_and_run(sql).await;
         metrics::counter!("strata_queries_total", "outcome" => if result.is_ok() { "ok" } else { "error" })
             .increment(1);
-        metrics::histogram!("strata_query_planning_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("strata_query_planning_seconds")
+            .record(started.elapsed().as_secs_f64());
         result
     }
 
@@ -109,7 +116,9 @@ fn check_read_only(statement: &DfStatement) -> Result<()> {
     };
     match statement {
         DfStatement::Statement(s) => match s.as_ref() {
-            Statement::Query(_) | Statement::ShowTables { .. } | Statement::ShowColumns { .. } => Ok(()),
+            Statement::Query(_) | Statement::ShowTables { .. } | Statement::ShowColumns { .. } => {
+                Ok(())
+            }
             Statement::Explain { statement, .. } => match statement.as_ref() {
                 Statement::Query(_) => Ok(()),
                 other => refuse(&format!("EXPLAIN of {}", keyword(other))),

@@ -24,14 +24,16 @@ pub enum Error {
 
 impl From<DataFusionError> for Error {
     fn from(e: DataFusionError) -> Self {
-        use arrow::error::ArrowError as A;
         use DataFusionError as D;
+        use arrow::error::ArrowError as A;
         let root = e.find_root();
         let text = root.strip_backtrace();
         match root {
-            D::SQL(..) | D::Plan(_) | D::SchemaError(..) | D::NotImplemented(_) | D::Execution(_) => {
-                Error::Invalid(text)
-            }
+            D::SQL(..)
+            | D::Plan(_)
+            | D::SchemaError(..)
+            | D::NotImplemented(_)
+            | D::Execution(_) => Error::Invalid(text),
             D::ArrowError(a, _)
                 if matches!(
                     **a,

@@ -94,12 +94,18 @@ fn time_ms(v: &ScalarValue, floor: bool) -> Option<i64> {
         S::TimestampNanosecond(Some(x), _) => (*x, 1_000_000),
         _ => return None,
     };
-    Some(if floor { value.div_euclid(per_ms) } else { value.div_euclid(per_ms) + i64::from(value.rem_euclid(per_ms) != 0) })
+    Some(if floor {
+        value.div_euclid(per_ms)
+    } else {
+        value.div_euclid(per_ms) + i64::from(value.rem_euclid(per_ms) != 0)
+    })
 }
 
 fn text(v: &ScalarValue) -> Option<&str> {
     match v {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => Some(s),
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => Some(s),
         _ => None,
     }
 }
@@ -138,20 +144,25 @@ impl ScanBounds {
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
                 if let (Some(c), Some(v)) = (column(left), literal(right)) {
                     self.compare(c, *op, v)
-                } else if let (Some(v), Some(c), Some(op)) = (literal(left), column(right), flip(*op)) {
+                } else if let (Some(v), Some(c), Some(op)) =
+                    (literal(left), column(right), flip(*op))
+                {
                     self.compare(c, op, v)
                 } else {
                     false
                 }
             }
-            Expr::Between(Between { expr, negated: false, low, high }) => {
-                match (column(expr), literal(low), literal(high)) {
-                    (Some(c), Some(lo), Some(hi)) => {
-                        self.compare(c, Operator::GtEq, lo) && self.compare(c, Operator::LtEq, hi)
-                    }
-                    _ => false,
+            Expr::Between(Between {
+                expr,
+                negated: false,
+                low,
+                high,
+            }) => match (column(expr), literal(low), literal(high)) {
+                (Some(c), Some(lo), Some(hi)) => {
+                    self.compare(c, Operator::GtEq, lo) && self.compare(c, Operator::LtEq, hi)
                 }
-            }
+                _ => false,
+            },
             Expr::InList(list) if !list.negated && column(&list.expr) == Some(Col::Partition) => {
                 let values: Option<BTreeSet<u32>> = list
                     .list
@@ -201,7 +212,11 @@ impl ScanBounds {
                 };
                 let clamp = |v: i128| v.clamp(0, u64::MAX as i128) as u64;
                 let (lo, hi) = (clamp(lo), clamp(hi));
-                let range = if col == Col::Offset { &mut self.offsets } else { &mut self.partition_range };
+                let range = if col == Col::Offset {
+                    &mut self.offsets
+                } else {
+                    &mut self.partition_range
+                };
                 *range = range.start.max(lo)..range.end.min(hi);
                 self.empty |= range.start >= range.end;
                 true
@@ -213,7 +228,9 @@ impl ScanBounds {
                     O::Lt | O::LtEq => (Some(i64::MIN), time_ms(v, false)),
                     _ => return false,
                 };
-                let (Some(lo), Some(hi)) = (lo, hi) else { return false };
+                let (Some(lo), Some(hi)) = (lo, hi) else {
+                    return false;
+                };
                 let (old_lo, old_hi) = self.time.unwrap_or((i64::MIN, i64::MAX));
                 let next = (old_lo.max(lo), old_hi.min(hi));
                 self.empty |= next.0 > next.1;
@@ -227,7 +244,10 @@ impl ScanBounds {
     pub fn has_partition(&self, p: u32) -> bool {
         !self.empty
             && self.partition_range.contains(&u64::from(p))
-            && self.partition_set.as_ref().is_none_or(|set| set.contains(&p))
+            && self
+                .partition_set
+                .as_ref()
+                .is_none_or(|set| set.contains(&p))
     }
 }
 
@@ -237,7 +257,10 @@ mod tests {
     use datafusion::logical_expr::{col, lit};
 
     fn ts(ms: i64) -> Expr {
-        lit(ScalarValue::TimestampMillisecond(Some(ms), Some("UTC".into())))
+        lit(ScalarValue::TimestampMillisecond(
+            Some(ms),
+            Some("UTC".into()),
+        ))
     }
 
     #[test]
@@ -259,8 +282,13 @@ mod tests {
 
     #[test]
     fn contradictions_and_unknown_filters() {
-        assert!(ScanBounds::from_filters(&[col("offset").lt(lit(5i64)), col("offset").gt(lit(9i64))]).empty);
-        assert!(ScanBounds::from_filters(&[col("key").eq(lit("a")), col("key").eq(lit("b"))]).empty);
+        assert!(
+            ScanBounds::from_filters(&[col("offset").lt(lit(5i64)), col("offset").gt(lit(9i64))])
+                .empty
+        );
+        assert!(
+            ScanBounds::from_filters(&[col("key").eq(lit("a")), col("key").eq(lit("b"))]).empty
+        );
         assert!(ScanBounds::from_filters(&[col("offset").lt(lit(-1i64))]).empty);
         assert!(!ScanBounds::supports(&col("data").eq(lit("x"))));
         assert!(!ScanBounds::supports(&col("key").gt(lit("x"))));
@@ -271,7 +299,8 @@ mod tests {
     #[test]
     fn sub_millisecond_literals_round_outwards() {
         let us = |v: i64| lit(ScalarValue::TimestampMicrosecond(Some(v), None));
-        let b = ScanBounds::from_filters(&[col("time").gt_eq(us(1_500)), col("time").lt_eq(us(2_500))]);
+        let b =
+            ScanBounds::from_filters(&[col("time").gt_eq(us(1_500)), col("time").lt_eq(us(2_500))]);
         assert_eq!(b.time, Some((1, 3)));
     }
 }

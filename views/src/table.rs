@@ -4,15 +4,15 @@ use crate::filters::ScanBounds;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
-use datafusion::physical_plan::empty::EmptyExec;
-use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     ReplaceChildrenOptions, SendableRecordBatchStream,
@@ -33,7 +33,11 @@ pub struct StreamTable {
 impl StreamTable {
     /// The table of `stream` with `partitions` shards.
     pub fn new(store: Arc<Store>, stream: StreamName, partitions: u32) -> Self {
-        Self { store, stream, partitions }
+        Self {
+            store,
+            stream,
+            partitions,
+        }
     }
 }
 
@@ -50,21 +54,45 @@ pub struct StreamScanExec {
 }
 
 impl StreamScanExec {
-    fn new(store: Arc<Store>, stream: StreamName, shards: Vec<u32>, request: ScanRequest, bounds: ScanBounds, schema: SchemaRef) -> Self {
+    fn new(
+        store: Arc<Store>,
+        stream: StreamName,
+        shards: Vec<u32>,
+        request: ScanRequest,
+        bounds: ScanBounds,
+        schema: SchemaRef,
+    ) -> Self {
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
             Partitioning::UnknownPartitioning(shards.len()),
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
-        Self { store, stream, shards, request, bounds, schema, properties: Arc::new(properties) }
+        Self {
+            store,
+            stream,
+            shards,
+            request,
+            bounds,
+            schema,
+            properties: Arc::new(properties),
+        }
     }
 }
 
 impl DisplayAs for StreamScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "StreamScanExec: stream={}, shards={:?}", self.stream, self.shards)?;
-        let names: Vec<&str> = self.schema.fields().iter().map(|f| f.name().as_str()).collect();
+        write!(
+            f,
+            "StreamScanExec: stream={}, shards={:?}",
+            self.stream, self.shards
+        )?;
+        let names: Vec<&str> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
         write!(f, ", projection=[{}]", names.join(", "))?;
         let b = &self.bounds;
         if b.offsets != (0..u64::MAX) {
@@ -115,19 +143,32 @@ impl ExecutionPlan for StreamScanExec {
         Ok(self)
     }
 
-    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         Ok(self)
     }
 
-    fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let shard = *self.shards.get(partition).ok_or_else(|| {
             DataFusionError::Internal(format!("StreamScanExec has no partition {partition}"))
         })?;
         let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema.clone(), 2);
         let tx = builder.tx();
-        let (store, stream, request) = (self.store.clone(), self.stream.clone(), self.request.clone());
+        let (store, stream, request) = (
+            self.store.clone(),
+            self.stream.clone(),
+            self.request.clone(),
+        );
         builder.spawn_blocking(move || {
-            let scan = store.scan(&stream, shard, request).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let scan = store
+                .scan(&stream, shard, request)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
             for batch in scan {
                 let batch = batch.map_err(|e| DataFusionError::External(Box::new(e)));
                 let failed = batch.is_err();
@@ -152,7 +193,10 @@ impl TableProvider for StreamTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
         Ok(filters
             .iter()
             .map(|f| {
@@ -178,7 +222,9 @@ impl TableProvider for StreamTable {
         };
         let schema = Arc::new(table_schema().project(&projection)?);
         let bounds = ScanBounds::from_filters(filters);
-        let shards: Vec<u32> = (0..self.partitions).filter(|p| bounds.has_partition(*p)).collect();
+        let shards: Vec<u32> = (0..self.partitions)
+            .filter(|p| bounds.has_partition(*p))
+            .collect();
         if shards.is_empty() {
             return Ok(Arc::new(EmptyExec::new(schema)));
         }
@@ -191,6 +237,13 @@ impl TableProvider for StreamTable {
             limit: if filters.is_empty() { limit } else { None },
             batch_rows: 8192,
         };
-        Ok(Arc::new(StreamScanExec::new(self.store.clone(), self.stream.clone(), shards, request, bounds, schema)))
+        Ok(Arc::new(StreamScanExec::new(
+            self.store.clone(),
+            self.stream.clone(),
+            shards,
+            request,
+            bounds,
+            schema,
+        )))
     }
 }

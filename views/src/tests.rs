@@ -10,9 +10,22 @@ use strata_proto::{Event, Record, StreamInfo, StreamName};
 use strata_store::{Store, StoreConfig};
 
 fn setup(dir: &std::path::Path) -> (Arc<Store>, SqlEngine) {
-    let store = Store::open(dir, StoreConfig { block_rows: 5, ..StoreConfig::default() }).unwrap();
+    let store = Store::open(
+        dir,
+        StoreConfig {
+            block_rows: 5,
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
     let name = StreamName::new("orders").unwrap();
-    store.set_catalog(Arc::new(BTreeMap::from([(name.clone(), StreamInfo { name: name.clone(), partitions: 2 })])));
+    store.set_catalog(Arc::new(BTreeMap::from([(
+        name.clone(),
+        StreamInfo {
+            name: name.clone(),
+            partitions: 2,
+        },
+    )])));
     for p in 0..2u32 {
         let records = (0..12u64)
             .map(|o| Record {
@@ -23,7 +36,11 @@ fn setup(dir: &std::path::Path) -> (Arc<Store>, SqlEngine) {
                     key: Some(format!("c{}", o % 3)),
                     id: None,
                     event_type: Some("order".into()),
-                    data: format!("{{\"country\":\"{}\",\"amount\":{}}}", if o % 2 == 0 { "NL" } else { "DE" }, o + u64::from(p)),
+                    data: format!(
+                        "{{\"country\":\"{}\",\"amount\":{}}}",
+                        if o % 2 == 0 { "NL" } else { "DE" },
+                        o + u64::from(p)
+                    ),
                 },
             })
             .collect();
@@ -39,7 +56,9 @@ async fn run(engine: &SqlEngine, sql: &str) -> Result<Vec<RecordBatch>, Error> {
 }
 
 async fn table(engine: &SqlEngine, sql: &str) -> String {
-    let batches = run(engine, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let batches = run(engine, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     pretty_format_batches(&batches).unwrap().to_string()
 }
 
@@ -47,14 +66,27 @@ async fn table(engine: &SqlEngine, sql: &str) -> String {
 async fn aggregates_json_and_time_buckets() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, engine) = setup(dir.path());
-    assert!(table(&engine, "SELECT count(*) AS n FROM orders").await.contains("| 24 |"));
+    assert!(
+        table(&engine, "SELECT count(*) AS n FROM orders")
+            .await
+            .contains("| 24 |")
+    );
     let by_country = table(&engine, "SELECT json_get_str(data, 'country') AS country, count(*) AS n, sum(json_get_int(data, 'amount')) AS total FROM orders GROUP BY 1 ORDER BY 1").await;
-    assert!(by_country.contains("| DE      | 12 | 78    |"), "{by_country}");
-    assert!(by_country.contains("| NL      | 12 | 66    |"), "{by_country}");
+    assert!(
+        by_country.contains("| DE      | 12 | 78    |"),
+        "{by_country}"
+    );
+    assert!(
+        by_country.contains("| NL      | 12 | 66    |"),
+        "{by_country}"
+    );
     let hourly = table(&engine, "SELECT date_bin(INTERVAL '1 hour', time) AS hour, count(*) AS n FROM orders GROUP BY 1 ORDER BY 1 LIMIT 2").await;
     assert!(hourly.contains("2024-05-01T00:00:00Z | 4 "), "{hourly}");
     let one = table(&engine, "SELECT partition, \"offset\", key, type FROM orders WHERE partition = 1 AND \"offset\" BETWEEN 6 AND 7 AND key = 'c0'").await;
-    assert!(one.contains("| 1         | 6      | c0  | order |"), "{one}");
+    assert!(
+        one.contains("| 1         | 6      | c0  | order |"),
+        "{one}"
+    );
     assert_eq!(one.lines().count(), 5, "{one}");
     let ranged = table(&engine, "SELECT count(*) AS n FROM orders WHERE time >= '2024-05-01T02:00:00Z' AND time < '2024-05-01T03:00:00Z'").await;
     assert!(ranged.contains("| 4 |"), "{ranged}");
@@ -90,7 +122,15 @@ async fn writes_and_file_access_are_refused() {
             other => panic!("{sql}: {:?}", other.map(|b| b.len())),
         }
     }
-    for sql in ["SELECT * FROM 'data.parquet'", "SELECT * FROM nope", "SELEC 1", "SELECT nope FROM orders"] {
-        assert!(matches!(run(&engine, sql).await, Err(Error::Invalid(_))), "{sql}");
+    for sql in [
+        "SELECT * FROM 'data.parquet'",
+        "SELECT * FROM nope",
+        "SELEC 1",
+        "SELECT nope FROM orders",
+    ] {
+        assert!(
+            matches!(run(&engine, sql).await, Err(Error::Invalid(_))),
+            "{sql}"
+        );
     }
 }

@@ -5,8 +5,8 @@
 //! ```
 //! All integers little-endian; the checksum covers `base_offset`, `count` and the payload.
 
-use strata_proto::codec::{decode_event, encode_event};
 use strata_proto::Event;
+use strata_proto::codec::{decode_event, encode_event};
 
 /// Bytes before a frame's payload.
 pub const HEADER_LEN: usize = 20;
@@ -44,7 +44,8 @@ pub struct FrameHeader {
 impl FrameHeader {
     /// Parses a header; `None` when the length is implausible.
     pub fn parse(bytes: &[u8; HEADER_LEN]) -> Option<Self> {
-        let u32_at = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let u32_at =
+            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
         let payload_len = u32_at(0) as usize;
         if payload_len > MAX_PAYLOAD {
             return None;
@@ -83,7 +84,10 @@ pub fn decode_payload(header: &FrameHeader, mut payload: &[u8]) -> Result<Vec<Ev
         events.push(decode_event(&mut payload).map_err(|e| e.to_string())?);
     }
     if !payload.is_empty() {
-        return Err(format!("{} stray bytes after the last event", payload.len()));
+        return Err(format!(
+            "{} stray bytes after the last event",
+            payload.len()
+        ));
     }
     Ok(events)
 }
@@ -95,14 +99,29 @@ mod tests {
     #[test]
     fn frame_roundtrip_and_checksum() {
         let events = vec![
-            Event { time_ms: 1, key: Some("a".into()), id: None, event_type: None, data: "1".into() },
-            Event { time_ms: 2, key: None, id: Some("x".into()), event_type: Some("t".into()), data: "{}".into() },
+            Event {
+                time_ms: 1,
+                key: Some("a".into()),
+                id: None,
+                event_type: None,
+                data: "1".into(),
+            },
+            Event {
+                time_ms: 2,
+                key: None,
+                id: Some("x".into()),
+                event_type: Some("t".into()),
+                data: "{}".into(),
+            },
         ];
         let mut buf = Vec::new();
         encode_frame(10, &events, &mut buf);
         let header_bytes: [u8; HEADER_LEN] = buf[..HEADER_LEN].try_into().unwrap();
         let h = FrameHeader::parse(&header_bytes).unwrap();
-        assert_eq!((h.base_offset, h.count, h.frame_len()), (10, 2, buf.len() as u64));
+        assert_eq!(
+            (h.base_offset, h.count, h.frame_len()),
+            (10, 2, buf.len() as u64)
+        );
         assert!(h.verify(&header_bytes, &buf[HEADER_LEN..]));
         assert_eq!(decode_payload(&h, &buf[HEADER_LEN..]).unwrap(), events);
         for i in 4..buf.len() {

@@ -67,9 +67,8 @@ impl EmbeddedLog {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
         let catalog_path = dir.join("catalog.json");
         let file: CatalogFile = match std::fs::read(&catalog_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                Error::Corrupt(format!("{}: {e}", catalog_path.display()))
-            })?,
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Corrupt(format!("{}: {e}", catalog_path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => CatalogFile::default(),
             Err(e) => return Err(Error::io(catalog_path.display().to_string(), e)),
         };
@@ -108,7 +107,9 @@ impl EmbeddedLog {
     }
 
     fn write_catalog(&self, catalog: &Catalog) -> Result<()> {
-        let file = CatalogFile { streams: catalog.values().cloned().collect() };
+        let file = CatalogFile {
+            streams: catalog.values().cloned().collect(),
+        };
         let path = self.dir.join("catalog.json");
         let at = |e| Error::io(path.display().to_string(), e);
         let bytes = serde_json::to_vec_pretty(&file)
@@ -121,25 +122,33 @@ impl EmbeddedLog {
             f.sync_all().map_err(at)?;
         }
         std::fs::rename(&tmp, &path).map_err(at)?;
-        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(at)
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(at)
     }
 }
 
-fn open_partitions(dir: &Path, info: &StreamInfo, config: &EmbeddedLogConfig) -> Result<Vec<PartitionLog>> {
+fn open_partitions(
+    dir: &Path,
+    info: &StreamInfo,
+    config: &EmbeddedLogConfig,
+) -> Result<Vec<PartitionLog>> {
     let writer = WriterConfig {
         segment_bytes: config.segment_bytes.max(1),
         group_commit_bytes: config.group_commit_bytes,
     };
     (0..info.partitions)
-        .map(|p| {
-            PartitionLog::open(&dir.join(info.name.as_str()).join(p.to_string()), p, writer)
-        })
+        .map(|p| PartitionLog::open(&dir.join(info.name.as_str()).join(p.to_string()), p, writer))
         .collect()
 }
 
 #[async_trait::async_trait]
 impl Log for EmbeddedLog {
-    async fn create_stream(&self, name: &StreamName, partitions: u32) -> Result<(StreamInfo, bool)> {
+    async fn create_stream(
+        &self,
+        name: &StreamName,
+        partitions: u32,
+    ) -> Result<(StreamInfo, bool)> {
         StreamInfo::check_partitions(partitions)?;
         let _guard = self.create.lock().await;
         if let Some(info) = self.catalog.borrow().get(name) {
@@ -152,7 +161,10 @@ impl Log for EmbeddedLog {
             }
             return Ok((info.clone(), false));
         }
-        let info = StreamInfo { name: name.clone(), partitions };
+        let info = StreamInfo {
+            name: name.clone(),
+            partitions,
+        };
         let logs = open_partitions(&self.dir, &info, &self.config)?;
         let mut next = (**self.catalog.borrow()).clone();
         next.insert(name.clone(), info.clone());
@@ -168,7 +180,12 @@ impl Log for EmbeddedLog {
         self.catalog.subscribe()
     }
 
-    async fn append(&self, stream: &StreamName, partition: u32, events: Vec<Event>) -> Result<OffsetRange> {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        events: Vec<Event>,
+    ) -> Result<OffsetRange> {
         let logs = self.partition(stream, partition)?;
         logs[partition as usize].append(events).await
     }
@@ -177,8 +194,15 @@ impl Log for EmbeddedLog {
         Ok(self.partition(stream, partition)?[partition as usize].end_offset())
     }
 
-    async fn open_reader(&self, stream: &StreamName, partition: u32, from: u64) -> Result<Box<dyn LogReader>> {
-        Ok(Box::new(self.partition(stream, partition)?[partition as usize].reader(from)))
+    async fn open_reader(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        from: u64,
+    ) -> Result<Box<dyn LogReader>> {
+        Ok(Box::new(
+            self.partition(stream, partition)?[partition as usize].reader(from),
+        ))
     }
 }
 
@@ -188,7 +212,13 @@ mod tests {
     use std::time::Duration;
 
     fn ev(i: u64) -> Event {
-        Event { time_ms: i as i64, key: Some(format!("k{i}")), id: None, event_type: None, data: format!("{{\"i\":{i}}}") }
+        Event {
+            time_ms: i as i64,
+            key: Some(format!("k{i}")),
+            id: None,
+            event_type: None,
+            data: format!("{{\"i\":{i}}}"),
+        }
     }
 
     async fn read_all(log: &EmbeddedLog, s: &StreamName, p: u32, from: u64) -> Vec<Record> {
@@ -209,22 +239,37 @@ mod tests {
     async fn append_read_reopen_and_roll_segments() {
         let dir = tempfile::tempdir().unwrap();
         let s = StreamName::new("orders").unwrap();
-        let config = EmbeddedLogConfig { segment_bytes: 100, group_commit_bytes: 1 << 20 };
+        let config = EmbeddedLogConfig {
+            segment_bytes: 100,
+            group_commit_bytes: 1 << 20,
+        };
         {
             let log = EmbeddedLog::open(dir.path(), config.clone()).unwrap();
             assert!(log.create_stream(&s, 2).await.unwrap().1);
             assert!(!log.create_stream(&s, 2).await.unwrap().1);
-            assert!(matches!(log.create_stream(&s, 3).await, Err(Error::PartitionMismatch { .. })));
+            assert!(matches!(
+                log.create_stream(&s, 3).await,
+                Err(Error::PartitionMismatch { .. })
+            ));
             let mut next = 0;
             for n in [1u64, 5, 3, 10, 1, 1, 20] {
                 let events: Vec<_> = (next..next + n).map(ev).collect();
                 let r = log.append(&s, 1, events).await.unwrap();
-                assert_eq!(r, OffsetRange { first: next, last: next + n - 1 });
+                assert_eq!(
+                    r,
+                    OffsetRange {
+                        first: next,
+                        last: next + n - 1
+                    }
+                );
                 next += n;
             }
             assert_eq!(log.end_offset(&s, 1).await.unwrap(), 41);
             assert_eq!(log.end_offset(&s, 0).await.unwrap(), 0);
-            assert!(matches!(log.append(&s, 2, vec![ev(0)]).await, Err(Error::UnknownPartition { .. })));
+            assert!(matches!(
+                log.append(&s, 2, vec![ev(0)]).await,
+                Err(Error::UnknownPartition { .. })
+            ));
         }
         let segments = segment::list_segments(&dir.path().join("orders/1")).unwrap();
         assert!(segments.len() >= 3, "{segments:?}");
@@ -233,7 +278,11 @@ mod tests {
         for from in [0, 1, 6, 17, 40, 41, 50] {
             let records = read_all(&log, &s, 1, from).await;
             let offsets: Vec<u64> = records.iter().map(|r| r.offset).collect();
-            assert_eq!(offsets, (from..41.max(from)).collect::<Vec<_>>(), "from {from}");
+            assert_eq!(
+                offsets,
+                (from..41.max(from)).collect::<Vec<_>>(),
+                "from {from}"
+            );
             assert!(records.iter().all(|r| r.event == ev(r.offset)));
         }
         // Appends continue after the recovered end.
@@ -273,7 +322,10 @@ mod tests {
     async fn corrupt_sealed_segment_is_reported_with_its_location() {
         let dir = tempfile::tempdir().unwrap();
         let s = StreamName::new("c").unwrap();
-        let config = EmbeddedLogConfig { segment_bytes: 100, group_commit_bytes: 1 << 20 };
+        let config = EmbeddedLogConfig {
+            segment_bytes: 100,
+            group_commit_bytes: 1 << 20,
+        };
         {
             let log = EmbeddedLog::open(dir.path(), config.clone()).unwrap();
             log.create_stream(&s, 1).await.unwrap();
@@ -287,8 +339,14 @@ mod tests {
         let mut bytes = std::fs::read(&first).unwrap();
         bytes[30] ^= 0xff;
         std::fs::write(&first, bytes).unwrap();
-        let err = EmbeddedLog::open(dir.path(), config).err().unwrap().to_string();
-        assert!(err.contains("00000000000000000000.log at byte 0: checksum mismatch"), "{err}");
+        let err = EmbeddedLog::open(dir.path(), config)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("00000000000000000000.log at byte 0: checksum mismatch"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

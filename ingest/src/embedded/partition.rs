@@ -1,8 +1,8 @@
 //! One partition of the embedded log: a group-commit writer task and cheap readers.
 
-use super::frame::{decode_payload, encode_frame, FrameHeader, HEADER_LEN};
+use super::frame::{FrameHeader, HEADER_LEN, decode_payload, encode_frame};
 use super::segment::{
-    list_segments, read_index, scan_segment, segment_path, write_index, SegmentMeta,
+    SegmentMeta, list_segments, read_index, scan_segment, segment_path, write_index,
 };
 use parking_lot::{Mutex, RwLock};
 use std::fs::{File, OpenOptions};
@@ -94,14 +94,14 @@ impl PartitionLog {
                 }
                 meta
             };
-            if let Some(prev) = segments.last().map(|s: &SegmentMeta| s.end) {
-                if prev != meta.base {
-                    return Err(Error::Corrupt(format!(
-                        "{}: segment starts at offset {}, but the one before ends at {prev}",
-                        path.display(),
-                        meta.base
-                    )));
-                }
+            if let Some(prev) = segments.last().map(|s: &SegmentMeta| s.end)
+                && prev != meta.base
+            {
+                return Err(Error::Corrupt(format!(
+                    "{}: segment starts at offset {}, but the one before ends at {prev}",
+                    path.display(),
+                    meta.base
+                )));
             }
             segments.push(meta);
         }
@@ -156,7 +156,10 @@ impl PartitionLog {
         EmbeddedReader {
             durable: self.shared.durable.subscribe(),
             position: from,
-            state: Some(ReaderState { shared: self.shared.clone(), cursor: None }),
+            state: Some(ReaderState {
+                shared: self.shared.clone(),
+                cursor: None,
+            }),
         }
     }
 }
@@ -228,7 +231,9 @@ impl Writer {
     }
 
     fn location(&self) -> String {
-        segment_path(&self.shared.dir, self.base).display().to_string()
+        segment_path(&self.shared.dir, self.base)
+            .display()
+            .to_string()
     }
 
     /// Writes one frame per entry of `groups`, then one fdatasync for all of them.
@@ -250,7 +255,10 @@ impl Writer {
             let start = self.buf.len();
             encode_frame(next, events, &mut self.buf);
             let count = events.len() as u64;
-            ranges.push(OffsetRange { first: next, last: next + count.saturating_sub(1) });
+            ranges.push(OffsetRange {
+                first: next,
+                last: next + count.saturating_sub(1),
+            });
             frames.push(((self.buf.len() - start) as u64, count));
             next += count;
         }
@@ -309,7 +317,10 @@ impl Writer {
         self.file = file;
         self.base = self.end;
         self.len = 0;
-        self.shared.segments.write().push(SegmentMeta::empty(self.end));
+        self.shared
+            .segments
+            .write()
+            .push(SegmentMeta::empty(self.end));
         Ok(())
     }
 }
@@ -394,7 +405,9 @@ impl ReaderState {
                     buf_pos: 0,
                 });
             }
-            let Some(cursor) = self.cursor.as_mut() else { break };
+            let Some(cursor) = self.cursor.as_mut() else {
+                break;
+            };
             if cursor.pos >= seg_len {
                 if *position >= seg_end && seg_end < durable_end {
                     // This segment is done; the next turn opens the one after it.
@@ -405,7 +418,9 @@ impl ReaderState {
             let pos = cursor.pos;
             let corrupt =
                 |what: &str| Error::Corrupt(format!("{} at byte {pos}: {what}", path.display()));
-            cursor.ensure(pos + HEADER_LEN as u64, seg_len).map_err(at)?;
+            cursor
+                .ensure(pos + HEADER_LEN as u64, seg_len)
+                .map_err(at)?;
             let mut header_bytes = [0u8; HEADER_LEN];
             header_bytes.copy_from_slice(cursor.slice(pos, HEADER_LEN));
             let header = FrameHeader::parse(&header_bytes)
@@ -413,7 +428,9 @@ impl ReaderState {
             if pos + header.frame_len() > seg_len {
                 return Err(corrupt("frame runs past the durable end of the segment"));
             }
-            cursor.ensure(pos + header.frame_len(), seg_len).map_err(at)?;
+            cursor
+                .ensure(pos + header.frame_len(), seg_len)
+                .map_err(at)?;
             let payload = cursor.slice(pos + HEADER_LEN as u64, header.payload_len);
             if !header.verify(&header_bytes, payload) {
                 return Err(corrupt("checksum mismatch"));
@@ -428,7 +445,11 @@ impl ReaderState {
                 let room = max - records.len();
                 for (i, event) in events.into_iter().enumerate().skip(skip).take(room) {
                     let offset = header.base_offset + i as u64;
-                    records.push(Record { partition: self.shared.partition, offset, event });
+                    records.push(Record {
+                        partition: self.shared.partition,
+                        offset,
+                        event,
+                    });
                     *position = offset + 1;
                 }
             }

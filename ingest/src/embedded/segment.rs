@@ -37,7 +37,12 @@ pub const INDEX_INTERVAL: u64 = 4096;
 impl SegmentMeta {
     /// An empty segment starting at `base`.
     pub fn empty(base: u64) -> Self {
-        Self { base, end: base, len: 0, index: Vec::new() }
+        Self {
+            base,
+            end: base,
+            len: 0,
+            index: Vec::new(),
+        }
     }
 
     /// Records a frame of `frame_len` bytes holding `count` events written at the end.
@@ -47,7 +52,10 @@ impl SegmentMeta {
             .last()
             .is_none_or(|last| self.len - last.pos >= INDEX_INTERVAL);
         if due {
-            self.index.push(IndexEntry { offset: self.end, pos: self.len });
+            self.index.push(IndexEntry {
+                offset: self.end,
+                pos: self.len,
+            });
         }
         self.len += frame_len;
         self.end += count;
@@ -58,7 +66,10 @@ impl SegmentMeta {
         let i = self.index.partition_point(|e| e.offset <= offset);
         match i.checked_sub(1).and_then(|i| self.index.get(i)) {
             Some(entry) => *entry,
-            None => IndexEntry { offset: self.base, pos: 0 },
+            None => IndexEntry {
+                offset: self.base,
+                pos: 0,
+            },
         }
     }
 }
@@ -79,7 +90,10 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
-        if let Some(base) = name.strip_suffix(".log").and_then(|n| n.parse::<u64>().ok()) {
+        if let Some(base) = name
+            .strip_suffix(".log")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
             bases.push(base);
         }
     }
@@ -104,14 +118,22 @@ pub fn scan_segment(path: &Path, base: u64) -> io::Result<(SegmentMeta, Option<S
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut meta = SegmentMeta::empty(base);
     let mut payload = Vec::new();
-    let stop = |meta: &SegmentMeta, reason: String| Some(ScanStop { pos: meta.len, reason });
+    let stop = |meta: &SegmentMeta, reason: String| {
+        Some(ScanStop {
+            pos: meta.len,
+            reason,
+        })
+    };
     loop {
         let remaining = file_len - meta.len;
         if remaining == 0 {
             return Ok((meta, None));
         }
         if remaining < HEADER_LEN as u64 {
-            return Ok((meta.clone(), stop(&meta, format!("torn frame header ({remaining} bytes)"))));
+            return Ok((
+                meta.clone(),
+                stop(&meta, format!("torn frame header ({remaining} bytes)")),
+            ));
         }
         let mut header_bytes = [0u8; HEADER_LEN];
         reader.read_exact(&mut header_bytes)?;
@@ -119,9 +141,16 @@ pub fn scan_segment(path: &Path, base: u64) -> io::Result<(SegmentMeta, Option<S
             return Ok((meta.clone(), stop(&meta, "implausible frame length".into())));
         };
         if header.frame_len() > remaining {
-            return Ok((meta.clone(), stop(&meta, format!(
-                "torn frame: {} bytes announced, {remaining} left", header.frame_len()
-            ))));
+            return Ok((
+                meta.clone(),
+                stop(
+                    &meta,
+                    format!(
+                        "torn frame: {} bytes announced, {remaining} left",
+                        header.frame_len()
+                    ),
+                ),
+            ));
         }
         payload.resize(header.payload_len, 0);
         reader.read_exact(&mut payload)?;
@@ -129,9 +158,16 @@ pub fn scan_segment(path: &Path, base: u64) -> io::Result<(SegmentMeta, Option<S
             return Ok((meta.clone(), stop(&meta, "checksum mismatch".into())));
         }
         if header.base_offset != meta.end {
-            return Ok((meta.clone(), stop(&meta, format!(
-                "frame starts at offset {}, expected {}", header.base_offset, meta.end
-            ))));
+            return Ok((
+                meta.clone(),
+                stop(
+                    &meta,
+                    format!(
+                        "frame starts at offset {}, expected {}",
+                        header.base_offset, meta.end
+                    ),
+                ),
+            ));
         }
         meta.push_frame(header.frame_len(), u64::from(header.count));
     }
@@ -190,10 +226,18 @@ pub fn read_index(dir: &Path, base: u64) -> Option<SegmentMeta> {
     let n = u32_of(take(4)?)? as usize;
     let mut index = Vec::with_capacity(n.min(1 << 20));
     for _ in 0..n {
-        index.push(IndexEntry { offset: u64_of(take(8)?)?, pos: u64_of(take(8)?)? });
+        index.push(IndexEntry {
+            offset: u64_of(take(8)?)?,
+            pos: u64_of(take(8)?)?,
+        });
     }
     let file_len = std::fs::metadata(segment_path(dir, base)).ok()?.len();
-    (b == base && file_len == len && end >= base).then_some(SegmentMeta { base, end, len, index })
+    (b == base && file_len == len && end >= base).then_some(SegmentMeta {
+        base,
+        end,
+        len,
+        index,
+    })
 }
 
 #[cfg(test)]
@@ -203,7 +247,13 @@ mod tests {
     use strata_proto::Event;
 
     fn ev(i: u64) -> Event {
-        Event { time_ms: i as i64, key: None, id: None, event_type: None, data: format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(100)) }
+        Event {
+            time_ms: i as i64,
+            key: None,
+            id: None,
+            event_type: None,
+            data: format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(100)),
+        }
     }
 
     fn write_frames(path: &Path, frames: &[(u64, usize)]) -> Vec<u8> {
@@ -225,10 +275,17 @@ mod tests {
         let (meta, stop) = scan_segment(&path, 5).unwrap();
         assert_eq!(stop, None);
         assert_eq!((meta.base, meta.end, meta.len), (5, 1005, buf.len() as u64));
-        assert!(meta.index.len() > 10 && meta.index.len() < 100, "{}", meta.index.len());
+        assert!(
+            meta.index.len() > 10 && meta.index.len() < 100,
+            "{}",
+            meta.index.len()
+        );
         assert_eq!(meta.seek(4), IndexEntry { offset: 5, pos: 0 });
         let far = meta.seek(1004);
-        assert!(far.pos > 0 && far.offset <= 1004 && far.offset > 900, "{far:?}");
+        assert!(
+            far.pos > 0 && far.offset <= 1004 && far.offset > 900,
+            "{far:?}"
+        );
         write_index(dir.path(), &meta).unwrap();
         assert_eq!(read_index(dir.path(), 5), Some(meta));
     }

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test of strata on a fresh machine: unit and property tests of each crate, and the
+# end-to-end suite (tests/main.rs) against the real `strata` binary on port 0 in temp dirs.
+# Needs only a Rust toolchain; extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "scripts/test.sh: cargo is required (https://rustup.rs)" >&2
+  exit 1
+fi
+
+cargo test --workspace --all-targets --locked "$@"

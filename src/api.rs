@@ -1,0 +1,443 @@
+//! The HTTP API.
+//!
+//! | method and path | what it does |
+//! |---|---|
+//! | `GET /healthz` | liveness |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /v1/streams` | streams with partition counts and per-partition offsets |
+//! | `PUT /v1/streams/{name}` | create a stream (`{"partitions": N}`) |
+//! | `GET /v1/streams/{name}` | one stream |
+//! | `POST /v1/streams/{name}/events` | append NDJSON or a JSON array; answers once durable |
+//! | `GET /v1/streams/{name}/events` | replay stored events as NDJSON |
+//! | `POST /v1/sql` | read-only SQL; JSON rows, or Arrow IPC when asked |
+
+use crate::config::Limits;
+use crate::{Error, Result};
+use arrow::array::RecordBatch;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use strata_ingest::Ingest;
+use strata_ingest::decode::{DecodeLimits, decode_batch, parse_rfc3339};
+use strata_proto::{Log, StreamName, partition_for_key};
+use strata_store::{ScanRequest, Store};
+use strata_views::SqlEngine;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// The media type of Arrow IPC streams.
+pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+/// Everything the handlers share.
+pub struct AppState {
+    /// The write path.
+    pub ingest: Arc<Ingest>,
+    /// The log (for the catalog and end offsets).
+    pub log: Arc<dyn Log>,
+    /// The store (for replay and stored offsets).
+    pub store: Arc<Store>,
+    /// The SQL engine.
+    pub sql: Arc<SqlEngine>,
+    /// Renders `/metrics`; `None` answers 404.
+    pub metrics: Option<PrometheusHandle>,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+type Shared = State<Arc<AppState>>;
+
+/// The API router over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/streams", get(list_streams))
+        .route("/v1/streams/{name}", get(get_stream).put(put_stream))
+        .route("/v1/streams/{name}/events", post(append).get(replay))
+        .route("/v1/sql", post(sql))
+        .fallback(|| async {
+            Error::NotFound("no such endpoint; see the README for the HTTP API".into())
+        })
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn metrics(State(state): Shared) -> Response {
+    match &state.metrics {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => Error::NotFound("metrics are not enabled".into()).into_response(),
+    }
+}
+
+fn stream_name(name: &str) -> Result<StreamName> {
+    Ok(StreamName::new(name)?)
+}
+
+/// Reads a whole body, refusing more than `limit` bytes with 413.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            Error::PayloadTooLarge(format!(
+                "the request body is over the limit of {limit} bytes"
+            ))
+        } else {
+            Error::BadRequest(format!("cannot read the request body: {e}"))
+        }
+    })
+}
+
+#[derive(Serialize)]
+struct PartitionOffsets {
+    partition: u32,
+    /// The log's end: the offset the next appended event gets.
+    next_offset: u64,
+    /// The store's progress: events below it are visible to SQL and replay.
+    stored_offset: u64,
+}
+
+#[derive(Serialize)]
+struct StreamView {
+    name: String,
+    partitions: u32,
+    offsets: Vec<PartitionOffsets>,
+}
+
+async fn stream_view(state: &AppState, info: &strata_proto::StreamInfo) -> Result<StreamView> {
+    let status = state.store.status(&info.name)?;
+    let mut offsets = Vec::with_capacity(status.len());
+    for s in status {
+        offsets.push(PartitionOffsets {
+            partition: s.partition,
+            next_offset: state.log.end_offset(&info.name, s.partition).await?,
+            stored_offset: s.stored_offset,
+        });
+    }
+    Ok(StreamView {
+        name: info.name.to_string(),
+        partitions: info.partitions,
+        offsets,
+    })
+}
+
+async fn list_streams(State(state): Shared) -> Result<Json<Vec<StreamView>>> {
+    let catalog = state.log.catalog().borrow().clone();
+    let mut out = Vec::with_capacity(catalog.len());
+    for info in catalog.values() {
+        out.push(stream_view(&state, info).await?);
+    }
+    Ok(Json(out))
+}
+
+async fn get_stream(State(state): Shared, Path(name): Path<String>) -> Result<Json<StreamView>> {
+    let name = stream_name(&name)?;
+    let info = state
+        .log
+        .catalog()
+        .borrow()
+        .get(&name)
+        .cloned()
+        .ok_or_else(|| strata_proto::Error::UnknownStream(name.to_string()))?;
+    Ok(Json(stream_view(&state, &info).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateStream {
+    partitions: Option<u32>,
+}
+
+async fn put_stream(
+    State(state): Shared,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response> {
+    let name = stream_name(&name)?;
+    let body = read_body(body, 64 << 10).await?;
+    let request: CreateStream = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateStream { partitions: None }
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::BadRequest(format!("expected {{\"partitions\": N}}: {e}")))?
+    };
+    let partitions = request
+        .partitions
+        .unwrap_or(state.ingest.default_partitions());
+    let (info, created) = state.log.create_stream(&name, partitions).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let body =
+        serde_json::json!({ "name": info.name, "partitions": info.partitions, "created": created });
+    Ok((status, Json(body)).into_response())
+}
+
+async fn append(State(state): Shared, Path(name): Path<String>, body: Body) -> Result<Response> {
+    let name = stream_name(&name)?;
+    let body = read_body(body, state.limits.max_body_bytes).await?;
+    let arrival = chrono::Utc::now().timestamp_millis();
+    let limits = DecodeLimits {
+        max_event_bytes: state.limits.max_event_bytes,
+        max_events: state.limits.max_batch_events,
+    };
+    let events = tokio::task::spawn_blocking(move || decode_batch(&body, arrival, &limits))
+        .await
+        .map_err(|e| Error::BadRequest(format!("decoding failed: {e}")))??;
+    let outcome = state.ingest.append(&name, events).await?;
+    Ok(Json(outcome).into_response())
+}
+
+fn param<T: std::str::FromStr>(
+    params: &HashMap<String, String>,
+    name: &str,
+    what: &str,
+) -> Result<Option<T>> {
+    params
+        .get(name)
+        .map(|v| {
+            v.parse::<T>()
+                .map_err(|_| Error::BadRequest(format!("`{name}` must be {what}, got {v:?}")))
+        })
+        .transpose()
+}
+
+async fn replay(
+    State(state): Shared,
+    Path(name): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    const KNOWN: [&str; 5] = ["partition", "from", "from_time", "key", "limit"];
+    if let Some(unknown) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(Error::BadRequest(format!(
+            "unknown parameter `{unknown}`; use partition, from, from_time, key and limit"
+        )));
+    }
+    let name = stream_name(&name)?;
+    let info = state.store.stream(&name)?;
+    let partition: Option<u32> = param(&params, "partition", "a partition number")?;
+    let from: Option<u64> = param(&params, "from", "an offset (a whole number ≥ 0)")?;
+    let limit: Option<usize> = param(&params, "limit", "a whole number ≥ 0")?;
+    let key = params.get("key").cloned();
+    let from_time = match params.get("from_time") {
+        Some(t) => Some(match t.parse::<i64>() {
+            Ok(ms) => ms,
+            Err(_) => parse_rfc3339(t)
+                .map_err(|e| Error::BadRequest(e.replacen("`time`", "`from_time`", 1)))?,
+        }),
+        None => None,
+    };
+    let partitions: Vec<u32> = match (partition, &key) {
+        (Some(p), _) => {
+            info.check_partition(p)?;
+            vec![p]
+        }
+        (None, Some(k)) => vec![partition_for_key(k.as_bytes(), info.partitions)],
+        (None, None) if from.is_some() && info.partitions > 1 => {
+            return Err(Error::BadRequest(format!(
+                "`from` is an offset within one partition; add `partition` (the stream has {} partitions)",
+                info.partitions
+            )));
+        }
+        (None, None) => (0..info.partitions).collect(),
+    };
+    let mut starts = Vec::with_capacity(partitions.len());
+    for p in partitions {
+        let mut start = from.unwrap_or(0);
+        if let Some(t) = from_time {
+            let (store, name) = (state.store.clone(), name.clone());
+            let at = tokio::task::spawn_blocking(move || store.offset_for_time(&name, p, t))
+                .await
+                .map_err(|e| Error::BadRequest(format!("replay failed: {e}")))??;
+            start = start.max(at);
+        }
+        starts.push((p, start));
+    }
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut remaining = limit.unwrap_or(usize::MAX);
+        for (p, start) in starts {
+            if remaining == 0 {
+                break;
+            }
+            let request = ScanRequest {
+                offsets: start..u64::MAX,
+                key: key.clone(),
+                limit: Some(remaining),
+                ..ScanRequest::all()
+            };
+            let scan = match store.scan(&name, p, request) {
+                Ok(scan) => scan,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            };
+            for batch in scan {
+                let chunk = batch.map(|b| {
+                    remaining = remaining.saturating_sub(b.num_rows());
+                    let mut out = Vec::with_capacity(b.num_rows() * 256);
+                    strata_store::ndjson::write_batch(&b, &mut out);
+                    Bytes::from(out)
+                });
+                let failed = chunk.is_err();
+                if tx
+                    .blocking_send(chunk.map_err(|e| std::io::Error::other(e.to_string())))
+                    .is_err()
+                    || failed
+                {
+                    return;
+                }
+            }
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(ReceiverStream::new(rx)),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlRequest {
+    sql: String,
+}
+
+/// Records a query's duration when its response has been sent (or dropped).
+struct QueryTimer(Instant);
+
+impl Drop for QueryTimer {
+    fn drop(&mut self) {
+        metrics::histogram!("strata_query_seconds").record(self.0.elapsed().as_secs_f64());
+    }
+}
+
+enum Encoder {
+    Json(arrow::json::Writer<Vec<u8>, arrow::json::writer::JsonArray>),
+    Arrow(arrow::ipc::writer::StreamWriter<Vec<u8>>),
+}
+
+impl Encoder {
+    fn write(
+        &mut self,
+        batch: &RecordBatch,
+    ) -> std::result::Result<Vec<u8>, arrow::error::ArrowError> {
+        match self {
+            Encoder::Json(w) => {
+                w.write(batch)?;
+                Ok(std::mem::take(w.get_mut()))
+            }
+            Encoder::Arrow(w) => {
+                w.write(batch)?;
+                Ok(std::mem::take(w.get_mut()))
+            }
+        }
+    }
+
+    fn finish(&mut self) -> std::result::Result<Vec<u8>, arrow::error::ArrowError> {
+        match self {
+            Encoder::Json(w) => {
+                w.finish()?;
+                let mut out = std::mem::take(w.get_mut());
+                if out.is_empty() {
+                    // No rows at all: an empty JSON array.
+                    out.extend_from_slice(b"[]");
+                }
+                out.push(b'\n');
+                Ok(out)
+            }
+            Encoder::Arrow(w) => {
+                w.finish()?;
+                Ok(std::mem::take(w.get_mut()))
+            }
+        }
+    }
+}
+
+async fn sql(State(state): Shared, headers: HeaderMap, body: Body) -> Result<Response> {
+    let timer = QueryTimer(Instant::now());
+    let body = read_body(body, state.limits.max_body_bytes).await?;
+    let request: SqlRequest = serde_json::from_slice(&body)
+        .map_err(|e| Error::BadRequest(format!("expected {{\"sql\": \"SELECT …\"}}: {e}")))?;
+    let arrow = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.contains(ARROW_STREAM)));
+    let output = state.sql.query(&request.sql).await?;
+    let mut batches = output.batches;
+    // Run the query up to its first batch before answering, so that a failing query gets an
+    // error status rather than a broken body.
+    let first = batches
+        .next()
+        .await
+        .transpose()
+        .map_err(strata_views::Error::from)?;
+    let arrow_err =
+        |e: arrow::error::ArrowError| Error::Sql(strata_views::Error::Execution(e.to_string()));
+    let (mut encoder, content_type) = if arrow {
+        let w = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &output.schema)
+            .map_err(arrow_err)?;
+        (Encoder::Arrow(w), ARROW_STREAM)
+    } else {
+        let w = arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow::json::writer::JsonArray>(Vec::new());
+        (Encoder::Json(w), "application/json")
+    };
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::spawn(async move {
+        let _timer = timer;
+        let io = |e: String| std::io::Error::other(e);
+        let mut next = first.map(Ok);
+        loop {
+            let batch = match next.take() {
+                Some(b) => b,
+                None => match batches.next().await {
+                    Some(b) => b.map_err(|e| e.to_string()),
+                    None => break,
+                },
+            };
+            let chunk = batch.and_then(|b| encoder.write(&b).map_err(|e| e.to_string()));
+            match chunk {
+                Ok(bytes) => {
+                    if tx.send(Ok(Bytes::from(bytes))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "query failed while streaming its result");
+                    let _ = tx.send(Err(io(e))).await;
+                    return;
+                }
+            }
+        }
+        let tail = encoder.finish().map_err(|e| io(e.to_string()));
+        let _ = tx.send(tail.map(Bytes::from)).await;
+    });
+    Ok((
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(ReceiverStream::new(rx)),
+    )
+        .into_response())
+}

@@ -1,0 +1,332 @@
+//! The CLI clients: `strata produce`, `sql`, `replay` and `streams`, talking to a server's HTTP API.
+
+use crate::api::ARROW_STREAM;
+use crate::{Error, Result};
+use std::io::{BufRead, Write};
+
+/// Output formats of `strata sql`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SqlFormat {
+    /// A readable table.
+    Table,
+    /// A JSON array of row objects.
+    Json,
+    /// CSV with a header row.
+    Csv,
+}
+
+/// What `strata replay` asks for.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ReplayArgs {
+    /// Partition to read (default: all partitions, one after the other).
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// First offset to read (needs --partition on a stream with several partitions).
+    #[arg(long)]
+    pub from: Option<u64>,
+    /// Start at the first event at or after this time (RFC 3339 or epoch ms).
+    #[arg(long)]
+    pub from_time: Option<String>,
+    /// Only events with this key.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+/// A client of one strata server.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+fn client_error(e: reqwest::Error) -> Error {
+    Error::Client(format!("request failed: {e}"))
+}
+
+impl Client {
+    /// A client of the server at `base` (e.g. `http://127.0.0.1:7070`).
+    pub fn new(base: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Turns a non-success answer into an error carrying the server's message.
+    async fn check(resp: reqwest::Response) -> Result<reqwest::Response> {
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or(text);
+        Err(Error::Client(format!("{} ({})", message, status.as_u16())))
+    }
+
+    /// Appends NDJSON from `input` to `stream` in requests of `batch` events. A bad line is reported
+    /// with its line number in the input; batches before it stay appended.
+    pub async fn produce(
+        &self,
+        stream: &str,
+        input: impl BufRead,
+        batch: usize,
+    ) -> Result<(u64, u64)> {
+        let (mut appended, mut duplicates) = (0u64, 0u64);
+        let mut body = String::new();
+        let mut line_numbers = Vec::new();
+        let mut lines = input.lines().enumerate();
+        loop {
+            let next = lines.next();
+            let done = next.is_none();
+            if let Some((i, line)) = next {
+                let line = line.map_err(|e| Error::io("cannot read the input", e))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                body.push_str(&line);
+                body.push('\n');
+                line_numbers.push(i + 1);
+            }
+            if line_numbers.is_empty()
+                || (!done && line_numbers.len() < batch.max(1) && body.len() < (8 << 20))
+            {
+                if done {
+                    break;
+                }
+                continue;
+            }
+            let resp = self
+                .http
+                .post(self.url(&format!("/v1/streams/{stream}/events")))
+                .header("content-type", "application/x-ndjson")
+                .body(std::mem::take(&mut body))
+                .send()
+                .await
+                .map_err(client_error)?;
+            let resp = match Self::check(resp).await {
+                Ok(resp) => resp,
+                Err(Error::Client(msg)) => {
+                    return Err(Error::Client(renumber(&msg, &line_numbers)));
+                }
+                Err(e) => return Err(e),
+            };
+            let outcome: serde_json::Value = resp.json().await.map_err(client_error)?;
+            appended += outcome["appended"].as_u64().unwrap_or(0);
+            duplicates += outcome["duplicates"].as_u64().unwrap_or(0);
+            line_numbers.clear();
+            if done {
+                break;
+            }
+        }
+        Ok((appended, duplicates))
+    }
+
+    /// Runs `query` and writes the result to `out` in `format`.
+    pub async fn sql(&self, query: &str, format: SqlFormat, out: &mut impl Write) -> Result<()> {
+        let accept = if format == SqlFormat::Json {
+            "application/json"
+        } else {
+            ARROW_STREAM
+        };
+        let resp = self
+            .http
+            .post(self.url("/v1/sql"))
+            .header("accept", accept)
+            .json(&serde_json::json!({ "sql": query }))
+            .send()
+            .await
+            .map_err(client_error)?;
+        let bytes = Self::check(resp)
+            .await?
+            .bytes()
+            .await
+            .map_err(client_error)?;
+        let write_err = |e: std::io::Error| Error::io("cannot write the output", e);
+        if format == SqlFormat::Json {
+            return out.write_all(&bytes).map_err(write_err);
+        }
+        let reader =
+            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+                .map_err(|e| Error::Client(format!("bad Arrow stream from the server: {e}")))?;
+        let schema = reader.schema();
+        let batches: Vec<_> = reader
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::Client(format!("bad Arrow stream from the server: {e}")))?;
+        let rows: usize = batches
+            .iter()
+            .map(|b: &arrow::array::RecordBatch| b.num_rows())
+            .sum();
+        match format {
+            SqlFormat::Csv => {
+                let mut w = arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(&mut *out);
+                if batches.is_empty() {
+                    let empty = arrow::array::RecordBatch::new_empty(schema);
+                    w.write(&empty).map_err(|e| Error::Client(e.to_string()))?;
+                }
+                for b in &batches {
+                    w.write(b).map_err(|e| Error::Client(e.to_string()))?;
+                }
+            }
+            _ => {
+                let table = if batches.is_empty() {
+                    arrow::util::pretty::pretty_format_batches(&[
+                        arrow::array::RecordBatch::new_empty(schema),
+                    ])
+                } else {
+                    arrow::util::pretty::pretty_format_batches(&batches)
+                }
+                .map_err(|e| Error::Client(e.to_string()))?;
+                writeln!(out, "{table}").map_err(write_err)?;
+                writeln!(out, "({rows} row{})", if rows == 1 { "" } else { "s" })
+                    .map_err(write_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Streams the replay of `stream` as NDJSON to `out`.
+    pub async fn replay(
+        &self,
+        stream: &str,
+        args: &ReplayArgs,
+        out: &mut impl Write,
+    ) -> Result<()> {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(p) = args.partition {
+            query.push(("partition", p.to_string()));
+        }
+        if let Some(f) = args.from {
+            query.push(("from", f.to_string()));
+        }
+        if let Some(t) = &args.from_time {
+            query.push(("from_time", t.clone()));
+        }
+        if let Some(k) = &args.key {
+            query.push(("key", k.clone()));
+        }
+        if let Some(l) = args.limit {
+            query.push(("limit", l.to_string()));
+        }
+        let resp = self
+            .http
+            .get(self.url(&format!("/v1/streams/{stream}/events")))
+            .query(&query)
+            .send()
+            .await
+            .map_err(client_error)?;
+        let mut resp = Self::check(resp).await?;
+        while let Some(chunk) = resp.chunk().await.map_err(client_error)? {
+            out.write_all(&chunk)
+                .map_err(|e| Error::io("cannot write the output", e))?;
+        }
+        Ok(())
+    }
+
+    /// Creates `stream` with `partitions` partitions.
+    pub async fn create_stream(&self, stream: &str, partitions: u32) -> Result<serde_json::Value> {
+        let resp = self
+            .http
+            .put(self.url(&format!("/v1/streams/{stream}")))
+            .json(&serde_json::json!({ "partitions": partitions }))
+            .send()
+            .await
+            .map_err(client_error)?;
+        Self::check(resp).await?.json().await.map_err(client_error)
+    }
+
+    /// Writes the list of streams as a table to `out`.
+    pub async fn streams(&self, out: &mut impl Write) -> Result<()> {
+        let resp = self
+            .http
+            .get(self.url("/v1/streams"))
+            .send()
+            .await
+            .map_err(client_error)?;
+        let streams: Vec<serde_json::Value> = Self::check(resp)
+            .await?
+            .json()
+            .await
+            .map_err(client_error)?;
+        let mut rows = vec![[
+            "stream".to_owned(),
+            "partitions".to_owned(),
+            "events".to_owned(),
+            "stored".to_owned(),
+            "next offsets".to_owned(),
+        ]];
+        for s in &streams {
+            let offsets = s["offsets"].as_array().cloned().unwrap_or_default();
+            let next: Vec<u64> = offsets
+                .iter()
+                .map(|o| o["next_offset"].as_u64().unwrap_or(0))
+                .collect();
+            let stored: u64 = offsets
+                .iter()
+                .map(|o| o["stored_offset"].as_u64().unwrap_or(0))
+                .sum();
+            rows.push([
+                s["name"].as_str().unwrap_or_default().to_owned(),
+                s["partitions"].to_string(),
+                next.iter().sum::<u64>().to_string(),
+                stored.to_string(),
+                next.iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]);
+        }
+        let widths: Vec<usize> = (0..5)
+            .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+            .collect();
+        for row in rows {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            writeln!(out, "{}", cells.join("  ").trim_end())
+                .map_err(|e| Error::io("cannot write the output", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Rewrites the server's `line N` (within one request) to the line of the whole input.
+fn renumber(message: &str, line_numbers: &[usize]) -> String {
+    let Some(rest) = message.strip_prefix("line ") else {
+        return message.to_owned();
+    };
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    match digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| line_numbers.get(n.wrapping_sub(1)))
+    {
+        Some(original) => format!("line {original}{}", &rest[digits.len()..]),
+        None => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn renumbers_lines() {
+        assert_eq!(
+            super::renumber("line 2: bad", &[10, 12, 13]),
+            "line 12: bad"
+        );
+        assert_eq!(super::renumber("other", &[1]), "other");
+        assert_eq!(super::renumber("line 9: x", &[1]), "line 9: x");
+    }
+}

@@ -1,0 +1,122 @@
+//! The error type of the binary package, and the one place errors become HTTP statuses.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// Errors of the strata binary: configuration, start-up, the crates it wires, and API input.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Configuration that cannot be used.
+    #[error("configuration error: {0}")]
+    Config(String),
+    /// An I/O failure while starting or serving.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The write path refused or failed.
+    #[error(transparent)]
+    Ingest(#[from] strata_ingest::Error),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] strata_store::Error),
+    /// SQL refused or failed.
+    #[error(transparent)]
+    Sql(#[from] strata_views::Error),
+    /// The log or the catalog refused or failed.
+    #[error(transparent)]
+    Log(#[from] strata_proto::Error),
+    /// A request parameter or body that does not make sense.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such endpoint or resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// A request body over the configured limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// A CLI request to a server failed.
+    #[error("{0}")]
+    Client(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Config(_) | Error::Io { .. } | Error::Client(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Log(e) => log_status(e),
+            Error::Ingest(e) => match e {
+                strata_ingest::Error::Log(e) => log_status(e),
+                strata_ingest::Error::TooManyEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                strata_ingest::Error::BadEvent { .. } | strata_ingest::Error::EmptyBatch => {
+                    StatusCode::BAD_REQUEST
+                }
+            },
+            Error::Store(e) => store_status(e),
+            Error::Sql(e) => match e {
+                strata_views::Error::ReadOnly(_) | strata_views::Error::Invalid(_) => {
+                    StatusCode::BAD_REQUEST
+                }
+                strata_views::Error::ResourcesExhausted(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                strata_views::Error::Execution(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                strata_views::Error::Store(e) => store_status(e),
+            },
+        }
+    }
+}
+
+fn store_status(e: &strata_store::Error) -> StatusCode {
+    match e {
+        strata_store::Error::Log(e) => log_status(e),
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn log_status(e: &strata_proto::Error) -> StatusCode {
+    use strata_proto::Error as E;
+    match e {
+        E::InvalidName { .. } | E::InvalidPartitions(_) | E::UnknownPartition { .. } => {
+            StatusCode::BAD_REQUEST
+        }
+        E::UnknownStream(_) => StatusCode::NOT_FOUND,
+        E::PartitionMismatch { .. } => StatusCode::CONFLICT,
+        E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        E::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+        E::Corrupt(_) | E::Io { .. } | E::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(status = status.as_u16(), error = %self, "request failed");
+        }
+        (
+            status,
+            axum::Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
+    }
+}
+
+/// Result alias of this package.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,286 @@
+//! The test harness: the real `strata` binary on port 0 in a temp dir, and small HTTP helpers.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The log a test server runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded on-disk log.
+    Embedded,
+}
+
+/// Every backend the end-to-end suite runs against.
+pub fn backends() -> Vec<Backend> {
+    vec![Backend::Embedded]
+}
+
+/// A running `strata serve`.
+pub struct Server {
+    child: Option<Child>,
+    pub base: String,
+    pub data_dir: PathBuf,
+    config: PathBuf,
+    pub backend: Backend,
+}
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Server {
+    /// Starts a server on a free port with its data in `data_dir` and `config` (TOML) as its file.
+    pub fn start(backend: Backend, data_dir: &Path, config: &str) -> Server {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let config_path = data_dir.with_extension("toml");
+        std::fs::write(&config_path, config).unwrap();
+        Self::spawn(backend, data_dir.to_owned(), config_path)
+    }
+
+    fn spawn(backend: Backend, data_dir: PathBuf, config: PathBuf) -> Server {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(["serve", "--http", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("STRATA_HTTP")
+            .env_remove("STRATA_DATA_DIR")
+            .env("RUST_LOG", "info,lsm_tree=warn,fjall=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("the strata binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("strata listening on ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let base = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(base) => base,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "strata did not announce its address; log:\n{}",
+                    read_log(&data_dir)
+                );
+            }
+        };
+        let server = Server {
+            child: Some(child),
+            base,
+            data_dir,
+            config,
+            backend,
+        };
+        server.wait_healthy();
+        server
+    }
+
+    /// Waits (bounded) until `/healthz` answers.
+    pub fn wait_healthy(&self) -> Duration {
+        let started = Instant::now();
+        let client = reqwest::blocking::Client::new();
+        while started.elapsed() < START_TIMEOUT {
+            if client
+                .get(format!("{}/healthz", self.base))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return started.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "strata did not become healthy; log:\n{}",
+            read_log(&self.data_dir)
+        );
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit; returns whether it exited successfully.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// Starts the same node again (same data and config) after a stop or kill.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let next = Self::spawn(self.backend, self.data_dir.clone(), self.config.clone());
+        *self = next;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        read_log(&self.data_dir)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn read_log(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default()
+}
+
+/// A blocking HTTP client with a bounded timeout.
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// POSTs NDJSON to a stream; returns status and JSON body.
+pub fn append(server: &Server, stream: &str, body: &str) -> (u16, Value) {
+    let resp = http()
+        .post(server.url(&format!("/v1/streams/{stream}/events")))
+        .body(body.to_owned())
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(Value::Null))
+}
+
+/// Appends and asserts success.
+pub fn append_ok(server: &Server, stream: &str, body: &str) -> Value {
+    let (status, v) = append(server, stream, body);
+    assert_eq!(status, 200, "append failed: {v}");
+    v
+}
+
+/// Runs SQL; returns status and JSON body (rows, or the error).
+pub fn sql(server: &Server, query: &str) -> (u16, Value) {
+    let resp = http()
+        .post(server.url("/v1/sql"))
+        .json(&serde_json::json!({ "sql": query }))
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(Value::Null))
+}
+
+/// Runs SQL and returns its rows.
+pub fn rows(server: &Server, query: &str) -> Vec<Value> {
+    let (status, v) = sql(server, query);
+    assert_eq!(status, 200, "{query}: {v}");
+    v.as_array().cloned().unwrap_or_default()
+}
+
+/// Replays with a query string; returns status and the NDJSON lines parsed.
+pub fn replay(server: &Server, stream: &str, query: &str) -> (u16, Vec<Value>) {
+    let resp = http()
+        .get(server.url(&format!("/v1/streams/{stream}/events?{query}")))
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().unwrap();
+    if status != 200 {
+        return (
+            status,
+            vec![serde_json::from_str(&text).unwrap_or(Value::String(text))],
+        );
+    }
+    (
+        status,
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+    )
+}
+
+/// The stream's listing from `GET /v1/streams/{name}`.
+pub fn stream_info(server: &Server, stream: &str) -> Value {
+    http()
+        .get(server.url(&format!("/v1/streams/{stream}")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+/// Waits (bounded) until the store has applied everything the log holds for `stream`.
+pub fn wait_stored(server: &Server, stream: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = stream_info(server, stream);
+        let offsets = info["offsets"].as_array().cloned().unwrap_or_default();
+        if !offsets.is_empty()
+            && offsets
+                .iter()
+                .all(|o| o["next_offset"] == o["stored_offset"])
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "store did not catch up: {info}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `f` (bounded) until it returns `Some`.
+pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A data directory inside a fresh temp dir (kept alive by the returned guard).
+pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    (tmp, dir)
+}
