@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use strata_ingest::Ingest;
 use strata_ingest::decode::{DecodeLimits, decode_batch, parse_rfc3339};
-use strata_proto::{Log, StreamName, partition_for_key};
+use strata_proto::{FieldSpec, Log, StreamInfo, StreamName, partition_for_key};
 use strata_store::{ScanRequest, Store};
 use strata_views::SqlEngine;
 use tokio::sync::mpsc;
@@ -118,6 +118,7 @@ struct PartitionOffsets {
 struct StreamView {
     name: String,
     partitions: u32,
+    fields: Vec<serde_json::Value>,
     offsets: Vec<PartitionOffsets>,
 }
 
@@ -134,6 +135,7 @@ async fn stream_view(state: &AppState, info: &strata_proto::StreamInfo) -> Resul
     Ok(StreamView {
         name: info.name.to_string(),
         partitions: info.partitions,
+        fields: field_list(info),
         offsets,
     })
 }
@@ -163,33 +165,67 @@ async fn get_stream(State(state): Shared, Path(name): Path<String>) -> Result<Js
 #[serde(deny_unknown_fields)]
 struct CreateStream {
     partitions: Option<u32>,
+    #[serde(default)]
+    fields: Vec<FieldSpec>,
 }
 
+/// Creates a stream, or declares more fields on an existing one.
 async fn put_stream(
     State(state): Shared,
     Path(name): Path<String>,
     body: Body,
 ) -> Result<Response> {
     let name = stream_name(&name)?;
-    let body = read_body(body, 64 << 10).await?;
+    let body = read_body(body, 1 << 20).await?;
     let request: CreateStream = if body.iter().all(u8::is_ascii_whitespace) {
-        CreateStream { partitions: None }
+        CreateStream {
+            partitions: None,
+            fields: Vec::new(),
+        }
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| Error::BadRequest(format!("expected {{\"partitions\": N}}: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| {
+            Error::BadRequest(format!(
+                "expected {{\"partitions\": N, \"fields\": [{{\"name\": \"amount\", \"type\": \"double\"}}]}} \
+                 (types: string, long, double, boolean, timestamp): {e}"
+            ))
+        })?
     };
+    let existing = state
+        .log
+        .catalog()
+        .borrow()
+        .get(&name)
+        .map(|info| info.partitions);
     let partitions = request
         .partitions
+        .or(existing)
         .unwrap_or(state.ingest.default_partitions());
-    let (info, created) = state.log.create_stream(&name, partitions).await?;
+    let (mut info, created) = state
+        .log
+        .create_stream(&name, partitions, &request.fields)
+        .await?;
+    if !created && !request.fields.is_empty() {
+        info = state.log.add_fields(&name, &request.fields).await?;
+    }
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    let body =
-        serde_json::json!({ "name": info.name, "partitions": info.partitions, "created": created });
+    let body = serde_json::json!({
+        "name": info.name,
+        "partitions": info.partitions,
+        "fields": field_list(&info),
+        "created": created,
+    });
     Ok((status, Json(body)).into_response())
+}
+
+fn field_list(info: &StreamInfo) -> Vec<serde_json::Value> {
+    info.fields
+        .iter()
+        .map(|f| serde_json::json!({ "name": f.name, "type": f.field_type }))
+        .collect()
 }
 
 async fn append(State(state): Shared, Path(name): Path<String>, body: Body) -> Result<Response> {
@@ -200,9 +236,17 @@ async fn append(State(state): Shared, Path(name): Path<String>, body: Body) -> R
         max_event_bytes: state.limits.max_event_bytes,
         max_events: state.limits.max_batch_events,
     };
-    let events = tokio::task::spawn_blocking(move || decode_batch(&body, arrival, &limits))
-        .await
-        .map_err(|e| Error::BadRequest(format!("decoding failed: {e}")))??;
+    let fields = state
+        .log
+        .catalog()
+        .borrow()
+        .get(&name)
+        .map(|info| info.fields.clone())
+        .unwrap_or_default();
+    let events =
+        tokio::task::spawn_blocking(move || decode_batch(&body, arrival, &limits, &fields))
+            .await
+            .map_err(|e| Error::BadRequest(format!("decoding failed: {e}")))??;
     let outcome = state.ingest.append(&name, events).await?;
     Ok(Json(outcome).into_response())
 }

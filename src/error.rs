@@ -93,11 +93,12 @@ fn store_status(e: &strata_store::Error) -> StatusCode {
 fn log_status(e: &strata_proto::Error) -> StatusCode {
     use strata_proto::Error as E;
     match e {
-        E::InvalidName { .. } | E::InvalidPartitions(_) | E::UnknownPartition { .. } => {
-            StatusCode::BAD_REQUEST
-        }
+        E::InvalidName { .. }
+        | E::InvalidField { .. }
+        | E::InvalidPartitions(_)
+        | E::UnknownPartition { .. } => StatusCode::BAD_REQUEST,
         E::UnknownStream(_) => StatusCode::NOT_FOUND,
-        E::PartitionMismatch { .. } => StatusCode::CONFLICT,
+        E::PartitionMismatch { .. } | E::FieldConflict { .. } => StatusCode::CONFLICT,
         E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         E::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
         E::Corrupt(_) | E::Io { .. } | E::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,

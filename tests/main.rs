@@ -3,6 +3,8 @@
 mod common;
 
 mod api;
+mod bench;
 mod cli;
 mod crash;
 mod determinism;
+mod schema;

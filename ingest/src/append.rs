@@ -106,7 +106,7 @@ impl Ingest {
         }
         match self
             .log
-            .create_stream(name, self.config.default_partitions)
+            .create_stream(name, self.config.default_partitions, &[])
             .await
         {
             Ok((info, _)) => Ok(info),

@@ -5,7 +5,8 @@ use serde::Deserialize;
 use serde::de::{Deserializer, Error as _};
 use serde_json::Value;
 use serde_json::value::RawValue;
-use strata_proto::Event;
+use strata_proto::fields::validate_fields;
+use strata_proto::{Event, FieldDef};
 
 /// Limits applied while decoding one append body.
 #[derive(Clone, Copy, Debug)]
@@ -115,6 +116,7 @@ fn decode_one(
     text: &str,
     arrival_ms: i64,
     limits: &DecodeLimits,
+    fields: &[FieldDef],
 ) -> std::result::Result<Event, String> {
     if text.len() > limits.max_event_bytes {
         return Err(format!(
@@ -134,6 +136,7 @@ fn decode_one(
         .data
         .ok_or_else(|| "missing `data` (any JSON value, required)".to_owned())?;
     let raw = data.get();
+    validate_fields(raw, fields)?;
     let data = if raw.contains(['\n', '\r']) {
         // Pretty-printed input: store compact JSON so that replay stays one event per line.
         let v: Value = serde_json::from_str(raw).map_err(|e| format!("invalid `data`: {e}"))?;
@@ -156,9 +159,15 @@ fn decode_one(
 
 /// Decodes a whole append body. A body whose first non-blank character is `[` is a JSON array of
 /// events; anything else is NDJSON with one event per line (blank lines are skipped). Events
-/// without a `time` get `arrival_ms`. The first bad event fails the whole batch, naming its line
-/// (or array element) and the reason.
-pub fn decode_batch(body: &[u8], arrival_ms: i64, limits: &DecodeLimits) -> Result<Vec<Event>> {
+/// without a `time` get `arrival_ms`. Members of `data` named like a declared field must have its
+/// type. The first bad event fails the whole batch, naming its line (or array element) and the
+/// reason.
+pub fn decode_batch(
+    body: &[u8],
+    arrival_ms: i64,
+    limits: &DecodeLimits,
+    fields: &[FieldDef],
+) -> Result<Vec<Event>> {
     let text = std::str::from_utf8(body).map_err(|e| {
         let line = body[..e.valid_up_to()]
             .iter()
@@ -180,9 +189,11 @@ pub fn decode_batch(body: &[u8], arrival_ms: i64, limits: &DecodeLimits) -> Resu
             .iter()
             .enumerate()
             .map(|(i, raw)| {
-                decode_one(raw.get(), arrival_ms, limits).map_err(|reason| Error::BadEvent {
-                    location: format!("element {}", i + 1),
-                    reason,
+                decode_one(raw.get(), arrival_ms, limits, fields).map_err(|reason| {
+                    Error::BadEvent {
+                        location: format!("element {}", i + 1),
+                        reason,
+                    }
                 })
             })
             .collect::<Result<Vec<_>>>()?
@@ -194,12 +205,12 @@ pub fn decode_batch(body: &[u8], arrival_ms: i64, limits: &DecodeLimits) -> Resu
                 continue;
             }
             check_count(events.len() + 1, limits)?;
-            events.push(decode_one(line, arrival_ms, limits).map_err(|reason| {
-                Error::BadEvent {
+            events.push(
+                decode_one(line, arrival_ms, limits, fields).map_err(|reason| Error::BadEvent {
                     location: format!("line {}", i + 1),
                     reason,
-                }
-            })?);
+                })?,
+            );
         }
         events
     };
@@ -225,7 +236,7 @@ mod tests {
     use super::*;
 
     fn decode(body: &str) -> Result<Vec<Event>> {
-        decode_batch(body.as_bytes(), 42, &DecodeLimits::default())
+        decode_batch(body.as_bytes(), 42, &DecodeLimits::default(), &[])
     }
 
     fn reason(body: &str) -> String {
@@ -284,9 +295,10 @@ mod tests {
             max_event_bytes: 20,
             max_events: 2,
         };
-        let e = decode_batch(b"{\"data\":\"0123456789abcdef\"}", 0, &limits).unwrap_err();
+        let e = decode_batch(b"{\"data\":\"0123456789abcdef\"}", 0, &limits, &[]).unwrap_err();
         assert!(e.to_string().contains("over the limit of 20"), "{e}");
-        let e = decode_batch(b"{\"data\":1}\n{\"data\":1}\n{\"data\":1}", 0, &limits).unwrap_err();
+        let e =
+            decode_batch(b"{\"data\":1}\n{\"data\":1}\n{\"data\":1}", 0, &limits, &[]).unwrap_err();
         assert!(matches!(e, Error::TooManyEvents { .. }), "{e}");
         let long_key = format!(
             "{{\"data\":1,\"key\":\"{}\"}}",
@@ -301,6 +313,7 @@ mod tests {
             b"{\"data\":1}\n{\"data\":\"\xff\"}",
             0,
             &DecodeLimits::default(),
+            &[],
         )
         .unwrap_err();
         assert!(

@@ -11,6 +11,26 @@ pub enum Error {
         /// Why it was refused.
         reason: &'static str,
     },
+    /// A declared field that cannot be used as given.
+    #[error("invalid field {name:?}: {reason}")]
+    InvalidField {
+        /// The field's name as given.
+        name: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A field declared again with another type.
+    #[error(
+        "field {name:?} is already declared as {existing}; a field's type cannot change (asked for {requested})"
+    )]
+    FieldConflict {
+        /// The field.
+        name: String,
+        /// Its declared type.
+        existing: crate::FieldType,
+        /// The type asked for.
+        requested: crate::FieldType,
+    },
     /// A partition count outside the allowed range.
     #[error("invalid partition count {0}: must be between 1 and {max}", max = crate::StreamInfo::MAX_PARTITIONS)]
     InvalidPartitions(u32),

@@ -8,12 +8,14 @@
 pub mod codec;
 mod error;
 mod event;
+pub mod fields;
 mod log;
 mod name;
 mod partition;
 
 pub use error::{Error, Result};
 pub use event::{Event, Record, format_time_ms, write_ndjson_fields};
+pub use fields::{FieldDef, FieldSpec, FieldType, FieldValue};
 pub use log::{Catalog, IdLookup, Log, LogReader, OffsetRange, StreamInfo};
 pub use name::StreamName;
 pub use partition::{murmur2, partition_for_key};

@@ -3,7 +3,7 @@
 //! The embedded on-disk log and the Kafka log both implement [`Log`]; ingest and store only ever
 //! see this trait.
 
-use crate::{Event, Record, Result, StreamName};
+use crate::{Event, FieldDef, FieldSpec, Record, Result, StreamName};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -18,6 +18,9 @@ pub struct StreamInfo {
     pub name: StreamName,
     /// How many partitions it has (fixed at creation).
     pub partitions: u32,
+    /// Declared fields of `data`, in declaration order (fields are only ever added).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldDef>,
 }
 
 impl StreamInfo {
@@ -62,11 +65,19 @@ pub struct OffsetRange {
 /// A partitioned, durable, append-only log of events.
 #[async_trait]
 pub trait Log: Send + Sync + 'static {
-    /// Creates `name` with `partitions` partitions. Returns the stream and whether it was created now;
-    /// an existing stream with the same partition count is returned as is, one with another count is
-    /// [`crate::Error::PartitionMismatch`].
-    async fn create_stream(&self, name: &StreamName, partitions: u32)
-    -> Result<(StreamInfo, bool)>;
+    /// Creates `name` with `partitions` partitions and declared `fields`. Returns the stream and
+    /// whether it was created now; an existing stream with the same partition count is returned as
+    /// is (its fields unchanged), one with another count is [`crate::Error::PartitionMismatch`].
+    async fn create_stream(
+        &self,
+        name: &StreamName,
+        partitions: u32,
+        fields: &[FieldSpec],
+    ) -> Result<(StreamInfo, bool)>;
+
+    /// Declares more fields on an existing stream (see [`crate::fields::merge_fields`]); each new
+    /// field applies from every partition's current end offset on.
+    async fn add_fields(&self, name: &StreamName, fields: &[FieldSpec]) -> Result<StreamInfo>;
 
     /// The catalog, kept current as streams are created.
     fn catalog(&self) -> watch::Receiver<Catalog>;

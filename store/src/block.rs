@@ -1,17 +1,20 @@
-//! Columnar blocks: Arrow record batches of events stored as LZ4-compressed IPC in fjall values,
-//! with a small metadata record per block so that scans skip blocks without opening them.
+//! Columnar blocks: each column of a block of events is one fjall value (an LZ4-compressed Arrow
+//! IPC stream of one array), so a query reads only the columns it needs. A small metadata record
+//! per block lets scans skip blocks by offset and time without opening them.
 
-use crate::schema::{self, block_schema};
+use crate::schema::{self, field_type};
 use crate::{Error, Result};
 use arrow::array::{
-    ArrayRef, Int32Array, Int64Array, RecordBatch, RecordBatchOptions, StringBuilder,
-    TimestampMillisecondArray,
+    ArrayRef, BooleanBuilder, Float64Builder, Int32Array, Int64Array, Int64Builder, RecordBatch,
+    RecordBatchOptions, StringBuilder, TimestampMillisecondArray, TimestampMillisecondBuilder,
+    new_null_array,
 };
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use std::sync::Arc;
-use strata_proto::Event;
+use strata_proto::fields::extract_fields;
+use strata_proto::{Event, FieldDef, FieldType, FieldValue};
 
 /// Where a block sits and what it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,7 +27,7 @@ pub(crate) struct BlockMeta {
 }
 
 const META_VERSION: u8 = 1;
-const BLOCK_VERSION: u8 = 1;
+const COLUMN_VERSION: u8 = 1;
 
 impl BlockMeta {
     pub fn encode(&self) -> Vec<u8> {
@@ -73,13 +76,30 @@ impl BlockMeta {
     }
 }
 
-/// Builds the columns `projection` (table column indexes) of `rows` as one record batch of `schema`.
+/// Key of column `column` (a table column index, ≥ 1) of the block starting at `first`.
+pub(crate) fn column_key(first: u64, column: usize) -> [u8; 10] {
+    let mut key = [0u8; 10];
+    key[..8].copy_from_slice(&first.to_be_bytes());
+    key[8..].copy_from_slice(&(column as u16).to_be_bytes());
+    key
+}
+
+/// Builds the columns `projection` (table column indexes of `fields`' stream schema) of `rows`
+/// as one record batch of `schema`. Declared fields are read from `data`, and only for events at
+/// or after the offset each field applies from.
 pub(crate) fn rows_to_batch(
     rows: &[(u64, Event)],
     partition: u32,
     projection: &[usize],
+    fields: &[FieldDef],
     schema: SchemaRef,
 ) -> Result<RecordBatch> {
+    let wanted: Vec<usize> = projection
+        .iter()
+        .filter(|&&c| c >= schema::FIELDS)
+        .map(|&c| c - schema::FIELDS)
+        .collect();
+    let values = field_values(rows, partition, fields, &wanted);
     let columns: Vec<ArrayRef> = projection
         .iter()
         .map(|&c| -> ArrayRef {
@@ -97,7 +117,15 @@ pub(crate) fn rows_to_batch(
                 schema::KEY => strings(rows, |e| e.key.as_deref()),
                 schema::ID => strings(rows, |e| e.id.as_deref()),
                 schema::TYPE => strings(rows, |e| e.event_type.as_deref()),
-                _ => strings(rows, |e| Some(e.data.as_str())),
+                schema::DATA => strings(rows, |e| Some(e.data.as_str())),
+                c => {
+                    let i = c - schema::FIELDS;
+                    let slot = wanted.iter().position(|w| *w == i).unwrap_or(0);
+                    match fields.get(i) {
+                        Some(f) => typed_array(f.field_type, values.iter().map(|row| &row[slot])),
+                        None => new_null_array(&arrow::datatypes::DataType::Null, rows.len()),
+                    }
+                }
             }
         })
         .collect();
@@ -105,6 +133,93 @@ pub(crate) fn rows_to_batch(
     Ok(RecordBatch::try_new_with_options(
         schema, columns, &options,
     )?)
+}
+
+/// For each row, the values of fields `wanted` (indexes into `fields`).
+fn field_values(
+    rows: &[(u64, Event)],
+    partition: u32,
+    fields: &[FieldDef],
+    wanted: &[usize],
+) -> Vec<Vec<FieldValue>> {
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let defs: Vec<FieldDef> = wanted
+        .iter()
+        .filter_map(|&i| fields.get(i).cloned())
+        .collect();
+    rows.iter()
+        .map(|(offset, event)| {
+            let mut values = extract_fields(&event.data, &defs);
+            for (v, def) in values.iter_mut().zip(&defs) {
+                if !def.applies(partition, *offset) {
+                    *v = FieldValue::Null;
+                }
+            }
+            values
+        })
+        .collect()
+}
+
+fn typed_array<'a>(t: FieldType, values: impl Iterator<Item = &'a FieldValue>) -> ArrayRef {
+    match t {
+        FieldType::String => {
+            let mut b = StringBuilder::new();
+            for v in values {
+                b.append_option(if let FieldValue::String(s) = v {
+                    Some(s.as_str())
+                } else {
+                    None
+                });
+            }
+            Arc::new(b.finish())
+        }
+        FieldType::Long => {
+            let mut b = Int64Builder::new();
+            for v in values {
+                b.append_option(if let FieldValue::Long(i) = v {
+                    Some(*i)
+                } else {
+                    None
+                });
+            }
+            Arc::new(b.finish())
+        }
+        FieldType::Double => {
+            let mut b = Float64Builder::new();
+            for v in values {
+                b.append_option(if let FieldValue::Double(f) = v {
+                    Some(*f)
+                } else {
+                    None
+                });
+            }
+            Arc::new(b.finish())
+        }
+        FieldType::Boolean => {
+            let mut b = BooleanBuilder::new();
+            for v in values {
+                b.append_option(if let FieldValue::Boolean(x) = v {
+                    Some(*x)
+                } else {
+                    None
+                });
+            }
+            Arc::new(b.finish())
+        }
+        FieldType::Timestamp => {
+            let mut b = TimestampMillisecondBuilder::new().with_timezone("UTC");
+            for v in values {
+                b.append_option(if let FieldValue::Timestamp(ms) = v {
+                    Some(*ms)
+                } else {
+                    None
+                });
+            }
+            Arc::new(b.finish())
+        }
+    }
 }
 
 fn strings(rows: &[(u64, Event)], get: impl Fn(&Event) -> Option<&str>) -> ArrayRef {
@@ -116,27 +231,72 @@ fn strings(rows: &[(u64, Event)], get: impl Fn(&Event) -> Option<&str>) -> Array
     Arc::new(b.finish())
 }
 
-/// The block columns of `rows`, as stored.
-const BLOCK_COLUMNS: [usize; 6] = [
-    schema::OFFSET,
-    schema::TIME,
-    schema::KEY,
-    schema::ID,
-    schema::TYPE,
-    schema::DATA,
-];
-
-/// Encodes `rows` as a block value and its metadata.
-pub(crate) fn encode_block(rows: &[(u64, Event)]) -> Result<(Vec<u8>, BlockMeta)> {
-    let batch = rows_to_batch(rows, 0, &BLOCK_COLUMNS, block_schema())?;
+/// Encodes one array as a stored column value.
+fn encode_column(array: &ArrayRef) -> Result<Vec<u8>> {
+    let schema = Schema::new(vec![Field::new("c", array.data_type().clone(), true)]);
+    let batch = RecordBatch::try_new(Arc::new(schema.clone()), vec![array.clone()])?;
     let options = IpcWriteOptions::default()
         .try_with_compression(Some(arrow::ipc::CompressionType::LZ4_FRAME))?;
-    let mut out = vec![BLOCK_VERSION];
-    {
-        let mut writer = StreamWriter::try_new_with_options(&mut out, &batch.schema(), options)?;
-        writer.write(&batch)?;
-        writer.finish()?;
+    let mut out = vec![COLUMN_VERSION];
+    let mut writer = StreamWriter::try_new_with_options(&mut out, &schema, options)?;
+    writer.write(&batch)?;
+    writer.finish()?;
+    drop(writer);
+    Ok(out)
+}
+
+/// Decodes a stored column value.
+pub(crate) fn decode_column(bytes: &[u8], location: impl Fn() -> String) -> Result<ArrayRef> {
+    let corrupt = |reason: &str| Error::Corrupt {
+        location: location(),
+        reason: reason.into(),
+    };
+    let Some((&COLUMN_VERSION, ipc)) = bytes.split_first() else {
+        return Err(corrupt("unknown column version"));
+    };
+    let mut reader = StreamReader::try_new(std::io::Cursor::new(ipc), None)?;
+    let batch = reader
+        .next()
+        .transpose()?
+        .ok_or_else(|| corrupt("empty column"))?;
+    if batch.num_columns() != 1 {
+        return Err(corrupt("a column value must hold one array"));
     }
+    Ok(batch.column(0).clone())
+}
+
+/// Encodes `rows` (consecutive events of one partition) as a block: one value per stored column
+/// (every table column but `partition`, declared fields included), and its metadata.
+pub(crate) fn encode_block(
+    rows: &[(u64, Event)],
+    partition: u32,
+    fields: &[FieldDef],
+) -> Result<(Vec<(usize, Vec<u8>)>, BlockMeta)> {
+    let columns: Vec<usize> = (schema::OFFSET..schema::FIELDS + fields.len()).collect();
+    let mut all_fields: Vec<Field> = vec![];
+    let base = schema::table_schema();
+    for &c in &columns {
+        all_fields.push(match c {
+            c if c < schema::FIELDS => base.field(c).clone(),
+            c => Field::new(
+                &fields[c - schema::FIELDS].name,
+                field_type(fields[c - schema::FIELDS].field_type),
+                true,
+            ),
+        });
+    }
+    let batch = rows_to_batch(
+        rows,
+        partition,
+        &columns,
+        fields,
+        Arc::new(Schema::new(all_fields)),
+    )?;
+    let values = columns
+        .iter()
+        .zip(batch.columns())
+        .map(|(&c, array)| Ok((c, encode_column(array)?)))
+        .collect::<Result<Vec<_>>>()?;
     let (min_time, max_time) = rows.iter().fold((i64::MAX, i64::MIN), |(lo, hi), (_, e)| {
         (lo.min(e.time_ms), hi.max(e.time_ms))
     });
@@ -147,62 +307,18 @@ pub(crate) fn encode_block(rows: &[(u64, Event)]) -> Result<(Vec<u8>, BlockMeta)
         max_time,
         rows: rows.len() as u32,
     };
-    Ok((out, meta))
-}
-
-/// Decodes the table columns `projection` of a block value belonging to `partition`.
-pub(crate) fn decode_block(
-    bytes: &[u8],
-    partition: u32,
-    projection: &[usize],
-    schema: SchemaRef,
-    location: impl Fn() -> String,
-) -> Result<RecordBatch> {
-    let Some((&BLOCK_VERSION, ipc)) = bytes.split_first() else {
-        return Err(Error::Corrupt {
-            location: location(),
-            reason: "unknown block version".into(),
-        });
-    };
-    // Block column i holds table column i + 1; read each needed one once, in stored order.
-    let mut wanted: Vec<usize> = projection
-        .iter()
-        .filter(|&&c| c != schema::PARTITION)
-        .map(|&c| c - 1)
-        .collect();
-    wanted.sort_unstable();
-    wanted.dedup();
-    let mut reader = StreamReader::try_new(std::io::Cursor::new(ipc), Some(wanted.clone()))?;
-    let batch = reader.next().transpose()?.ok_or_else(|| Error::Corrupt {
-        location: location(),
-        reason: "empty block".into(),
-    })?;
-    let rows = batch.num_rows();
-    let columns: Vec<ArrayRef> = projection
-        .iter()
-        .map(|&c| match c {
-            schema::PARTITION => {
-                Arc::new(Int32Array::from_value(partition as i32, rows)) as ArrayRef
-            }
-            c => {
-                let i = wanted.binary_search(&(c - 1)).unwrap_or_default();
-                batch.column(i).clone()
-            }
-        })
-        .collect();
-    let options = RecordBatchOptions::new().with_row_count(Some(rows));
-    Ok(RecordBatch::try_new_with_options(
-        schema, columns, &options,
-    )?)
+    Ok((values, meta))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float64Type, Int64Type};
 
-    fn rows(n: u64) -> Vec<(u64, Event)> {
-        (0..n)
+    #[test]
+    fn columns_roundtrip_with_fields_and_since() {
+        let rows: Vec<(u64, Event)> = (0..10u64)
             .map(|i| {
                 (
                     100 + i,
@@ -211,17 +327,24 @@ mod tests {
                         key: (i % 2 == 0).then(|| format!("k{i}")),
                         id: Some(format!("id{i}")),
                         event_type: None,
-                        data: format!("{{\"i\":{i}}}"),
+                        data: format!("{{\"i\":{i},\"amount\":{}.5}}", i),
                     },
                 )
             })
-            .collect()
-    }
-
-    #[test]
-    fn block_roundtrip_with_projection() {
-        let rows = rows(10);
-        let (bytes, meta) = encode_block(&rows).unwrap();
+            .collect();
+        let fields = vec![
+            FieldDef {
+                name: "amount".into(),
+                field_type: FieldType::Double,
+                since: vec![0, 105],
+            },
+            FieldDef {
+                name: "i".into(),
+                field_type: FieldType::Long,
+                since: vec![],
+            },
+        ];
+        let (values, meta) = encode_block(&rows, 1, &fields).unwrap();
         assert_eq!(
             meta,
             BlockMeta {
@@ -236,38 +359,23 @@ mod tests {
             BlockMeta::decode(&meta.encode(), String::new).unwrap(),
             meta
         );
-        let projection = [schema::DATA, schema::PARTITION, schema::OFFSET];
-        let schema = Arc::new(schema::table_schema().project(&projection).unwrap());
-        let batch = decode_block(&bytes, 3, &projection, schema, String::new).unwrap();
-        assert_eq!(batch.num_rows(), 10);
-        assert_eq!(batch.column(0).as_string::<i32>().value(4), "{\"i\":4}");
         assert_eq!(
-            batch
-                .column(1)
-                .as_primitive::<arrow::datatypes::Int32Type>()
-                .value(0),
-            3
+            values.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5, 6, 7, 8]
         );
-        assert_eq!(
-            batch
-                .column(2)
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .value(9),
-            109
-        );
-        let all: Vec<usize> = (0..7).collect();
-        let full = decode_block(&bytes, 0, &all, schema::table_schema(), String::new).unwrap();
-        assert!(full.column(schema::KEY).is_null(1));
+        let amount = decode_column(&values[6].1, String::new).unwrap();
+        let amount = amount.as_primitive::<Float64Type>();
         assert!(
-            decode_block(
-                &bytes[..bytes.len() / 2],
-                0,
-                &all,
-                schema::table_schema(),
-                String::new
-            )
-            .is_err()
+            amount.is_null(4),
+            "partition 1 has the field from offset 105 on"
         );
+        assert_eq!(amount.value(5), 5.5);
+        let i = decode_column(&values[7].1, String::new).unwrap();
+        assert_eq!(i.as_primitive::<Int64Type>().value(9), 9);
+        let keys = decode_column(&values[2].1, String::new).unwrap();
+        assert!(keys.is_null(1));
+        assert!(decode_column(&values[0].1[..10], String::new).is_err());
+        assert_eq!(column_key(1, 7)[8..], [0, 7]);
     }
 
     #[test]

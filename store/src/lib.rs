@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `meta` (shared) | `<stream>/<partition>` | next offset, rows in the tail |
 //! | `<shard>.tail` | offset (u64 BE) | one row-encoded event |
-//! | `<shard>.blocks` | first offset (u64 BE) | an Arrow IPC batch of [`StoreConfig::block_rows`] events |
+//! | `<shard>.blocks` | first offset (u64 BE), column (u16 BE) | one column of [`StoreConfig::block_rows`] events, as LZ4 Arrow IPC |
 //! | `<shard>.bmeta` | first offset (u64 BE) | offset range, time range and row count of the block |
 //! | `<shard>.ids` | event id | offset |
 //! | `<shard>.keys` | key length (u16 BE), key, offset (u64 BE) | — |

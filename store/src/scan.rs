@@ -1,21 +1,23 @@
 //! Shard scans: the only read interface the query layer and replay use.
 
-use crate::block::{BlockMeta, decode_block, rows_to_batch};
-use crate::schema::{self, table_schema};
+use crate::block::{BlockMeta, column_key, decode_column, rows_to_batch};
+use crate::schema::{self, field_type, stream_schema, table_schema};
 use crate::shard::{Shard, ShardState, block_metas, decode_row, key_index_prefix, offset_key};
 use crate::{Error, Result};
-use arrow::array::{Array, AsArray, RecordBatch, RecordBatchOptions};
-use arrow::datatypes::{Int64Type, SchemaRef, TimestampMillisecondType};
+use arrow::array::{
+    Array, ArrayRef, AsArray, Int32Array, RecordBatch, RecordBatchOptions, new_null_array,
+};
+use arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef, TimestampMillisecondType};
 use fjall::Readable;
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
-use strata_proto::Event;
+use strata_proto::{Event, FieldDef, StreamInfo};
 
 /// What to read from a shard.
 #[derive(Clone, Debug)]
 pub struct ScanRequest {
-    /// Table columns to return, in this order (indexes into [`schema::table_schema`]); empty
+    /// Table columns to return, in this order (indexes into [`schema::stream_schema`]); empty
     /// returns row counts only.
     pub projection: Vec<usize>,
     /// Offsets to return (half-open). Exact: no row outside it is returned.
@@ -32,10 +34,10 @@ pub struct ScanRequest {
 }
 
 impl ScanRequest {
-    /// Every row and column of the shard.
+    /// Every row of the shard, with the columns every stream has (what replay returns).
     pub fn all() -> Self {
         Self {
-            projection: (0..table_schema().fields().len()).collect(),
+            projection: schema::base_columns(),
             offsets: 0..u64::MAX,
             time: None,
             key: None,
@@ -61,6 +63,7 @@ enum Phase {
 /// An iterator of record batches over one shard, reading one consistent snapshot. Blocking.
 pub struct ShardScan {
     shard: Arc<Shard>,
+    fields: Vec<FieldDef>,
     snapshot: fjall::Snapshot,
     state: ShardState,
     request: ScanRequest,
@@ -72,11 +75,12 @@ pub struct ShardScan {
 impl ShardScan {
     pub(crate) fn new(
         shard: Arc<Shard>,
+        info: &StreamInfo,
         snapshot: fjall::Snapshot,
         state: ShardState,
         request: ScanRequest,
     ) -> Result<Self> {
-        let schema = Arc::new(table_schema().project(&request.projection)?);
+        let schema = Arc::new(stream_schema(info).project(&request.projection)?);
         let metas = block_metas(&shard, &snapshot)?;
         let phase = match &request.key {
             Some(key) => {
@@ -112,6 +116,7 @@ impl ShardScan {
         let remaining = request.limit.unwrap_or(usize::MAX);
         Ok(Self {
             shard,
+            fields: info.fields.clone(),
             snapshot,
             state,
             request,
@@ -126,32 +131,11 @@ impl ShardScan {
         self.schema.clone()
     }
 
-    fn label(&self) -> String {
-        self.shard.label()
-    }
-
-    fn read_block(
-        &self,
-        meta: &BlockMeta,
-        projection: &[usize],
-        schema: SchemaRef,
-    ) -> Result<RecordBatch> {
-        let label = || format!("{} block at offset {}", self.label(), meta.first);
-        let bytes = self
-            .snapshot
-            .get(&self.shard.blocks, offset_key(meta.first))?
-            .ok_or_else(|| Error::Corrupt {
-                location: label(),
-                reason: "block is missing".into(),
-            })?;
-        decode_block(&bytes, self.shard.partition, projection, schema, label)
-    }
-
     fn next_block(&mut self, meta: BlockMeta) -> Result<RecordBatch> {
         let range = &self.request.offsets;
-        let whole = meta.first >= range.start && meta.last < range.end;
-        if whole {
-            if self.request.projection.is_empty() {
+        let projection = &self.request.projection;
+        if meta.first >= range.start && meta.last < range.end {
+            if projection.is_empty() {
                 let options = RecordBatchOptions::new().with_row_count(Some(meta.rows as usize));
                 return Ok(RecordBatch::try_new_with_options(
                     self.schema.clone(),
@@ -159,22 +143,36 @@ impl ShardScan {
                     &options,
                 )?);
             }
-            return self.read_block(&meta, &self.request.projection.clone(), self.schema.clone());
+            return read_block(
+                &self.shard,
+                &self.snapshot,
+                &self.fields,
+                &meta,
+                projection,
+                self.schema.clone(),
+            );
         }
         // Partly in range: read the offsets too and cut the rows outside.
-        let mut projection = self.request.projection.clone();
-        projection.push(schema::OFFSET);
-        let schema = Arc::new(table_schema().project(&projection)?);
-        let batch = self.read_block(&meta, &projection, schema)?;
+        let mut with_offsets = projection.clone();
+        with_offsets.push(schema::OFFSET);
+        let mut fields: Vec<_> = self.schema.fields().iter().cloned().collect();
+        fields.push(Arc::new(table_schema().field(schema::OFFSET).clone()));
+        let batch = read_block(
+            &self.shard,
+            &self.snapshot,
+            &self.fields,
+            &meta,
+            &with_offsets,
+            Arc::new(Schema::new(fields)),
+        )?;
         let offsets = batch
-            .column(projection.len() - 1)
-            .as_primitive::<Int64Type>();
-        let values = offsets.values();
-        let lo = values.partition_point(|&o| (o as u64) < range.start);
-        let hi = values.partition_point(|&o| (o as u64) < range.end);
-        let sliced = batch.slice(lo, hi - lo);
-        let keep: Vec<usize> = (0..projection.len() - 1).collect();
-        Ok(sliced.project(&keep)?)
+            .column(projection.len())
+            .as_primitive::<Int64Type>()
+            .values();
+        let lo = offsets.partition_point(|&o| (o as u64) < range.start);
+        let hi = offsets.partition_point(|&o| (o as u64) < range.end);
+        let keep: Vec<usize> = (0..projection.len()).collect();
+        Ok(batch.slice(lo, hi - lo).project(&keep)?)
     }
 
     fn next_tail(&mut self, next: u64) -> Result<(Option<RecordBatch>, Option<u64>)> {
@@ -193,7 +191,7 @@ impl ShardScan {
             .range(&self.shard.tail, offset_key(start)..offset_key(end))
         {
             let (k, v) = item.into_inner()?;
-            let (offset, event) = decode_row(&k, &v, || self.label())?;
+            let (offset, event) = decode_row(&k, &v, || self.shard.label())?;
             last = Some(offset);
             if let Some((lo, hi)) = self.request.time
                 && (event.time_ms < lo || event.time_ms > hi)
@@ -216,6 +214,7 @@ impl ShardScan {
             &rows,
             self.shard.partition,
             &self.request.projection,
+            &self.fields,
             self.schema.clone(),
         )?;
         Ok((Some(batch), resume))
@@ -251,22 +250,20 @@ impl ShardScan {
                 .as_ref()
                 .is_none_or(|(first, _)| *first != meta.first)
             {
-                let all: Vec<usize> = (0..table_schema().fields().len()).collect();
-                let label = || format!("{} block at offset {}", self.shard.label(), meta.first);
-                let bytes = self
-                    .snapshot
-                    .get(&self.shard.blocks, offset_key(meta.first))?
-                    .ok_or_else(|| Error::Corrupt {
-                        location: label(),
-                        reason: "block is missing".into(),
-                    })?;
-                *cached = Some((
-                    meta.first,
-                    decode_block(&bytes, self.shard.partition, &all, table_schema(), label)?,
-                ));
+                let base = schema::base_columns();
+                let batch = read_block(
+                    &self.shard,
+                    &self.snapshot,
+                    &[],
+                    &meta,
+                    &base,
+                    table_schema(),
+                )?;
+                *cached = Some((meta.first, batch));
             }
-            if let Some((_, batch)) = cached.as_ref()
-                && let Some(row) = row_at_offset(batch, offset)
+            if let Some(row) = cached
+                .as_ref()
+                .and_then(|(_, batch)| row_at_offset(batch, offset))
             {
                 rows.push((offset, row));
             }
@@ -274,10 +271,12 @@ impl ShardScan {
         if rows.is_empty() {
             return Ok(None);
         }
+        // Declared fields are read from `data` as the block would have stored them.
         Ok(Some(rows_to_batch(
             &rows,
             self.shard.partition,
             &self.request.projection,
+            &self.fields,
             self.schema.clone(),
         )?))
     }
@@ -342,7 +341,64 @@ impl Iterator for ShardScan {
     }
 }
 
-/// The event at `offset` of a full-schema block batch.
+/// Reads the columns `projection` of a block as a batch of `schema`. A declared field the block
+/// was written without (declared later) reads as NULL.
+fn read_block(
+    shard: &Shard,
+    snapshot: &fjall::Snapshot,
+    fields: &[FieldDef],
+    meta: &BlockMeta,
+    projection: &[usize],
+    schema: SchemaRef,
+) -> Result<RecordBatch> {
+    let rows = meta.rows as usize;
+    let columns = projection
+        .iter()
+        .map(|&c| -> Result<ArrayRef> {
+            if c == schema::PARTITION {
+                return Ok(Arc::new(Int32Array::from_value(
+                    shard.partition as i32,
+                    rows,
+                )));
+            }
+            let label = || {
+                format!(
+                    "{} block at offset {} column {c}",
+                    shard.label(),
+                    meta.first
+                )
+            };
+            match snapshot.get(&shard.blocks, column_key(meta.first, c))? {
+                Some(bytes) => {
+                    let array = decode_column(&bytes, label)?;
+                    if array.len() != rows {
+                        return Err(Error::Corrupt {
+                            location: label(),
+                            reason: format!("{} rows where the block has {rows}", array.len()),
+                        });
+                    }
+                    Ok(array)
+                }
+                None if c >= schema::FIELDS => {
+                    let t = fields
+                        .get(c - schema::FIELDS)
+                        .map_or(DataType::Null, |f| field_type(f.field_type));
+                    Ok(new_null_array(&t, rows))
+                }
+                None => Err(Error::Corrupt {
+                    location: label(),
+                    reason: "column is missing".into(),
+                }),
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let options = RecordBatchOptions::new().with_row_count(Some(rows));
+    Ok(RecordBatch::try_new_with_options(
+        schema, columns, &options,
+    )?)
+}
+
+/// The event at `offset` of a block batch with the base columns.
 fn row_at_offset(batch: &RecordBatch, offset: u64) -> Option<Event> {
     let offsets = batch.column(schema::OFFSET).as_primitive::<Int64Type>();
     let i = offsets.values().binary_search(&(offset as i64)).ok()?;
@@ -369,20 +425,13 @@ pub(crate) fn offset_for_time(
     state: ShardState,
     time_ms: i64,
 ) -> Result<u64> {
+    let projection = [schema::OFFSET, schema::TIME];
+    let schema = Arc::new(table_schema().project(&projection)?);
     for meta in block_metas(shard, snapshot)? {
         if meta.max_time < time_ms {
             continue;
         }
-        let label = || format!("{} block at offset {}", shard.label(), meta.first);
-        let bytes = snapshot
-            .get(&shard.blocks, offset_key(meta.first))?
-            .ok_or_else(|| Error::Corrupt {
-                location: label(),
-                reason: "block is missing".into(),
-            })?;
-        let projection = [schema::OFFSET, schema::TIME];
-        let schema = Arc::new(table_schema().project(&projection)?);
-        let batch = decode_block(&bytes, shard.partition, &projection, schema, label)?;
+        let batch = read_block(shard, snapshot, &[], &meta, &projection, schema.clone())?;
         let offsets = batch.column(0).as_primitive::<Int64Type>();
         let times = batch.column(1).as_primitive::<TimestampMillisecondType>();
         if let Some(i) = times.values().iter().position(|&t| t >= time_ms) {

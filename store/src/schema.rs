@@ -1,7 +1,8 @@
-//! The table schema every stream has, and its column indexes.
+//! The table schema of a stream: the columns every stream has, then its declared fields.
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use std::sync::{Arc, LazyLock};
+use strata_proto::{FieldType, StreamInfo};
 
 /// Column index of `partition` (Int32).
 pub const PARTITION: usize = 0;
@@ -17,13 +18,26 @@ pub const ID: usize = 4;
 pub const TYPE: usize = 5;
 /// Column index of `data` (Utf8: the event's JSON text).
 pub const DATA: usize = 6;
+/// Column index of the first declared field; field `i` is column `FIELDS + i`.
+pub const FIELDS: usize = 7;
 
 /// The type of the `time` column.
 pub fn time_type() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
 }
 
-static TABLE: LazyLock<SchemaRef> = LazyLock::new(|| {
+/// The Arrow type of a declared field.
+pub fn field_type(t: FieldType) -> DataType {
+    match t {
+        FieldType::String => DataType::Utf8,
+        FieldType::Long => DataType::Int64,
+        FieldType::Double => DataType::Float64,
+        FieldType::Boolean => DataType::Boolean,
+        FieldType::Timestamp => time_type(),
+    }
+}
+
+static BASE: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         Field::new("partition", DataType::Int32, false),
         Field::new("offset", DataType::Int64, false),
@@ -35,16 +49,27 @@ static TABLE: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
-/// The SQL table schema of every stream: `partition, offset, time, key, id, type, data`.
+/// The columns every stream has: `partition, offset, time, key, id, type, data`.
 pub fn table_schema() -> SchemaRef {
-    TABLE.clone()
+    BASE.clone()
 }
 
-/// The schema of a stored block: the table schema without `partition` (constant per shard).
-pub(crate) fn block_schema() -> SchemaRef {
-    static BLOCK: LazyLock<SchemaRef> = LazyLock::new(|| {
-        let fields: Vec<_> = TABLE.fields().iter().skip(1).cloned().collect();
-        Arc::new(Schema::new(fields))
-    });
-    BLOCK.clone()
+/// The SQL schema of `stream`: the base columns, then each declared field (nullable).
+pub fn stream_schema(stream: &StreamInfo) -> SchemaRef {
+    if stream.fields.is_empty() {
+        return table_schema();
+    }
+    let mut fields: Vec<Field> = BASE.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.extend(
+        stream
+            .fields
+            .iter()
+            .map(|f| Field::new(&f.name, field_type(f.field_type), true)),
+    );
+    Arc::new(Schema::new(fields))
+}
+
+/// Indexes of the base columns, in order (what replay reads).
+pub fn base_columns() -> Vec<usize> {
+    (0..FIELDS).collect()
 }

@@ -1,6 +1,6 @@
 //! The store: one fjall database holding a shard per stream partition.
 
-use crate::block::{BlockMeta, encode_block};
+use crate::block::{BlockMeta, column_key, encode_block};
 use crate::scan::{ScanRequest, ShardScan};
 use crate::{Error, Result};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, Readable};
@@ -214,7 +214,10 @@ impl Store {
             partition,
             tail: self.db.keyspace(&name("tail"), small)?,
             blocks: self.db.keyspace(&name("blocks"), || {
-                small().with_kv_separation(Some(KvSeparationOptions::default()))
+                // Column values are LZ4-compressed Arrow already.
+                small().with_kv_separation(Some(
+                    KvSeparationOptions::default().compression(fjall::CompressionType::None),
+                ))
             })?,
             bmeta: self.db.keyspace(&name("bmeta"), small)?,
             ids: self.db.keyspace(&name("ids"), small)?,
@@ -321,9 +324,12 @@ impl Store {
                 *state = next;
                 break;
             }
-            let (bytes, meta) = encode_block(&rows)?;
+            let fields = self.stream(&shard.stream)?.fields;
+            let (columns, meta) = encode_block(&rows, shard.partition, &fields)?;
             let mut batch = self.db.batch();
-            batch.insert(&shard.blocks, offset_key(meta.first), bytes);
+            for (column, value) in columns {
+                batch.insert(&shard.blocks, column_key(meta.first, column), value);
+            }
             batch.insert(&shard.bmeta, offset_key(meta.first), meta.encode());
             for (offset, _) in &rows {
                 batch.remove(&shard.tail, offset_key(*offset));
@@ -354,7 +360,8 @@ impl Store {
             let state = shard.state.lock();
             (*state, self.db.snapshot())
         };
-        ShardScan::new(shard, snapshot, state, request)
+        let info = self.stream(stream)?;
+        ShardScan::new(shard, &info, snapshot, state, request)
     }
 
     /// The first offset of the partition whose event time is at or after `time_ms` (the end of

@@ -25,6 +25,7 @@ fn open(dir: &std::path::Path, block_rows: usize) -> Arc<Store> {
     let info = StreamInfo {
         name: stream(),
         partitions: 2,
+        fields: vec![],
     };
     store.set_catalog(Arc::new(BTreeMap::from([(stream(), info)])));
     store

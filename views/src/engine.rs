@@ -32,11 +32,7 @@ impl SchemaProvider for StreamSchema {
             return Ok(None);
         };
         Ok(self.store.catalog().get(&stream).map(|info| {
-            Arc::new(StreamTable::new(
-                self.store.clone(),
-                stream,
-                info.partitions,
-            )) as Arc<dyn TableProvider>
+            Arc::new(StreamTable::new(self.store.clone(), info)) as Arc<dyn TableProvider>
         }))
     }
 

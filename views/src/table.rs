@@ -18,8 +18,8 @@ use datafusion::physical_plan::{
     ReplaceChildrenOptions, SendableRecordBatchStream,
 };
 use std::sync::Arc;
-use strata_proto::StreamName;
-use strata_store::schema::table_schema;
+use strata_proto::{StreamInfo, StreamName};
+use strata_store::schema::stream_schema;
 use strata_store::{ScanRequest, Store};
 
 /// A stream as a SQL table.
@@ -28,15 +28,17 @@ pub struct StreamTable {
     store: Arc<Store>,
     stream: StreamName,
     partitions: u32,
+    schema: SchemaRef,
 }
 
 impl StreamTable {
-    /// The table of `stream` with `partitions` shards.
-    pub fn new(store: Arc<Store>, stream: StreamName, partitions: u32) -> Self {
+    /// The table of `stream` (its shards, and its columns with the declared fields).
+    pub fn new(store: Arc<Store>, info: &StreamInfo) -> Self {
         Self {
             store,
-            stream,
-            partitions,
+            stream: info.name.clone(),
+            partitions: info.partitions,
+            schema: stream_schema(info),
         }
     }
 }
@@ -186,7 +188,7 @@ impl ExecutionPlan for StreamScanExec {
 #[async_trait]
 impl TableProvider for StreamTable {
     fn schema(&self) -> SchemaRef {
-        table_schema()
+        self.schema.clone()
     }
 
     fn table_type(&self) -> TableType {
@@ -218,9 +220,9 @@ impl TableProvider for StreamTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let projection: Vec<usize> = match projection {
             Some(p) => p.clone(),
-            None => (0..table_schema().fields().len()).collect(),
+            None => (0..self.schema.fields().len()).collect(),
         };
-        let schema = Arc::new(table_schema().project(&projection)?);
+        let schema = Arc::new(self.schema.project(&projection)?);
         let bounds = ScanBounds::from_filters(filters);
         let shards: Vec<u32> = (0..self.partitions)
             .filter(|p| bounds.has_partition(*p))

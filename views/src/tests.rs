@@ -24,6 +24,7 @@ fn setup(dir: &std::path::Path) -> (Arc<Store>, SqlEngine) {
         StreamInfo {
             name: name.clone(),
             partitions: 2,
+            fields: vec![],
         },
     )])));
     for p in 0..2u32 {

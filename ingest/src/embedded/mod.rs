@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use strata_proto::fields::merge_fields;
 use strata_proto::{
-    Catalog, Error, Event, Log, LogReader, OffsetRange, Result, StreamInfo, StreamName,
+    Catalog, Error, Event, FieldSpec, Log, LogReader, OffsetRange, Result, StreamInfo, StreamName,
 };
 use tokio::sync::watch;
 
@@ -106,6 +107,16 @@ impl EmbeddedLog {
         Ok(logs)
     }
 
+    /// Writes the catalog with `info` in it, then makes it current.
+    fn publish(&self, info: StreamInfo) -> Result<()> {
+        let mut next = (**self.catalog.borrow()).clone();
+        next.insert(info.name.clone(), info);
+        let next = Arc::new(next);
+        self.write_catalog(&next)?;
+        self.catalog.send_replace(next);
+        Ok(())
+    }
+
     fn write_catalog(&self, catalog: &Catalog) -> Result<()> {
         let file = CatalogFile {
             streams: catalog.values().cloned().collect(),
@@ -148,6 +159,7 @@ impl Log for EmbeddedLog {
         &self,
         name: &StreamName,
         partitions: u32,
+        fields: &[FieldSpec],
     ) -> Result<(StreamInfo, bool)> {
         StreamInfo::check_partitions(partitions)?;
         let _guard = self.create.lock().await;
@@ -161,19 +173,39 @@ impl Log for EmbeddedLog {
             }
             return Ok((info.clone(), false));
         }
+        let mut declared = Vec::new();
+        merge_fields(&mut declared, fields, &[])?;
         let info = StreamInfo {
             name: name.clone(),
             partitions,
+            fields: declared,
         };
         let logs = open_partitions(&self.dir, &info, &self.config)?;
-        let mut next = (**self.catalog.borrow()).clone();
-        next.insert(name.clone(), info.clone());
-        let next = Arc::new(next);
-        self.write_catalog(&next)?;
+        // Partitions first: once the catalog names the stream, appends to it must find them.
         self.partitions.write().insert(name.clone(), Arc::new(logs));
-        self.catalog.send_replace(next);
-        tracing::info!(stream = %name, partitions, "stream created");
+        self.publish(info.clone())?;
+        tracing::info!(stream = %name, partitions, fields = info.fields.len(), "stream created");
         Ok((info, true))
+    }
+
+    async fn add_fields(&self, name: &StreamName, fields: &[FieldSpec]) -> Result<StreamInfo> {
+        let _guard = self.create.lock().await;
+        let mut info = self
+            .catalog
+            .borrow()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownStream(name.to_string()))?;
+        let since: Vec<u64> = self
+            .partition(name, 0)?
+            .iter()
+            .map(PartitionLog::end_offset)
+            .collect();
+        if merge_fields(&mut info.fields, fields, &since)? {
+            self.publish(info.clone())?;
+            tracing::info!(stream = %name, fields = info.fields.len(), "fields declared");
+        }
+        Ok(info)
     }
 
     fn catalog(&self) -> watch::Receiver<Catalog> {
@@ -245,10 +277,10 @@ mod tests {
         };
         {
             let log = EmbeddedLog::open(dir.path(), config.clone()).unwrap();
-            assert!(log.create_stream(&s, 2).await.unwrap().1);
-            assert!(!log.create_stream(&s, 2).await.unwrap().1);
+            assert!(log.create_stream(&s, 2, &[]).await.unwrap().1);
+            assert!(!log.create_stream(&s, 2, &[]).await.unwrap().1);
             assert!(matches!(
-                log.create_stream(&s, 3).await,
+                log.create_stream(&s, 3, &[]).await,
                 Err(Error::PartitionMismatch { .. })
             ));
             let mut next = 0;
@@ -295,7 +327,7 @@ mod tests {
         let s = StreamName::new("t").unwrap();
         {
             let log = EmbeddedLog::open(dir.path(), EmbeddedLogConfig::default()).unwrap();
-            log.create_stream(&s, 1).await.unwrap();
+            log.create_stream(&s, 1, &[]).await.unwrap();
             log.append(&s, 0, (0..3).map(ev).collect()).await.unwrap();
             log.append(&s, 0, (3..5).map(ev).collect()).await.unwrap();
         }
@@ -328,7 +360,7 @@ mod tests {
         };
         {
             let log = EmbeddedLog::open(dir.path(), config.clone()).unwrap();
-            log.create_stream(&s, 1).await.unwrap();
+            log.create_stream(&s, 1, &[]).await.unwrap();
             for i in 0..5 {
                 log.append(&s, 0, vec![ev(i), ev(i + 100)]).await.unwrap();
             }
@@ -354,7 +386,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = StreamName::new("g").unwrap();
         let log = Arc::new(EmbeddedLog::open(dir.path(), EmbeddedLogConfig::default()).unwrap());
-        log.create_stream(&s, 1).await.unwrap();
+        log.create_stream(&s, 1, &[]).await.unwrap();
         let mut tasks = Vec::new();
         for t in 0..16u64 {
             let log = log.clone();
@@ -381,7 +413,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = StreamName::new("w").unwrap();
         let log = Arc::new(EmbeddedLog::open(dir.path(), EmbeddedLogConfig::default()).unwrap());
-        log.create_stream(&s, 1).await.unwrap();
+        log.create_stream(&s, 1, &[]).await.unwrap();
         let mut reader = log.open_reader(&s, 0, 0).await.unwrap();
         let writer = {
             let log = log.clone();

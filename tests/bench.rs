@@ -1,0 +1,60 @@
+//! The benchmark harness in --quick mode: every scenario and peer runs end to end (not how fast).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+#[test]
+fn quick_benchmark_runs_every_scenario() {
+    let python = std::env::var("STRATA_BENCH_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    assert!(
+        python.exists(),
+        "no Python with duckdb at {} — run the tests through scripts/test.sh, which makes one",
+        python.display()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("BENCHMARKS.md");
+    let status = Command::new(env!("CARGO_BIN_EXE_strata-bench"))
+        .arg("--quick")
+        .arg("--strata")
+        .arg(env!("CARGO_BIN_EXE_strata"))
+        .arg("--python")
+        .arg(&python)
+        .arg("--work")
+        .arg(tmp.path().join("work"))
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "strata-bench --quick failed");
+    let report = std::fs::read_to_string(&out).unwrap();
+    for needle in [
+        "## 1. Durable ingest",
+        "events/s until all acknowledged",
+        "events/s until all visible",
+        "## 2. SQL analytics",
+        "`count(*)`",
+        "`GROUP BY country`",
+        "one-day time-range count",
+        "`date_bin` hourly",
+        "`GROUP BY customer` top 10",
+        "peak RSS of strata over the queries",
+        "## 3. Replay",
+        "## 4. Recovery",
+        "start to healthy",
+    ] {
+        assert!(
+            report.contains(needle),
+            "the report lacks {needle:?}:\n{report}"
+        );
+    }
+    assert!(
+        !report.contains("result mismatch"),
+        "strata and DuckDB disagree:\n{report}"
+    );
+    assert!(
+        report.contains("| events returned | 60000 | 60000 |"),
+        "{report}"
+    );
+}
