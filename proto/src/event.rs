@@ -66,12 +66,13 @@ pub fn write_ndjson_fields(
     event_type: Option<&str>,
     data: &str,
 ) {
-    use std::io::Write;
-    let _ = write!(
-        out,
-        "{{\"partition\":{partition},\"offset\":{offset},\"time\":\"{}\"",
-        format_time_ms(time_ms)
-    );
+    out.extend_from_slice(b"{\"partition\":");
+    push_u64(out, u64::from(partition));
+    out.extend_from_slice(b",\"offset\":");
+    push_u64(out, offset);
+    out.extend_from_slice(b",\"time\":\"");
+    write_time_ms(time_ms, out);
+    out.push(b'"');
     for (name, value) in [("key", key), ("id", id), ("type", event_type)] {
         out.extend_from_slice(b",\"");
         out.extend_from_slice(name.as_bytes());
@@ -95,14 +96,87 @@ pub fn write_ndjson_fields(
 
 /// Formats epoch milliseconds as RFC 3339 UTC with millisecond precision (`2024-05-01T12:00:00.000Z`).
 pub fn format_time_ms(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_else(|| ms.to_string())
+    let mut out = Vec::with_capacity(24);
+    write_time_ms(ms, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn push_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+fn push_digits(out: &mut Vec<u8>, v: u32, width: usize) {
+    let mut digits = [b'0'; 10];
+    let mut v = v;
+    for d in digits[..width].iter_mut().rev() {
+        *d = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    out.extend_from_slice(&digits[..width]);
+}
+
+/// Appends epoch milliseconds as RFC 3339 UTC with millisecond precision, without allocating
+/// (replay writes one per event). Years outside 0000–9999 fall back to chrono's format.
+pub fn write_time_ms(ms: i64, out: &mut Vec<u8>) {
+    const MIN: i64 = -62_167_219_200_000; // 0000-01-01T00:00:00Z
+    const MAX: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    if !(MIN..=MAX).contains(&ms) {
+        let text = chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_else(|| ms.to_string());
+        out.extend_from_slice(text.as_bytes());
+        return;
+    }
+    let days = ms.div_euclid(86_400_000);
+    let in_day = ms.rem_euclid(86_400_000) as u32;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as u32;
+    push_digits(out, year, 4);
+    out.push(b'-');
+    push_digits(out, month, 2);
+    out.push(b'-');
+    push_digits(out, day, 2);
+    out.push(b'T');
+    push_digits(out, in_day / 3_600_000, 2);
+    out.push(b':');
+    push_digits(out, in_day / 60_000 % 60, 2);
+    out.push(b':');
+    push_digits(out, in_day / 1000 % 60, 2);
+    out.push(b'.');
+    push_digits(out, in_day % 1000, 3);
+    out.push(b'Z');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn time_format_matches_chrono(ms in -70_000_000_000_000i64..260_000_000_000_000i64) {
+            let chrono = chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            prop_assert_eq!(format_time_ms(ms), chrono);
+        }
+    }
 
     #[test]
     fn ndjson_line_has_every_field() {

@@ -14,7 +14,7 @@ mod name;
 mod partition;
 
 pub use error::{Error, Result};
-pub use event::{Event, Record, format_time_ms, write_ndjson_fields};
+pub use event::{Event, Record, format_time_ms, write_ndjson_fields, write_time_ms};
 pub use fields::{FieldDef, FieldSpec, FieldType, FieldValue};
 pub use log::{Catalog, IdLookup, Log, LogReader, OffsetRange, StreamInfo};
 pub use name::StreamName;

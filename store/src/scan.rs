@@ -1,18 +1,19 @@
 //! Shard scans: the only read interface the query layer and replay use.
 
-use crate::block::{BlockMeta, column_key, decode_column, rows_to_batch};
+use crate::block::{BlockMeta, column_key, decode_column, decode_tail, tail_meta};
 use crate::schema::{self, field_type, stream_schema, table_schema};
-use crate::shard::{Shard, ShardState, block_metas, decode_row, key_index_prefix, offset_key};
+use crate::shard::{Shard, ShardState, block_metas, key_index_prefix, offset_key};
 use crate::{Error, Result};
 use arrow::array::{
-    Array, ArrayRef, AsArray, Int32Array, RecordBatch, RecordBatchOptions, new_null_array,
+    Array, ArrayRef, AsArray, Int32Array, RecordBatch, RecordBatchOptions, UInt32Array,
+    new_null_array,
 };
 use arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef, TimestampMillisecondType};
 use fjall::Readable;
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
-use strata_proto::{Event, FieldDef, StreamInfo};
+use strata_proto::{FieldDef, StreamInfo};
 
 /// What to read from a shard.
 #[derive(Clone, Debug)]
@@ -22,15 +23,13 @@ pub struct ScanRequest {
     pub projection: Vec<usize>,
     /// Offsets to return (half-open). Exact: no row outside it is returned.
     pub offsets: Range<u64>,
-    /// Inclusive event-time bounds in epoch ms. Prunes blocks and tail rows; rows of a block that
-    /// overlaps the bounds may still fall outside them.
+    /// Inclusive event-time bounds in epoch ms. Prunes whole blocks and tail chunks only: rows of
+    /// one that overlaps the bounds may still fall outside them.
     pub time: Option<(i64, i64)>,
     /// Only events with this key. Exact.
     pub key: Option<String>,
     /// Stop after this many rows.
     pub limit: Option<usize>,
-    /// Rows per batch read from the tail or by key.
-    pub batch_rows: usize,
 }
 
 impl ScanRequest {
@@ -42,20 +41,29 @@ impl ScanRequest {
             time: None,
             key: None,
             limit: None,
-            batch_rows: 8192,
+        }
+    }
+}
+
+/// Where rows are: a columnar block, or a tail chunk (its value, already read).
+enum Source {
+    Block(BlockMeta),
+    Tail(BlockMeta, fjall::Slice),
+}
+
+impl Source {
+    fn meta(&self) -> &BlockMeta {
+        match self {
+            Source::Block(m) | Source::Tail(m, _) => m,
         }
     }
 }
 
 enum Phase {
-    Blocks(VecDeque<BlockMeta>),
-    Tail {
-        next: u64,
-    },
+    Sources(VecDeque<Source>),
     Keyed {
         offsets: VecDeque<u64>,
-        blocks: Vec<BlockMeta>,
-        cached: Option<(u64, RecordBatch)>,
+        sources: Vec<Source>,
     },
     Done,
 }
@@ -65,11 +73,24 @@ pub struct ShardScan {
     shard: Arc<Shard>,
     fields: Vec<FieldDef>,
     snapshot: fjall::Snapshot,
-    state: ShardState,
     request: ScanRequest,
     schema: SchemaRef,
     phase: Phase,
     remaining: usize,
+}
+
+/// Every block and tail chunk of a shard, in offset order.
+fn sources(shard: &Shard, snapshot: &fjall::Snapshot, state: ShardState) -> Result<Vec<Source>> {
+    let mut out: Vec<Source> = block_metas(shard, snapshot)?
+        .into_iter()
+        .map(Source::Block)
+        .collect();
+    for item in snapshot.range(&shard.tail, offset_key(state.tail_start)..) {
+        let (k, v) = item.into_inner()?;
+        let meta = tail_meta(&v, || format!("{} tail chunk {:?}", shard.label(), &*k))?;
+        out.push(Source::Tail(meta, v));
+    }
+    Ok(out)
 }
 
 impl ShardScan {
@@ -81,7 +102,7 @@ impl ShardScan {
         request: ScanRequest,
     ) -> Result<Self> {
         let schema = Arc::new(stream_schema(info).project(&request.projection)?);
-        let metas = block_metas(&shard, &snapshot)?;
+        let all = sources(&shard, &snapshot, state)?;
         let phase = match &request.key {
             Some(key) => {
                 let prefix = key_index_prefix(key);
@@ -102,14 +123,12 @@ impl ShardScan {
                 }
                 Phase::Keyed {
                     offsets,
-                    blocks: metas,
-                    cached: None,
+                    sources: all,
                 }
             }
-            None => Phase::Blocks(
-                metas
-                    .into_iter()
-                    .filter(|m| m.overlaps(&request.offsets, request.time))
+            None => Phase::Sources(
+                all.into_iter()
+                    .filter(|s| s.meta().overlaps(&request.offsets, request.time))
                     .collect(),
             ),
         };
@@ -118,7 +137,6 @@ impl ShardScan {
             shard,
             fields: info.fields.clone(),
             snapshot,
-            state,
             request,
             schema,
             phase,
@@ -131,11 +149,41 @@ impl ShardScan {
         self.schema.clone()
     }
 
-    fn next_block(&mut self, meta: BlockMeta) -> Result<RecordBatch> {
+    fn read(
+        &self,
+        source: &Source,
+        projection: &[usize],
+        schema: SchemaRef,
+    ) -> Result<RecordBatch> {
+        read_source(
+            &self.shard,
+            &self.snapshot,
+            &self.fields,
+            source,
+            projection,
+            schema,
+        )
+    }
+
+    /// Reads `projection` plus the offsets of `source` (the offsets last).
+    fn read_with_offsets(&self, source: &Source) -> Result<RecordBatch> {
+        let mut projection = self.request.projection.clone();
+        projection.push(schema::OFFSET);
+        let mut fields: Vec<_> = self.schema.fields().iter().cloned().collect();
+        fields.push(Arc::new(table_schema().field(schema::OFFSET).clone()));
+        self.read(source, &projection, Arc::new(Schema::new(fields)))
+    }
+
+    fn without_offsets(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let keep: Vec<usize> = (0..self.request.projection.len()).collect();
+        Ok(batch.project(&keep)?)
+    }
+
+    fn next_source(&self, source: &Source) -> Result<RecordBatch> {
         let range = &self.request.offsets;
-        let projection = &self.request.projection;
+        let meta = source.meta();
         if meta.first >= range.start && meta.last < range.end {
-            if projection.is_empty() {
+            if self.request.projection.is_empty() {
                 let options = RecordBatchOptions::new().with_row_count(Some(meta.rows as usize));
                 return Ok(RecordBatch::try_new_with_options(
                     self.schema.clone(),
@@ -143,142 +191,56 @@ impl ShardScan {
                     &options,
                 )?);
             }
-            return read_block(
-                &self.shard,
-                &self.snapshot,
-                &self.fields,
-                &meta,
-                projection,
-                self.schema.clone(),
-            );
+            return self.read(source, &self.request.projection, self.schema.clone());
         }
-        // Partly in range: read the offsets too and cut the rows outside.
-        let mut with_offsets = projection.clone();
-        with_offsets.push(schema::OFFSET);
-        let mut fields: Vec<_> = self.schema.fields().iter().cloned().collect();
-        fields.push(Arc::new(table_schema().field(schema::OFFSET).clone()));
-        let batch = read_block(
-            &self.shard,
-            &self.snapshot,
-            &self.fields,
-            &meta,
-            &with_offsets,
-            Arc::new(Schema::new(fields)),
-        )?;
+        // Partly in range: cut the rows outside by their offsets.
+        let batch = self.read_with_offsets(source)?;
         let offsets = batch
-            .column(projection.len())
+            .column(self.request.projection.len())
             .as_primitive::<Int64Type>()
             .values();
         let lo = offsets.partition_point(|&o| (o as u64) < range.start);
         let hi = offsets.partition_point(|&o| (o as u64) < range.end);
-        let keep: Vec<usize> = (0..projection.len()).collect();
-        Ok(batch.slice(lo, hi - lo).project(&keep)?)
+        self.without_offsets(&batch.slice(lo, hi - lo))
     }
 
-    fn next_tail(&mut self, next: u64) -> Result<(Option<RecordBatch>, Option<u64>)> {
-        let start = next
-            .max(self.request.offsets.start)
-            .max(self.state.tail_start);
-        let end = self.request.offsets.end;
-        if start >= end {
-            return Ok((None, None));
-        }
-        let want = self.request.batch_rows.max(1).min(self.remaining);
-        let mut rows = Vec::with_capacity(want.min(65_536));
-        let mut last = None;
-        for item in self
-            .snapshot
-            .range(&self.shard.tail, offset_key(start)..offset_key(end))
-        {
-            let (k, v) = item.into_inner()?;
-            let (offset, event) = decode_row(&k, &v, || self.shard.label())?;
-            last = Some(offset);
-            if let Some((lo, hi)) = self.request.time
-                && (event.time_ms < lo || event.time_ms > hi)
-            {
-                continue;
-            }
-            rows.push((offset, event));
-            if rows.len() >= want {
-                break;
-            }
-        }
-        let resume = match last {
-            Some(o) if rows.len() >= want => Some(o + 1),
-            _ => None,
-        };
-        if rows.is_empty() {
-            return Ok((None, resume));
-        }
-        let batch = rows_to_batch(
-            &rows,
-            self.shard.partition,
-            &self.request.projection,
-            &self.fields,
-            self.schema.clone(),
-        )?;
-        Ok((Some(batch), resume))
-    }
-
-    fn next_keyed(&mut self) -> Result<Option<RecordBatch>> {
-        let want = self.request.batch_rows.max(1).min(self.remaining);
-        let tail_start = self.state.tail_start;
-        let Phase::Keyed {
-            offsets,
-            blocks,
-            cached,
-        } = &mut self.phase
-        else {
-            return Ok(None);
-        };
-        let mut rows = Vec::with_capacity(want.min(offsets.len()));
-        while rows.len() < want {
-            let Some(offset) = offsets.pop_front() else {
-                break;
-            };
-            if offset >= tail_start {
-                if let Some(v) = self.snapshot.get(&self.shard.tail, offset_key(offset))? {
-                    rows.push(decode_row(&offset_key(offset), &v, || self.shard.label())?);
-                }
-                continue;
-            }
-            let i = blocks.partition_point(|m| m.first <= offset);
-            let Some(meta) = i.checked_sub(1).and_then(|i| blocks.get(i)).copied() else {
+    /// The rows of the next source that holds any of the key's `offsets`.
+    fn next_keyed(
+        &self,
+        offsets: &mut VecDeque<u64>,
+        sources: &[Source],
+    ) -> Result<Option<RecordBatch>> {
+        while let Some(&offset) = offsets.front() {
+            let i = sources.partition_point(|s| s.meta().first <= offset);
+            let Some(source) = i.checked_sub(1).and_then(|i| sources.get(i)) else {
+                offsets.pop_front();
                 continue;
             };
-            if cached
-                .as_ref()
-                .is_none_or(|(first, _)| *first != meta.first)
+            let mut wanted = Vec::new();
+            while let Some(o) = offsets
+                .front()
+                .copied()
+                .filter(|o| *o <= source.meta().last)
             {
-                let base = schema::base_columns();
-                let batch = read_block(
-                    &self.shard,
-                    &self.snapshot,
-                    &[],
-                    &meta,
-                    &base,
-                    table_schema(),
-                )?;
-                *cached = Some((meta.first, batch));
+                wanted.push(o);
+                offsets.pop_front();
             }
-            if let Some(row) = cached
-                .as_ref()
-                .and_then(|(_, batch)| row_at_offset(batch, offset))
-            {
-                rows.push((offset, row));
+            let batch = self.read_with_offsets(source)?;
+            let stored = batch
+                .column(self.request.projection.len())
+                .as_primitive::<Int64Type>()
+                .values();
+            let rows: UInt32Array = wanted
+                .iter()
+                .filter_map(|o| stored.binary_search(&(*o as i64)).ok().map(|i| i as u32))
+                .collect();
+            if !rows.is_empty() {
+                return Ok(Some(self.without_offsets(
+                    &arrow::compute::take_record_batch(&batch, &rows)?,
+                )?));
             }
         }
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        // Declared fields are read from `data` as the block would have stored them.
-        Ok(Some(rows_to_batch(
-            &rows,
-            self.shard.partition,
-            &self.request.projection,
-            &self.fields,
-            self.schema.clone(),
-        )?))
+        Ok(None)
     }
 
     fn step(&mut self) -> Result<Option<RecordBatch>> {
@@ -288,30 +250,23 @@ impl ShardScan {
             }
             match std::mem::replace(&mut self.phase, Phase::Done) {
                 Phase::Done => return Ok(None),
-                Phase::Blocks(mut metas) => match metas.pop_front() {
-                    Some(meta) => {
-                        self.phase = Phase::Blocks(metas);
-                        let batch = self.next_block(meta)?;
-                        if batch.num_rows() > 0 {
-                            return Ok(Some(batch));
-                        }
-                    }
-                    None => self.phase = Phase::Tail { next: 0 },
-                },
-                Phase::Tail { next } => {
-                    let (batch, resume) = self.next_tail(next)?;
-                    if let Some(next) = resume {
-                        self.phase = Phase::Tail { next };
-                    }
-                    if batch.is_some() {
-                        return Ok(batch);
+                Phase::Sources(mut sources) => {
+                    let Some(source) = sources.pop_front() else {
+                        return Ok(None);
+                    };
+                    let batch = self.next_source(&source)?;
+                    self.phase = Phase::Sources(sources);
+                    if batch.num_rows() > 0 {
+                        return Ok(Some(batch));
                     }
                 }
-                keyed @ Phase::Keyed { .. } => {
-                    self.phase = keyed;
-                    let batch = self.next_keyed()?;
-                    if batch.is_none() {
-                        self.phase = Phase::Done;
+                Phase::Keyed {
+                    mut offsets,
+                    sources,
+                } => {
+                    let batch = self.next_keyed(&mut offsets, &sources)?;
+                    if batch.is_some() {
+                        self.phase = Phase::Keyed { offsets, sources };
                     }
                     return Ok(batch);
                 }
@@ -341,17 +296,30 @@ impl Iterator for ShardScan {
     }
 }
 
-/// Reads the columns `projection` of a block as a batch of `schema`. A declared field the block
-/// was written without (declared later) reads as NULL.
-fn read_block(
+/// Reads the table columns `projection` of a block or tail chunk as a batch of `schema`. A
+/// declared field written after the source was stored reads as NULL.
+fn read_source(
     shard: &Shard,
     snapshot: &fjall::Snapshot,
     fields: &[FieldDef],
-    meta: &BlockMeta,
+    source: &Source,
     projection: &[usize],
     schema: SchemaRef,
 ) -> Result<RecordBatch> {
+    let meta = source.meta();
     let rows = meta.rows as usize;
+    let missing = |c: usize| {
+        let t = fields
+            .get(c - schema::FIELDS)
+            .map_or(DataType::Null, |f| field_type(f.field_type));
+        new_null_array(&t, rows)
+    };
+    let tail = match source {
+        Source::Tail(_, value) => Some(decode_tail(value, None, || {
+            format!("{} tail chunk at offset {}", shard.label(), meta.first)
+        })?),
+        Source::Block(_) => None,
+    };
     let columns = projection
         .iter()
         .map(|&c| -> Result<ArrayRef> {
@@ -360,6 +328,22 @@ fn read_block(
                     shard.partition as i32,
                     rows,
                 )));
+            }
+            if let Some(chunk) = &tail {
+                return Ok(match chunk.columns().get(c - 1) {
+                    Some(array) => array.clone(),
+                    None if c >= schema::FIELDS => missing(c),
+                    None => {
+                        return Err(Error::Corrupt {
+                            location: format!(
+                                "{} tail chunk at offset {}",
+                                shard.label(),
+                                meta.first
+                            ),
+                            reason: format!("column {c} is missing"),
+                        });
+                    }
+                });
             }
             let label = || {
                 format!(
@@ -379,12 +363,7 @@ fn read_block(
                     }
                     Ok(array)
                 }
-                None if c >= schema::FIELDS => {
-                    let t = fields
-                        .get(c - schema::FIELDS)
-                        .map_or(DataType::Null, |f| field_type(f.field_type));
-                    Ok(new_null_array(&t, rows))
-                }
+                None if c >= schema::FIELDS => Ok(missing(c)),
                 None => Err(Error::Corrupt {
                     location: label(),
                     reason: "column is missing".into(),
@@ -398,26 +377,6 @@ fn read_block(
     )?)
 }
 
-/// The event at `offset` of a block batch with the base columns.
-fn row_at_offset(batch: &RecordBatch, offset: u64) -> Option<Event> {
-    let offsets = batch.column(schema::OFFSET).as_primitive::<Int64Type>();
-    let i = offsets.values().binary_search(&(offset as i64)).ok()?;
-    let text = |c: usize| {
-        let col = batch.column(c).as_string::<i32>();
-        (!col.is_null(i)).then(|| col.value(i).to_owned())
-    };
-    Some(Event {
-        time_ms: batch
-            .column(schema::TIME)
-            .as_primitive::<TimestampMillisecondType>()
-            .value(i),
-        key: text(schema::KEY),
-        id: text(schema::ID),
-        event_type: text(schema::TYPE),
-        data: text(schema::DATA).unwrap_or_default(),
-    })
-}
-
 /// See [`crate::Store::offset_for_time`].
 pub(crate) fn offset_for_time(
     shard: &Shard,
@@ -427,22 +386,15 @@ pub(crate) fn offset_for_time(
 ) -> Result<u64> {
     let projection = [schema::OFFSET, schema::TIME];
     let schema = Arc::new(table_schema().project(&projection)?);
-    for meta in block_metas(shard, snapshot)? {
-        if meta.max_time < time_ms {
+    for source in sources(shard, snapshot, state)? {
+        if source.meta().max_time < time_ms {
             continue;
         }
-        let batch = read_block(shard, snapshot, &[], &meta, &projection, schema.clone())?;
+        let batch = read_source(shard, snapshot, &[], &source, &projection, schema.clone())?;
         let offsets = batch.column(0).as_primitive::<Int64Type>();
         let times = batch.column(1).as_primitive::<TimestampMillisecondType>();
         if let Some(i) = times.values().iter().position(|&t| t >= time_ms) {
             return Ok(offsets.value(i) as u64);
-        }
-    }
-    for item in snapshot.range(&shard.tail, offset_key(state.tail_start)..) {
-        let (k, v) = item.into_inner()?;
-        let (offset, event) = decode_row(&k, &v, || shard.label())?;
-        if event.time_ms >= time_ms {
-            return Ok(offset);
         }
     }
     Ok(state.next)

@@ -1,6 +1,9 @@
 //! The store: one fjall database holding a shard per stream partition.
 
-use crate::block::{BlockMeta, column_key, encode_block};
+use crate::block::{
+    BlockMeta, column_key, decode_tail, encode_block, encode_tail, rows_to_stored, stored_offsets,
+    stored_schema, widen,
+};
 use crate::scan::{ScanRequest, ShardScan};
 use crate::{Error, Result};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, Readable};
@@ -9,8 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-use strata_proto::codec::{decode_event, encode_event};
-use strata_proto::{Catalog, Event, IdLookup, Record, StreamInfo, StreamName};
+use strata_proto::{Catalog, FieldDef, IdLookup, Record, StreamInfo, StreamName};
 use tokio::sync::watch;
 
 /// Settings of a store node.
@@ -44,6 +46,8 @@ pub struct ShardStatus {
     pub stored_offset: u64,
     /// Events still in row form.
     pub tail_rows: u64,
+    /// Events stored.
+    pub rows: u64,
 }
 
 /// Progress of one shard, persisted in `meta` with every commit.
@@ -55,15 +59,17 @@ pub(crate) struct ShardState {
     pub tail_rows: u64,
     /// Offset after the last block (every tail row is at or after it).
     pub tail_start: u64,
+    /// Events stored (duplicates skipped are not counted).
+    pub rows: u64,
 }
 
 const STATE_VERSION: u8 = 1;
 
 impl ShardState {
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(25);
+        let mut out = Vec::with_capacity(33);
         out.push(STATE_VERSION);
-        for v in [self.next, self.tail_rows, self.tail_start] {
+        for v in [self.next, self.tail_rows, self.tail_start, self.rows] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out
@@ -82,6 +88,7 @@ impl ShardState {
             next: words.next()?,
             tail_rows: words.next()?,
             tail_start: words.next()?,
+            rows: words.next()?,
         })
     }
 }
@@ -244,6 +251,7 @@ impl Store {
                     partition: p,
                     stored_offset: state.next,
                     tail_rows: state.tail_rows,
+                    rows: state.rows,
                 })
             })
             .collect()
@@ -255,15 +263,17 @@ impl Store {
     }
 
     /// Applies `records` (consecutive reads of the partition) in one atomic write batch: events
-    /// not yet stored and whose id the shard does not hold go to the tail and the indexes, with the
-    /// new next offset. Then turns full blocks of the tail into columnar blocks. Blocking.
+    /// not yet stored and whose id the shard does not hold become one tail chunk, with their index
+    /// entries and the new next offset. Then turns full blocks of the tail into columnar blocks.
+    /// Blocking.
     pub fn commit(&self, stream: &StreamName, partition: u32, records: Vec<Record>) -> Result<u64> {
         let shard = self.shard(stream, partition)?;
+        let fields = self.stream(stream)?.fields;
         let mut state = shard.state.lock();
         let mut next = *state;
         let mut batch = self.db.batch();
         let mut seen = HashSet::new();
-        let mut buf = Vec::new();
+        let mut accepted = Vec::with_capacity(records.len());
         let mut skipped = 0u64;
         for record in records {
             if record.offset < next.next {
@@ -280,13 +290,16 @@ impl Store {
             if let Some(key) = &record.event.key {
                 batch.insert(&shard.keys, key_index_key(key, record.offset), b"");
             }
-            buf.clear();
-            encode_event(&record.event, &mut buf);
-            batch.insert(&shard.tail, offset_key(record.offset), buf.as_slice());
-            next.tail_rows += 1;
+            accepted.push((record.offset, record.event));
         }
         if next == *state {
             return Ok(state.next);
+        }
+        if let Some((first, _)) = accepted.first() {
+            let chunk = rows_to_stored(&accepted, partition, &fields)?;
+            batch.insert(&shard.tail, offset_key(*first), encode_tail(&chunk)?);
+            next.tail_rows += accepted.len() as u64;
+            next.rows += accepted.len() as u64;
         }
         batch.insert(&self.meta, state_key(stream, partition), next.encode());
         batch.commit()?;
@@ -296,45 +309,50 @@ impl Store {
                 .increment(skipped);
         }
         if state.tail_rows >= self.config.block_rows as u64 {
-            self.compact(&shard, &mut state)?;
+            self.compact(&shard, &fields, &mut state)?;
         }
         shard.progress.send_replace(state.next);
         Ok(state.next)
     }
 
-    /// Moves the oldest `block_rows` tail rows into a columnar block, while the tail holds that many.
-    fn compact(&self, shard: &Shard, state: &mut ShardState) -> Result<()> {
+    /// Turns the oldest `block_rows` tail rows into a columnar block (and the rest of the tail into
+    /// one chunk), while the tail holds that many. Block boundaries depend only on the stored
+    /// events, so a rebuild from the log makes the same blocks.
+    fn compact(&self, shard: &Shard, fields: &[FieldDef], state: &mut ShardState) -> Result<()> {
         let block_rows = self.config.block_rows.max(1);
         while state.tail_rows >= block_rows as u64 {
-            let mut rows = Vec::with_capacity(block_rows);
-            for item in shard
-                .tail
-                .range(offset_key(state.tail_start)..)
-                .take(block_rows)
-            {
+            let mut keys = Vec::new();
+            let mut chunks = Vec::new();
+            for item in shard.tail.range(offset_key(state.tail_start)..) {
                 let (k, v) = item.into_inner()?;
-                rows.push(decode_row(&k, &v, || shard.label())?);
+                let label = || format!("{} tail chunk {:?}", shard.label(), &*k);
+                chunks.push(widen(decode_tail(&v, None, label)?, fields)?);
+                keys.push(k);
             }
+            let all = arrow::compute::concat_batches(&stored_schema(fields), &chunks)?;
             let mut next = *state;
-            if rows.len() < block_rows {
+            if all.num_rows() < block_rows {
                 // The counter ran ahead of the rows (it cannot, but never loop on it).
-                next.tail_rows = rows.len() as u64;
+                next.tail_rows = all.num_rows() as u64;
                 self.meta
                     .insert(state_key(&shard.stream, shard.partition), next.encode())?;
                 *state = next;
                 break;
             }
-            let fields = self.stream(&shard.stream)?.fields;
-            let (columns, meta) = encode_block(&rows, shard.partition, &fields)?;
+            let (columns, meta) = encode_block(&all.slice(0, block_rows))?;
+            let rest = all.slice(block_rows, all.num_rows() - block_rows);
             let mut batch = self.db.batch();
             for (column, value) in columns {
                 batch.insert(&shard.blocks, column_key(meta.first, column), value);
             }
             batch.insert(&shard.bmeta, offset_key(meta.first), meta.encode());
-            for (offset, _) in &rows {
-                batch.remove(&shard.tail, offset_key(*offset));
+            for k in keys {
+                batch.remove(&shard.tail, k);
             }
-            next.tail_rows -= rows.len() as u64;
+            if let Some(first) = stored_offsets(&rest)?.first() {
+                batch.insert(&shard.tail, offset_key(*first as u64), encode_tail(&rest)?);
+            }
+            next.tail_rows -= block_rows as u64;
             next.tail_start = meta.last + 1;
             batch.insert(
                 &self.meta,
@@ -388,26 +406,6 @@ impl Store {
 
 fn state_key(stream: &StreamName, partition: u32) -> Vec<u8> {
     format!("{stream}/{partition}").into_bytes()
-}
-
-/// Decodes one tail entry.
-pub(crate) fn decode_row(
-    key: &[u8],
-    value: &[u8],
-    label: impl Fn() -> String,
-) -> Result<(u64, Event)> {
-    let offset = <[u8; 8]>::try_from(key)
-        .map(u64::from_be_bytes)
-        .map_err(|_| Error::Corrupt {
-            location: label(),
-            reason: "tail key is not an offset".into(),
-        })?;
-    let mut input = value;
-    let event = decode_event(&mut input).map_err(|e| Error::Corrupt {
-        location: format!("{} offset {offset}", label()),
-        reason: e.to_string(),
-    })?;
-    Ok((offset, event))
 }
 
 impl IdLookup for Store {

@@ -247,7 +247,7 @@ proptest! {
         let key = key.map(|k| format!("k{k}"));
         let request = ScanRequest {
             projection: vec![schema::OFFSET, schema::TIME],
-            offsets: offsets.clone(), time, key: key.clone(), limit: None, batch_rows: 7,
+            offsets: offsets.clone(), time, key: key.clone(), limit: None,
         };
         let batches = scan(&store, request);
         // Time pruning is inexact: filter the scan's output by time as the query engine does.

@@ -4,6 +4,8 @@ use crate::filters::ScanBounds;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::Statistics;
+use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result};
@@ -15,7 +17,7 @@ use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
-    ReplaceChildrenOptions, SendableRecordBatchStream,
+    ReplaceChildrenOptions, SendableRecordBatchStream, StatisticsArgs,
 };
 use std::sync::Arc;
 use strata_proto::{StreamInfo, StreamName};
@@ -53,6 +55,8 @@ pub struct StreamScanExec {
     bounds: ScanBounds,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
+    /// Exact rows per output partition, when the scan returns every row of its shards.
+    rows: Option<Vec<u64>>,
 }
 
 impl StreamScanExec {
@@ -64,6 +68,16 @@ impl StreamScanExec {
         bounds: ScanBounds,
         schema: SchemaRef,
     ) -> Self {
+        let unbounded = bounds == ScanBounds::default() && request.limit.is_none();
+        let rows = unbounded
+            .then(|| store.status(&stream).ok())
+            .flatten()
+            .map(|status| {
+                shards
+                    .iter()
+                    .map(|&p| status.get(p as usize).map_or(0, |s| s.rows))
+                    .collect()
+            });
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
             Partitioning::UnknownPartitioning(shards.len()),
@@ -71,6 +85,7 @@ impl StreamScanExec {
             Boundedness::Bounded,
         );
         Self {
+            rows,
             store,
             stream,
             shards,
@@ -150,6 +165,23 @@ impl ExecutionPlan for StreamScanExec {
         _children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         Ok(self)
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        _input_stats: &[Arc<Statistics>],
+        args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        let mut stats = Statistics::new_unknown(&self.schema);
+        if let Some(rows) = &self.rows {
+            let n = match args.partition() {
+                Some(i) => rows.get(i).copied().unwrap_or(0),
+                None => rows.iter().sum(),
+            };
+            // Exact: `count(*)` over a whole stream is answered without scanning it.
+            stats.num_rows = Precision::Exact(n as usize);
+        }
+        Ok(Arc::new(stats))
     }
 
     fn execute(
@@ -237,7 +269,6 @@ impl TableProvider for StreamTable {
             key: bounds.key.clone(),
             // Filters are re-applied above the scan, so a limit only holds without them.
             limit: if filters.is_empty() { limit } else { None },
-            batch_rows: 8192,
         };
         Ok(Arc::new(StreamScanExec::new(
             self.store.clone(),

@@ -135,3 +135,28 @@ async fn writes_and_file_access_are_refused() {
         );
     }
 }
+
+#[tokio::test]
+async fn whole_stream_counts_come_from_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, engine) = setup(dir.path());
+    let plan = table(&engine, "EXPLAIN SELECT count(*) FROM orders").await;
+    assert!(
+        !plan.contains("StreamScanExec"),
+        "count(*) should not scan:\n{plan}"
+    );
+    let filtered = table(
+        &engine,
+        "EXPLAIN SELECT count(*) FROM orders WHERE partition = 0",
+    )
+    .await;
+    assert!(filtered.contains("StreamScanExec"), "{filtered}");
+    assert!(
+        table(
+            &engine,
+            "SELECT count(*) AS n FROM orders WHERE partition = 0"
+        )
+        .await
+        .contains("| 12 |")
+    );
+}
