@@ -338,18 +338,17 @@ async fn replay(
                 }
             };
             for batch in scan {
-                let chunk = batch.map(|b| {
-                    remaining = remaining.saturating_sub(b.num_rows());
-                    let mut out = Vec::with_capacity(b.num_rows() * 256);
-                    strata_store::ndjson::write_batch(&b, &mut out);
-                    Bytes::from(out)
-                });
-                let failed = chunk.is_err();
-                if tx
-                    .blocking_send(chunk.map_err(|e| std::io::Error::other(e.to_string())))
-                    .is_err()
-                    || failed
-                {
+                let batch = match batch {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                        return;
+                    }
+                };
+                remaining = remaining.saturating_sub(batch.num_rows());
+                let mut out = Vec::with_capacity(batch.num_rows() * 384);
+                strata_store::ndjson::write_batch(&batch, &mut out);
+                if tx.blocking_send(Ok(Bytes::from(out))).is_err() {
                     return;
                 }
             }

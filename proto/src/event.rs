@@ -125,6 +125,39 @@ fn push_digits(out: &mut Vec<u8>, v: u32, width: usize) {
     out.extend_from_slice(&digits[..width]);
 }
 
+/// Appends the civil date (`YYYY-MM-DD`) of `days` since 1970-01-01, remembering the last one
+/// per thread (replay writes runs of events from the same day).
+fn push_date(out: &mut Vec<u8>, days: i64) {
+    thread_local! {
+        static LAST: std::cell::Cell<(i64, [u8; 10])> = const { std::cell::Cell::new((i64::MIN, [0; 10])) };
+    }
+    let (cached_days, text) = LAST.get();
+    if cached_days == days {
+        out.extend_from_slice(&text);
+        return;
+    }
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as u32;
+    let mut date = Vec::with_capacity(10);
+    push_digits(&mut date, year, 4);
+    date.push(b'-');
+    push_digits(&mut date, month, 2);
+    date.push(b'-');
+    push_digits(&mut date, day, 2);
+    let mut text = [0u8; 10];
+    text.copy_from_slice(&date);
+    LAST.set((days, text));
+    out.extend_from_slice(&text);
+}
+
 /// Appends epoch milliseconds as RFC 3339 UTC with millisecond precision, without allocating
 /// (replay writes one per event). Years outside 0000–9999 fall back to chrono's format.
 pub fn write_time_ms(ms: i64, out: &mut Vec<u8>) {
@@ -139,21 +172,7 @@ pub fn write_time_ms(ms: i64, out: &mut Vec<u8>) {
     }
     let days = ms.div_euclid(86_400_000);
     let in_day = ms.rem_euclid(86_400_000) as u32;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = (yoe + era * 400 + i64::from(month <= 2)) as u32;
-    push_digits(out, year, 4);
-    out.push(b'-');
-    push_digits(out, month, 2);
-    out.push(b'-');
-    push_digits(out, day, 2);
+    push_date(out, days);
     out.push(b'T');
     push_digits(out, in_day / 3_600_000, 2);
     out.push(b':');

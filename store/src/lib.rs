@@ -4,18 +4,19 @@
 //!
 //! | keyspace | key | value |
 //! |---|---|---|
-//! | `meta` (shared) | `<stream>/<partition>` | next offset, rows in the tail |
-//! | `<shard>.tail` | offset (u64 BE) | one row-encoded event |
-//! | `<shard>.blocks` | first offset (u64 BE), column (u16 BE) | one column of [`StoreConfig::block_rows`] events, as LZ4 Arrow IPC |
+//! | `meta` (shared) | `<stream>/<partition>` | next offset, rows stored, rows in the tail, tail start |
+//! | `<shard>.tail` | first offset (u64 BE) | one commit's events: metadata, then their stored columns as Arrow IPC |
+//! | `<shard>.blocks` | first offset (u64 BE), column (u16 BE) | one column of [`StoreConfig::block_rows`] events, as Arrow IPC |
 //! | `<shard>.bmeta` | first offset (u64 BE) | offset range, time range and row count of the block |
 //! | `<shard>.ids` | event id | offset |
 //! | `<shard>.keys` | key length (u16 BE), key, offset (u64 BE) | — |
 //!
-//! A commit writes a batch of events to `tail`, `ids`, `keys` and the shard's next offset in one
-//! fjall write batch, so a restart resumes exactly where the shard left off. Once the tail holds a
-//! block's worth of rows, one more batch turns the oldest ones into a columnar block (delta plus
-//! main, as column stores do). Scans read blocks, skipping those outside offset and time filters,
-//! then the tail; the query layer sees only [`Store::scan`] and Arrow record batches.
+//! A commit writes a batch of events as one tail chunk, their `ids` and `keys` entries and the
+//! shard's next offset in one fjall write batch, so a restart resumes exactly where the shard left
+//! off. Once the tail holds a block's worth of rows, one more batch turns the oldest ones into a
+//! columnar block (delta plus main, as column stores do). Scans read blocks and tail chunks,
+//! skipping those outside offset and time filters; the query layer sees only [`Store::scan`] and
+//! Arrow record batches.
 
 mod block;
 mod consumer;

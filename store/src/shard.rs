@@ -221,7 +221,7 @@ impl Store {
             partition,
             tail: self.db.keyspace(&name("tail"), small)?,
             blocks: self.db.keyspace(&name("blocks"), || {
-                // Column values are LZ4-compressed Arrow already.
+                // Column values are read whole and often; uncompressed, see block.rs.
                 small().with_kv_separation(Some(
                     KvSeparationOptions::default().compression(fjall::CompressionType::None),
                 ))
