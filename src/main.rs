@@ -74,12 +74,24 @@ enum StreamsAction {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Most threads doing blocking work (fsyncs, store commits, scans) at once. Each busy thread
+/// keeps an allocator arena of its own, so a bound keeps memory in check under load.
+const MAX_BLOCKING_THREADS: usize = 64;
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve(overrides) => serve(overrides).await,
-        command => run_client(&cli.server, command).await,
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .build();
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(async move {
+            match cli.command {
+                Command::Serve(overrides) => serve(overrides).await,
+                command => run_client(&cli.server, command).await,
+            }
+        }),
+        Err(e) => Err(strata::Error::io("cannot start the async runtime", e)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,12 +1,12 @@
 //! Shard scans: the only read interface the query layer and replay use.
 
-use crate::block::{BlockMeta, column_key, decode_column, decode_tail, tail_meta};
+use crate::block::{BlockMeta, as_table_type, column_key, decode_column, decode_tail, tail_meta};
 use crate::schema::{self, field_type, stream_schema, table_schema};
 use crate::shard::{Shard, ShardState, block_metas, key_index_prefix, offset_key};
 use crate::{Error, Result};
 use arrow::array::{
-    Array, ArrayRef, AsArray, Int32Array, RecordBatch, RecordBatchOptions, UInt32Array,
-    new_null_array,
+    Array, ArrayRef, AsArray, BooleanArray, Int32Array, RecordBatch, RecordBatchOptions,
+    UInt32Array, new_null_array,
 };
 use arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef, TimestampMillisecondType};
 use fjall::Readable;
@@ -23,8 +23,7 @@ pub struct ScanRequest {
     pub projection: Vec<usize>,
     /// Offsets to return (half-open). Exact: no row outside it is returned.
     pub offsets: Range<u64>,
-    /// Inclusive event-time bounds in epoch ms. Prunes whole blocks and tail chunks only: rows of
-    /// one that overlaps the bounds may still fall outside them.
+    /// Inclusive event-time bounds in epoch ms. Exact: blocks outside them are skipped unread.
     pub time: Option<(i64, i64)>,
     /// Only events with this key. Exact.
     pub key: Option<String>,
@@ -165,24 +164,46 @@ impl ShardScan {
         )
     }
 
-    /// Reads `projection` plus the offsets of `source` (the offsets last).
-    fn read_with_offsets(&self, source: &Source) -> Result<RecordBatch> {
+    /// Reads `projection` plus the offsets and times of `source` (those two last).
+    fn read_with_helpers(&self, source: &Source) -> Result<RecordBatch> {
         let mut projection = self.request.projection.clone();
-        projection.push(schema::OFFSET);
+        projection.extend([schema::OFFSET, schema::TIME]);
         let mut fields: Vec<_> = self.schema.fields().iter().cloned().collect();
         fields.push(Arc::new(table_schema().field(schema::OFFSET).clone()));
+        fields.push(Arc::new(table_schema().field(schema::TIME).clone()));
         self.read(source, &projection, Arc::new(Schema::new(fields)))
     }
 
-    fn without_offsets(&self, batch: &RecordBatch) -> Result<RecordBatch> {
-        let keep: Vec<usize> = (0..self.request.projection.len()).collect();
-        Ok(batch.project(&keep)?)
+    /// Keeps the rows of a batch from [`Self::read_with_helpers`] inside the offset and time
+    /// bounds, and drops the helper columns.
+    fn filter_rows(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let n = self.request.projection.len();
+        let offsets = batch.column(n).as_primitive::<Int64Type>();
+        let times = batch
+            .column(n + 1)
+            .as_primitive::<TimestampMillisecondType>();
+        let range = &self.request.offsets;
+        let (lo, hi) = self.request.time.unwrap_or((i64::MIN, i64::MAX));
+        let keep: BooleanArray = offsets
+            .values()
+            .iter()
+            .zip(times.values())
+            .map(|(&o, &t)| Some(range.contains(&(o as u64)) && t >= lo && t <= hi))
+            .collect();
+        let kept = arrow::compute::filter_record_batch(batch, &keep)?;
+        let columns: Vec<usize> = (0..n).collect();
+        Ok(kept.project(&columns)?)
     }
 
     fn next_source(&self, source: &Source) -> Result<RecordBatch> {
         let range = &self.request.offsets;
         let meta = source.meta();
-        if meta.first >= range.start && meta.last < range.end {
+        let all_offsets = meta.first >= range.start && meta.last < range.end;
+        let all_times = self
+            .request
+            .time
+            .is_none_or(|(lo, hi)| meta.min_time >= lo && meta.max_time <= hi);
+        if all_offsets && all_times {
             if self.request.projection.is_empty() {
                 let options = RecordBatchOptions::new().with_row_count(Some(meta.rows as usize));
                 return Ok(RecordBatch::try_new_with_options(
@@ -193,15 +214,8 @@ impl ShardScan {
             }
             return self.read(source, &self.request.projection, self.schema.clone());
         }
-        // Partly in range: cut the rows outside by their offsets.
-        let batch = self.read_with_offsets(source)?;
-        let offsets = batch
-            .column(self.request.projection.len())
-            .as_primitive::<Int64Type>()
-            .values();
-        let lo = offsets.partition_point(|&o| (o as u64) < range.start);
-        let hi = offsets.partition_point(|&o| (o as u64) < range.end);
-        self.without_offsets(&batch.slice(lo, hi - lo))
+        // Partly in the bounds: keep the rows inside by their offsets and times.
+        self.filter_rows(&self.read_with_helpers(source)?)
     }
 
     /// The rows of the next source that holds any of the key's `offsets`.
@@ -225,7 +239,7 @@ impl ShardScan {
                 wanted.push(o);
                 offsets.pop_front();
             }
-            let batch = self.read_with_offsets(source)?;
+            let batch = self.read_with_helpers(source)?;
             let stored = batch
                 .column(self.request.projection.len())
                 .as_primitive::<Int64Type>()
@@ -235,9 +249,8 @@ impl ShardScan {
                 .filter_map(|o| stored.binary_search(&(*o as i64)).ok().map(|i| i as u32))
                 .collect();
             if !rows.is_empty() {
-                return Ok(Some(self.without_offsets(
-                    &arrow::compute::take_record_batch(&batch, &rows)?,
-                )?));
+                let taken = arrow::compute::take_record_batch(&batch, &rows)?;
+                return Ok(Some(self.filter_rows(&taken)?));
             }
         }
         Ok(None)
@@ -322,7 +335,8 @@ fn read_source(
     };
     let columns = projection
         .iter()
-        .map(|&c| -> Result<ArrayRef> {
+        .enumerate()
+        .map(|(i, &c)| -> Result<ArrayRef> {
             if c == schema::PARTITION {
                 return Ok(Arc::new(Int32Array::from_value(
                     shard.partition as i32,
@@ -354,7 +368,8 @@ fn read_source(
             };
             match snapshot.get(&shard.blocks, column_key(meta.first, c))? {
                 Some(bytes) => {
-                    let array = decode_column(&bytes, label)?;
+                    let t = schema.field(i).data_type();
+                    let array = as_table_type(decode_column(&bytes, label)?, t)?;
                     if array.len() != rows {
                         return Err(Error::Corrupt {
                             location: label(),

@@ -29,7 +29,7 @@ pub fn time_type() -> DataType {
 /// The Arrow type of a declared field.
 pub fn field_type(t: FieldType) -> DataType {
     match t {
-        FieldType::String => DataType::Utf8,
+        FieldType::String => DataType::Utf8View,
         FieldType::Long => DataType::Int64,
         FieldType::Double => DataType::Float64,
         FieldType::Boolean => DataType::Boolean,

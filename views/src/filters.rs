@@ -5,8 +5,8 @@ use datafusion::scalar::ScalarValue;
 use std::collections::BTreeSet;
 use std::ops::Range;
 
-/// What the filters of a query allow a stream scan to skip. Every bound is a superset of the rows
-/// the filters keep; DataFusion applies the filters again on top (pushdown is `Inexact`).
+/// The filters of a query a stream scan applies itself, exactly (pushdown is `Exact`): partitions
+/// it skips, an offset range, an event-time range and one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScanBounds {
     /// Partitions that may hold matching rows, from comparisons (half-open).
@@ -84,21 +84,17 @@ fn int(v: &ScalarValue) -> Option<i128> {
     })
 }
 
-/// A timestamp literal as epoch ms, rounded down (`floor`) or up.
-fn time_ms(v: &ScalarValue, floor: bool) -> Option<i64> {
+/// A timestamp literal as a number of `per_ms` units per millisecond (seconds are converted to
+/// whole milliseconds, so `per_ms` is 1, 1000 or 1,000,000).
+fn time_value(v: &ScalarValue) -> Option<(i64, i64)> {
     use ScalarValue as S;
-    let (value, per_ms) = match v {
-        S::TimestampSecond(Some(x), _) => return x.checked_mul(1000),
-        S::TimestampMillisecond(Some(x), _) => (*x, 1),
-        S::TimestampMicrosecond(Some(x), _) => (*x, 1000),
-        S::TimestampNanosecond(Some(x), _) => (*x, 1_000_000),
-        _ => return None,
-    };
-    Some(if floor {
-        value.div_euclid(per_ms)
-    } else {
-        value.div_euclid(per_ms) + i64::from(value.rem_euclid(per_ms) != 0)
-    })
+    match v {
+        S::TimestampSecond(Some(x), _) => Some((x.checked_mul(1000)?, 1)),
+        S::TimestampMillisecond(Some(x), _) => Some((*x, 1)),
+        S::TimestampMicrosecond(Some(x), _) => Some((*x, 1000)),
+        S::TimestampNanosecond(Some(x), _) => Some((*x, 1_000_000)),
+        _ => None,
+    }
 }
 
 fn text(v: &ScalarValue) -> Option<&str> {
@@ -106,6 +102,35 @@ fn text(v: &ScalarValue) -> Option<&str> {
         ScalarValue::Utf8(Some(s))
         | ScalarValue::LargeUtf8(Some(s))
         | ScalarValue::Utf8View(Some(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// The partitions named by `partition IN (…)` or `partition = a OR partition = b …`.
+fn partition_list(e: &Expr) -> Option<BTreeSet<u32>> {
+    let number = |e: &Expr| literal(e).and_then(int).and_then(|v| u32::try_from(v).ok());
+    match e {
+        Expr::InList(list) if !list.negated && column(&list.expr) == Some(Col::Partition) => {
+            list.list.iter().map(number).collect()
+        }
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Or,
+            right,
+        }) => {
+            let mut set = partition_list(left)?;
+            set.extend(partition_list(right)?);
+            Some(set)
+        }
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) => match (column(left), column(right)) {
+            (Some(Col::Partition), None) => number(right).map(|p| BTreeSet::from([p])),
+            (None, Some(Col::Partition)) => number(left).map(|p| BTreeSet::from([p])),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -123,7 +148,7 @@ fn flip(op: Operator) -> Option<Operator> {
 }
 
 impl ScanBounds {
-    /// Whether `filter` narrows a scan (so it is worth pushing down).
+    /// Whether the scan can apply `filter` exactly.
     pub fn supports(filter: &Expr) -> bool {
         let mut probe = ScanBounds::default();
         probe.apply(filter)
@@ -141,7 +166,7 @@ impl ScanBounds {
     /// Narrows the bounds by one filter; false when the filter is not understood (no change).
     fn apply(&mut self, filter: &Expr) -> bool {
         match filter {
-            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) if *op != Operator::Or => {
                 if let (Some(c), Some(v)) = (column(left), literal(right)) {
                     self.compare(c, *op, v)
                 } else if let (Some(v), Some(c), Some(op)) =
@@ -163,25 +188,19 @@ impl ScanBounds {
                 }
                 _ => false,
             },
-            Expr::InList(list) if !list.negated && column(&list.expr) == Some(Col::Partition) => {
-                let values: Option<BTreeSet<u32>> = list
-                    .list
-                    .iter()
-                    .map(|e| literal(e).and_then(int).and_then(|v| u32::try_from(v).ok()))
-                    .collect();
-                match values {
-                    Some(set) => {
-                        let next: BTreeSet<u32> = match self.partition_set.take() {
-                            Some(old) => old.intersection(&set).copied().collect(),
-                            None => set,
-                        };
-                        self.empty |= next.is_empty();
-                        self.partition_set = Some(next);
-                        true
-                    }
-                    None => false,
+            // `partition IN (…)`, which DataFusion may also rewrite to `partition = a OR …`.
+            Expr::InList(_) | Expr::BinaryExpr(_) => match partition_list(filter) {
+                Some(set) => {
+                    let next: BTreeSet<u32> = match self.partition_set.take() {
+                        Some(old) => old.intersection(&set).copied().collect(),
+                        None => set,
+                    };
+                    self.empty |= next.is_empty();
+                    self.partition_set = Some(next);
+                    true
                 }
-            }
+                None => false,
+            },
             _ => false,
         }
     }
@@ -222,14 +241,23 @@ impl ScanBounds {
                 true
             }
             Col::Time => {
-                let (lo, hi) = match op {
-                    O::Eq => (time_ms(v, true), time_ms(v, false)),
-                    O::Gt | O::GtEq => (time_ms(v, true), Some(i64::MAX)),
-                    O::Lt | O::LtEq => (Some(i64::MIN), time_ms(v, false)),
-                    _ => return false,
-                };
-                let (Some(lo), Some(hi)) = (lo, hi) else {
+                // Exact bounds on the millisecond column for a literal of any unit:
+                // `time > v` is `time_ms * p > v`, that is `time_ms >= floor(v / p) + 1`, etc.
+                let Some((v, p)) = time_value(v) else {
                     return false;
+                };
+                let (floor, ceil) = (
+                    v.div_euclid(p),
+                    v.div_euclid(p) + i64::from(v.rem_euclid(p) != 0),
+                );
+                let (lo, hi) = match op {
+                    O::Eq if floor == ceil => (floor, floor),
+                    O::Eq => (1, 0), // between two milliseconds: nothing matches
+                    O::Gt => (floor.saturating_add(1), i64::MAX),
+                    O::GtEq => (ceil, i64::MAX),
+                    O::Lt => (i64::MIN, ceil.saturating_sub(1)),
+                    O::LtEq => (i64::MIN, floor),
+                    _ => return false,
                 };
                 let (old_lo, old_hi) = self.time.unwrap_or((i64::MIN, i64::MAX));
                 let next = (old_lo.max(lo), old_hi.min(hi));
@@ -297,10 +325,27 @@ mod tests {
     }
 
     #[test]
-    fn sub_millisecond_literals_round_outwards() {
+    fn time_bounds_are_exact_in_any_unit() {
         let us = |v: i64| lit(ScalarValue::TimestampMicrosecond(Some(v), None));
-        let b =
-            ScanBounds::from_filters(&[col("time").gt_eq(us(1_500)), col("time").lt_eq(us(2_500))]);
-        assert_eq!(b.time, Some((1, 3)));
+        let bounds = |f: Vec<Expr>| ScanBounds::from_filters(&f).time;
+        assert_eq!(
+            bounds(vec![
+                col("time").gt_eq(us(1_500)),
+                col("time").lt_eq(us(2_500))
+            ]),
+            Some((2, 2))
+        );
+        assert_eq!(
+            bounds(vec![col("time").gt(us(1_000)), col("time").lt(us(3_000))]),
+            Some((2, 2))
+        );
+        assert_eq!(
+            bounds(vec![col("time").gt(ts(5)), col("time").lt_eq(ts(9))]),
+            Some((6, 9))
+        );
+        assert!(ScanBounds::from_filters(&[col("time").eq(us(1_500))]).empty);
+        assert_eq!(bounds(vec![col("time").eq(us(7_000))]), Some((7, 7)));
+        let secs = lit(ScalarValue::TimestampSecond(Some(3), None));
+        assert_eq!(bounds(vec![col("time").lt(secs)]), Some((i64::MIN, 2_999)));
     }
 }

@@ -235,7 +235,7 @@ impl TableProvider for StreamTable {
             .iter()
             .map(|f| {
                 if ScanBounds::supports(f) {
-                    TableProviderFilterPushDown::Inexact
+                    TableProviderFilterPushDown::Exact
                 } else {
                     TableProviderFilterPushDown::Unsupported
                 }
@@ -267,8 +267,8 @@ impl TableProvider for StreamTable {
             offsets: bounds.offsets.clone(),
             time: bounds.time,
             key: bounds.key.clone(),
-            // Filters are re-applied above the scan, so a limit only holds without them.
-            limit: if filters.is_empty() { limit } else { None },
+            // Every pushed filter is applied exactly, so the limit holds after them.
+            limit,
         };
         Ok(Arc::new(StreamScanExec::new(
             self.store.clone(),

@@ -101,7 +101,9 @@ async fn filters_reach_the_scan() {
     let (_store, engine) = setup(dir.path());
     let plan = table(&engine, "EXPLAIN SELECT data FROM orders WHERE partition = 1 AND \"offset\" > 3 AND time < '2024-05-02T00:00:00Z' AND key = 'c1'").await;
     // Only shard 1 is scanned, with the offset, time and key bounds.
-    assert!(plan.contains("StreamScanExec: stream=orders, shards=[1], projection=[partition, offset, time, key, data], offsets=4..18446744073709551615, time=[, 2024-05-02T00:00:00.000Z], key=\"c1\""), "{plan}");
+    // The filters are applied exactly by the scan: no FilterExec above it, and only `data` read.
+    assert!(plan.contains("StreamScanExec: stream=orders, shards=[1], projection=[data], offsets=4..18446744073709551615, time=[, 2024-05-01T23:59:59.999Z], key=\"c1\""), "{plan}");
+    assert!(!plan.contains("FilterExec"), "{plan}");
 }
 
 #[tokio::test]
@@ -159,4 +161,43 @@ async fn whole_stream_counts_come_from_statistics() {
         .await
         .contains("| 12 |")
     );
+}
+
+#[tokio::test]
+async fn exact_pushdown_matches_filtering_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, engine) = setup(dir.path());
+    // The same predicates, once pushed into the scan and once hidden from it (`+ 0`, `|| ''`).
+    for (pushed, hidden) in [
+        (
+            "time > '2024-05-01T02:00:00Z' AND time <= '2024-05-01T04:30:00Z'",
+            "time + INTERVAL '0 seconds' > '2024-05-01T02:00:00Z' AND time + INTERVAL '0 seconds' <= '2024-05-01T04:30:00Z'",
+        ),
+        (
+            "\"offset\" >= 3 AND \"offset\" < 9 AND partition IN (0, 1)",
+            "\"offset\" + 0 >= 3 AND \"offset\" + 0 < 9 AND partition + 0 IN (0, 1)",
+        ),
+        (
+            "key = 'c2' AND time < '2024-05-01T03:00:00.001Z'",
+            "key || '' = 'c2' AND time + INTERVAL '0 seconds' < '2024-05-01T03:00:00.001Z'",
+        ),
+        (
+            "time = '2024-05-01T01:30:00Z'",
+            "time + INTERVAL '0 seconds' = '2024-05-01T01:30:00Z'",
+        ),
+    ] {
+        let q =
+            |w: &str| format!("SELECT partition, \"offset\" FROM orders WHERE {w} ORDER BY 1, 2");
+        let a = table(&engine, &q(pushed)).await;
+        let b = table(&engine, &q(hidden)).await;
+        assert_eq!(a, b, "{pushed}");
+        assert!(a.lines().count() > 4, "{pushed} matched nothing:\n{a}");
+        let plan = table(&engine, &format!("EXPLAIN {}", q(pushed))).await;
+        assert!(
+            !plan.contains("FilterExec"),
+            "{pushed} was not pushed:\n{plan}"
+        );
+    }
+    let limited = table(&engine, "SELECT \"offset\" FROM orders WHERE partition = 0 AND time >= '2024-05-01T01:00:00Z' LIMIT 3").await;
+    assert_eq!(limited.lines().count(), 7, "{limited}");
 }
