@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of strata on a fresh machine: unit and property tests of each crate, and the
-# end-to-end suite (tests/main.rs) against the real `strata` binary on port 0 in temp dirs,
-# including the benchmark harness in --quick mode. Needs a Rust toolchain and python3; installs
-# the Python peers it needs into .venv (scripts/venv.sh). Extra arguments go to `cargo test`.
+# end-to-end suite (tests/main.rs) against the real `strata` binary on port 0 in temp dirs, once
+# on the embedded log and once on a Kafka-protocol broker (Tansu, started here on a free port and
+# stopped afterwards), including the benchmark harness in --quick mode. Needs a Rust toolchain and
+# python3; installs the Python packages it needs into .venv (scripts/venv.sh). Extra arguments go
+# to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,5 +15,18 @@ fi
 
 STRATA_BENCH_PYTHON="$(./scripts/venv.sh)"
 export STRATA_BENCH_PYTHON
+
+# Build first, so that the broker does not idle through a cold build.
+cargo test --workspace --all-targets --locked --no-run "$@"
+
+tansu_log="$(mktemp -t strata-tansu.XXXXXX.log)"
+read -r tansu_pid brokers < <(./scripts/tansu.sh "$STRATA_BENCH_PYTHON" "$tansu_log")
+cleanup() {
+  kill "$tansu_pid" 2>/dev/null || true
+  wait "$tansu_pid" 2>/dev/null || true
+}
+trap cleanup EXIT
+echo "scripts/test.sh: Tansu (pid $tansu_pid) on $brokers, log $tansu_log" >&2
+export STRATA_TEST_KAFKA_BROKERS="$brokers" STRATA_TEST_REQUIRE_KAFKA=1
 
 cargo test --workspace --all-targets --locked "$@"

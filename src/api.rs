@@ -10,8 +10,9 @@
 //! | `POST /v1/streams/{name}/events` | append NDJSON or a JSON array; answers once durable |
 //! | `GET /v1/streams/{name}/events` | replay stored events as NDJSON |
 //! | `POST /v1/sql` | read-only SQL; JSON rows, or Arrow IPC when asked |
+//! | `GET /v1/cluster` | the nodes, the partitions each holds, and their lag |
 
-use crate::config::Limits;
+use crate::config::{Limits, Role};
 use crate::{Error, Result};
 use arrow::array::RecordBatch;
 use axum::body::{Body, Bytes};
@@ -25,10 +26,12 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
-use strata_ingest::Ingest;
+use std::time::{Duration, Instant};
 use strata_ingest::decode::{DecodeLimits, decode_batch, parse_rfc3339};
-use strata_proto::{FieldSpec, Log, StreamInfo, StreamName, partition_for_key};
+use strata_ingest::{Ingest, KafkaLog, StoreGroup};
+use strata_proto::{
+    FieldSpec, HeldPartition, Log, NodeStatus, StreamInfo, StreamName, partition_for_key,
+};
 use strata_store::{ScanRequest, Store};
 use strata_views::SqlEngine;
 use tokio::sync::mpsc;
@@ -37,20 +40,67 @@ use tokio_stream::wrappers::ReceiverStream;
 /// The media type of Arrow IPC streams.
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
+/// Who this node is, for `/v1/cluster`.
+pub struct NodeInfo {
+    /// The node's id.
+    pub id: String,
+    /// What it does.
+    pub role: Role,
+    /// Its HTTP address.
+    pub http: String,
+    /// The Kafka log, on Kafka.
+    pub kafka: Option<Arc<KafkaLog>>,
+    /// Its membership of the store consumer group, on Kafka with a store.
+    pub group: Option<Arc<StoreGroup>>,
+}
+
 /// Everything the handlers share.
 pub struct AppState {
-    /// The write path.
-    pub ingest: Arc<Ingest>,
+    /// The write path (`None` on store-only nodes).
+    pub ingest: Option<Arc<Ingest>>,
     /// The log (for the catalog and end offsets).
     pub log: Arc<dyn Log>,
-    /// The store (for replay and stored offsets).
-    pub store: Arc<Store>,
-    /// The SQL engine.
-    pub sql: Arc<SqlEngine>,
+    /// The store (`None` on ingest-only nodes).
+    pub store: Option<Arc<Store>>,
+    /// The SQL engine (with the store).
+    pub sql: Option<Arc<SqlEngine>>,
     /// Renders `/metrics`; `None` answers 404.
     pub metrics: Option<PrometheusHandle>,
     /// Request limits.
     pub limits: Limits,
+    /// Partition count of streams created without one.
+    pub default_partitions: u32,
+    /// This node.
+    pub node: NodeInfo,
+}
+
+impl AppState {
+    fn ingest(&self) -> Result<&Arc<Ingest>> {
+        self.ingest.as_ref().ok_or_else(|| {
+            Error::WrongRole(format!(
+                "this node has role {}; send appends to an ingest node",
+                self.node.role.name()
+            ))
+        })
+    }
+
+    fn store(&self) -> Result<&Arc<Store>> {
+        self.store.as_ref().ok_or_else(|| {
+            Error::WrongRole(format!(
+                "this node has role {} and keeps no shards; ask a store node (or replay with source=log)",
+                self.node.role.name()
+            ))
+        })
+    }
+
+    fn sql(&self) -> Result<&Arc<SqlEngine>> {
+        self.sql.as_ref().ok_or_else(|| {
+            Error::WrongRole(format!(
+                "this node has role {} and answers no SQL; ask a store node",
+                self.node.role.name()
+            ))
+        })
+    }
 }
 
 type Shared = State<Arc<AppState>>;
@@ -64,6 +114,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/streams/{name}", get(get_stream).put(put_stream))
         .route("/v1/streams/{name}/events", post(append).get(replay))
         .route("/v1/sql", post(sql))
+        .route("/v1/cluster", get(cluster))
         .fallback(|| async {
             Error::NotFound("no such endpoint; see the README for the HTTP API".into())
         })
@@ -108,10 +159,11 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes> {
 #[derive(Serialize)]
 struct PartitionOffsets {
     partition: u32,
-    /// The log's end: the offset the next appended event gets.
-    next_offset: u64,
-    /// The store's progress: events below it are visible to SQL and replay.
-    stored_offset: u64,
+    /// The log's end: the offset the next appended event gets (`null` if the log cannot say).
+    next_offset: Option<u64>,
+    /// The store's progress: events below it are visible to SQL and replay (`null` without a
+    /// store).
+    stored_offset: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -123,13 +175,28 @@ struct StreamView {
 }
 
 async fn stream_view(state: &AppState, info: &strata_proto::StreamInfo) -> Result<StreamView> {
-    let status = state.store.status(&info.name)?;
-    let mut offsets = Vec::with_capacity(status.len());
-    for s in status {
+    let stored: Vec<Option<u64>> = match &state.store {
+        Some(store) => store
+            .status(&info.name)?
+            .into_iter()
+            .map(|s| Some(s.stored_offset))
+            .collect(),
+        None => vec![None; info.partitions as usize],
+    };
+    let mut offsets = Vec::with_capacity(stored.len());
+    for (partition, stored_offset) in (0..).zip(stored) {
+        let next_offset = match state.log.end_offset(&info.name, partition).await {
+            Ok(end) => Some(end),
+            Err(e) if state.node.kafka.is_some() => {
+                tracing::debug!(error = %e, "no end offset");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
         offsets.push(PartitionOffsets {
-            partition: s.partition,
-            next_offset: state.log.end_offset(&info.name, s.partition).await?,
-            stored_offset: s.stored_offset,
+            partition,
+            next_offset,
+            stored_offset,
         });
     }
     Ok(StreamView {
@@ -199,7 +266,7 @@ async fn put_stream(
     let partitions = request
         .partitions
         .or(existing)
-        .unwrap_or(state.ingest.default_partitions());
+        .unwrap_or(state.default_partitions);
     let (mut info, created) = state
         .log
         .create_stream(&name, partitions, &request.fields)
@@ -230,6 +297,7 @@ fn field_list(info: &StreamInfo) -> Vec<serde_json::Value> {
 
 async fn append(State(state): Shared, Path(name): Path<String>, body: Body) -> Result<Response> {
     let name = stream_name(&name)?;
+    state.ingest()?;
     let body = read_body(body, state.limits.max_body_bytes).await?;
     let arrival = chrono::Utc::now().timestamp_millis();
     let limits = DecodeLimits {
@@ -247,7 +315,7 @@ async fn append(State(state): Shared, Path(name): Path<String>, body: Body) -> R
         tokio::task::spawn_blocking(move || decode_batch(&body, arrival, &limits, &fields))
             .await
             .map_err(|e| Error::BadRequest(format!("decoding failed: {e}")))??;
-    let outcome = state.ingest.append(&name, events).await?;
+    let outcome = state.ingest()?.append(&name, events).await?;
     Ok(Json(outcome).into_response())
 }
 
@@ -270,14 +338,33 @@ async fn replay(
     Path(name): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response> {
-    const KNOWN: [&str; 5] = ["partition", "from", "from_time", "key", "limit"];
+    const KNOWN: [&str; 6] = ["partition", "from", "from_time", "key", "limit", "source"];
     if let Some(unknown) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(Error::BadRequest(format!(
-            "unknown parameter `{unknown}`; use partition, from, from_time, key and limit"
+            "unknown parameter `{unknown}`; use partition, from, from_time, key, limit and source"
         )));
     }
     let name = stream_name(&name)?;
-    let info = state.store.stream(&name)?;
+    let from_log = match params.get("source").map(String::as_str) {
+        None | Some("store") => false,
+        Some("log") => true,
+        Some(other) => {
+            return Err(Error::BadRequest(format!(
+                "`source` must be `store` (the shards, the default) or `log`, got {other:?}"
+            )));
+        }
+    };
+    let info = if from_log {
+        state
+            .log
+            .catalog()
+            .borrow()
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| strata_proto::Error::UnknownStream(name.to_string()))?
+    } else {
+        state.store()?.stream(&name)?
+    };
     let partition: Option<u32> = param(&params, "partition", "a partition number")?;
     let from: Option<u64> = param(&params, "from", "an offset (a whole number ≥ 0)")?;
     let limit: Option<usize> = param(&params, "limit", "a whole number ≥ 0")?;
@@ -304,11 +391,43 @@ async fn replay(
         }
         (None, None) => (0..info.partitions).collect(),
     };
+    let request = ReplayRequest {
+        name,
+        from: from.unwrap_or(0),
+        from_time,
+        key,
+        limit: limit.unwrap_or(usize::MAX),
+    };
+    let rx = if from_log {
+        replay_log(&state, request, partitions)
+    } else {
+        replay_store(state.store()?.clone(), request, partitions).await?
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(ReceiverStream::new(rx)),
+    )
+        .into_response())
+}
+
+/// What a replay asks for, whatever it reads from.
+struct ReplayRequest {
+    name: StreamName,
+    from: u64,
+    from_time: Option<i64>,
+    key: Option<String>,
+    limit: usize,
+}
+
+type Chunks = mpsc::Receiver<std::io::Result<Bytes>>;
+
+/// Replays from the shards: columnar scans, written as NDJSON.
+async fn replay_store(store: Arc<Store>, r: ReplayRequest, partitions: Vec<u32>) -> Result<Chunks> {
     let mut starts = Vec::with_capacity(partitions.len());
     for p in partitions {
-        let mut start = from.unwrap_or(0);
-        if let Some(t) = from_time {
-            let (store, name) = (state.store.clone(), name.clone());
+        let mut start = r.from;
+        if let Some(t) = r.from_time {
+            let (store, name) = (store.clone(), r.name.clone());
             let at = tokio::task::spawn_blocking(move || store.offset_for_time(&name, p, t))
                 .await
                 .map_err(|e| Error::BadRequest(format!("replay failed: {e}")))??;
@@ -317,20 +436,19 @@ async fn replay(
         starts.push((p, start));
     }
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
-    let store = state.store.clone();
     tokio::task::spawn_blocking(move || {
-        let mut remaining = limit.unwrap_or(usize::MAX);
+        let mut remaining = r.limit;
         for (p, start) in starts {
             if remaining == 0 {
                 break;
             }
             let request = ScanRequest {
                 offsets: start..u64::MAX,
-                key: key.clone(),
+                key: r.key.clone(),
                 limit: Some(remaining),
                 ..ScanRequest::all()
             };
-            let scan = match store.scan(&name, p, request) {
+            let scan = match store.scan(&r.name, p, request) {
                 Ok(scan) => scan,
                 Err(e) => {
                     let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
@@ -354,11 +472,176 @@ async fn replay(
             }
         }
     });
-    Ok((
-        [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(ReceiverStream::new(rx)),
-    )
-        .into_response())
+    Ok(rx)
+}
+
+/// Replays straight from the log. The embedded log ends at its end offset; Kafka's answer to
+/// that is not relied on, so a Kafka replay ends once the partition has been idle for a second.
+/// `from_time` starts at the first record at or after it; `key` keeps that key's records.
+fn replay_log(state: &AppState, r: ReplayRequest, partitions: Vec<u32>) -> Chunks {
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+    let log = state.log.clone();
+    let on_kafka = state.node.kafka.is_some();
+    tokio::spawn(async move {
+        let fail = |e: String| Err(std::io::Error::other(e));
+        let mut remaining = r.limit;
+        for p in partitions {
+            if remaining == 0 {
+                break;
+            }
+            let end = if on_kafka {
+                None
+            } else {
+                match log.end_offset(&r.name, p).await {
+                    Ok(end) => Some(end),
+                    Err(e) => {
+                        let _ = tx.send(fail(e.to_string())).await;
+                        return;
+                    }
+                }
+            };
+            let mut reader = match log.open_reader(&r.name, p, r.from).await {
+                Ok(reader) => reader,
+                Err(e) => {
+                    let _ = tx.send(fail(e.to_string())).await;
+                    return;
+                }
+            };
+            let mut started = r.from_time.is_none();
+            let mut wait = Duration::from_secs(if on_kafka { 5 } else { 1 });
+            while remaining > 0 && end.is_none_or(|end| reader.position() < end) {
+                let batch = match reader.next_batch(remaining.min(10_000), wait).await {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        let _ = tx.send(fail(e.to_string())).await;
+                        return;
+                    }
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                wait = Duration::from_secs(1);
+                let mut out = Vec::with_capacity(batch.len() * 256);
+                for record in batch {
+                    if end.is_some_and(|end| record.offset >= end) || remaining == 0 {
+                        break;
+                    }
+                    if !started {
+                        match r.from_time {
+                            Some(t) if record.event.time_ms < t => continue,
+                            _ => started = true,
+                        }
+                    }
+                    if r.key.is_some() && record.event.key != r.key {
+                        continue;
+                    }
+                    record.write_ndjson(&mut out);
+                    remaining -= 1;
+                }
+                if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// This node's status: the partitions it holds with their stored offsets and lag.
+pub(crate) async fn local_status(state: &AppState) -> NodeStatus {
+    let mut partitions = Vec::new();
+    if let Some(store) = &state.store {
+        let held: Vec<(StreamName, u32, Option<u64>)> = match &state.node.group {
+            Some(group) => group.assignment(),
+            None => {
+                let catalog = state.log.catalog().borrow().clone();
+                let mut held = Vec::new();
+                for info in catalog.values() {
+                    for p in 0..info.partitions {
+                        let end = state.log.end_offset(&info.name, p).await.ok();
+                        held.push((info.name.clone(), p, end));
+                    }
+                }
+                held
+            }
+        };
+        for (stream, partition, end) in held {
+            let stored_offset = store.next_offset(&stream, partition).unwrap_or(0);
+            if let Some(end) = end {
+                metrics::gauge!("strata_store_lag_events", "stream" => stream.to_string(), "partition" => partition.to_string())
+                    .set(end.saturating_sub(stored_offset) as f64);
+            }
+            partitions.push(HeldPartition {
+                stream: stream.to_string(),
+                partition,
+                stored_offset,
+                log_end_offset: end,
+                lag: end.map(|e| e.saturating_sub(stored_offset)),
+            });
+        }
+    }
+    NodeStatus {
+        node: state.node.id.clone(),
+        role: state.node.role.name().to_owned(),
+        http: state.node.http.clone(),
+        updated_ms: chrono::Utc::now().timestamp_millis(),
+        partitions,
+    }
+}
+
+#[derive(Serialize)]
+struct ClusterNode {
+    #[serde(flatten)]
+    status: NodeStatus,
+    /// Whether the node published its status recently.
+    alive: bool,
+}
+
+#[derive(Serialize)]
+struct ClusterPartition {
+    stream: String,
+    partition: u32,
+    node: String,
+    stored_offset: u64,
+    log_end_offset: Option<u64>,
+    lag: Option<u64>,
+}
+
+/// The nodes (as each last published itself; this node's status is current) and, per partition,
+/// the live node that holds it.
+async fn cluster(State(state): Shared) -> Result<Json<serde_json::Value>> {
+    let local = local_status(&state).await;
+    let mut nodes = match &state.node.kafka {
+        Some(kafka) => kafka.nodes(),
+        None => Default::default(),
+    };
+    let stale_after = state.node.kafka.as_ref().map_or(0, |k| {
+        (k.config().refresh_ms.max(200) * 3).max(10_000) as i64
+    });
+    nodes.insert(local.node.clone(), local);
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut list = Vec::with_capacity(nodes.len());
+    let mut partitions = Vec::new();
+    for status in nodes.into_values() {
+        let alive = now - status.updated_ms <= stale_after;
+        if alive {
+            for p in &status.partitions {
+                partitions.push(ClusterPartition {
+                    stream: p.stream.clone(),
+                    partition: p.partition,
+                    node: status.node.clone(),
+                    stored_offset: p.stored_offset,
+                    log_end_offset: p.log_end_offset,
+                    lag: p.lag,
+                });
+            }
+        }
+        list.push(ClusterNode { status, alive });
+    }
+    partitions.sort_by(|a, b| (&a.stream, a.partition).cmp(&(&b.stream, b.partition)));
+    Ok(Json(
+        serde_json::json!({ "nodes": list, "partitions": partitions }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -427,7 +710,7 @@ async fn sql(State(state): Shared, headers: HeaderMap, body: Body) -> Result<Res
         .get_all(header::ACCEPT)
         .iter()
         .any(|v| v.to_str().is_ok_and(|v| v.contains(ARROW_STREAM)));
-    let output = state.sql.query(&request.sql).await?;
+    let output = state.sql()?.query(&request.sql).await?;
     let mut batches = output.batches;
     // Run the query up to its first batch before answering, so that a failing query gets an
     // error status rather than a broken body.

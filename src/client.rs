@@ -33,6 +33,9 @@ pub struct ReplayArgs {
     /// Stop after this many events.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Read the shards (`store`, the default) or straight from the log (`log`).
+    #[arg(long)]
+    pub source: Option<String>,
 }
 
 /// A client of one strata server.
@@ -218,6 +221,9 @@ impl Client {
         if let Some(l) = args.limit {
             query.push(("limit", l.to_string()));
         }
+        if let Some(s) = &args.source {
+            query.push(("source", s.clone()));
+        }
         let resp = self
             .http
             .get(self.url(&format!("/v1/streams/{stream}/events")))
@@ -258,7 +264,7 @@ impl Client {
             .json()
             .await
             .map_err(client_error)?;
-        let mut rows = vec![[
+        let mut rows = vec![vec![
             "stream".to_owned(),
             "partitions".to_owned(),
             "events".to_owned(),
@@ -275,7 +281,7 @@ impl Client {
                 .iter()
                 .map(|o| o["stored_offset"].as_u64().unwrap_or(0))
                 .sum();
-            rows.push([
+            rows.push(vec![
                 s["name"].as_str().unwrap_or_default().to_owned(),
                 s["partitions"].to_string(),
                 next.iter().sum::<u64>().to_string(),
@@ -286,19 +292,69 @@ impl Client {
                     .join(","),
             ]);
         }
-        let widths: Vec<usize> = (0..5)
-            .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-            .collect();
-        for row in rows {
-            let cells: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect();
-            writeln!(out, "{}", cells.join("  ").trim_end())
-                .map_err(|e| Error::io("cannot write the output", e))?;
+        write_table(&rows, out)
+    }
+
+    /// Writes which node holds which partition, with lag, as a table to `out`.
+    pub async fn cluster(&self, out: &mut impl Write) -> Result<()> {
+        let resp = self
+            .http
+            .get(self.url("/v1/cluster"))
+            .send()
+            .await
+            .map_err(client_error)?;
+        let cluster: serde_json::Value = Self::check(resp)
+            .await?
+            .json()
+            .await
+            .map_err(client_error)?;
+        let text = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => "-".to_owned(),
+            other => other.to_string(),
+        };
+        let mut nodes = vec![vec![
+            "node".to_owned(),
+            "role".to_owned(),
+            "http".to_owned(),
+            "alive".to_owned(),
+            "partitions".to_owned(),
+        ]];
+        for n in cluster["nodes"].as_array().into_iter().flatten() {
+            nodes.push(vec![
+                text(&n["node"]),
+                text(&n["role"]),
+                text(&n["http"]),
+                text(&n["alive"]),
+                n["partitions"].as_array().map_or(0, Vec::len).to_string(),
+            ]);
         }
-        Ok(())
+        write_table(&nodes, out)?;
+        writeln!(out).map_err(|e| Error::io("cannot write the output", e))?;
+        let mut parts = vec![vec![
+            "stream".to_owned(),
+            "partition".to_owned(),
+            "node".to_owned(),
+            "stored".to_owned(),
+            "log end".to_owned(),
+            "lag".to_owned(),
+        ]];
+        for p in cluster["partitions"].as_array().into_iter().flatten() {
+            parts.push(
+                [
+                    "stream",
+                    "partition",
+                    "node",
+                    "stored_offset",
+                    "log_end_offset",
+                    "lag",
+                ]
+                .iter()
+                .map(|k| text(&p[*k]))
+                .collect(),
+            );
+        }
+        write_table(&parts, out)
     }
 }
 
@@ -329,4 +385,27 @@ mod tests {
         assert_eq!(super::renumber("other", &[1]), "other");
         assert_eq!(super::renumber("line 9: x", &[1]), "line 9: x");
     }
+}
+
+/// Writes `rows` (the first is the header) as left-aligned columns.
+fn write_table(rows: &[Vec<String>], out: &mut impl Write) -> Result<()> {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, String::len))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        writeln!(out, "{}", cells.join("  ").trim_end())
+            .map_err(|e| Error::io("cannot write the output", e))?;
+    }
+    Ok(())
 }

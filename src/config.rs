@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use strata_ingest::EmbeddedLogConfig;
+use strata_ingest::{EmbeddedLogConfig, KafkaConfig};
 use strata_store::StoreConfig;
 
 /// Which log a node appends to and consumes from.
@@ -13,6 +13,42 @@ pub enum LogBackend {
     /// Segment files under the data directory (the default, single node).
     #[default]
     Embedded,
+    /// Apache Kafka (or any Kafka-protocol broker): topics hold the partitioned log.
+    Kafka,
+}
+
+/// What a node does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Appends, stores, and answers SQL and replay (the default).
+    #[default]
+    All,
+    /// Appends only; stateless (Kafka only).
+    Ingest,
+    /// Consumes partitions into shards and answers SQL and replay for them (Kafka only).
+    Store,
+}
+
+impl Role {
+    /// Whether the node takes appends.
+    pub fn ingests(self) -> bool {
+        matches!(self, Role::All | Role::Ingest)
+    }
+
+    /// Whether the node keeps shards.
+    pub fn stores(self) -> bool {
+        matches!(self, Role::All | Role::Store)
+    }
+
+    /// The role's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Ingest => "ingest",
+            Role::Store => "store",
+        }
+    }
 }
 
 /// Settings of the log.
@@ -23,6 +59,8 @@ pub struct LogSettings {
     pub backend: LogBackend,
     /// Settings of the embedded log.
     pub embedded: EmbeddedLogConfig,
+    /// Settings of the Kafka log.
+    pub kafka: KafkaConfig,
 }
 
 /// Request limits.
@@ -55,6 +93,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Address of the HTTP API (`127.0.0.1:0` picks a free port).
     pub http: String,
+    /// What this node does.
+    pub role: Role,
+    /// This node's id in `/v1/cluster` [default: host name and HTTP address].
+    pub node_id: Option<String>,
     /// Partition count of streams created by a first append.
     pub default_partitions: u32,
     /// Request limits.
@@ -70,6 +112,8 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("./strata-data"),
             http: "127.0.0.1:7070".to_owned(),
+            role: Role::All,
+            node_id: None,
             default_partitions: 4,
             limits: Limits::default(),
             log: LogSettings::default(),
@@ -99,6 +143,27 @@ pub struct Overrides {
     /// Largest request body in bytes [default: 33554432].
     #[arg(long, env = "STRATA_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// What this node does: all, ingest or store [default: all].
+    #[arg(long, env = "STRATA_ROLE", value_enum)]
+    pub role: Option<Role>,
+    /// This node's id in the cluster view [default: host name and HTTP address].
+    #[arg(long, env = "STRATA_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Kafka bootstrap brokers, HOST:PORT[,…] (with --log kafka).
+    #[arg(long, env = "STRATA_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Prefix of the topics of streams [default: strata.].
+    #[arg(long, env = "STRATA_KAFKA_TOPIC_PREFIX")]
+    pub kafka_topic_prefix: Option<String>,
+    /// Consumer group of store nodes [default: strata-store].
+    #[arg(long, env = "STRATA_KAFKA_GROUP_ID")]
+    pub kafka_group_id: Option<String>,
+    /// Replication factor of topics strata creates [default: 3].
+    #[arg(long, env = "STRATA_KAFKA_REPLICATION_FACTOR")]
+    pub kafka_replication_factor: Option<i32>,
+    /// min.insync.replicas of topics strata creates [default: 2].
+    #[arg(long, env = "STRATA_KAFKA_MIN_INSYNC_REPLICAS")]
+    pub kafka_min_insync_replicas: Option<u32>,
 }
 
 impl Config {
@@ -131,6 +196,28 @@ impl Config {
         if let Some(v) = overrides.max_body_bytes {
             config.limits.max_body_bytes = v;
         }
+        if let Some(v) = overrides.role {
+            config.role = v;
+        }
+        if let Some(v) = &overrides.node_id {
+            config.node_id = Some(v.clone());
+        }
+        let kafka = &mut config.log.kafka;
+        if let Some(v) = &overrides.kafka_brokers {
+            kafka.brokers = v.clone();
+        }
+        if let Some(v) = &overrides.kafka_topic_prefix {
+            kafka.topic_prefix = v.clone();
+        }
+        if let Some(v) = &overrides.kafka_group_id {
+            kafka.group_id = v.clone();
+        }
+        if let Some(v) = overrides.kafka_replication_factor {
+            kafka.replication_factor = v;
+        }
+        if let Some(v) = overrides.kafka_min_insync_replicas {
+            kafka.min_insync_replicas = v;
+        }
         config.check()?;
         Ok(config)
     }
@@ -143,6 +230,35 @@ impl Config {
             return Err(crate::Error::Config(
                 "store.block_rows and store.commit_max_events must be positive".into(),
             ));
+        }
+        if self.role != Role::All && self.log.backend != LogBackend::Kafka {
+            return Err(crate::Error::Config(format!(
+                "role {} needs the Kafka log (--log kafka): the embedded log lives in one process",
+                self.role.name()
+            )));
+        }
+        if self.log.backend == LogBackend::Kafka {
+            let k = &self.log.kafka;
+            if k.brokers.trim().is_empty() {
+                return Err(crate::Error::Config("log.kafka.brokers is empty".into()));
+            }
+            let prefix_ok = !k.topic_prefix.is_empty()
+                && k.topic_prefix.len() <= 100
+                && k.topic_prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !prefix_ok {
+                return Err(crate::Error::Config(format!(
+                    "log.kafka.topic_prefix {:?} must be 1–100 of [a-zA-Z0-9._-]",
+                    k.topic_prefix
+                )));
+            }
+            if k.replication_factor < 1 && k.replication_factor != -1 {
+                return Err(crate::Error::Config(
+                    "log.kafka.replication_factor must be ≥ 1 (or -1 for the broker default)"
+                        .into(),
+                ));
+            }
         }
         if self.limits.max_body_bytes == 0
             || self.limits.max_event_bytes == 0

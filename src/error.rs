@@ -39,6 +39,9 @@ pub enum Error {
     /// A request body over the configured limit.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The request needs a role this node does not have (e.g. SQL on an ingest node).
+    #[error("{0}")]
+    WrongRole(String),
     /// A CLI request to a server failed.
     #[error("{0}")]
     Client(String),
@@ -62,6 +65,7 @@ impl Error {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::WrongRole(_) => StatusCode::MISDIRECTED_REQUEST,
             Error::Log(e) => log_status(e),
             Error::Ingest(e) => match e {
                 strata_ingest::Error::Log(e) => log_status(e),

@@ -53,6 +53,8 @@ enum Command {
         #[command(flatten)]
         args: ReplayArgs,
     },
+    /// Show the nodes, which node holds which partition, and their lag.
+    Cluster,
     /// List streams, or create one.
     Streams {
         #[command(subcommand)]
@@ -200,6 +202,7 @@ async fn run_client(server: &str, command: Command) -> strata::Result<()> {
         }
         Command::Sql { query, format } => client.sql(&query, format, &mut out).await,
         Command::Replay { stream, args } => client.replay(&stream, &args, &mut out).await,
+        Command::Cluster => client.cluster(&mut out).await,
         Command::Streams {
             action: None | Some(StreamsAction::List),
         } => client.streams(&mut out).await,

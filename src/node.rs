@@ -1,14 +1,14 @@
 //! Building a node from its configuration and running it until shutdown.
 
-use crate::api::{AppState, router};
+use crate::api::{AppState, NodeInfo, router};
 use crate::config::LogBackend;
 use crate::{Config, Error, Result};
 use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use std::time::Duration;
-use strata_ingest::{EmbeddedLog, Ingest, IngestConfig};
-use strata_proto::{IdLookup, Log};
+use strata_ingest::{EmbeddedLog, Ingest, IngestConfig, KafkaLog, StoreGroup};
+use strata_proto::{IdLookup, Log, ShardSink};
 use strata_store::Store;
 use strata_views::SqlEngine;
 use tokio_util::sync::CancellationToken;
@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 /// How long in-flight requests may run after shutdown was asked for.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Runs a node (log, store consumers, SQL, HTTP API on `listener`) until `shutdown` is cancelled,
-/// then stops accepting requests, lets in-flight ones finish (up to 10 s), stops the consumers
-/// after their current commit, and flushes the store.
+/// Runs a node (its log, and as its role says the write path, the store with its consumers, SQL;
+/// the HTTP API on `listener`) until `shutdown` is cancelled, then stops accepting requests, lets
+/// in-flight ones finish (up to 10 s), stops the consumers after their current commit (on Kafka,
+/// leaving the group), and flushes the store.
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
@@ -29,29 +30,71 @@ pub async fn run(
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
     let _lock = lock_data_dir(dir)?;
-    let log: Arc<dyn Log> = match config.log.backend {
-        LogBackend::Embedded => Arc::new(EmbeddedLog::open(
-            &dir.join("log"),
-            config.log.embedded.clone(),
-        )?),
+    let http = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| config.http.clone());
+    let node_id = config
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("{}/{http}", host_name()));
+    let (log, kafka): (Arc<dyn Log>, Option<Arc<KafkaLog>>) = match config.log.backend {
+        LogBackend::Embedded => (
+            Arc::new(EmbeddedLog::open(
+                &dir.join("log"),
+                config.log.embedded.clone(),
+            )?),
+            None,
+        ),
+        LogBackend::Kafka => {
+            let kafka = KafkaLog::connect(config.log.kafka.clone()).await?;
+            (kafka.clone(), Some(kafka))
+        }
     };
-    let store = Store::open(&dir.join("store"), config.store.clone())?;
-    store.follow_catalog(log.catalog());
+    let store = if config.role.stores() {
+        let store = Store::open(&dir.join("store"), config.store.clone())?;
+        store.follow_catalog(log.catalog());
+        Some(store)
+    } else {
+        None
+    };
     let consumers_stop = CancellationToken::new();
-    let consumers = tokio::spawn(strata_store::run_consumers(
-        store.clone(),
-        log.clone(),
-        consumers_stop.clone(),
-    ));
-    let ids: Arc<dyn IdLookup> = store.clone();
-    let ingest = Arc::new(Ingest::new(
-        log.clone(),
-        Some(ids),
-        IngestConfig {
-            default_partitions: config.default_partitions,
-        },
-    ));
-    let sql = Arc::new(SqlEngine::new(store.clone())?);
+    let mut consumers = None;
+    let mut group = None;
+    if let Some(store) = &store {
+        match &kafka {
+            None => {
+                consumers = Some(tokio::spawn(strata_store::run_consumers(
+                    store.clone(),
+                    log.clone(),
+                    consumers_stop.clone(),
+                )));
+            }
+            Some(kafka) => {
+                let sink: Arc<dyn ShardSink> = store.clone();
+                group = Some(Arc::new(StoreGroup::start(
+                    kafka.config(),
+                    sink,
+                    config.store.commit_max_events,
+                )?));
+            }
+        }
+    }
+    let ingest = config.role.ingests().then(|| {
+        let ids = store.clone().map(|s| -> Arc<dyn IdLookup> { s });
+        Arc::new(Ingest::new(
+            log.clone(),
+            ids,
+            IngestConfig {
+                default_partitions: config.default_partitions,
+                preload_ids: kafka.is_none(),
+            },
+        ))
+    });
+    let sql = match &store {
+        Some(store) => Some(Arc::new(SqlEngine::new(store.clone())?)),
+        None => None,
+    };
     let state = Arc::new(AppState {
         ingest,
         log,
@@ -59,6 +102,30 @@ pub async fn run(
         sql,
         metrics,
         limits: config.limits.clone(),
+        default_partitions: config.default_partitions,
+        node: NodeInfo {
+            id: node_id,
+            role: config.role,
+            http,
+            kafka: kafka.clone(),
+            group: group.clone(),
+        },
+    });
+    let publisher = kafka.as_ref().map(|kafka| {
+        let (state, kafka, stop) = (state.clone(), kafka.clone(), consumers_stop.clone());
+        let every = Duration::from_millis(kafka.config().refresh_ms.max(200));
+        tokio::spawn(async move {
+            loop {
+                let status = crate::api::local_status(&state).await;
+                if let Err(e) = kafka.publish_status(&status).await {
+                    tracing::debug!(error = %e, "cannot publish the node status");
+                }
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(every) => {}
+                }
+            }
+        })
     });
     // Answers are streamed in several writes; without TCP_NODELAY the last one waits for the
     // client's delayed ACK (40 ms per request on a kept-alive connection).
@@ -67,7 +134,7 @@ pub async fn run(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    let server = axum::serve(listener, router(state))
+    let server = axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let served = tokio::select! {
         served = server => served.map_err(|e| Error::io("the HTTP server failed", e)),
@@ -77,12 +144,33 @@ pub async fn run(
         }
     };
     consumers_stop.cancel();
-    if tokio::time::timeout(DRAIN, consumers).await.is_err() {
-        tracing::warn!("store consumers did not stop in time");
+    if let Some(publisher) = publisher {
+        let _ = publisher.await;
     }
-    store.persist()?;
+    if let Some(consumers) = consumers {
+        if tokio::time::timeout(DRAIN, consumers).await.is_err() {
+            tracing::warn!("store consumers did not stop in time");
+        }
+    }
+    if let Some(group) = group {
+        // Commits its last batch and leaves the group, so its partitions move at once.
+        let _ = tokio::task::spawn_blocking(move || group.stop()).await;
+    }
+    drop(state);
+    if let Some(store) = store {
+        store.persist()?;
+    }
     tracing::info!("stopped");
     served
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// Holds an exclusive lock on `<dir>/LOCK` so that two processes never share a data directory.

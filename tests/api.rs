@@ -203,15 +203,18 @@ fn a_bad_line_rejects_the_whole_batch() {
             rows(&server, "SELECT count(*) AS n FROM s"),
             vec![json!({"n": 1})]
         );
-        assert_eq!(
-            stream_info(&server, "s")["offsets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|o| o["next_offset"].as_u64().unwrap())
-                .sum::<u64>(),
-            1
-        );
+        if backend == Backend::Embedded {
+            // (Kafka brokers' end offsets are shown, not relied on; Tansu's are off.)
+            assert_eq!(
+                stream_info(&server, "s")["offsets"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|o| o["next_offset"].as_u64().unwrap())
+                    .sum::<u64>(),
+                1
+            );
+        }
     }
 }
 
@@ -420,23 +423,29 @@ fn sql_is_read_only_and_errors_are_clear() {
         );
         wait_stored(&server, "t");
         rows(&server, "SELECT count(*) FROM t");
-        let metrics = http()
-            .get(server.url("/metrics"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
-        for name in [
+        let mut names = vec![
             "strata_events_appended_total",
             "strata_bytes_appended_total",
-            "strata_log_fsyncs_total",
-            "strata_log_fsync_seconds_bucket",
             "strata_store_lag_events",
             "strata_queries_total",
             "strata_query_seconds_bucket",
-        ] {
-            assert!(metrics.contains(name), "{name} missing from /metrics");
+        ];
+        if backend == Backend::Embedded {
+            names.extend(["strata_log_fsyncs_total", "strata_log_fsync_seconds_bucket"]);
         }
+        // (On Kafka the lag gauge appears once the client has seen the log's end.)
+        eventually("every metric in /metrics", || {
+            let metrics = http()
+                .get(server.url("/metrics"))
+                .send()
+                .ok()?
+                .text()
+                .ok()?;
+            names
+                .iter()
+                .all(|name| metrics.contains(name))
+                .then_some(())
+        });
         // Streams listing, with auto-created streams at the default partition count.
         let list: Value = http()
             .get(server.url("/v1/streams"))

@@ -71,7 +71,10 @@ fn produce_sql_replay_and_streams() {
         let (ok, _, err) = strata(&server, &["produce", "cli", "-", "--batch", "2"], Some(bad));
         assert!(!ok);
         assert!(err.contains("line 4: unknown field `nodata`"), "{err}");
-        wait_stored(&server, "cli");
+        // (The CLI's appends are not seen by the harness, so wait on what SQL sees.)
+        eventually("29 events stored", || {
+            (rows(&server, "SELECT count(*) AS n FROM cli")[0]["n"] == 29).then_some(())
+        });
 
         let (ok, out, err) = strata(
             &server,
@@ -137,6 +140,19 @@ fn produce_sql_replay_and_streams() {
             })
             .collect();
         assert_eq!(offsets, vec![1, 2, 3]);
+
+        // Which node holds which partition: this one, all of them, none behind.
+        // (On Kafka the log end shows once the client has fetched it.)
+        eventually("every partition held with lag 0", || {
+            let (ok, out, err) = strata(&server, &["cluster"], None);
+            assert!(ok, "{err}");
+            let held: Vec<&str> = out.lines().filter(|l| l.starts_with("cli ")).collect();
+            let tails: Vec<Vec<&str>> = held
+                .iter()
+                .map(|l| l.split_whitespace().skip(3).collect())
+                .collect();
+            (tails == [["29", "29", "0"]]).then_some(())
+        });
 
         let (ok, out, _) = strata(&server, &["streams"], None);
         assert!(ok);

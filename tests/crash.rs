@@ -18,11 +18,12 @@ fn kill_9_mid_stream_loses_no_acknowledged_event() {
             .send()
             .unwrap();
         let acked = Mutex::new(HashSet::new());
+        let outcomes = Mutex::new(Vec::new());
         let stop = AtomicBool::new(false);
         let base = server.base.clone();
         std::thread::scope(|s| {
             for client in 0..4 {
-                let (acked, stop, base) = (&acked, &stop, base.clone());
+                let (acked, outcomes, stop, base) = (&acked, &outcomes, &stop, base.clone());
                 s.spawn(move || {
                     let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
                     for batch in 0..10_000 {
@@ -35,7 +36,10 @@ fn kill_9_mid_stream_loses_no_acknowledged_event() {
                             .map(|id| format!("{}\n", json!({"id": id, "key": format!("k{}", id.len() % 7), "data": {"client": client}})))
                             .collect();
                         match http.post(format!("{base}/v1/streams/c/events")).body(body).send() {
-                            Ok(r) if r.status().is_success() => acked.lock().unwrap().extend(ids),
+                            Ok(r) if r.status().is_success() => {
+                                acked.lock().unwrap().extend(ids);
+                                outcomes.lock().unwrap().push(r.json::<serde_json::Value>().unwrap_or_default());
+                            }
                             _ => break,
                         }
                     }
@@ -53,6 +57,9 @@ fn kill_9_mid_stream_loses_no_acknowledged_event() {
         );
 
         server.restart();
+        for outcome in outcomes.into_inner().unwrap() {
+            server.note_append("c", &outcome);
+        }
         wait_stored(&server, "c");
         let counts = rows(
             &server,

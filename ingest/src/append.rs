@@ -14,6 +14,9 @@ use tokio::sync::Mutex;
 pub struct IngestConfig {
     /// Partition count of streams created by a first append.
     pub default_partitions: u32,
+    /// Whether, on first use of a partition, the ids of log records the store has not applied yet
+    /// are read from the log (the embedded log; on Kafka the store drops retried ids at commit).
+    pub preload_ids: bool,
 }
 
 /// What one partition took of an append.
@@ -281,8 +284,12 @@ impl Ingest {
         stored: u64,
         pending: &mut PendingIds,
     ) -> Result<()> {
+        if !self.config.preload_ids || self.ids.is_none() {
+            pending.loaded = true;
+            return Ok(());
+        }
         let end = self.log.end_offset(stream, partition).await?;
-        if self.ids.is_some() && stored < end {
+        if stored < end {
             let mut reader = self.log.open_reader(stream, partition, stored).await?;
             let mut rounds = 0usize;
             while reader.position() < end && rounds < 1_000_000 {

@@ -5,6 +5,7 @@
 //! encoding used by the embedded log and the store's tail ([`codec`]), and the [`Log`] contract that
 //! the write path (ingest) and the store nodes (store) share.
 
+pub mod cluster;
 pub mod codec;
 mod error;
 mod event;
@@ -13,9 +14,10 @@ mod log;
 mod name;
 mod partition;
 
+pub use cluster::{HeldPartition, NodeStatus};
 pub use error::{Error, Result};
 pub use event::{Event, Record, format_time_ms, write_ndjson_fields, write_time_ms};
 pub use fields::{FieldDef, FieldSpec, FieldType, FieldValue};
-pub use log::{Catalog, IdLookup, Log, LogReader, OffsetRange, StreamInfo};
+pub use log::{Catalog, IdLookup, Log, LogReader, OffsetRange, ShardSink, StreamInfo};
 pub use name::StreamName;
 pub use partition::{murmur2, partition_for_key};

@@ -126,3 +126,14 @@ pub trait IdLookup: Send + Sync + 'static {
         ids: &[&str],
     ) -> Result<Vec<Option<u64>>>;
 }
+
+/// Where a log consumer that is not a per-partition task (Kafka's consumer group) applies what it
+/// reads: implemented by store nodes.
+pub trait ShardSink: Send + Sync + 'static {
+    /// The next offset the shard of the partition has not applied (0 for a shard not yet written).
+    fn next_offset(&self, stream: &StreamName, partition: u32) -> Result<u64>;
+
+    /// Applies consecutive reads of one partition atomically and returns the shard's next offset;
+    /// [`crate::Error::UnknownStream`] while the stream is not in the store's catalog yet.
+    fn commit(&self, stream: &StreamName, partition: u32, records: Vec<Record>) -> Result<u64>;
+}

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-use strata_proto::{Catalog, FieldDef, IdLookup, Record, StreamInfo, StreamName};
+use strata_proto::{Catalog, FieldDef, IdLookup, Record, ShardSink, StreamInfo, StreamName};
 use tokio::sync::watch;
 
 /// Settings of a store node.
@@ -428,6 +428,21 @@ impl IdLookup for Store {
                     .map(u64::from_be_bytes))
             })
             .collect()
+    }
+}
+
+impl ShardSink for Store {
+    fn next_offset(&self, stream: &StreamName, partition: u32) -> strata_proto::Result<u64> {
+        Ok(Store::next_offset(self, stream, partition)?)
+    }
+
+    fn commit(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        records: Vec<Record>,
+    ) -> strata_proto::Result<u64> {
+        Ok(Store::commit(self, stream, partition, records)?)
     }
 }
 

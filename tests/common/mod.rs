@@ -14,11 +14,54 @@ use std::time::{Duration, Instant};
 pub enum Backend {
     /// The embedded on-disk log.
     Embedded,
+    /// A Kafka-protocol broker (Tansu, started by scripts/test.sh) at `STRATA_TEST_KAFKA_BROKERS`.
+    Kafka,
 }
 
-/// Every backend the end-to-end suite runs against.
+/// The broker the Kafka runs of the suite use, if any.
+pub fn kafka_brokers() -> Option<String> {
+    let brokers = std::env::var("STRATA_TEST_KAFKA_BROKERS")
+        .ok()
+        .filter(|b| !b.is_empty());
+    if brokers.is_none() && std::env::var("STRATA_TEST_REQUIRE_KAFKA").is_ok_and(|v| v == "1") {
+        panic!("STRATA_TEST_REQUIRE_KAFKA=1 but STRATA_TEST_KAFKA_BROKERS is not set");
+    }
+    brokers
+}
+
+/// Every backend the end-to-end suite runs against: the embedded log, and Kafka when a broker is
+/// given (scripts/test.sh always gives one).
 pub fn backends() -> Vec<Backend> {
-    vec![Backend::Embedded]
+    let mut all = vec![Backend::Embedded];
+    if kafka_brokers().is_some() {
+        all.push(Backend::Kafka);
+    }
+    all
+}
+
+/// A name no other test server uses (topic prefixes, consumer groups).
+pub fn unique(label: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{label}{}x{}x{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The `[log.kafka]` settings of a test server on its own topics and group: one partition's
+/// worth of replication (Tansu's is not real), a short session so that group joins are quick.
+pub fn kafka_section(prefix: &str, group: &str) -> String {
+    format!(
+        "\n[log.kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{prefix}.\"\ngroup_id = \"{group}\"\n\
+         replication_factor = 1\nmin_insync_replicas = 1\nsession_timeout_ms = 6000\nrefresh_ms = 500\n",
+        kafka_brokers().expect("a Kafka broker")
+    )
 }
 
 /// A running `strata serve`.
@@ -28,6 +71,9 @@ pub struct Server {
     pub data_dir: PathBuf,
     config: PathBuf,
     pub backend: Backend,
+    /// Per stream and partition, one past the last offset an append here reported (Kafka
+    /// brokers' own end offsets are not trusted by the tests either).
+    ends: std::sync::Mutex<std::collections::HashMap<(String, u64), u64>>,
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -37,6 +83,10 @@ impl Server {
     pub fn start(backend: Backend, data_dir: &Path, config: &str) -> Server {
         std::fs::create_dir_all(data_dir).unwrap();
         let config_path = data_dir.with_extension("toml");
+        let mut config = config.to_owned();
+        if backend == Backend::Kafka {
+            config.push_str(&kafka_section(&unique("t"), &unique("g")));
+        }
         std::fs::write(&config_path, config).unwrap();
         Self::spawn(backend, data_dir.to_owned(), config_path)
     }
@@ -47,14 +97,27 @@ impl Server {
             .append(true)
             .open(data_dir.with_extension("log"))
             .unwrap();
+        let log_backend = match backend {
+            Backend::Embedded => "embedded",
+            Backend::Kafka => "kafka",
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
-            .args(["serve", "--http", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--http",
+                "127.0.0.1:0",
+                "--log",
+                log_backend,
+                "--data-dir",
+            ])
             .arg(&data_dir)
             .arg("--config")
             .arg(&config)
             .env_remove("STRATA_HTTP")
             .env_remove("STRATA_DATA_DIR")
             .env("RUST_LOG", "info,lsm_tree=warn,fjall=warn")
+            .env_remove("STRATA_LOG")
+            .env_remove("STRATA_ROLE")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -86,6 +149,7 @@ impl Server {
             data_dir,
             config,
             backend,
+            ends: Default::default(),
         };
         server.wait_healthy();
         server
@@ -149,7 +213,22 @@ impl Server {
     pub fn restart(&mut self) {
         self.kill9();
         let next = Self::spawn(self.backend, self.data_dir.clone(), self.config.clone());
+        *next.ends.lock().unwrap() = std::mem::take(&mut *self.ends.lock().unwrap());
         *self = next;
+    }
+
+    /// Notes the offsets an append reported, for [`wait_stored`].
+    pub fn note_append(&self, stream: &str, outcome: &Value) {
+        let mut ends = self.ends.lock().unwrap();
+        for p in outcome["partitions"].as_array().into_iter().flatten() {
+            let (Some(partition), Some(last)) =
+                (p["partition"].as_u64(), p["last_offset"].as_u64())
+            else {
+                continue;
+            };
+            let end = ends.entry((stream.to_owned(), partition)).or_default();
+            *end = (*end).max(last + 1);
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -188,7 +267,11 @@ pub fn append(server: &Server, stream: &str, body: &str) -> (u16, Value) {
         .send()
         .unwrap();
     let status = resp.status().as_u16();
-    (status, resp.json().unwrap_or(Value::Null))
+    let body = resp.json().unwrap_or(Value::Null);
+    if status == 200 {
+        server.note_append(stream, &body);
+    }
+    (status, body)
 }
 
 /// Appends and asserts success.
@@ -248,17 +331,31 @@ pub fn stream_info(server: &Server, stream: &str) -> Value {
         .unwrap()
 }
 
-/// Waits (bounded) until the store has applied everything the log holds for `stream`.
+/// Waits (bounded) until the store has applied everything the log holds for `stream` (on Kafka:
+/// everything appends through this harness reported).
 pub fn wait_stored(server: &Server, stream: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let info = stream_info(server, stream);
         let offsets = info["offsets"].as_array().cloned().unwrap_or_default();
-        if !offsets.is_empty()
-            && offsets
-                .iter()
-                .all(|o| o["next_offset"] == o["stored_offset"])
-        {
+        let done = match server.backend {
+            Backend::Embedded => {
+                !offsets.is_empty()
+                    && offsets
+                        .iter()
+                        .all(|o| o["next_offset"] == o["stored_offset"])
+            }
+            Backend::Kafka => {
+                let ends = server.ends.lock().unwrap();
+                !offsets.is_empty()
+                    && offsets.iter().all(|o| {
+                        let p = o["partition"].as_u64().unwrap_or(0);
+                        let end = ends.get(&(stream.to_owned(), p)).copied().unwrap_or(0);
+                        o["stored_offset"].as_u64().unwrap_or(0) >= end
+                    })
+            }
+        };
+        if done {
             return;
         }
         assert!(Instant::now() < deadline, "store did not catch up: {info}");

@@ -1,0 +1,396 @@
+//! Store nodes as a Kafka consumer group: one thread consumes every stream topic assigned to this
+//! node and applies it to the shards through a [`ShardSink`].
+//!
+//! The shard is the truth about progress: on assignment each partition is sought to the shard's
+//! next offset; Kafka's committed offset is written after every store commit only as a progress
+//! signal for lag tools. Records are buffered only between two polls and committed to the shards
+//! before the next poll, and rebalances happen inside a poll, so when partitions are revoked no
+//! batch of theirs is in flight; their committed offsets are written synchronously before they go.
+
+use super::KafkaConfig;
+use super::mapping::{is_control, record_from_message};
+use crate::Result;
+use parking_lot::Mutex;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use strata_proto::{Error, Record, ShardSink, StreamName};
+
+/// What a node knows of the partitions it holds.
+#[derive(Default)]
+struct Shared {
+    /// Assigned partitions → the log end offset last seen (from client statistics), if any.
+    assigned: Mutex<BTreeMap<(StreamName, u32), Option<u64>>>,
+    /// Records read since the last shard commit, by topic and partition.
+    buffers: Mutex<HashMap<(String, i32), Vec<Record>>>,
+}
+
+struct GroupContext {
+    config: KafkaConfig,
+    sink: Arc<dyn ShardSink>,
+    shared: Arc<Shared>,
+}
+
+/// Whether `e` only says that no topic matches the subscription yet.
+fn no_topic_yet(e: &KafkaError) -> bool {
+    e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition)
+}
+
+impl ClientContext for GroupContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if no_topic_yet(&error) {
+            tracing::debug!(%error, reason, "no stream topic yet");
+        } else {
+            tracing::warn!(%error, reason, "store consumer");
+        }
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let mut assigned = self.shared.assigned.lock();
+        for (topic, t) in &statistics.topics {
+            let Some(stream) = self.config.stream_of(topic) else {
+                continue;
+            };
+            for (p, stats) in &t.partitions {
+                let Ok(p) = u32::try_from(*p) else { continue };
+                if let Some(end) = assigned.get_mut(&(stream.clone(), p)) {
+                    if stats.hi_offset >= 0 {
+                        *end = Some(stats.hi_offset as u64);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl GroupContext {
+    fn stream_partition(&self, topic: &str, partition: i32) -> Option<(StreamName, u32)> {
+        Some((
+            self.config.stream_of(topic)?,
+            u32::try_from(partition).ok()?,
+        ))
+    }
+
+    /// Commits the shards' next offsets of `tpl`'s partitions to Kafka.
+    fn commit_progress(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+        mode: CommitMode,
+    ) {
+        let mut offsets = TopicPartitionList::new();
+        for e in tpl.elements() {
+            let Some((stream, p)) = self.stream_partition(e.topic(), e.partition()) else {
+                continue;
+            };
+            if let Ok(next) = self.sink.next_offset(&stream, p) {
+                if next > 0 {
+                    let _ = offsets.add_partition_offset(
+                        e.topic(),
+                        e.partition(),
+                        Offset::Offset(next as i64),
+                    );
+                }
+            }
+        }
+        if offsets.count() > 0 {
+            if let Err(e) = consumer.commit(&offsets, mode) {
+                tracing::debug!(error = %e, "cannot commit progress to Kafka");
+            }
+        }
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.shared.buffers.lock().clear();
+                let mut assigned = self.shared.assigned.lock();
+                assigned.clear();
+                let elements: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                for (topic, partition) in elements {
+                    let Some((stream, p)) = self.stream_partition(&topic, partition) else {
+                        continue;
+                    };
+                    // A shard not written yet (or a stream not in the catalog yet) starts at
+                    // the log's beginning.
+                    let offset = match self.sink.next_offset(&stream, p) {
+                        Ok(next) if next > 0 => Offset::Offset(next as i64),
+                        _ => Offset::Beginning,
+                    };
+                    if let Err(e) = tpl.set_partition_offset(&topic, partition, offset) {
+                        tracing::warn!(%topic, partition, error = %e, "cannot set the start offset");
+                    }
+                    tracing::info!(%stream, partition = p, ?offset, "partition assigned");
+                    assigned.insert((stream, p), None);
+                }
+                drop(assigned);
+                if let Err(e) = consumer.assign(tpl) {
+                    tracing::error!(error = %e, "cannot take the assigned partitions");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // Finish the in-flight batch of each revoked partition before it goes.
+                let in_flight: Vec<((String, i32), Vec<Record>)> = {
+                    let mut buffers = self.shared.buffers.lock();
+                    tpl.elements()
+                        .iter()
+                        .filter_map(|e| {
+                            let key = (e.topic().to_owned(), e.partition());
+                            buffers.remove(&key).map(|records| (key, records))
+                        })
+                        .collect()
+                };
+                for ((topic, partition), records) in in_flight {
+                    if let Some((stream, p)) = self.stream_partition(&topic, partition) {
+                        if let Err(e) = self.sink.commit(&stream, p, records) {
+                            tracing::warn!(%stream, partition = p, error = %e,
+                                "cannot store the last batch of a revoked partition; its next holder reads it");
+                        }
+                    }
+                }
+                self.commit_progress(consumer, tpl, CommitMode::Sync);
+                for e in tpl.elements() {
+                    if let Some(key) = self.stream_partition(e.topic(), e.partition()) {
+                        tracing::info!(stream = %key.0, partition = key.1, "partition revoked");
+                    }
+                }
+                self.shared.assigned.lock().clear();
+                if let Err(e) = consumer.unassign() {
+                    tracing::warn!(error = %e, "cannot give up the revoked partitions");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "consumer group rebalance failed");
+                self.shared.assigned.lock().clear();
+                let _ = consumer.unassign();
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "progress commit to Kafka failed");
+        }
+    }
+}
+
+/// The store side of a node on Kafka: a member of the store consumer group.
+pub struct StoreGroup {
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl StoreGroup {
+    /// Joins the group and starts consuming into `sink`; `max_batch` caps one shard commit.
+    pub fn start(config: &KafkaConfig, sink: Arc<dyn ShardSink>, max_batch: usize) -> Result<Self> {
+        let shared = Arc::new(Shared::default());
+        let context = GroupContext {
+            config: config.clone(),
+            sink,
+            shared: shared.clone(),
+        };
+        let consumer: BaseConsumer<GroupContext> = config
+            .client_config()
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", config.session_timeout_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (config.session_timeout_ms / 4).max(100).to_string(),
+            )
+            .set(
+                "statistics.interval.ms",
+                config.refresh_ms.max(1000).to_string(),
+            )
+            .set("fetch.wait.max.ms", "100")
+            .create_with_context(context)
+            .map_err(|e| Error::Unavailable(format!("cannot create the store consumer: {e}")))?;
+        let pattern = format!("^{}[a-z][a-z0-9_]*$", regex_escape(&config.topic_prefix));
+        consumer
+            .subscribe(&[&pattern])
+            .map_err(|e| Error::Unavailable(format!("cannot subscribe to {pattern}: {e}")))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, max_batch) = (stop.clone(), max_batch.max(1));
+        let thread = std::thread::Builder::new()
+            .name("strata-store-group".into())
+            .spawn(move || consume(consumer, max_batch, &flag))
+            .map_err(|e| Error::Unavailable(format!("cannot start the store consumer: {e}")))?;
+        Ok(Self {
+            shared,
+            stop,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// The partitions this node holds, with the log end offset last seen for each.
+    pub fn assignment(&self) -> Vec<(StreamName, u32, Option<u64>)> {
+        self.shared
+            .assigned
+            .lock()
+            .iter()
+            .map(|((s, p), end)| (s.clone(), *p, *end))
+            .collect()
+    }
+
+    /// Commits what was read, leaves the group (its partitions go to the other members) and
+    /// waits for the thread. Blocking.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.lock().take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for StoreGroup {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 2);
+    for c in s.chars() {
+        if !c.is_ascii_alphanumeric() && c != '_' && c != '-' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The consumer loop: poll, group the records by partition, commit each partition's share to
+/// its shard, then signal progress to Kafka.
+fn consume(consumer: BaseConsumer<GroupContext>, max_batch: usize, stop: &AtomicBool) {
+    let mut failures = 0u32;
+    let mut last_error_log = Instant::now() - Duration::from_secs(60);
+    let shared = consumer.context().shared.clone();
+    while !stop.load(Ordering::Relaxed) {
+        let mut read = 0usize;
+        let mut wait = Duration::from_millis(100);
+        let now = chrono::Utc::now().timestamp_millis();
+        while read < max_batch {
+            let Some(message) = consumer.poll(wait) else {
+                break;
+            };
+            wait = Duration::ZERO;
+            match message {
+                Ok(m) if is_control(&m) => {}
+                Ok(m) => {
+                    let stream = m
+                        .topic()
+                        .strip_prefix(&consumer.context().config.topic_prefix)
+                        .unwrap_or(m.topic())
+                        .to_owned();
+                    let record = record_from_message(&m, &stream, now);
+                    shared
+                        .buffers
+                        .lock()
+                        .entry((m.topic().to_owned(), m.partition()))
+                        .or_default()
+                        .push(record);
+                    read += 1;
+                }
+                Err(e) if no_topic_yet(&e) => break,
+                Err(e) => {
+                    if last_error_log.elapsed() > Duration::from_secs(10) {
+                        tracing::warn!(error = %e, "the store consumer cannot read from Kafka");
+                        last_error_log = Instant::now();
+                    }
+                    break;
+                }
+            }
+        }
+        let buffers = std::mem::take(&mut *shared.buffers.lock());
+        if buffers.is_empty() {
+            continue;
+        }
+        let context = consumer.context();
+        let mut progress = TopicPartitionList::new();
+        for ((topic, partition), records) in buffers {
+            let Some((stream, p)) = context.stream_partition(&topic, partition) else {
+                continue;
+            };
+            let first = records.first().map_or(0, |r| r.offset);
+            match context.sink.commit(&stream, p, records) {
+                Ok(next) => {
+                    failures = 0;
+                    let _ = progress.add_partition_offset(
+                        &topic,
+                        partition,
+                        Offset::Offset(next as i64),
+                    );
+                }
+                Err(e) => {
+                    // Not stored: read the same records again (a stream the catalog does not
+                    // list yet is retried until it does).
+                    failures += 1;
+                    if !matches!(e, Error::UnknownStream(_)) || failures > 50 {
+                        tracing::error!(%stream, partition = p, error = %e, "store commit failed; retrying");
+                    }
+                    if let Err(e) = consumer.seek(
+                        &topic,
+                        partition,
+                        Offset::Offset(first as i64),
+                        Duration::from_secs(5),
+                    ) {
+                        tracing::warn!(%stream, partition = p, error = %e, "cannot rewind the partition");
+                    }
+                }
+            }
+        }
+        if progress.count() > 0 {
+            if let Err(e) = consumer.commit(&progress, CommitMode::Async) {
+                tracing::debug!(error = %e, "cannot commit progress to Kafka");
+            }
+        }
+        if failures > 0 {
+            std::thread::sleep(Duration::from_millis(100 * u64::from(failures.min(20))));
+        }
+    }
+    // Leaving: progress for lag tools, then the group (a revoke runs in `unsubscribe`'s poll).
+    if let Ok(assignment) = consumer.assignment() {
+        consumer
+            .context()
+            .commit_progress(&consumer, &assignment, CommitMode::Sync);
+    }
+    consumer.unsubscribe();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+        let _ = consumer.poll(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::regex_escape;
+
+    #[test]
+    fn prefix_is_escaped() {
+        assert_eq!(regex_escape("strata."), "strata\\.");
+        assert_eq!(regex_escape("a-b_c"), "a-b_c");
+    }
+}

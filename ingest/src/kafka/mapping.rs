@@ -1,0 +1,221 @@
+//! How events map to Kafka records and back (documented in the README):
+//!
+//! | event | Kafka record |
+//! |---|---|
+//! | `key` | record key (UTF-8) |
+//! | `data` | record value, the JSON text |
+//! | `id`, `type` | headers `id` and `type` (UTF-8) |
+//! | `time` | record timestamp (milliseconds) |
+//!
+//! A value written by another Kafka client that is not JSON is stored rather than refused: valid
+//! UTF-8 text becomes a JSON string of that text, anything else a JSON string of its standard
+//! base64 encoding; both are counted in `strata_kafka_non_json_values_total{kind="text|binary"}`.
+//! A record without a value stores `null`; one without a timestamp gets the time it was read.
+//!
+//! A record with the header `strata-control` is not an event: strata writes one to each partition
+//! when fields are declared on an existing stream, to mark from which offset the new fields apply
+//! (Kafka's own end offsets are not relied on). Store nodes skip it; other consumers of the topic
+//! should too.
+
+use base64::Engine;
+use rdkafka::Message;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use strata_proto::{Event, Record};
+
+/// Header carrying the event id.
+pub const ID_HEADER: &str = "id";
+/// Header carrying the event type.
+pub const TYPE_HEADER: &str = "type";
+/// Header marking a control record (not an event).
+pub const CONTROL_HEADER: &str = "strata-control";
+
+/// Whether `message` is a strata control record rather than an event.
+pub fn is_control<M: Message>(message: &M) -> bool {
+    message
+        .headers()
+        .is_some_and(|h| h.iter().any(|header| header.key == CONTROL_HEADER))
+}
+
+/// The headers of a control record of `kind`.
+pub fn control_headers(kind: &str) -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(1).insert(Header {
+        key: CONTROL_HEADER,
+        value: Some(kind.as_bytes()),
+    })
+}
+
+/// The headers of an event's record (`None` when it has neither id nor type).
+pub fn headers_for(event: &Event) -> Option<OwnedHeaders> {
+    if event.id.is_none() && event.event_type.is_none() {
+        return None;
+    }
+    let mut headers = OwnedHeaders::new_with_capacity(2);
+    for (key, value) in [(ID_HEADER, &event.id), (TYPE_HEADER, &event.event_type)] {
+        if let Some(value) = value {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+    }
+    Some(headers)
+}
+
+/// What kind of value a record held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueKind {
+    /// JSON text, kept.
+    Json,
+    /// UTF-8 text that is not JSON, stored as a JSON string.
+    Text,
+    /// Bytes that are not UTF-8, stored as a JSON string of their base64.
+    Binary,
+}
+
+/// The `data` JSON (compact, one line) for a record value, and what the value was.
+pub fn data_from_value(value: Option<&[u8]>) -> (String, ValueKind) {
+    let Some(bytes) = value else {
+        return ("null".to_owned(), ValueKind::Json);
+    };
+    match std::str::from_utf8(bytes) {
+        Ok(text) => match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) if !text.contains(['\n', '\r']) => (text.trim().to_owned(), ValueKind::Json),
+            Ok(_) => match serde_json::from_str::<serde_json::Value>(text) {
+                // Pretty-printed JSON: stored compact, one line.
+                Ok(v) => (v.to_string(), ValueKind::Json),
+                Err(_) => (json_string(text), ValueKind::Text),
+            },
+            Err(_) => (json_string(text), ValueKind::Text),
+        },
+        Err(_) => (
+            json_string(&base64::engine::general_purpose::STANDARD.encode(bytes)),
+            ValueKind::Binary,
+        ),
+    }
+}
+
+fn json_string(text: &str) -> String {
+    serde_json::Value::String(text.to_owned()).to_string()
+}
+
+/// The record a consumed message becomes; `now_ms` stands in for a missing timestamp.
+pub fn record_from_message<M: Message>(message: &M, stream: &str, now_ms: i64) -> Record {
+    let (data, kind) = data_from_value(message.payload());
+    if kind != ValueKind::Json {
+        let kind = if kind == ValueKind::Text {
+            "text"
+        } else {
+            "binary"
+        };
+        metrics::counter!("strata_kafka_non_json_values_total", "stream" => stream.to_owned(), "kind" => kind)
+            .increment(1);
+    }
+    let mut id = None;
+    let mut event_type = None;
+    if let Some(headers) = message.headers() {
+        for header in headers.iter() {
+            let slot = match header.key {
+                ID_HEADER => &mut id,
+                TYPE_HEADER => &mut event_type,
+                _ => continue,
+            };
+            if let Some(value) = header.value {
+                *slot = Some(String::from_utf8_lossy(value).into_owned());
+            }
+        }
+    }
+    Record {
+        partition: u32::try_from(message.partition()).unwrap_or(0),
+        offset: u64::try_from(message.offset()).unwrap_or(0),
+        event: Event {
+            time_ms: message.timestamp().to_millis().unwrap_or(now_ms),
+            key: message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            id,
+            event_type,
+            data,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::Timestamp;
+    use rdkafka::message::OwnedMessage;
+
+    #[test]
+    fn values_become_json() {
+        assert_eq!(
+            data_from_value(Some(br#"{"a":1}"#)),
+            (r#"{"a":1}"#.to_owned(), ValueKind::Json)
+        );
+        assert_eq!(
+            data_from_value(Some(b"{\n  \"a\": [1, 2]\n}\n")),
+            (r#"{"a":[1,2]}"#.to_owned(), ValueKind::Json)
+        );
+        assert_eq!(
+            data_from_value(Some(b"hello \"world\"")),
+            (r#""hello \"world\"""#.to_owned(), ValueKind::Text)
+        );
+        assert_eq!(
+            data_from_value(Some(&[0xff, 0x00, 0x10])),
+            (r#""/wAQ""#.to_owned(), ValueKind::Binary)
+        );
+        assert_eq!(data_from_value(None), ("null".to_owned(), ValueKind::Json));
+        assert_eq!(
+            data_from_value(Some(b"42")),
+            ("42".to_owned(), ValueKind::Json)
+        );
+    }
+
+    #[test]
+    fn event_round_trips_through_a_message() {
+        let event = Event {
+            time_ms: 1_700_000_000_123,
+            key: Some("c-1".into()),
+            id: Some("o-1".into()),
+            event_type: Some("order".into()),
+            data: r#"{"amount":3.5}"#.into(),
+        };
+        let message = OwnedMessage::new(
+            Some(event.data.clone().into_bytes()),
+            Some(b"c-1".to_vec()),
+            "strata.orders".into(),
+            Timestamp::CreateTime(event.time_ms),
+            2,
+            17,
+            headers_for(&event),
+        );
+        let record = record_from_message(&message, "orders", 0);
+        assert_eq!(record.partition, 2);
+        assert_eq!(record.offset, 17);
+        assert_eq!(record.event, event);
+
+        let bare = OwnedMessage::new(
+            Some(b"plain".to_vec()),
+            None,
+            "strata.orders".into(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            None,
+        );
+        assert!(!is_control(&bare));
+        let control = OwnedMessage::new(
+            None,
+            None,
+            "strata.orders".into(),
+            Timestamp::NotAvailable,
+            0,
+            1,
+            Some(control_headers("fields")),
+        );
+        assert!(is_control(&control));
+        let record = record_from_message(&bare, "orders", 99);
+        assert_eq!(record.event.time_ms, 99);
+        assert_eq!(record.event.data, r#""plain""#);
+        assert_eq!(record.event.key, None);
+    }
+}

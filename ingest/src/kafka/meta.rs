@@ -1,0 +1,343 @@
+//! The catalog and node status, read from their compacted topics by one thread per node; the same
+//! thread adopts topics `<prefix><stream>` that have no catalog entry (made outside strata).
+//!
+//! The catalog counts as loaded once the reader has seen a marker record this node wrote after it
+//! started reading, so nothing relies on the broker's high watermark. Catalog entries merge: a
+//! stream's partition count only grows and its fields are the union of every entry's, so two nodes
+//! writing at once (or an adoption racing a creation) lose nothing.
+
+use super::KafkaConfig;
+use crate::Result;
+use parking_lot::Mutex;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use strata_proto::{Catalog, Error, NodeStatus, StreamInfo, StreamName};
+use tokio::sync::watch;
+
+/// Keys of marker records start with this; they are tombstones and never entries.
+const MARKER_PREFIX: &str = "__marker__/";
+
+pub(crate) struct Meta {
+    catalog: watch::Receiver<Catalog>,
+    loaded: watch::Receiver<bool>,
+    nodes: Arc<Mutex<BTreeMap<String, NodeStatus>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Default for Meta {
+    fn default() -> Self {
+        Self {
+            catalog: watch::channel(Catalog::default()).1,
+            loaded: watch::channel(false).1,
+            nodes: Arc::default(),
+            stop: Arc::default(),
+            thread: None,
+        }
+    }
+}
+
+/// Merges `entry` into `catalog`: the larger partition count, the union of fields.
+fn merge_entry(catalog: &mut BTreeMap<StreamName, StreamInfo>, entry: StreamInfo) -> bool {
+    match catalog.get_mut(&entry.name) {
+        None => {
+            catalog.insert(entry.name.clone(), entry);
+            true
+        }
+        Some(info) => {
+            let before = info.clone();
+            info.partitions = info.partitions.max(entry.partitions);
+            for field in entry.fields {
+                if !info.fields.iter().any(|f| f.name == field.name) {
+                    info.fields.push(field);
+                }
+            }
+            *info != before
+        }
+    }
+}
+
+impl Meta {
+    /// Starts the reader thread.
+    pub(crate) fn start(config: &KafkaConfig, producer: FutureProducer) -> Result<Self> {
+        let unique = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        );
+        let consumer: BaseConsumer = config
+            .client_config()
+            .set("group.id", format!("strata-meta-{unique}"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("fetch.wait.max.ms", "50")
+            .create()
+            .map_err(|e| Error::Unavailable(format!("cannot create the catalog reader: {e}")))?;
+        let (catalog_topic, nodes_topic) = (config.catalog_topic(), config.nodes_topic());
+        let mut tpl = TopicPartitionList::new();
+        for topic in [&catalog_topic, &nodes_topic] {
+            tpl.add_partition_offset(topic, 0, Offset::Beginning)
+                .map_err(|e| Error::Unavailable(format!("cannot read {topic}: {e}")))?;
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(|e| Error::Unavailable(format!("cannot read the catalog: {e}")))?;
+        let marker = format!("{MARKER_PREFIX}{unique}");
+        let delivered = futures::executor::block_on(
+            producer.send(
+                FutureRecord::<str, [u8]>::to(&catalog_topic)
+                    .key(marker.as_str())
+                    .partition(0),
+                config.timeout(),
+            ),
+        );
+        if let Err((e, _)) = delivered {
+            return Err(super::unavailable("cannot write to the catalog topic", &e).into());
+        }
+        let (catalog_tx, catalog_rx) = watch::channel(Catalog::default());
+        let (loaded_tx, loaded_rx) = watch::channel(false);
+        let nodes: Arc<Mutex<BTreeMap<String, NodeStatus>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = Reader {
+            config: config.clone(),
+            consumer,
+            producer,
+            marker,
+            catalog_topic,
+            nodes_topic,
+            catalog_tx,
+            loaded_tx,
+            nodes: nodes.clone(),
+            stop: stop.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("strata-kafka-meta".into())
+            .spawn(move || reader.run())
+            .map_err(|e| Error::Unavailable(format!("cannot start the catalog reader: {e}")))?;
+        Ok(Self {
+            catalog: catalog_rx,
+            loaded: loaded_rx,
+            nodes,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Waits until the catalog has been read up to this node's start.
+    pub(crate) async fn wait_loaded(&self, timeout: Duration) -> Result<()> {
+        let mut loaded = self.loaded.clone();
+        match tokio::time::timeout(timeout, loaded.wait_for(|l| *l)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::Unavailable(format!(
+                "the catalog topic could not be read within {timeout:?}"
+            ))
+            .into()),
+        }
+    }
+
+    pub(crate) fn catalog(&self) -> watch::Receiver<Catalog> {
+        self.catalog.clone()
+    }
+
+    pub(crate) fn nodes(&self) -> BTreeMap<String, NodeStatus> {
+        self.nodes.lock().clone()
+    }
+}
+
+impl Drop for Meta {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Reader {
+    config: KafkaConfig,
+    consumer: BaseConsumer,
+    producer: FutureProducer,
+    marker: String,
+    catalog_topic: String,
+    nodes_topic: String,
+    catalog_tx: watch::Sender<Catalog>,
+    loaded_tx: watch::Sender<bool>,
+    nodes: Arc<Mutex<BTreeMap<String, NodeStatus>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Reader {
+    fn run(self) {
+        let mut catalog: BTreeMap<StreamName, StreamInfo> = BTreeMap::new();
+        let mut last_discovery = Instant::now();
+        let mut unlisted: HashSet<String> = HashSet::new();
+        let refresh = Duration::from_millis(self.config.refresh_ms.max(100));
+        while !self.stop.load(Ordering::Relaxed) {
+            let mut changed = false;
+            let mut wait = Duration::from_millis(100);
+            for _ in 0..10_000 {
+                let Some(message) = self.consumer.poll(wait) else {
+                    break;
+                };
+                wait = Duration::ZERO;
+                let message = match message {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "catalog reader");
+                        break;
+                    }
+                };
+                let key = message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .unwrap_or_default();
+                if message.topic() == self.catalog_topic {
+                    if key == self.marker {
+                        self.loaded_tx.send_replace(true);
+                        continue;
+                    }
+                    if key.starts_with(MARKER_PREFIX) {
+                        continue;
+                    }
+                    let Some(payload) = message.payload() else {
+                        continue;
+                    };
+                    match serde_json::from_slice::<StreamInfo>(payload) {
+                        Ok(info) if info.name.as_str() == key => {
+                            changed |= merge_entry(&mut catalog, info);
+                        }
+                        _ => tracing::warn!(key, "ignoring an unreadable catalog entry"),
+                    }
+                } else if message.topic() == self.nodes_topic {
+                    match message.payload().map(serde_json::from_slice::<NodeStatus>) {
+                        Some(Ok(status)) => {
+                            self.nodes.lock().insert(status.node.clone(), status);
+                        }
+                        _ => {
+                            self.nodes.lock().remove(&key);
+                        }
+                    }
+                }
+            }
+            if changed {
+                self.catalog_tx.send_replace(Arc::new(catalog.clone()));
+            }
+            if *self.loaded_tx.borrow() && last_discovery.elapsed() >= refresh {
+                last_discovery = Instant::now();
+                self.discover(&catalog, &mut unlisted);
+            }
+        }
+    }
+
+    /// Adopts topics with a stream's name that the catalog does not list, once they have been
+    /// seen twice (so that a stream being created by another node gets its own entry first).
+    fn discover(&self, catalog: &BTreeMap<StreamName, StreamInfo>, unlisted: &mut HashSet<String>) {
+        let metadata = match self
+            .producer
+            .client()
+            .fetch_metadata(None, Duration::from_secs(5))
+        {
+            Ok(md) => md,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list topics");
+                return;
+            }
+        };
+        let mut seen = HashSet::new();
+        for topic in metadata.topics() {
+            let Some(name) = self.config.stream_of(topic.name()) else {
+                continue;
+            };
+            let partitions = topic.partitions().len() as u32;
+            if topic.error().is_some() || partitions == 0 {
+                continue;
+            }
+            let listed = catalog.get(&name).map(|i| i.partitions);
+            if listed.is_some_and(|n| n >= partitions) {
+                continue;
+            }
+            seen.insert(topic.name().to_owned());
+            if !unlisted.contains(topic.name()) {
+                continue;
+            }
+            let info = StreamInfo {
+                name: name.clone(),
+                partitions: partitions.min(StreamInfo::MAX_PARTITIONS),
+                fields: Vec::new(),
+            };
+            let Ok(value) = serde_json::to_vec(&info) else {
+                continue;
+            };
+            tracing::info!(
+                topic = topic.name(),
+                partitions,
+                "adopting a topic as a stream"
+            );
+            let sent = futures::executor::block_on(
+                self.producer.send(
+                    FutureRecord::to(&self.catalog_topic)
+                        .key(name.as_str())
+                        .payload(&value)
+                        .partition(0),
+                    Duration::from_secs(5),
+                ),
+            );
+            if let Err((e, _)) = sent {
+                tracing::warn!(error = %e, topic = topic.name(), "cannot adopt the topic");
+            }
+        }
+        *unlisted = seen;
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let _ = self.producer.flush(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_proto::{FieldDef, FieldType};
+
+    fn field(name: &str) -> FieldDef {
+        FieldDef {
+            name: name.into(),
+            field_type: FieldType::Long,
+            since: vec![],
+        }
+    }
+
+    #[test]
+    fn entries_merge_without_loss() {
+        let name = StreamName::new("orders").unwrap();
+        let mut catalog = BTreeMap::new();
+        let entry = |partitions, fields| StreamInfo {
+            name: name.clone(),
+            partitions,
+            fields,
+        };
+        assert!(merge_entry(&mut catalog, entry(4, vec![field("a")])));
+        // An adoption with no fields and a creation with more fields, in any order.
+        assert!(!merge_entry(&mut catalog, entry(4, vec![])));
+        assert!(merge_entry(
+            &mut catalog,
+            entry(4, vec![field("a"), field("b")])
+        ));
+        assert!(merge_entry(&mut catalog, entry(6, vec![])));
+        let info = &catalog[&name];
+        assert_eq!(info.partitions, 6);
+        let names: Vec<_> = info.fields.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+}
