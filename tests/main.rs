@@ -7,4 +7,5 @@ mod bench;
 mod cli;
 mod crash;
 mod determinism;
+mod kafka;
 mod schema;

@@ -70,6 +70,7 @@ pub struct Server {
     pub base: String,
     pub data_dir: PathBuf,
     config: PathBuf,
+    args: Vec<String>,
     pub backend: Backend,
     /// Per stream and partition, one past the last offset an append here reported (Kafka
     /// brokers' own end offsets are not trusted by the tests either).
@@ -81,17 +82,34 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 impl Server {
     /// Starts a server on a free port with its data in `data_dir` and `config` (TOML) as its file.
     pub fn start(backend: Backend, data_dir: &Path, config: &str) -> Server {
+        Self::start_with(backend, data_dir, config, &[])
+    }
+
+    /// Like [`Server::start`] with more `serve` arguments (e.g. `--role ingest`). On Kafka, a
+    /// config without its own `[log.kafka]` gets one with fresh topics and group.
+    pub fn start_with(backend: Backend, data_dir: &Path, config: &str, args: &[&str]) -> Server {
         std::fs::create_dir_all(data_dir).unwrap();
         let config_path = data_dir.with_extension("toml");
         let mut config = config.to_owned();
-        if backend == Backend::Kafka {
+        if backend == Backend::Kafka && !config.contains("[log.kafka]") {
             config.push_str(&kafka_section(&unique("t"), &unique("g")));
         }
         std::fs::write(&config_path, config).unwrap();
-        Self::spawn(backend, data_dir.to_owned(), config_path)
+        let args = args.iter().map(|a| a.to_string()).collect();
+        Self::spawn(backend, data_dir.to_owned(), config_path, args)
     }
 
-    fn spawn(backend: Backend, data_dir: PathBuf, config: PathBuf) -> Server {
+    /// The topic prefix of a Kafka server (`<prefix>.`), read from its config.
+    pub fn topic_prefix(&self) -> String {
+        let config = std::fs::read_to_string(&self.config).unwrap();
+        let line = config
+            .lines()
+            .find(|l| l.starts_with("topic_prefix = "))
+            .expect("a Kafka server");
+        line["topic_prefix = ".len()..].trim_matches('"').to_owned()
+    }
+
+    fn spawn(backend: Backend, data_dir: PathBuf, config: PathBuf, args: Vec<String>) -> Server {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -113,6 +131,7 @@ impl Server {
             .arg(&data_dir)
             .arg("--config")
             .arg(&config)
+            .args(&args)
             .env_remove("STRATA_HTTP")
             .env_remove("STRATA_DATA_DIR")
             .env("RUST_LOG", "info,lsm_tree=warn,fjall=warn")
@@ -148,6 +167,7 @@ impl Server {
             base,
             data_dir,
             config,
+            args,
             backend,
             ends: Default::default(),
         };
@@ -212,7 +232,12 @@ impl Server {
     /// Starts the same node again (same data and config) after a stop or kill.
     pub fn restart(&mut self) {
         self.kill9();
-        let next = Self::spawn(self.backend, self.data_dir.clone(), self.config.clone());
+        let next = Self::spawn(
+            self.backend,
+            self.data_dir.clone(),
+            self.config.clone(),
+            self.args.clone(),
+        );
         *next.ends.lock().unwrap() = std::mem::take(&mut *self.ends.lock().unwrap());
         *self = next;
     }

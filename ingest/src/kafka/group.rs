@@ -8,7 +8,7 @@
 //! batch of theirs is in flight; their committed offsets are written synchronously before they go.
 
 use super::KafkaConfig;
-use super::mapping::{is_control, record_from_message};
+use super::mapping::{ValueKind, count_value, is_control, record_from_message};
 use crate::Result;
 use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
@@ -30,7 +30,31 @@ struct Shared {
     /// Assigned partitions → the log end offset last seen (from client statistics), if any.
     assigned: Mutex<BTreeMap<(StreamName, u32), Option<u64>>>,
     /// Records read since the last shard commit, by topic and partition.
-    buffers: Mutex<HashMap<(String, i32), Vec<Record>>>,
+    buffers: Mutex<HashMap<(String, i32), Batch>>,
+}
+
+/// Records of one partition read since the last shard commit.
+#[derive(Default)]
+struct Batch {
+    records: Vec<Record>,
+    /// Values stored as text and as base64, counted once the batch is stored.
+    text: u64,
+    binary: u64,
+}
+
+impl GroupContext {
+    /// Stores `batch` in its shard; counts its non-JSON values once stored.
+    fn store(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        batch: Batch,
+    ) -> strata_proto::Result<u64> {
+        let next = self.sink.commit(stream, partition, batch.records)?;
+        count_value(stream.as_str(), ValueKind::Text, batch.text);
+        count_value(stream.as_str(), ValueKind::Binary, batch.binary);
+        Ok(next)
+    }
 }
 
 struct GroupContext {
@@ -149,19 +173,19 @@ impl ConsumerContext for GroupContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 // Finish the in-flight batch of each revoked partition before it goes.
-                let in_flight: Vec<((String, i32), Vec<Record>)> = {
+                let in_flight: Vec<((String, i32), Batch)> = {
                     let mut buffers = self.shared.buffers.lock();
                     tpl.elements()
                         .iter()
                         .filter_map(|e| {
                             let key = (e.topic().to_owned(), e.partition());
-                            buffers.remove(&key).map(|records| (key, records))
+                            buffers.remove(&key).map(|batch| (key, batch))
                         })
                         .collect()
                 };
-                for ((topic, partition), records) in in_flight {
+                for ((topic, partition), batch) in in_flight {
                     if let Some((stream, p)) = self.stream_partition(&topic, partition) {
-                        if let Err(e) = self.sink.commit(&stream, p, records) {
+                        if let Err(e) = self.store(&stream, p, batch) {
                             tracing::warn!(%stream, partition = p, error = %e,
                                 "cannot store the last batch of a revoked partition; its next holder reads it");
                         }
@@ -300,18 +324,17 @@ fn consume(consumer: BaseConsumer<GroupContext>, max_batch: usize, stop: &Atomic
             match message {
                 Ok(m) if is_control(&m) => {}
                 Ok(m) => {
-                    let stream = m
-                        .topic()
-                        .strip_prefix(&consumer.context().config.topic_prefix)
-                        .unwrap_or(m.topic())
-                        .to_owned();
-                    let record = record_from_message(&m, &stream, now);
-                    shared
-                        .buffers
-                        .lock()
+                    let (record, kind) = record_from_message(&m, now);
+                    let mut buffers = shared.buffers.lock();
+                    let batch = buffers
                         .entry((m.topic().to_owned(), m.partition()))
-                        .or_default()
-                        .push(record);
+                        .or_default();
+                    batch.records.push(record);
+                    match kind {
+                        ValueKind::Json => {}
+                        ValueKind::Text => batch.text += 1,
+                        ValueKind::Binary => batch.binary += 1,
+                    }
                     read += 1;
                 }
                 Err(e) if no_topic_yet(&e) => break,
@@ -330,12 +353,12 @@ fn consume(consumer: BaseConsumer<GroupContext>, max_batch: usize, stop: &Atomic
         }
         let context = consumer.context();
         let mut progress = TopicPartitionList::new();
-        for ((topic, partition), records) in buffers {
+        for ((topic, partition), batch) in buffers {
             let Some((stream, p)) = context.stream_partition(&topic, partition) else {
                 continue;
             };
-            let first = records.first().map_or(0, |r| r.offset);
-            match context.sink.commit(&stream, p, records) {
+            let first = batch.records.first().map_or(0, |r| r.offset);
+            match context.store(&stream, p, batch) {
                 Ok(next) => {
                     failures = 0;
                     let _ = progress.add_partition_offset(

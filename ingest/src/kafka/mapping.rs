@@ -98,18 +98,23 @@ fn json_string(text: &str) -> String {
     serde_json::Value::String(text.to_owned()).to_string()
 }
 
-/// The record a consumed message becomes; `now_ms` stands in for a missing timestamp.
-pub fn record_from_message<M: Message>(message: &M, stream: &str, now_ms: i64) -> Record {
-    let (data, kind) = data_from_value(message.payload());
-    if kind != ValueKind::Json {
-        let kind = if kind == ValueKind::Text {
-            "text"
-        } else {
-            "binary"
-        };
+/// Counts a stored value that was not JSON (see the module documentation).
+pub fn count_value(stream: &str, kind: ValueKind, n: u64) {
+    let kind = match kind {
+        ValueKind::Json => return,
+        ValueKind::Text => "text",
+        ValueKind::Binary => "binary",
+    };
+    if n > 0 {
         metrics::counter!("strata_kafka_non_json_values_total", "stream" => stream.to_owned(), "kind" => kind)
-            .increment(1);
+            .increment(n);
     }
+}
+
+/// The record a consumed message becomes, and what its value was; `now_ms` stands in for a
+/// missing timestamp.
+pub fn record_from_message<M: Message>(message: &M, now_ms: i64) -> (Record, ValueKind) {
+    let (data, kind) = data_from_value(message.payload());
     let mut id = None;
     let mut event_type = None;
     if let Some(headers) = message.headers() {
@@ -124,7 +129,7 @@ pub fn record_from_message<M: Message>(message: &M, stream: &str, now_ms: i64) -
             }
         }
     }
-    Record {
+    let record = Record {
         partition: u32::try_from(message.partition()).unwrap_or(0),
         offset: u64::try_from(message.offset()).unwrap_or(0),
         event: Event {
@@ -136,7 +141,8 @@ pub fn record_from_message<M: Message>(message: &M, stream: &str, now_ms: i64) -
             event_type,
             data,
         },
-    }
+    };
+    (record, kind)
 }
 
 #[cfg(test)]
@@ -188,7 +194,8 @@ mod tests {
             17,
             headers_for(&event),
         );
-        let record = record_from_message(&message, "orders", 0);
+        let (record, kind) = record_from_message(&message, 0);
+        assert_eq!(kind, ValueKind::Json);
         assert_eq!(record.partition, 2);
         assert_eq!(record.offset, 17);
         assert_eq!(record.event, event);
@@ -213,7 +220,8 @@ mod tests {
             Some(control_headers("fields")),
         );
         assert!(is_control(&control));
-        let record = record_from_message(&bare, "orders", 99);
+        let (record, kind) = record_from_message(&bare, 99);
+        assert_eq!(kind, ValueKind::Text);
         assert_eq!(record.event.time_ms, 99);
         assert_eq!(record.event.data, r#""plain""#);
         assert_eq!(record.event.key, None);

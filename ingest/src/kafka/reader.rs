@@ -11,7 +11,6 @@ use strata_proto::{Error, LogReader, Record, Result, StreamName};
 
 pub(crate) struct KafkaReader {
     consumer: Option<BaseConsumer>,
-    stream: String,
     position: u64,
 }
 
@@ -43,7 +42,6 @@ impl KafkaReader {
             .map_err(|e| Error::Unavailable(format!("cannot read {stream}: {e}")))?;
         Ok(Self {
             consumer: Some(consumer),
-            stream: stream.to_string(),
             position: from,
         })
     }
@@ -56,7 +54,6 @@ impl LogReader for KafkaReader {
             .consumer
             .take()
             .ok_or_else(|| Error::Unavailable("the Kafka reader failed earlier".into()))?;
-        let stream = self.stream.clone();
         let (consumer, result) = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let now = chrono::Utc::now().timestamp_millis();
@@ -73,7 +70,7 @@ impl LogReader for KafkaReader {
                     Some(Ok(message)) if is_control(&message) => {
                         skipped_to = Some(u64::try_from(message.offset()).unwrap_or(0) + 1);
                     }
-                    Some(Ok(message)) => out.push(record_from_message(&message, &stream, now)),
+                    Some(Ok(message)) => out.push(record_from_message(&message, now).0),
                     Some(Err(e)) => {
                         error = Some(super::unavailable("reading the partition failed", &e));
                         break;
