@@ -8,4 +8,5 @@ mod cli;
 mod crash;
 mod determinism;
 mod kafka;
+mod kafka_faults;
 mod schema;
