@@ -5,6 +5,7 @@ mod common;
 mod api;
 mod bench;
 mod cli;
+mod compose;
 mod crash;
 mod determinism;
 mod kafka;
