@@ -300,4 +300,43 @@ mod tests {
         };
         assert!(Config::load(&bad).is_err());
     }
+
+    #[test]
+    fn kafka_settings_roles_and_pass_through_properties() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("strata.toml");
+        std::fs::write(
+            &path,
+            "role = \"store\"\n[log]\nbackend = \"kafka\"\n[log.kafka]\nbrokers = \"b1:9092,b2:9092\"\n\
+             [log.kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanisms\" = \"PLAIN\"\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(path.clone()),
+            kafka_group_id: Some("g2".into()),
+            ..Overrides::default()
+        };
+        let c = Config::load(&o).unwrap();
+        assert_eq!(c.role, Role::Store);
+        assert_eq!(c.log.backend, LogBackend::Kafka);
+        assert_eq!(c.log.kafka.group_id, "g2");
+        let client = c.log.kafka.client_config();
+        assert_eq!(client.get("bootstrap.servers"), Some("b1:9092,b2:9092"));
+        assert_eq!(client.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(client.get("sasl.mechanisms"), Some("PLAIN"));
+
+        // Roles other than `all` need Kafka; a bad topic prefix is refused.
+        let ingest_embedded = Overrides {
+            role: Some(Role::Ingest),
+            ..Overrides::default()
+        };
+        let err = Config::load(&ingest_embedded).unwrap_err().to_string();
+        assert!(err.contains("needs the Kafka log"), "{err}");
+        let bad_prefix = Overrides {
+            config: Some(path),
+            kafka_topic_prefix: Some("no spaces".into()),
+            ..Overrides::default()
+        };
+        assert!(Config::load(&bad_prefix).is_err());
+    }
 }

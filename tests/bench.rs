@@ -15,7 +15,13 @@ fn quick_benchmark_runs_every_scenario() {
     );
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("BENCHMARKS.md");
-    let status = Command::new(env!("CARGO_BIN_EXE_strata-bench"))
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_strata-bench"));
+    // Scenario 5 (the Kafka path) runs against the suite's broker.
+    match crate::common::kafka_brokers() {
+        Some(brokers) => bench.env("STRATA_BENCH_KAFKA_BROKERS", brokers),
+        None => bench.env_remove("STRATA_BENCH_KAFKA_BROKERS"),
+    };
+    let status = bench
         .arg("--quick")
         .arg("--strata")
         .arg(env!("CARGO_BIN_EXE_strata"))
@@ -57,4 +63,7 @@ fn quick_benchmark_runs_every_scenario() {
         report.contains("| events returned | 60000 | 60000 |"),
         "{report}"
     );
+    if crate::common::kafka_brokers().is_some() {
+        assert!(report.contains("## 5. Kafka path"), "{report}");
+    }
 }

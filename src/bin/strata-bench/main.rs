@@ -10,6 +10,7 @@
 //! Writes a markdown report (figures, ratios, goals, machine, date) to `--out`.
 
 mod data;
+mod kafka;
 mod server;
 
 use server::Strata;
@@ -49,6 +50,13 @@ struct Args {
     /// Timed runs per query; the median is reported (default 5; quick 1).
     #[arg(long)]
     runs: Option<usize>,
+    /// A Kafka-protocol broker for scenario 5 (strata's Kafka path against a plain producer);
+    /// without it the scenario is skipped.
+    #[arg(long, env = "STRATA_BENCH_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// Events of the Kafka scenario (default 500,000; quick 5,000).
+    #[arg(long)]
+    kafka_events: Option<u64>,
 }
 
 const BATCH: u64 = 1000;
@@ -408,6 +416,15 @@ async fn run(args: Args) -> Result<()> {
 
     let data_size = dir_size(&args.work.join("data"));
     strata.stop();
+
+    // 5. The Kafka path, with the main node stopped so that both sides have the machine.
+    if let Some(brokers) = &args.kafka_brokers {
+        let kafka_n = args
+            .kafka_events
+            .unwrap_or(if args.quick { 5_000 } else { 500_000 })
+            .min(total_n);
+        sections.push(kafka::scenario(&args, brokers, &events_path, kafka_n).await?);
+    }
 
     sections.sort_by(|a, b| a.title.cmp(&b.title));
     let report = render(

@@ -143,6 +143,17 @@ impl Strata {
         Ok(())
     }
 
+    /// Appends one event to a stream of its own, so that connections (and on Kafka the
+    /// producer's id) are set up before a timed run.
+    pub async fn warm_up(&self) -> Result<()> {
+        post(
+            &self.http,
+            &self.url("/v1/streams/warmup/events"),
+            "{\"data\": {}}\n".to_owned(),
+        )
+        .await
+    }
+
     /// Sends `batches` from `clients` concurrent clients (client c takes batches c, c+clients, …)
     /// and returns when every one is acknowledged.
     pub async fn append_concurrently(

