@@ -2,12 +2,16 @@
 //! appends each partition's share to the log.
 
 use crate::Result;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use strata_proto::{Event, IdLookup, Log, StreamInfo, StreamName, partition_for_key};
 use tokio::sync::Mutex;
+
+/// Ids per partition a node without a store remembers (its stores drop older retried ids when
+/// they apply the log).
+const RECENT_IDS_WITHOUT_STORE: usize = 100_000;
 
 /// Settings of the append service.
 #[derive(Clone, Debug)]
@@ -48,7 +52,7 @@ pub struct AppendOutcome {
 #[derive(Default)]
 struct PendingIds {
     loaded: bool,
-    by_id: HashMap<String, Option<u64>>,
+    by_id: HashMap<String, Option<u64>, ahash::RandomState>,
     by_offset: BTreeMap<u64, String>,
 }
 
@@ -62,8 +66,25 @@ impl PendingIds {
     }
 
     fn record(&mut self, id: String, offset: u64) {
-        self.by_id.insert(id.clone(), Some(offset));
+        match self.by_id.get_mut(&id) {
+            Some(slot) => *slot = Some(offset),
+            None => {
+                self.by_id.insert(id.clone(), Some(offset));
+            }
+        }
         self.by_offset.insert(offset, id);
+    }
+
+    /// Forgets the oldest appended ids beyond `keep` (a node without a store to prune against).
+    fn cap(&mut self, keep: usize) {
+        while self.by_offset.len() > keep {
+            match self.by_offset.pop_first() {
+                Some((_, id)) => {
+                    self.by_id.remove(&id);
+                }
+                None => break,
+            }
+        }
     }
 }
 
@@ -251,6 +272,8 @@ impl Ingest {
         }
         if self.ids.is_some() {
             pending.prune(stored);
+        } else {
+            pending.cap(RECENT_IDS_WITHOUT_STORE);
         }
         let in_store: Vec<Option<u64>> = match &self.ids {
             Some(ids) => {
@@ -260,12 +283,12 @@ impl Ingest {
             None => Vec::new(),
         };
         let mut in_store = in_store.into_iter();
-        let mut seen = HashSet::new();
         let mut kept = Vec::with_capacity(events.len());
         for event in events {
             if let Some(id) = &event.id {
                 let stored_already = in_store.next().flatten().is_some();
-                if stored_already || pending.by_id.contains_key(id) || !seen.insert(id.clone()) {
+                // An id earlier in this batch is already reserved here, so it counts as held.
+                if stored_already || pending.by_id.contains_key(id) {
                     continue;
                 }
                 pending.by_id.insert(id.clone(), None);
@@ -307,5 +330,26 @@ impl Ingest {
         }
         pending.loaded = true;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PendingIds;
+
+    #[test]
+    fn pending_ids_are_pruned_below_the_store_and_capped_without_one() {
+        let mut pending = PendingIds::default();
+        for i in 0..10 {
+            pending.record(format!("id{i}"), i);
+        }
+        pending.prune(3);
+        assert!(!pending.by_id.contains_key("id2"));
+        assert!(pending.by_id.contains_key("id3"));
+        pending.cap(4);
+        assert_eq!(pending.by_offset.len(), 4);
+        assert_eq!(pending.by_id.len(), 4);
+        assert!(pending.by_id.contains_key("id9"));
+        assert!(!pending.by_id.contains_key("id5"));
     }
 }

@@ -73,7 +73,9 @@ async fn plain_producer(brokers: &str, topic: &str, records: &[Record]) -> Resul
     // Connected, with a producer id, before the clock starts (as the strata node is).
     producer
         .send(
-            FutureRecord::<str, str>::to(topic).payload("{}").partition(0),
+            FutureRecord::<str, str>::to(topic)
+                .payload("{}")
+                .partition(0),
             Duration::from_secs(60),
         )
         .await
