@@ -374,19 +374,6 @@ fn renumber(message: &str, line_numbers: &[usize]) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn renumbers_lines() {
-        assert_eq!(
-            super::renumber("line 2: bad", &[10, 12, 13]),
-            "line 12: bad"
-        );
-        assert_eq!(super::renumber("other", &[1]), "other");
-        assert_eq!(super::renumber("line 9: x", &[1]), "line 9: x");
-    }
-}
-
 /// Writes `rows` (the first is the header) as left-aligned columns.
 fn write_table(rows: &[Vec<String>], out: &mut impl Write) -> Result<()> {
     let columns = rows.first().map_or(0, Vec::len);
@@ -408,4 +395,17 @@ fn write_table(rows: &[Vec<String>], out: &mut impl Write) -> Result<()> {
             .map_err(|e| Error::io("cannot write the output", e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn renumbers_lines() {
+        assert_eq!(
+            super::renumber("line 2: bad", &[10, 12, 13]),
+            "line 12: bad"
+        );
+        assert_eq!(super::renumber("other", &[1]), "other");
+        assert_eq!(super::renumber("line 9: x", &[1]), "line 9: x");
+    }
 }

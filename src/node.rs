@@ -147,10 +147,10 @@ pub async fn run(
     if let Some(publisher) = publisher {
         let _ = publisher.await;
     }
-    if let Some(consumers) = consumers {
-        if tokio::time::timeout(DRAIN, consumers).await.is_err() {
-            tracing::warn!("store consumers did not stop in time");
-        }
+    if let Some(consumers) = consumers
+        && tokio::time::timeout(DRAIN, consumers).await.is_err()
+    {
+        tracing::warn!("store consumers did not stop in time");
     }
     if let Some(group) = group {
         // Commits its last batch and leaves the group, so its partitions move at once.

@@ -363,7 +363,10 @@ fn dictionary_to_view(dict: &DictionaryArray<Int32Type>, values: &StringArray) -
 /// Text columns with few distinct values (key, type and string fields; not `id` or `data`) are
 /// stored dictionary-encoded, as Parquet does: a country column then reads as ~4 bytes a row
 /// instead of 16.
-pub(crate) fn encode_block(batch: &RecordBatch) -> Result<(Vec<(usize, Vec<u8>)>, BlockMeta)> {
+/// Each stored column of a block as (column index, encoded bytes).
+pub(crate) type EncodedColumns = Vec<(usize, Vec<u8>)>;
+
+pub(crate) fn encode_block(batch: &RecordBatch) -> Result<(EncodedColumns, BlockMeta)> {
     let values = batch
         .columns()
         .iter()

@@ -85,10 +85,10 @@ impl ClientContext for GroupContext {
             };
             for (p, stats) in &t.partitions {
                 let Ok(p) = u32::try_from(*p) else { continue };
-                if let Some(end) = assigned.get_mut(&(stream.clone(), p)) {
-                    if stats.hi_offset >= 0 {
-                        *end = Some(stats.hi_offset as u64);
-                    }
+                if let Some(end) = assigned.get_mut(&(stream.clone(), p))
+                    && stats.hi_offset >= 0
+                {
+                    *end = Some(stats.hi_offset as u64);
                 }
             }
         }
@@ -115,20 +115,20 @@ impl GroupContext {
             let Some((stream, p)) = self.stream_partition(e.topic(), e.partition()) else {
                 continue;
             };
-            if let Ok(next) = self.sink.next_offset(&stream, p) {
-                if next > 0 {
-                    let _ = offsets.add_partition_offset(
-                        e.topic(),
-                        e.partition(),
-                        Offset::Offset(next as i64),
-                    );
-                }
+            if let Ok(next) = self.sink.next_offset(&stream, p)
+                && next > 0
+            {
+                let _ = offsets.add_partition_offset(
+                    e.topic(),
+                    e.partition(),
+                    Offset::Offset(next as i64),
+                );
             }
         }
-        if offsets.count() > 0 {
-            if let Err(e) = consumer.commit(&offsets, mode) {
-                tracing::debug!(error = %e, "cannot commit progress to Kafka");
-            }
+        if offsets.count() > 0
+            && let Err(e) = consumer.commit(&offsets, mode)
+        {
+            tracing::debug!(error = %e, "cannot commit progress to Kafka");
         }
     }
 }
@@ -184,11 +184,11 @@ impl ConsumerContext for GroupContext {
                         .collect()
                 };
                 for ((topic, partition), batch) in in_flight {
-                    if let Some((stream, p)) = self.stream_partition(&topic, partition) {
-                        if let Err(e) = self.store(&stream, p, batch) {
-                            tracing::warn!(%stream, partition = p, error = %e,
+                    if let Some((stream, p)) = self.stream_partition(&topic, partition)
+                        && let Err(e) = self.store(&stream, p, batch)
+                    {
+                        tracing::warn!(%stream, partition = p, error = %e,
                                 "cannot store the last batch of a revoked partition; its next holder reads it");
-                        }
                     }
                 }
                 self.commit_progress(consumer, tpl, CommitMode::Sync);
@@ -385,10 +385,10 @@ fn consume(consumer: BaseConsumer<GroupContext>, max_batch: usize, stop: &Atomic
                 }
             }
         }
-        if progress.count() > 0 {
-            if let Err(e) = consumer.commit(&progress, CommitMode::Async) {
-                tracing::debug!(error = %e, "cannot commit progress to Kafka");
-            }
+        if progress.count() > 0
+            && let Err(e) = consumer.commit(&progress, CommitMode::Async)
+        {
+            tracing::debug!(error = %e, "cannot commit progress to Kafka");
         }
         if failures > 0 {
             std::thread::sleep(Duration::from_millis(100 * u64::from(failures.min(20))));

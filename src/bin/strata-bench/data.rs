@@ -55,7 +55,7 @@ pub fn write_event(i: u64, n: u64, out: &mut String) {
         "{{\"key\":\"c{customer:06}\",\"id\":\"o{i:010}\",\"type\":\"order\",\"time\":{time},\"data\":{{\"customer\":\"c{customer:06}\",\"country\":\"{country}\",\"amount\":{}.{:02},\"status\":\"{status}\",\"channel\":\"{channel}\",\"currency\":\"{currency}\",\"items\":{items},\"sku\":\"SKU-{sku:08}\",\"gift\":{},\"note\":\"deliver between 9 and 17, leave at the door\"}}}}",
         cents / 100,
         cents % 100,
-        sku % 7 == 0,
+        sku.is_multiple_of(7),
     );
 }
 

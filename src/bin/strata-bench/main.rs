@@ -468,7 +468,7 @@ fn read_batches(path: &Path, n: u64) -> Result<Vec<String>> {
         }
         body.push_str(&line.map_err(|e| e.to_string())?);
         body.push('\n');
-        if (i as u64 + 1) % BATCH == 0 {
+        if (i as u64 + 1).is_multiple_of(BATCH) {
             batches.push(std::mem::take(&mut body));
         }
     }
@@ -621,7 +621,7 @@ fn render(
     );
     let _ = writeln!(
         out,
-        "Reproduce with `scripts/bench.sh` (builds release, makes a venv with DuckDB, runs `strata-bench`). Ratios are strata ÷ peer for throughput and strata time ÷ peer time for latency; the goal column says which way is good.\n"
+        "Reproduce with `scripts/bench.sh` (builds release, makes a venv with DuckDB and Tansu, starts Tansu, runs `strata-bench`). Ratios are strata ÷ peer for throughput and strata time ÷ peer time for latency; the goal column says which way is good.\n"
     );
     for s in sections {
         let _ = writeln!(out, "## {}\n\nPeer: {}.\n", s.title, s.peer);
