@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 use strata_ingest::decode::{DecodeLimits, decode_batch, parse_rfc3339};
 use strata_ingest::{Ingest, KafkaLog, StoreGroup};
 use strata_proto::{
-    FieldSpec, HeldPartition, Log, NodeStatus, StreamInfo, StreamName, partition_for_key,
+    ConsistencyToken, FieldSpec, HeldPartition, Log, NodeStatus, StreamInfo, StreamName,
+    partition_for_key,
 };
 use strata_store::{ScanRequest, Store};
 use strata_views::SqlEngine;
@@ -648,6 +649,56 @@ async fn cluster(State(state): Shared) -> Result<Json<serde_json::Value>> {
 #[serde(deny_unknown_fields)]
 struct SqlRequest {
     sql: String,
+    /// Consistency tokens from appends: the query runs once the store has applied them.
+    #[serde(default)]
+    after: Option<Tokens>,
+    /// How long to wait for `after`, in milliseconds (default 10 s, at most 5 min).
+    timeout_ms: Option<u64>,
+}
+
+/// One token or several.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Tokens {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Tokens {
+    fn parse(self) -> Result<Vec<ConsistencyToken>> {
+        let list = match self {
+            Tokens::One(t) => vec![t],
+            Tokens::Many(ts) => ts,
+        };
+        if list.len() > 1000 {
+            return Err(Error::BadRequest(
+                "`after` holds more than 1000 tokens".into(),
+            ));
+        }
+        list.iter()
+            .map(|t| t.parse::<ConsistencyToken>().map_err(Error::from))
+            .collect()
+    }
+}
+
+/// Waits until the store has applied every offset of `tokens`, for at most `timeout`.
+async fn wait_applied(store: &Store, tokens: &[ConsistencyToken], timeout: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    for token in tokens {
+        for (&partition, &offset) in &token.offsets {
+            let mut progress = store.subscribe(&token.stream, partition)?;
+            let reached = tokio::time::timeout_at(deadline, progress.wait_for(|n| *n >= offset));
+            if !matches!(reached.await, Ok(Ok(_))) {
+                let applied = *progress.borrow();
+                return Err(Error::Timeout(format!(
+                    "waited {} ms for `after`: partition {partition} of {} is applied up to offset                      {applied}, not yet {offset} (is this node holding that partition? see /v1/cluster)",
+                    timeout.as_millis(),
+                    token.stream
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Records a query's duration when its response has been sent (or dropped).
@@ -705,12 +756,18 @@ async fn sql(State(state): Shared, headers: HeaderMap, body: Body) -> Result<Res
     let timer = QueryTimer(Instant::now());
     let body = read_body(body, state.limits.max_body_bytes).await?;
     let request: SqlRequest = serde_json::from_slice(&body)
-        .map_err(|e| Error::BadRequest(format!("expected {{\"sql\": \"SELECT …\"}}: {e}")))?;
+        .map_err(|e| Error::BadRequest(format!("expected {{\"sql\": \"SELECT …\", \"after\": TOKEN (optional), \"timeout_ms\": N (optional)}}: {e}")))?;
     let arrow = headers
         .get_all(header::ACCEPT)
         .iter()
         .any(|v| v.to_str().is_ok_and(|v| v.contains(ARROW_STREAM)));
-    let output = state.sql()?.query(&request.sql).await?;
+    let engine = state.sql()?;
+    if let Some(after) = request.after {
+        let tokens = after.parse()?;
+        let timeout = Duration::from_millis(request.timeout_ms.unwrap_or(10_000).min(300_000));
+        wait_applied(state.store()?, &tokens, timeout).await?;
+    }
+    let output = engine.query(&request.sql).await?;
     let mut batches = output.batches;
     // Run the query up to its first batch before answering, so that a failing query gets an
     // error status rather than a broken body.

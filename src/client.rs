@@ -3,6 +3,7 @@
 use crate::api::ARROW_STREAM;
 use crate::{Error, Result};
 use std::io::{BufRead, Write};
+use strata_proto::ConsistencyToken;
 
 /// Output formats of `strata sql`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -76,14 +77,16 @@ impl Client {
     }
 
     /// Appends NDJSON from `input` to `stream` in requests of `batch` events. A bad line is reported
-    /// with its line number in the input; batches before it stay appended.
+    /// with its line number in the input; batches before it stay appended. Returns the events
+    /// appended, the duplicates skipped, and one consistency token covering every append.
     pub async fn produce(
         &self,
         stream: &str,
         input: impl BufRead,
         batch: usize,
-    ) -> Result<(u64, u64)> {
+    ) -> Result<(u64, u64, Option<ConsistencyToken>)> {
         let (mut appended, mut duplicates) = (0u64, 0u64);
+        let mut token: Option<ConsistencyToken> = None;
         let mut body = String::new();
         let mut line_numbers = Vec::new();
         let mut lines = input.lines().enumerate();
@@ -125,16 +128,31 @@ impl Client {
             let outcome: serde_json::Value = resp.json().await.map_err(client_error)?;
             appended += outcome["appended"].as_u64().unwrap_or(0);
             duplicates += outcome["duplicates"].as_u64().unwrap_or(0);
+            if let Some(t) = outcome["token"]
+                .as_str()
+                .and_then(|t| t.parse::<ConsistencyToken>().ok())
+            {
+                match &mut token {
+                    Some(all) => all.merge(&t),
+                    None => token = Some(t),
+                }
+            }
             line_numbers.clear();
             if done {
                 break;
             }
         }
-        Ok((appended, duplicates))
+        Ok((appended, duplicates, token))
     }
 
     /// Runs `query` and writes the result to `out` in `format`.
-    pub async fn sql(&self, query: &str, format: SqlFormat, out: &mut impl Write) -> Result<()> {
+    pub async fn sql(
+        &self,
+        query: &str,
+        after: Option<&str>,
+        format: SqlFormat,
+        out: &mut impl Write,
+    ) -> Result<()> {
         let accept = if format == SqlFormat::Json {
             "application/json"
         } else {
@@ -144,7 +162,10 @@ impl Client {
             .http
             .post(self.url("/v1/sql"))
             .header("accept", accept)
-            .json(&serde_json::json!({ "sql": query }))
+            .json(&match after {
+                Some(token) => serde_json::json!({ "sql": query, "after": token }),
+                None => serde_json::json!({ "sql": query }),
+            })
             .send()
             .await
             .map_err(client_error)?;

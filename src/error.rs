@@ -39,6 +39,9 @@ pub enum Error {
     /// A request body over the configured limit.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A read waited for a consistency token longer than it may.
+    #[error("{0}")]
+    Timeout(String),
     /// The request needs a role this node does not have (e.g. SQL on an ingest node).
     #[error("{0}")]
     WrongRole(String),
@@ -66,6 +69,7 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::WrongRole(_) => StatusCode::MISDIRECTED_REQUEST,
+            Error::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::Log(e) => log_status(e),
             Error::Ingest(e) => match e {
                 strata_ingest::Error::Log(e) => log_status(e),
@@ -98,6 +102,7 @@ fn log_status(e: &strata_proto::Error) -> StatusCode {
     use strata_proto::Error as E;
     match e {
         E::InvalidName { .. }
+        | E::InvalidToken(_)
         | E::InvalidField { .. }
         | E::InvalidPartitions(_)
         | E::UnknownPartition { .. } => StatusCode::BAD_REQUEST,

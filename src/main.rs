@@ -42,6 +42,9 @@ enum Command {
     Sql {
         /// The query.
         query: String,
+        /// Run once the events of this consistency token (printed by `produce`) are applied.
+        #[arg(long)]
+        after: Option<String>,
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: SqlFormat,
@@ -183,7 +186,7 @@ async fn run_client(server: &str, command: Command) -> strata::Result<()> {
             file,
             batch,
         } => {
-            let (appended, duplicates) = if file == "-" {
+            let (appended, duplicates, token) = if file == "-" {
                 client
                     .produce(&stream, std::io::stdin().lock(), batch)
                     .await?
@@ -198,9 +201,20 @@ async fn run_client(server: &str, command: Command) -> strata::Result<()> {
                 out,
                 "appended {appended} events to {stream} ({duplicates} duplicates skipped)"
             )
-            .map_err(|e| strata::Error::io("stdout", e))
+            .map_err(|e| strata::Error::io("stdout", e))?;
+            match token {
+                // For `strata sql --after TOKEN`: reads that see these events.
+                Some(token) if !token.offsets.is_empty() => {
+                    writeln!(out, "token: {token}").map_err(|e| strata::Error::io("stdout", e))
+                }
+                _ => Ok(()),
+            }
         }
-        Command::Sql { query, format } => client.sql(&query, format, &mut out).await,
+        Command::Sql {
+            query,
+            after,
+            format,
+        } => client.sql(&query, after.as_deref(), format, &mut out).await,
         Command::Replay { stream, args } => client.replay(&stream, &args, &mut out).await,
         Command::Cluster => client.cluster(&mut out).await,
         Command::Streams {

@@ -457,3 +457,69 @@ fn sql_is_read_only_and_errors_are_clear() {
         assert_eq!(list[0]["partitions"], 4);
     }
 }
+
+#[test]
+fn a_query_after_an_appends_token_sees_its_events() {
+    for backend in backends() {
+        let (_tmp, dir) = data_dir();
+        let server = Server::start(backend, &dir, SMALL_BLOCKS);
+        http()
+            .put(server.url("/v1/streams/ryw"))
+            .json(&json!({"partitions": 3}))
+            .send()
+            .unwrap();
+        let mut tokens = Vec::new();
+        for round in 0..3 {
+            let out = append_ok(
+                &server,
+                "ryw",
+                &ndjson((round * 20..round * 20 + 20).map(event)),
+            );
+            let token = out["token"].as_str().unwrap().to_owned();
+            assert!(token.starts_with("v1.ryw."), "{token}");
+            // No polling: the query itself waits for the token.
+            let resp = http()
+                .post(server.url("/v1/sql"))
+                .json(&json!({"sql": "SELECT count(*) AS n FROM ryw", "after": token, "timeout_ms": 60000}))
+                .send()
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 200);
+            let rows: Value = resp.json().unwrap();
+            assert_eq!(rows, json!([{"n": (round + 1) * 20}]));
+            tokens.push(token);
+        }
+        // Several tokens at once.
+        let resp = http()
+            .post(server.url("/v1/sql"))
+            .json(&json!({"sql": "SELECT count(*) AS n FROM ryw", "after": tokens}))
+            .send()
+            .unwrap();
+        assert_eq!(resp.json::<Value>().unwrap(), json!([{"n": 60}]));
+        // A token not reached in time, and tokens that do not parse.
+        let resp = http()
+            .post(server.url("/v1/sql"))
+            .json(&json!({"sql": "SELECT 1", "after": "v1.ryw.0-1000000", "timeout_ms": 200}))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 408);
+        let err: Value = resp.json().unwrap();
+        assert!(
+            err["error"]
+                .as_str()
+                .unwrap()
+                .contains("partition 0 of ryw is applied up to offset"),
+            "{err}"
+        );
+        for bad in ["nope", "v1.ryw.0-x", "v1.ryw.9-1"] {
+            let (status, err) = {
+                let resp = http()
+                    .post(server.url("/v1/sql"))
+                    .json(&json!({"sql": "SELECT 1", "after": bad, "timeout_ms": 200}))
+                    .send()
+                    .unwrap();
+                (resp.status().as_u16(), resp.json::<Value>().unwrap())
+            };
+            assert_eq!(status, 400, "{bad}: {err}");
+        }
+    }
+}

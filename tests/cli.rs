@@ -55,10 +55,27 @@ fn produce_sql_replay_and_streams() {
             None,
         );
         assert!(ok, "{err}");
+        let mut lines = out.lines();
         assert_eq!(
-            out.trim(),
-            "appended 25 events to cli (0 duplicates skipped)"
+            lines.next(),
+            Some("appended 25 events to cli (0 duplicates skipped)")
         );
+        let token = lines.next().unwrap().strip_prefix("token: ").unwrap();
+        // A query after the token sees every event at once.
+        let (ok, out, err) = strata(
+            &server,
+            &[
+                "sql",
+                "SELECT count(*) AS n FROM cli",
+                "--after",
+                token,
+                "--format",
+                "csv",
+            ],
+            None,
+        );
+        assert!(ok, "{err}");
+        assert_eq!(out, "n\n25\n");
         let (ok, out, _) = strata(
             &server,
             &["produce", "cli"],

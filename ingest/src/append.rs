@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-use strata_proto::{Event, IdLookup, Log, StreamInfo, StreamName, partition_for_key};
+use strata_proto::{
+    ConsistencyToken, Event, IdLookup, Log, StreamInfo, StreamName, partition_for_key,
+};
 use tokio::sync::Mutex;
 
 /// Ids per partition a node without a store remembers (its stores drop older retried ids when
@@ -45,6 +47,9 @@ pub struct AppendOutcome {
     pub duplicates: usize,
     /// Per partition that received events, ascending.
     pub partitions: Vec<PartitionAppend>,
+    /// A consistency token: pass it as `after` to a read to see these events (see
+    /// [`ConsistencyToken`]).
+    pub token: String,
 }
 
 /// Ids a partition holds that the store may not have applied yet: appended (offset known) or in
@@ -170,6 +175,7 @@ impl Ingest {
             appended: 0,
             duplicates: 0,
             partitions: Vec::new(),
+            token: String::new(),
         };
         let mut first_error = None;
         for result in results {
@@ -188,6 +194,15 @@ impl Ingest {
             return Err(e);
         }
         outcome.duplicates = total - outcome.appended;
+        outcome.token = ConsistencyToken {
+            stream: stream.clone(),
+            offsets: outcome
+                .partitions
+                .iter()
+                .map(|p| (p.partition, p.last_offset + 1))
+                .collect(),
+        }
+        .to_string();
         metrics::counter!("strata_events_appended_total", "stream" => stream.to_string())
             .increment(outcome.appended as u64);
         if outcome.duplicates > 0 {

@@ -34,6 +34,9 @@ pub enum Error {
     /// A partition count outside the allowed range.
     #[error("invalid partition count {0}: must be between 1 and {max}", max = crate::StreamInfo::MAX_PARTITIONS)]
     InvalidPartitions(u32),
+    /// A consistency token that does not parse.
+    #[error("invalid consistency token {0}")]
+    InvalidToken(String),
     /// The stream does not exist.
     #[error("stream {0:?} does not exist")]
     UnknownStream(String),

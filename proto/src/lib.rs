@@ -13,6 +13,7 @@ pub mod fields;
 mod log;
 mod name;
 mod partition;
+mod token;
 
 pub use cluster::{HeldPartition, NodeStatus};
 pub use error::{Error, Result};
@@ -21,3 +22,4 @@ pub use fields::{FieldDef, FieldSpec, FieldType, FieldValue};
 pub use log::{Catalog, IdLookup, Log, LogReader, OffsetRange, ShardSink, StreamInfo};
 pub use name::StreamName;
 pub use partition::{murmur2, partition_for_key};
+pub use token::ConsistencyToken;

@@ -126,9 +126,12 @@ impl KafkaConfig {
 /// Maps a Kafka failure to the log error a client sees (503 with the reason).
 pub(crate) fn unavailable(what: &str, e: &KafkaError) -> Error {
     let hint = match e.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::AllBrokersDown) => {
-            " (are the Kafka brokers reachable?)"
-        }
+        Some(
+            RDKafkaErrorCode::MessageTimedOut
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::OperationTimedOut,
+        ) => " (are the Kafka brokers reachable?)",
         _ => "",
     };
     Error::Unavailable(format!("{what}: {e}{hint}"))
