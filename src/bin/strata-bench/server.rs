@@ -116,6 +116,33 @@ impl Strata {
             .map_or(0, |kb| kb * 1024)
     }
 
+    /// CPU time (user + system) the process has used, in clock ticks.
+    fn cpu_ticks(&self) -> Option<u64> {
+        let pid = self.pid()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    }
+
+    /// Waits until the process uses under 5% of a core over a second (background compaction after
+    /// a bulk load has settled), for at most `limit`; returns how long it waited.
+    pub async fn wait_idle(&self, limit: Duration) -> Duration {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            let Some(before) = self.cpu_ticks() else {
+                break;
+            };
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let Some(after) = self.cpu_ticks() else { break };
+            if after.saturating_sub(before) <= 5 {
+                break;
+            }
+        }
+        started.elapsed()
+    }
+
     /// Creates the `orders` stream with 4 partitions and its declared fields.
     pub async fn create_orders(&self) -> Result<()> {
         let body = serde_json::json!({
