@@ -7,6 +7,7 @@
 //! the catalog is "loaded" once its topic has been read to idle, and a replay straight from the log
 //! ends when the log stays idle. The watermark is only shown (lag, `next_offset`).
 
+mod delivery;
 mod group;
 pub mod mapping;
 mod meta;
@@ -20,7 +21,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, FutureProducer, FutureRecord, Producer, ThreadedProducer};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -141,6 +142,8 @@ pub(crate) fn unavailable(what: &str, e: &KafkaError) -> Error {
 pub struct KafkaLog {
     config: KafkaConfig,
     producer: FutureProducer,
+    /// Appends go through this producer: one delivery callback per record, no future each.
+    events: ThreadedProducer<delivery::DeliveryContext>,
     admin: AdminClient<DefaultClientContext>,
     meta: meta::Meta,
     create_lock: tokio::sync::Mutex<()>,
@@ -164,6 +167,9 @@ impl KafkaLog {
         let producer: FutureProducer = producer_config
             .create()
             .map_err(|e| Error::Unavailable(format!("cannot create the Kafka producer: {e}")))?;
+        let events: ThreadedProducer<delivery::DeliveryContext> = producer_config
+            .create_with_context(delivery::DeliveryContext)
+            .map_err(|e| Error::Unavailable(format!("cannot create the Kafka producer: {e}")))?;
         let admin: AdminClient<DefaultClientContext> =
             config.client_config().create().map_err(|e| {
                 Error::Unavailable(format!("cannot create the Kafka admin client: {e}"))
@@ -172,6 +178,7 @@ impl KafkaLog {
             meta: meta::Meta::default(),
             config,
             producer,
+            events,
             admin,
             create_lock: tokio::sync::Mutex::new(()),
         };
@@ -420,9 +427,12 @@ impl Log for KafkaLog {
         events: Vec<Event>,
     ) -> strata_proto::Result<OffsetRange> {
         let topic = self.config.topic(stream.as_str());
-        let mut deliveries = Vec::with_capacity(events.len());
+        if events.is_empty() {
+            return Err(Error::Unavailable("an append needs events".into()));
+        }
+        let pending = Arc::new(delivery::Pending::new(events.len()));
         for event in &events {
-            let mut record = FutureRecord::to(&topic)
+            let mut record = BaseRecord::with_opaque_to(&topic, pending.clone())
                 .partition(partition as i32)
                 .payload(event.data.as_bytes())
                 .timestamp(event.time_ms);
@@ -434,11 +444,8 @@ impl Log for KafkaLog {
             }
             let mut waited = Duration::ZERO;
             loop {
-                match self.producer.send_result(record) {
-                    Ok(delivery) => {
-                        deliveries.push(delivery);
-                        break;
-                    }
+                match self.events.send(record) {
+                    Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
                         if waited < self.config.timeout() =>
                     {
@@ -450,40 +457,15 @@ impl Log for KafkaLog {
                 }
             }
         }
-        let mut range: Option<OffsetRange> = None;
-        let mut failure = None;
-        // Every delivery report is awaited, so that nothing is reported before all are known.
-        for delivery in futures::future::join_all(deliveries).await {
-            match delivery {
-                Ok(Ok(d)) => {
-                    let offset = u64::try_from(d.offset).unwrap_or(0);
-                    range = Some(match range {
-                        None => OffsetRange {
-                            first: offset,
-                            last: offset,
-                        },
-                        Some(r) => OffsetRange {
-                            first: r.first.min(offset),
-                            last: r.last.max(offset),
-                        },
-                    });
-                }
-                Ok(Err((e, _))) => {
-                    failure.get_or_insert_with(|| {
-                        unavailable("the brokers did not take the events", &e)
-                    });
-                }
-                Err(_) => {
-                    failure.get_or_insert_with(|| {
-                        Error::Unavailable("the producer shut down during the append".into())
-                    });
-                }
-            }
+        // Every delivery report is awaited, so that nothing is reported before all are known;
+        // librdkafka reports each record within `message.timeout.ms`, the guard is for safety.
+        let guard = self.config.timeout() + Duration::from_secs(10);
+        if tokio::time::timeout(guard, pending.wait()).await.is_err() {
+            return Err(Error::Unavailable(
+                "the brokers' acknowledgements did not arrive in time".into(),
+            ));
         }
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        range.ok_or_else(|| Error::Unavailable("no delivery report".into()))
+        pending.outcome()
     }
 
     async fn end_offset(&self, stream: &StreamName, partition: u32) -> strata_proto::Result<u64> {
@@ -526,6 +508,7 @@ impl Log for KafkaLog {
 
 impl Drop for KafkaLog {
     fn drop(&mut self) {
+        let _ = self.events.flush(Duration::from_secs(5));
         let _ = self.producer.flush(Duration::from_secs(5));
     }
 }
