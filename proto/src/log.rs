@@ -36,6 +36,20 @@ impl StreamInfo {
         }
     }
 
+    /// Fails with [`crate::Error::PartitionMismatch`] unless the stream has `requested`
+    /// partitions (creating an existing stream again with another count).
+    pub fn expect_partitions(&self, requested: u32) -> Result<()> {
+        if self.partitions == requested {
+            Ok(())
+        } else {
+            Err(crate::Error::PartitionMismatch {
+                name: self.name.to_string(),
+                existing: self.partitions,
+                requested,
+            })
+        }
+    }
+
     /// Fails with [`crate::Error::UnknownPartition`] unless `partition` exists.
     pub fn check_partition(&self, partition: u32) -> Result<()> {
         if partition < self.partitions {

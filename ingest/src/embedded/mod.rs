@@ -164,13 +164,7 @@ impl Log for EmbeddedLog {
         StreamInfo::check_partitions(partitions)?;
         let _guard = self.create.lock().await;
         if let Some(info) = self.catalog.borrow().get(name) {
-            if info.partitions != partitions {
-                return Err(Error::PartitionMismatch {
-                    name: name.to_string(),
-                    existing: info.partitions,
-                    requested: partitions,
-                });
-            }
+            info.expect_partitions(partitions)?;
             return Ok((info.clone(), false));
         }
         let mut declared = Vec::new();

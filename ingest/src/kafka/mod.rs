@@ -354,13 +354,7 @@ impl Log for KafkaLog {
         merge_fields(&mut declared, fields, &[])?;
         let _guard = self.create_lock.lock().await;
         if let Some(info) = self.meta.catalog().borrow().get(name) {
-            if info.partitions != partitions {
-                return Err(Error::PartitionMismatch {
-                    name: name.to_string(),
-                    existing: info.partitions,
-                    requested: partitions,
-                });
-            }
+            info.expect_partitions(partitions)?;
             return Ok((info.clone(), false));
         }
         // An existing topic (made by another node or outside strata) is adopted as it is.
