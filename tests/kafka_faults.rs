@@ -215,3 +215,52 @@ fn all_brokers_down_answers_503_then_appends_resume_without_loss() {
     let acked: HashSet<String> = ["before", "during", "after"].map(String::from).into();
     check_exactly_once(&server, &acked);
 }
+
+#[test]
+fn a_node_whose_brokers_cannot_be_reached_exits_with_a_clear_error() {
+    let (_tmp, dir) = data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.with_extension("toml");
+    std::fs::write(
+        &config,
+        "[log.kafka]\nbrokers = \"127.0.0.1:1\"\ndelivery_timeout_ms = 1000\n",
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--log",
+            "kafka",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .arg("--config")
+        .arg(&config)
+        .env_remove("STRATA_KAFKA_BROKERS")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("strata kept running without reachable brokers");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("Kafka") && last.contains("are the Kafka brokers reachable?"),
+        "{stderr}"
+    );
+}
