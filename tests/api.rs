@@ -141,6 +141,13 @@ fn append_sql_replay_round_trip() {
             seen += lines.len();
         }
         assert_eq!(seen, 100);
+        // Straight from the log, the same records as from the shards.
+        for p in 0..3 {
+            let (_, stored) = replay(&server, "orders", &format!("partition={p}"));
+            let (status, logged) = replay(&server, "orders", &format!("partition={p}&source=log"));
+            assert_eq!(status, 200);
+            assert_eq!(logged, stored, "partition {p}");
+        }
         // Offsets and limits.
         let (_, tail) = replay(&server, "orders", "partition=1&from=5&limit=3");
         assert_eq!(
@@ -372,6 +379,7 @@ fn replay_from_time_and_by_key() {
             ("from=abc&partition=0", 400),
             ("from_time=yesterday", 400),
             ("colour=red", 400),
+            ("source=disk", 400),
         ] {
             assert_eq!(replay(&server, "r", query).0, status, "{query}");
         }
