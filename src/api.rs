@@ -184,22 +184,22 @@ async fn stream_view(state: &AppState, info: &strata_proto::StreamInfo) -> Resul
             .collect(),
         None => vec![None; info.partitions as usize],
     };
-    let mut offsets = Vec::with_capacity(stored.len());
-    for (partition, stored_offset) in (0..).zip(stored) {
-        let next_offset = match state.log.end_offset(&info.name, partition).await {
-            Ok(end) => Some(end),
-            Err(e) if state.node.kafka.is_some() => {
-                tracing::debug!(error = %e, "no end offset");
-                None
-            }
-            Err(e) => return Err(e.into()),
-        };
-        offsets.push(PartitionOffsets {
+    // The log's end as shown, `null` when the log cannot say (brokers unreachable).
+    let ends = futures::future::join_all(
+        (0..info.partitions).map(|p| state.log.end_offset(&info.name, p)),
+    )
+    .await;
+    let offsets = (0..)
+        .zip(stored)
+        .zip(ends)
+        .map(|((partition, stored_offset), end)| PartitionOffsets {
             partition,
-            next_offset,
+            next_offset: end
+                .inspect_err(|e| tracing::debug!(error = %e, "no end offset"))
+                .ok(),
             stored_offset,
-        });
-    }
+        })
+        .collect();
     Ok(StreamView {
         name: info.name.to_string(),
         partitions: info.partitions,
@@ -476,13 +476,13 @@ async fn replay_store(store: Arc<Store>, r: ReplayRequest, partitions: Vec<u32>)
     Ok(rx)
 }
 
-/// Replays straight from the log. The embedded log ends at its end offset; Kafka's answer to
-/// that is not relied on, so a Kafka replay ends once the partition has been idle for a second.
+/// Replays straight from the log: up to the partition's end offset where the log's answer is
+/// exact, otherwise (Kafka) until the partition has been idle for a second.
 /// `from_time` starts at the first record at or after it; `key` keeps that key's records.
 fn replay_log(state: &AppState, r: ReplayRequest, partitions: Vec<u32>) -> Chunks {
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
     let log = state.log.clone();
-    let on_kafka = state.node.kafka.is_some();
+    let exact_ends = log.end_offsets_are_exact();
     tokio::spawn(async move {
         let fail = |e: String| Err(std::io::Error::other(e));
         let mut remaining = r.limit;
@@ -490,7 +490,7 @@ fn replay_log(state: &AppState, r: ReplayRequest, partitions: Vec<u32>) -> Chunk
             if remaining == 0 {
                 break;
             }
-            let end = if on_kafka {
+            let end = if !exact_ends {
                 None
             } else {
                 match log.end_offset(&r.name, p).await {
@@ -509,7 +509,7 @@ fn replay_log(state: &AppState, r: ReplayRequest, partitions: Vec<u32>) -> Chunk
                 }
             };
             let mut started = r.from_time.is_none();
-            let mut wait = Duration::from_secs(if on_kafka { 5 } else { 1 });
+            let mut wait = Duration::from_secs(if exact_ends { 1 } else { 5 });
             while remaining > 0 && end.is_none_or(|end| reader.position() < end) {
                 let batch = match reader.next_batch(remaining.min(10_000), wait).await {
                     Ok(batch) => batch,
@@ -568,10 +568,6 @@ pub(crate) async fn local_status(state: &AppState) -> NodeStatus {
         };
         for (stream, partition, end) in held {
             let stored_offset = store.next_offset(&stream, partition).unwrap_or(0);
-            if let Some(end) = end {
-                metrics::gauge!("strata_store_lag_events", "stream" => stream.to_string(), "partition" => partition.to_string())
-                    .set(end.saturating_sub(stored_offset) as f64);
-            }
             partitions.push(HeldPartition {
                 stream: stream.to_string(),
                 partition,

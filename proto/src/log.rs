@@ -107,6 +107,12 @@ pub trait Log: Send + Sync + 'static {
     /// The offset the next durable append to the partition will get (its end).
     async fn end_offset(&self, stream: &StreamName, partition: u32) -> Result<u64>;
 
+    /// Whether [`Log::end_offset`] is exact enough to end a read at. When it is not (Kafka, whose
+    /// brokers' watermarks strata only shows), a read from the log ends once the log goes idle.
+    fn end_offsets_are_exact(&self) -> bool {
+        true
+    }
+
     /// Opens a reader of one partition positioned at `from`.
     async fn open_reader(
         &self,
@@ -142,11 +148,9 @@ pub trait IdLookup: Send + Sync + 'static {
 }
 
 /// Where a log consumer that is not a per-partition task (Kafka's consumer group) applies what it
-/// reads: implemented by store nodes.
-pub trait ShardSink: Send + Sync + 'static {
-    /// The next offset the shard of the partition has not applied (0 for a shard not yet written).
-    fn next_offset(&self, stream: &StreamName, partition: u32) -> Result<u64>;
-
+/// reads: implemented by store nodes. [`IdLookup::stored_next_offset`] says where each shard
+/// resumes (0 for a shard not yet written).
+pub trait ShardSink: IdLookup {
     /// Applies consecutive reads of one partition atomically and returns the shard's next offset;
     /// [`crate::Error::UnknownStream`] while the stream is not in the store's catalog yet.
     fn commit(&self, stream: &StreamName, partition: u32, records: Vec<Record>) -> Result<u64>;

@@ -432,10 +432,6 @@ impl IdLookup for Store {
 }
 
 impl ShardSink for Store {
-    fn next_offset(&self, stream: &StreamName, partition: u32) -> strata_proto::Result<u64> {
-        Ok(Store::next_offset(self, stream, partition)?)
-    }
-
     fn commit(
         &self,
         stream: &StreamName,

@@ -42,21 +42,6 @@ struct Batch {
     binary: u64,
 }
 
-impl GroupContext {
-    /// Stores `batch` in its shard; counts its non-JSON values once stored.
-    fn store(
-        &self,
-        stream: &StreamName,
-        partition: u32,
-        batch: Batch,
-    ) -> strata_proto::Result<u64> {
-        let next = self.sink.commit(stream, partition, batch.records)?;
-        count_value(stream.as_str(), ValueKind::Text, batch.text);
-        count_value(stream.as_str(), ValueKind::Binary, batch.binary);
-        Ok(next)
-    }
-}
-
 struct GroupContext {
     config: KafkaConfig,
     sink: Arc<dyn ShardSink>,
@@ -88,7 +73,13 @@ impl ClientContext for GroupContext {
                 if let Some(end) = assigned.get_mut(&(stream.clone(), p))
                     && stats.hi_offset >= 0
                 {
-                    *end = Some(stats.hi_offset as u64);
+                    let hi = stats.hi_offset as u64;
+                    *end = Some(hi);
+                    // The same gauge the embedded log's consumers keep.
+                    if let Ok(stored) = self.sink.stored_next_offset(&stream, p) {
+                        metrics::gauge!("strata_store_lag_events", "stream" => stream.to_string(), "partition" => p.to_string())
+                            .set(hi.saturating_sub(stored) as f64);
+                    }
                 }
             }
         }
@@ -96,6 +87,19 @@ impl ClientContext for GroupContext {
 }
 
 impl GroupContext {
+    /// Stores `batch` in its shard; counts its non-JSON values once stored.
+    fn store(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        batch: Batch,
+    ) -> strata_proto::Result<u64> {
+        let next = self.sink.commit(stream, partition, batch.records)?;
+        count_value(stream.as_str(), ValueKind::Text, batch.text);
+        count_value(stream.as_str(), ValueKind::Binary, batch.binary);
+        Ok(next)
+    }
+
     fn stream_partition(&self, topic: &str, partition: i32) -> Option<(StreamName, u32)> {
         Some((
             self.config.stream_of(topic)?,
@@ -115,7 +119,7 @@ impl GroupContext {
             let Some((stream, p)) = self.stream_partition(e.topic(), e.partition()) else {
                 continue;
             };
-            if let Ok(next) = self.sink.next_offset(&stream, p)
+            if let Ok(next) = self.sink.stored_next_offset(&stream, p)
                 && next > 0
             {
                 let _ = offsets.add_partition_offset(
@@ -156,7 +160,7 @@ impl ConsumerContext for GroupContext {
                     };
                     // A shard not written yet (or a stream not in the catalog yet) starts at
                     // the log's beginning.
-                    let offset = match self.sink.next_offset(&stream, p) {
+                    let offset = match self.sink.stored_next_offset(&stream, p) {
                         Ok(next) if next > 0 => Offset::Offset(next as i64),
                         _ => Offset::Beginning,
                     };
@@ -234,11 +238,7 @@ impl StoreGroup {
             shared: shared.clone(),
         };
         let consumer: BaseConsumer<GroupContext> = config
-            .client_config()
-            .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            .consumer_config(&config.group_id)
             .set("session.timeout.ms", config.session_timeout_ms.to_string())
             .set(
                 "heartbeat.interval.ms",
@@ -248,7 +248,6 @@ impl StoreGroup {
                 "statistics.interval.ms",
                 config.refresh_ms.max(1000).to_string(),
             )
-            .set("fetch.wait.max.ms", "100")
             .create_with_context(context)
             .map_err(|e| Error::Unavailable(format!("cannot create the store consumer: {e}")))?;
         let pattern = format!("^{}[a-z][a-z0-9_]*$", regex_escape(&config.topic_prefix));

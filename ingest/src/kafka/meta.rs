@@ -7,10 +7,11 @@
 //! writing at once (or an adoption racing a creation) lose nothing.
 
 use super::KafkaConfig;
+use super::delivery::{EventProducer, send_one};
 use crate::Result;
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::Producer;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -65,7 +66,7 @@ fn merge_entry(catalog: &mut BTreeMap<StreamName, StreamInfo>, entry: StreamInfo
 
 impl Meta {
     /// Starts the reader thread.
-    pub(crate) fn start(config: &KafkaConfig, producer: FutureProducer) -> Result<Self> {
+    pub(crate) async fn start(config: &KafkaConfig, producer: EventProducer) -> Result<Self> {
         let unique = format!(
             "{}-{}",
             std::process::id(),
@@ -75,10 +76,7 @@ impl Meta {
                 .unwrap_or(0)
         );
         let consumer: BaseConsumer = config
-            .client_config()
-            .set("group.id", format!("strata-meta-{unique}"))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
+            .consumer_config(&format!("strata-meta-{unique}"))
             .set("fetch.wait.max.ms", "50")
             .create()
             .map_err(|e| Error::Unavailable(format!("cannot create the catalog reader: {e}")))?;
@@ -92,22 +90,24 @@ impl Meta {
             .assign(&tpl)
             .map_err(|e| Error::Unavailable(format!("cannot read the catalog: {e}")))?;
         let marker = format!("{MARKER_PREFIX}{unique}");
-        let delivered = futures::executor::block_on(
-            producer.send(
-                FutureRecord::<str, [u8]>::to(&catalog_topic)
-                    .key(marker.as_str())
-                    .partition(0),
-                config.timeout(),
-            ),
-        );
-        if let Err((e, _)) = delivered {
-            return Err(super::unavailable("cannot write to the catalog topic", &e).into());
-        }
+        send_one(
+            &producer,
+            &catalog_topic,
+            0,
+            Some(&marker),
+            None,
+            None,
+            config.timeout(),
+        )
+        .await?;
+        // The reader thread sends adoptions through the producer on this runtime.
+        let runtime = tokio::runtime::Handle::current();
         let (catalog_tx, catalog_rx) = watch::channel(Catalog::default());
         let (loaded_tx, loaded_rx) = watch::channel(false);
         let nodes: Arc<Mutex<BTreeMap<String, NodeStatus>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let reader = Reader {
+            runtime,
             config: config.clone(),
             consumer,
             producer,
@@ -163,9 +163,10 @@ impl Drop for Meta {
 }
 
 struct Reader {
+    runtime: tokio::runtime::Handle,
     config: KafkaConfig,
     consumer: BaseConsumer,
-    producer: FutureProducer,
+    producer: EventProducer,
     marker: String,
     catalog_topic: String,
     nodes_topic: String,
@@ -282,16 +283,16 @@ impl Reader {
                 partitions,
                 "adopting a topic as a stream"
             );
-            let sent = futures::executor::block_on(
-                self.producer.send(
-                    FutureRecord::to(&self.catalog_topic)
-                        .key(name.as_str())
-                        .payload(&value)
-                        .partition(0),
-                    Duration::from_secs(5),
-                ),
-            );
-            if let Err((e, _)) = sent {
+            let sent = self.runtime.block_on(send_one(
+                &self.producer,
+                &self.catalog_topic,
+                0,
+                Some(name.as_str()),
+                Some(&value),
+                None,
+                Duration::from_secs(5),
+            ));
+            if let Err(e) = sent {
                 tracing::warn!(error = %e, topic = topic.name(), "cannot adopt the topic");
             }
         }

@@ -17,11 +17,12 @@ pub use group::StoreGroup;
 
 use crate::Result;
 use async_trait::async_trait;
+use delivery::EventProducer;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, FutureProducer, FutureRecord, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -119,6 +120,34 @@ impl KafkaConfig {
         c
     }
 
+    /// A consumer in `group` that commits nothing by itself and reads from the beginning when
+    /// it has no offset.
+    pub(crate) fn consumer_config(&self, group: &str) -> ClientConfig {
+        let mut c = self.client_config();
+        c.set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "100");
+        c
+    }
+
+    /// The producer settings of appends: idempotent, `acks=all`, Java-compatible key
+    /// partitioning, batching for throughput, `delivery_timeout_ms` per record.
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut c = self.client_config();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", self.linger_ms.to_string())
+            .set("batch.num.messages", "10000")
+            .set("batch.size", "4000000")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "1048576")
+            .set("message.timeout.ms", self.delivery_timeout_ms.to_string());
+        c
+    }
+
     fn timeout(&self) -> Duration {
         Duration::from_millis(self.delivery_timeout_ms.max(1000))
     }
@@ -141,9 +170,9 @@ pub(crate) fn unavailable(what: &str, e: &KafkaError) -> Error {
 /// The Kafka log (see the module documentation).
 pub struct KafkaLog {
     config: KafkaConfig,
-    producer: FutureProducer,
-    /// Appends go through this producer: one delivery callback per record, no future each.
-    events: ThreadedProducer<delivery::DeliveryContext>,
+    /// Every record goes through this producer: one delivery callback per record into the
+    /// [`delivery::Pending`] of its append.
+    producer: EventProducer,
     admin: AdminClient<DefaultClientContext>,
     meta: meta::Meta,
     create_lock: tokio::sync::Mutex<()>,
@@ -153,21 +182,8 @@ impl KafkaLog {
     /// Connects: makes the catalog and status topics if missing and reads the catalog to the end
     /// (bounded by the delivery timeout).
     pub async fn connect(config: KafkaConfig) -> Result<Arc<Self>> {
-        let mut producer_config = config.client_config();
-        producer_config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("partitioner", "murmur2_random")
-            .set("linger.ms", config.linger_ms.to_string())
-            .set("batch.num.messages", "10000")
-            .set("batch.size", "4000000")
-            .set("queue.buffering.max.messages", "1000000")
-            .set("queue.buffering.max.kbytes", "1048576")
-            .set("message.timeout.ms", config.delivery_timeout_ms.to_string());
-        let producer: FutureProducer = producer_config
-            .create()
-            .map_err(|e| Error::Unavailable(format!("cannot create the Kafka producer: {e}")))?;
-        let events: ThreadedProducer<delivery::DeliveryContext> = producer_config
+        let producer: EventProducer = config
+            .producer_config()
             .create_with_context(delivery::DeliveryContext)
             .map_err(|e| Error::Unavailable(format!("cannot create the Kafka producer: {e}")))?;
         let admin: AdminClient<DefaultClientContext> =
@@ -178,14 +194,13 @@ impl KafkaLog {
             meta: meta::Meta::default(),
             config,
             producer,
-            events,
             admin,
             create_lock: tokio::sync::Mutex::new(()),
         };
         for topic in [log.config.catalog_topic(), log.config.nodes_topic()] {
             log.ensure_topic(&topic, 1, true).await?;
         }
-        log.meta = meta::Meta::start(&log.config, log.producer.clone())?;
+        log.meta = meta::Meta::start(&log.config, log.producer.clone()).await?;
         log.meta.wait_loaded(log.config.timeout()).await?;
         Ok(Arc::new(log))
     }
@@ -209,11 +224,18 @@ impl KafkaLog {
     }
 
     async fn send_meta(&self, topic: &str, key: &str, value: &[u8]) -> Result<()> {
-        let record = FutureRecord::to(topic).key(key).payload(value).partition(0);
-        match self.producer.send(record, self.config.timeout()).await {
-            Ok(_) => Ok(()),
-            Err((e, _)) => Err(unavailable(&format!("cannot write to {topic}"), &e).into()),
-        }
+        let timeout = self.config.timeout();
+        delivery::send_one(
+            &self.producer,
+            topic,
+            0,
+            Some(key),
+            Some(value),
+            None,
+            timeout,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Partition count of `topic` if it exists.
@@ -318,19 +340,23 @@ impl KafkaLog {
     async fn mark_partitions(&self, info: &StreamInfo) -> strata_proto::Result<Vec<u64>> {
         let topic = self.config.topic(info.name.as_str());
         let sends = (0..info.partitions).map(|p| {
-            let record = FutureRecord::<[u8], [u8]>::to(&topic)
-                .partition(p as i32)
-                .headers(mapping::control_headers("fields"));
-            self.producer.send(record, self.config.timeout())
+            let headers = mapping::control_headers("fields");
+            let timeout = self.config.timeout();
+            delivery::send_one(
+                &self.producer,
+                &topic,
+                p,
+                None,
+                None,
+                Some(headers),
+                timeout,
+            )
         });
-        let mut since = Vec::with_capacity(info.partitions as usize);
-        for sent in futures::future::join_all(sends).await {
-            match sent {
-                Ok(d) => since.push(u64::try_from(d.offset).unwrap_or(0) + 1),
-                Err((e, _)) => return Err(unavailable("cannot mark the partitions", &e)),
-            }
-        }
-        Ok(since)
+        futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .map(|offset| Ok(offset? + 1))
+            .collect()
     }
 }
 
@@ -436,30 +462,10 @@ impl Log for KafkaLog {
             if let Some(headers) = mapping::headers_for(event) {
                 record = record.headers(headers);
             }
-            let mut waited = Duration::ZERO;
-            loop {
-                match self.events.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
-                        if waited < self.config.timeout() =>
-                    {
-                        record = back;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                        waited += Duration::from_millis(5);
-                    }
-                    Err((e, _)) => return Err(unavailable("cannot queue the events", &e)),
-                }
-            }
+            delivery::queue(&self.producer, record, self.config.timeout()).await?;
         }
-        // Every delivery report is awaited, so that nothing is reported before all are known;
-        // librdkafka reports each record within `message.timeout.ms`, the guard is for safety.
-        let guard = self.config.timeout() + Duration::from_secs(10);
-        if tokio::time::timeout(guard, pending.wait()).await.is_err() {
-            return Err(Error::Unavailable(
-                "the brokers' acknowledgements did not arrive in time".into(),
-            ));
-        }
-        pending.outcome()
+        // Every delivery report is awaited, so that nothing is reported before all are known.
+        delivery::delivered(&pending, self.config.timeout()).await
     }
 
     async fn end_offset(&self, stream: &StreamName, partition: u32) -> strata_proto::Result<u64> {
@@ -475,6 +481,10 @@ impl Log for KafkaLog {
         })
         .await
         .map_err(|e| Error::Unavailable(format!("watermark task failed: {e}")))?
+    }
+
+    fn end_offsets_are_exact(&self) -> bool {
+        false
     }
 
     async fn open_reader(
@@ -502,7 +512,6 @@ impl Log for KafkaLog {
 
 impl Drop for KafkaLog {
     fn drop(&mut self) {
-        let _ = self.events.flush(Duration::from_secs(5));
         let _ = self.producer.flush(Duration::from_secs(5));
     }
 }

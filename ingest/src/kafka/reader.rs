@@ -22,12 +22,7 @@ impl KafkaReader {
         from: u64,
     ) -> Result<Self> {
         let consumer: BaseConsumer = config
-            .client_config()
-            .set("group.id", "strata-reader")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "100")
+            .consumer_config("strata-reader")
             .create()
             .map_err(|e| Error::Unavailable(format!("cannot create a Kafka reader: {e}")))?;
         let mut tpl = TopicPartitionList::new();

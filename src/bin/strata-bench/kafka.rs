@@ -9,55 +9,40 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use strata_ingest::KafkaConfig;
+use strata_ingest::decode::{DecodeLimits, decode_batch};
+use strata_ingest::kafka::mapping::headers_for;
+use strata_proto::Event;
 
-/// One event as a Kafka record.
-struct Record {
-    key: String,
-    value: String,
-    id: String,
-    event_type: String,
-    time: i64,
-}
-
-fn records(batches: &[String]) -> Result<Vec<Record>> {
+/// The events of `batches`, decoded as strata decodes an append (not timed).
+fn decode(batches: &[String]) -> Result<Vec<Event>> {
+    let limits = DecodeLimits {
+        max_event_bytes: usize::MAX,
+        max_events: usize::MAX,
+    };
     let mut out = Vec::new();
-    for line in batches.iter().flat_map(|b| b.lines()) {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
-        let text = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
-        out.push(Record {
-            key: text("key"),
-            value: v["data"].to_string(),
-            id: text("id"),
-            event_type: text("type"),
-            time: v["time"].as_i64().unwrap_or(0),
-        });
+    for b in batches {
+        out.extend(decode_batch(b.as_bytes(), 0, &limits, &[]).map_err(|e| e.to_string())?);
     }
     Ok(out)
 }
 
-/// The producer settings strata's Kafka log uses.
+/// A producer with the settings of strata's Kafka log.
 fn producer(brokers: &str) -> Result<FutureProducer> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "5")
-        .set("batch.num.messages", "10000")
-        .set("batch.size", "4000000")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("queue.buffering.max.kbytes", "1048576")
-        .set("message.timeout.ms", "60000")
-        .create()
-        .map_err(|e| format!("cannot create a producer: {e}"))
+    KafkaConfig {
+        brokers: brokers.to_owned(),
+        ..KafkaConfig::default()
+    }
+    .producer_config()
+    .create()
+    .map_err(|e| format!("cannot create a producer: {e}"))
 }
 
 /// Sends every record and waits for every delivery report.
-async fn plain_producer(brokers: &str, topic: &str, records: &[Record]) -> Result<Duration> {
+async fn plain_producer(brokers: &str, topic: &str, events: &[Event]) -> Result<Duration> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
@@ -81,22 +66,17 @@ async fn plain_producer(brokers: &str, topic: &str, records: &[Record]) -> Resul
         .await
         .map_err(|(e, _)| format!("warm-up failed: {e}"))?;
     let started = Instant::now();
-    let mut deliveries = Vec::with_capacity(records.len());
-    for r in records {
-        let headers = OwnedHeaders::new_with_capacity(2)
-            .insert(Header {
-                key: "id",
-                value: Some(r.id.as_str()),
-            })
-            .insert(Header {
-                key: "type",
-                value: Some(r.event_type.as_str()),
-            });
+    let mut deliveries = Vec::with_capacity(events.len());
+    for e in events {
         let mut record = FutureRecord::to(topic)
-            .key(r.key.as_str())
-            .payload(r.value.as_str())
-            .headers(headers)
-            .timestamp(r.time);
+            .payload(e.data.as_str())
+            .timestamp(e.time_ms);
+        if let Some(key) = &e.key {
+            record = record.key(key.as_str());
+        }
+        if let Some(headers) = headers_for(e) {
+            record = record.headers(headers);
+        }
         loop {
             match producer.send_result(record) {
                 Ok(d) => {
@@ -131,12 +111,12 @@ pub async fn scenario(args: &Args, brokers: &str, events: &Path, n: u64) -> Resu
             .unwrap_or(0)
     );
     let batches = read_batches(events, n)?;
-    let records = records(&batches)?;
+    let events = decode(&batches)?;
 
     progress(&format!(
         "scenario 5 peer: a plain rdkafka producer sending {n} records to {brokers}"
     ));
-    let peer = plain_producer(brokers, &format!("{unique}.plain"), &records).await?;
+    let peer = plain_producer(brokers, &format!("{unique}.plain"), &events).await?;
 
     let config = args.work.join("kafka.toml");
     std::fs::write(
