@@ -54,3 +54,9 @@ impl From<DataFusionError> for Error {
 
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<arrow::error::ArrowError> for Error {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        DataFusionError::from(e).into()
+    }
+}

@@ -8,6 +8,7 @@
 mod engine;
 mod error;
 mod filters;
+pub mod materialized;
 mod table;
 
 pub use engine::{QueryOutput, SqlEngine};
@@ -15,5 +16,7 @@ pub use error::{Error, Result};
 pub use filters::ScanBounds;
 pub use table::StreamTable;
 
+#[cfg(test)]
+mod materialized_tests;
 #[cfg(test)]
 mod tests;

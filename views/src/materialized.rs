@@ -1,0 +1,439 @@
+//! Materialized views (work in progress, not wired into the server yet): a definition is checked
+//! once against DataFusion's logical plan, and then maintained incrementally from batches of new
+//! events — the same filter, group and aggregate expressions, evaluated by DataFusion on each
+//! batch, fold into per-group accumulators that merge.
+//!
+//! Supported: `SELECT <group exprs and aggregates, any scalar expression over them> FROM <stream>
+//! [WHERE …] GROUP BY …` with `count(*)`, `count(x)`, `sum`, `min`, `max`, `avg`,
+//! `count(DISTINCT x)` and `approx_distinct(x)` (kept exact). Everything else is refused with the
+//! reason.
+
+use crate::{Error, Result};
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::row::{RowConverter, SortField};
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::prelude::SessionContext;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+/// How one aggregate folds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Avg,
+    CountDistinct,
+}
+
+/// One aggregate of the definition: its kind, its argument (evaluated on the input) and its
+/// output type.
+struct Aggregate {
+    kind: Kind,
+    arg: Arc<dyn PhysicalExpr>,
+    output: DataType,
+}
+
+/// A group's accumulator for one aggregate.
+#[derive(Clone, Debug)]
+enum Acc {
+    Count(i64),
+    Sum(ScalarValue),
+    Min(ScalarValue),
+    Max(ScalarValue),
+    Avg { sum: f64, count: i64 },
+    Distinct(HashSet<ScalarValue>),
+}
+
+impl Acc {
+    fn new(a: &Aggregate) -> Result<Self> {
+        let null = || ScalarValue::try_from(&a.output).map_err(Error::from);
+        Ok(match a.kind {
+            Kind::Count => Acc::Count(0),
+            Kind::Sum => Acc::Sum(null()?),
+            Kind::Min => Acc::Min(null()?),
+            Kind::Max => Acc::Max(null()?),
+            Kind::Avg => Acc::Avg { sum: 0.0, count: 0 },
+            Kind::CountDistinct => Acc::Distinct(HashSet::new()),
+        })
+    }
+
+    /// Folds one input value in (nulls are skipped, as SQL aggregates do).
+    fn add(&mut self, value: ScalarValue, output: &DataType) -> Result<()> {
+        if value.is_null() {
+            return Ok(());
+        }
+        match self {
+            Acc::Count(n) => *n += 1,
+            Acc::Sum(s) => {
+                let v = value.cast_to(output)?;
+                *s = if s.is_null() { v } else { s.add(&v)? };
+            }
+            Acc::Min(m) => {
+                let v = value.cast_to(output)?;
+                if m.is_null() || v.partial_cmp(m) == Some(std::cmp::Ordering::Less) {
+                    *m = v;
+                }
+            }
+            Acc::Max(m) => {
+                let v = value.cast_to(output)?;
+                if m.is_null() || v.partial_cmp(m) == Some(std::cmp::Ordering::Greater) {
+                    *m = v;
+                }
+            }
+            Acc::Avg { sum, count } => {
+                if let ScalarValue::Float64(Some(v)) = value.cast_to(&DataType::Float64)? {
+                    *sum += v;
+                    *count += 1;
+                }
+            }
+            Acc::Distinct(set) => {
+                set.insert(value);
+            }
+        }
+        Ok(())
+    }
+
+    /// The aggregate's value now.
+    fn value(&self, output: &DataType) -> Result<ScalarValue> {
+        Ok(match self {
+            Acc::Count(n) => ScalarValue::Int64(Some(*n)).cast_to(output)?,
+            Acc::Sum(v) | Acc::Min(v) | Acc::Max(v) => v.clone(),
+            Acc::Avg { count: 0, .. } => ScalarValue::try_from(output)?,
+            Acc::Avg { sum, count } => {
+                ScalarValue::Float64(Some(sum / *count as f64)).cast_to(output)?
+            }
+            Acc::Distinct(set) => ScalarValue::Int64(Some(set.len() as i64)).cast_to(output)?,
+        })
+    }
+}
+
+/// One group: its key values and accumulators.
+#[derive(Clone, Debug)]
+struct Group {
+    keys: Vec<ScalarValue>,
+    accs: Vec<Acc>,
+}
+
+/// A checked view definition, ready to fold batches of its stream's events.
+pub struct ViewPlan {
+    /// The stream the view reads.
+    pub stream: String,
+    input: SchemaRef,
+    filter: Option<Arc<dyn PhysicalExpr>>,
+    groups: Vec<Arc<dyn PhysicalExpr>>,
+    aggregates: Vec<Aggregate>,
+    /// Schema of the aggregate's output (group columns, then aggregates).
+    aggregate_schema: SchemaRef,
+    /// The definition's select list over the aggregate's output.
+    projection: Vec<Arc<dyn PhysicalExpr>>,
+    output: SchemaRef,
+    rows: RowConverter,
+    state: BTreeMap<Vec<u8>, Group>,
+}
+
+fn refuse(reason: impl Into<String>) -> Error {
+    Error::Invalid(format!(
+        "this view cannot be maintained incrementally: {}",
+        reason.into()
+    ))
+}
+
+/// The aggregate kind of `f`, or why it is refused.
+fn kind_of(f: &AggregateFunction) -> Result<Kind> {
+    let p = &f.params;
+    if p.filter.is_some() {
+        return Err(refuse("aggregate FILTER clauses are not supported"));
+    }
+    if !p.order_by.is_empty() {
+        return Err(refuse("ordered aggregates are not supported"));
+    }
+    let name = f.func.name().to_ascii_lowercase();
+    Ok(match (name.as_str(), p.distinct) {
+        ("count", false) => Kind::Count,
+        ("count", true) | ("approx_distinct", _) => Kind::CountDistinct,
+        ("sum", false) => Kind::Sum,
+        ("min", _) => Kind::Min,
+        ("max", _) => Kind::Max,
+        ("avg", false) | ("mean", false) => Kind::Avg,
+        (other, true) => return Err(refuse(format!("{other}(DISTINCT …) is not supported"))),
+        (other, false) => {
+            return Err(refuse(format!(
+                "{other}() is not supported (use count, sum, min, max, avg, count(DISTINCT …) or approx_distinct)"
+            )));
+        }
+    })
+}
+
+/// Strips aliases.
+fn unalias(e: &Expr) -> &Expr {
+    match e {
+        Expr::Alias(a) => unalias(&a.expr),
+        other => other,
+    }
+}
+
+impl ViewPlan {
+    /// Checks `query` (the view's `SELECT`) in `ctx`, where its stream is a table, and prepares to
+    /// maintain it; refuses what cannot be maintained incrementally, saying why.
+    pub async fn new(ctx: &SessionContext, query: &str) -> Result<Self> {
+        let plan = ctx.state().create_logical_plan(query).await?;
+        // Projection → Aggregate → (Filter | Projection | SubqueryAlias)* → TableScan
+        let (projection, aggregate) = match &plan {
+            LogicalPlan::Projection(p) => (Some(p), p.input.as_ref()),
+            other => (None, other),
+        };
+        let LogicalPlan::Aggregate(agg) = aggregate else {
+            return Err(refuse(describe_unsupported(aggregate)));
+        };
+        let mut filters = Vec::new();
+        let mut node = agg.input.as_ref();
+        let scan = loop {
+            match node {
+                LogicalPlan::Filter(f) => {
+                    filters.push(f.predicate.clone());
+                    node = f.input.as_ref();
+                }
+                LogicalPlan::SubqueryAlias(a) => node = a.input.as_ref(),
+                LogicalPlan::Projection(p)
+                    if p.expr.iter().all(|e| matches!(unalias(e), Expr::Column(_))) =>
+                {
+                    node = p.input.as_ref()
+                }
+                LogicalPlan::TableScan(scan) => break scan,
+                other => return Err(refuse(describe_unsupported(other))),
+            }
+        };
+        let input = Arc::new(scan.source.schema().as_ref().clone());
+        let df_input = DFSchema::try_from_qualified_schema(scan.table_name.clone(), &input)?;
+        let state = ctx.state();
+        let physical = |e: &Expr, schema: &DFSchema| state.create_physical_expr(e.clone(), schema);
+        let filter = match filters.into_iter().reduce(|a, b| a.and(b)) {
+            Some(f) => Some(physical(&f, &df_input)?),
+            None => None,
+        };
+        let groups = agg
+            .group_expr
+            .iter()
+            .map(|g| {
+                if matches!(g, Expr::GroupingSet(_)) {
+                    return Err(refuse("GROUPING SETS, CUBE and ROLLUP are not supported"));
+                }
+                Ok(physical(g, &df_input)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let aggregate_schema: SchemaRef = Arc::new(agg.schema.as_arrow().clone());
+        let mut aggregates = Vec::with_capacity(agg.aggr_expr.len());
+        for (i, e) in agg.aggr_expr.iter().enumerate() {
+            let Expr::AggregateFunction(f) = unalias(e) else {
+                return Err(refuse(format!("{e} is not an aggregate")));
+            };
+            let kind = kind_of(f)?;
+            let arg = match f.params.args.as_slice() {
+                [arg] => physical(arg, &df_input)?,
+                [] => physical(&datafusion::prelude::lit(1i64), &df_input)?,
+                _ => return Err(refuse(format!("{e} takes more than one argument"))),
+            };
+            let output = aggregate_schema
+                .field(agg.group_expr.len() + i)
+                .data_type()
+                .clone();
+            aggregates.push(Aggregate { kind, arg, output });
+        }
+        let df_aggregate = agg.schema.as_ref();
+        let (projection, output) = match projection {
+            Some(p) => (
+                p.expr
+                    .iter()
+                    .map(|e| physical(e, df_aggregate))
+                    .collect::<std::result::Result<Vec<_>, _>>()?,
+                Arc::new(p.schema.as_arrow().clone()),
+            ),
+            None => (
+                (0..aggregate_schema.fields().len())
+                    .map(|i| {
+                        let f = aggregate_schema.field(i);
+                        Ok(
+                            Arc::new(datafusion::physical_expr::expressions::Column::new(
+                                f.name(),
+                                i,
+                            )) as Arc<dyn PhysicalExpr>,
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+                aggregate_schema.clone(),
+            ),
+        };
+        let sort_fields = (0..agg.group_expr.len())
+            .map(|i| SortField::new(aggregate_schema.field(i).data_type().clone()))
+            .collect();
+        let rows = RowConverter::new(sort_fields)?;
+        let mut plan = Self {
+            stream: scan.table_name.table().to_owned(),
+            input,
+            filter,
+            groups,
+            aggregates,
+            aggregate_schema,
+            projection,
+            output,
+            rows,
+            state: BTreeMap::new(),
+        };
+        if plan.groups.is_empty() {
+            // A global aggregate has its one row even before any event.
+            let accs = plan
+                .aggregates
+                .iter()
+                .map(Acc::new)
+                .collect::<Result<Vec<_>>>()?;
+            plan.state.insert(
+                Vec::new(),
+                Group {
+                    keys: Vec::new(),
+                    accs,
+                },
+            );
+        }
+        Ok(plan)
+    }
+
+    /// The schema of the view's rows.
+    pub fn schema(&self) -> SchemaRef {
+        self.output.clone()
+    }
+
+    /// Folds a batch of the stream's events (in the stream's table schema) into the view.
+    pub fn apply(&mut self, batch: &RecordBatch) -> Result<()> {
+        let batch = match &self.filter {
+            Some(f) => {
+                let mask = f.evaluate(batch)?.into_array(batch.num_rows())?;
+                let mask = arrow::array::AsArray::as_boolean_opt(mask.as_ref())
+                    .ok_or_else(|| Error::Invalid("the WHERE clause is not a boolean".into()))?
+                    .clone();
+                arrow::compute::filter_record_batch(batch, &mask)?
+            }
+            None => batch.clone(),
+        };
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let keys: Vec<ArrayRef> = self
+            .groups
+            .iter()
+            .map(|g| Ok(g.evaluate(&batch)?.into_array(n)?))
+            .collect::<Result<_>>()?;
+        let args: Vec<ArrayRef> = self
+            .aggregates
+            .iter()
+            .map(|a| Ok(a.arg.evaluate(&batch)?.into_array(n)?))
+            .collect::<Result<_>>()?;
+        let rows = if keys.is_empty() {
+            None
+        } else {
+            Some(self.rows.convert_columns(&keys)?)
+        };
+        for i in 0..n {
+            let key = rows
+                .as_ref()
+                .map_or_else(Vec::new, |r| r.row(i).as_ref().to_vec());
+            if !self.state.contains_key(&key) {
+                let keys = keys
+                    .iter()
+                    .map(|k| ScalarValue::try_from_array(k, i))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                let accs = self
+                    .aggregates
+                    .iter()
+                    .map(Acc::new)
+                    .collect::<Result<Vec<_>>>()?;
+                self.state.insert(key.clone(), Group { keys, accs });
+            }
+            let Some(group) = self.state.get_mut(&key) else {
+                continue;
+            };
+            for ((acc, a), arg) in group.accs.iter_mut().zip(&self.aggregates).zip(&args) {
+                acc.add(ScalarValue::try_from_array(arg, i)?, &a.output)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The view's rows now.
+    pub fn rows(&self) -> Result<RecordBatch> {
+        let groups = self.state.values();
+        let key_count = self.groups.len();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.aggregate_schema.fields().len());
+        for k in 0..key_count {
+            let values: Vec<ScalarValue> = groups.clone().map(|g| g.keys[k].clone()).collect();
+            columns.push(column(values, self.aggregate_schema.field(k))?);
+        }
+        for (j, a) in self.aggregates.iter().enumerate() {
+            let values = groups
+                .clone()
+                .map(|g| g.accs[j].value(&a.output))
+                .collect::<Result<Vec<_>>>()?;
+            columns.push(column(values, self.aggregate_schema.field(key_count + j))?);
+        }
+        let aggregated = RecordBatch::try_new_with_options(
+            self.aggregate_schema.clone(),
+            columns,
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(self.state.len())),
+        )?;
+        let n = aggregated.num_rows();
+        let out: Vec<ArrayRef> = self
+            .projection
+            .iter()
+            .map(|p| Ok(p.evaluate(&aggregated)?.into_array(n)?))
+            .collect::<Result<_>>()?;
+        Ok(RecordBatch::try_new_with_options(
+            self.output.clone(),
+            out,
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
+        )?)
+    }
+
+    /// The schema of the stream the view reads.
+    pub fn input_schema(&self) -> SchemaRef {
+        self.input.clone()
+    }
+}
+
+fn column(values: Vec<ScalarValue>, field: &Field) -> Result<ArrayRef> {
+    if values.is_empty() {
+        return Ok(arrow::array::new_empty_array(field.data_type()));
+    }
+    let array = ScalarValue::iter_to_array(values)?;
+    if array.data_type() == field.data_type() {
+        Ok(array)
+    } else {
+        Ok(arrow::compute::cast(&array, field.data_type())?)
+    }
+}
+
+fn describe_unsupported(plan: &LogicalPlan) -> String {
+    match plan {
+        LogicalPlan::Join(_) => "joins are not supported".into(),
+        LogicalPlan::Window(_) => "window functions are not supported".into(),
+        LogicalPlan::Sort(_) => "ORDER BY inside a view definition is not supported (order when you query the view)".into(),
+        LogicalPlan::Limit(_) => "LIMIT inside a view definition is not supported (limit when you query the view)".into(),
+        LogicalPlan::Distinct(_) => "SELECT DISTINCT is not supported (use GROUP BY)".into(),
+        LogicalPlan::Union(_) => "UNION is not supported".into(),
+        LogicalPlan::Filter(_) => "HAVING is not supported yet (filter when you query the view)".into(),
+        LogicalPlan::TableScan(_) | LogicalPlan::Projection(_) => {
+            "a view must aggregate (GROUP BY with count, sum, min, max, avg or count(DISTINCT …)); a plain SELECT would only copy the stream".into()
+        }
+        other => format!("{} is not supported", other.display()),
+    }
+}
+
+/// A schema helper for tests and callers: the Arrow schema of `fields`.
+pub fn schema_of(fields: Vec<Field>) -> SchemaRef {
+    Arc::new(Schema::new(fields))
+}
