@@ -437,3 +437,75 @@ fn describe_unsupported(plan: &LogicalPlan) -> String {
 pub fn schema_of(fields: Vec<Field>) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
+
+/// A view statement of `POST /v1/sql`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ViewStatement {
+    /// `CREATE MATERIALIZED VIEW name AS <query>`.
+    Create {
+        /// The view's name (a stream-name-like SQL identifier).
+        name: String,
+        /// The query text, as written.
+        query: String,
+        /// `IF NOT EXISTS` was given.
+        if_not_exists: bool,
+    },
+    /// `DROP MATERIALIZED VIEW [IF EXISTS] name`.
+    Drop {
+        /// The view's name.
+        name: String,
+        /// `IF EXISTS` was given.
+        if_exists: bool,
+    },
+}
+
+/// Recognizes `CREATE MATERIALIZED VIEW` and `DROP MATERIALIZED VIEW`; `None` for any other SQL.
+pub fn parse_view_statement(sql: &str) -> Result<Option<ViewStatement>> {
+    use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+    use datafusion::sql::sqlparser::ast::{ObjectType, Statement};
+    let mut statements = DFParser::parse_sql(sql)?;
+    if statements.len() != 1 {
+        return Ok(None);
+    }
+    let Some(DfStatement::Statement(statement)) = statements.pop_front() else {
+        return Ok(None);
+    };
+    let name_of = |name: &datafusion::sql::sqlparser::ast::ObjectName| -> Result<String> {
+        let text = name.to_string();
+        strata_proto::StreamName::new(&text)
+            .map(|n| n.to_string())
+            .map_err(|e| Error::Invalid(format!("view name: {e}")))
+    };
+    Ok(match *statement {
+        Statement::CreateView(view) if view.materialized => {
+            if view.or_replace || view.temporary || !view.columns.is_empty() {
+                return Err(Error::Invalid(
+                    "CREATE MATERIALIZED VIEW takes a name and AS <query> (no OR REPLACE, TEMPORARY or column list)"
+                        .into(),
+                ));
+            }
+            Some(ViewStatement::Create {
+                name: name_of(&view.name)?,
+                query: view.query.to_string(),
+                if_not_exists: view.if_not_exists,
+            })
+        }
+        Statement::Drop {
+            object_type: ObjectType::MaterializedView,
+            if_exists,
+            names,
+            ..
+        } => {
+            let [name] = names.as_slice() else {
+                return Err(Error::Invalid(
+                    "DROP MATERIALIZED VIEW takes one name".into(),
+                ));
+            };
+            Some(ViewStatement::Drop {
+                name: name_of(name)?,
+                if_exists,
+            })
+        }
+        _ => None,
+    })
+}

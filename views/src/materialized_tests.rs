@@ -208,3 +208,33 @@ async fn definitions_that_cannot_be_maintained_are_refused_with_the_reason() {
         assert!(err.contains(reason), "{sql}: {err}");
     }
 }
+
+#[test]
+fn view_statements_are_recognized() {
+    use crate::materialized::{ViewStatement, parse_view_statement};
+    assert_eq!(
+        parse_view_statement(
+            "CREATE MATERIALIZED VIEW revenue AS SELECT key, count(*) AS n FROM s GROUP BY key"
+        )
+        .unwrap(),
+        Some(ViewStatement::Create {
+            name: "revenue".into(),
+            query: "SELECT key, count(*) AS n FROM s GROUP BY key".into(),
+            if_not_exists: false,
+        })
+    );
+    assert_eq!(
+        parse_view_statement("DROP MATERIALIZED VIEW IF EXISTS revenue").unwrap(),
+        Some(ViewStatement::Drop {
+            name: "revenue".into(),
+            if_exists: true
+        })
+    );
+    assert_eq!(parse_view_statement("SELECT 1").unwrap(), None);
+    assert_eq!(
+        parse_view_statement("CREATE VIEW v AS SELECT 1").unwrap(),
+        None
+    );
+    assert!(parse_view_statement("CREATE MATERIALIZED VIEW \"Bad Name\" AS SELECT 1").is_err());
+    assert!(parse_view_statement("CREATE OR REPLACE MATERIALIZED VIEW v AS SELECT 1").is_err());
+}
