@@ -36,6 +36,8 @@ enum Kind {
 struct Aggregate {
     kind: Kind,
     arg: Arc<dyn PhysicalExpr>,
+    /// The type of `arg`'s values (what count(DISTINCT) keeps).
+    arg_type: DataType,
     output: DataType,
 }
 
@@ -99,6 +101,97 @@ impl Acc {
         Ok(())
     }
 
+    /// Merges another accumulator of the same aggregate into this one (a batch's delta into the
+    /// stored state).
+    fn merge(&mut self, other: &Acc) -> Result<()> {
+        match (self, other) {
+            (Acc::Count(a), Acc::Count(b)) => *a += b,
+            (Acc::Sum(a), Acc::Sum(b)) => {
+                if !b.is_null() {
+                    *a = if a.is_null() { b.clone() } else { a.add(b)? };
+                }
+            }
+            (Acc::Min(a), Acc::Min(b)) => {
+                if !b.is_null()
+                    && (a.is_null() || b.partial_cmp(a) == Some(std::cmp::Ordering::Less))
+                {
+                    *a = b.clone();
+                }
+            }
+            (Acc::Max(a), Acc::Max(b)) => {
+                if !b.is_null()
+                    && (a.is_null() || b.partial_cmp(a) == Some(std::cmp::Ordering::Greater))
+                {
+                    *a = b.clone();
+                }
+            }
+            (Acc::Avg { sum, count }, Acc::Avg { sum: s, count: c }) => {
+                *sum += s;
+                *count += c;
+            }
+            (Acc::Distinct(a), Acc::Distinct(b)) => a.extend(b.iter().cloned()),
+            _ => return Err(Error::Invalid("mismatched view accumulators".into())),
+        }
+        Ok(())
+    }
+
+    /// The accumulator as JSON (see [`scalar_to_json`]).
+    fn to_json(&self) -> Result<serde_json::Value> {
+        use serde_json::json;
+        Ok(match self {
+            Acc::Count(n) => json!({ "count": n }),
+            Acc::Sum(v) => json!({ "sum": scalar_to_json(v)? }),
+            Acc::Min(v) => json!({ "min": scalar_to_json(v)? }),
+            Acc::Max(v) => json!({ "max": scalar_to_json(v)? }),
+            Acc::Avg { sum, count } => json!({ "avg": [sum.to_bits(), count] }),
+            Acc::Distinct(set) => {
+                let mut values = set.iter().map(scalar_to_json).collect::<Result<Vec<_>>>()?;
+                values.sort_by_key(|v| v.to_string());
+                json!({ "distinct": values })
+            }
+        })
+    }
+
+    /// Reads an accumulator of aggregate `a` back from [`Acc::to_json`].
+    fn from_json(v: &serde_json::Value, a: &Aggregate) -> Result<Self> {
+        let bad = || Error::Invalid(format!("corrupt view state: {v}"));
+        let (tag, inner) = v
+            .as_object()
+            .and_then(|o| o.iter().next())
+            .ok_or_else(bad)?;
+        Ok(match (tag.as_str(), a.kind) {
+            ("count", Kind::Count) => Acc::Count(inner.as_i64().ok_or_else(bad)?),
+            ("sum", Kind::Sum) => Acc::Sum(json_to_scalar(inner, &a.output)?),
+            ("min", Kind::Min) => Acc::Min(json_to_scalar(inner, &a.output)?),
+            ("max", Kind::Max) => Acc::Max(json_to_scalar(inner, &a.output)?),
+            ("avg", Kind::Avg) => {
+                let sum = inner
+                    .get(0)
+                    .and_then(serde_json::Value::as_u64)
+                    .ok_or_else(bad)?;
+                let count = inner
+                    .get(1)
+                    .and_then(serde_json::Value::as_i64)
+                    .ok_or_else(bad)?;
+                Acc::Avg {
+                    sum: f64::from_bits(sum),
+                    count,
+                }
+            }
+            ("distinct", Kind::CountDistinct) => {
+                let values = inner.as_array().ok_or_else(bad)?;
+                let arg_type = a.arg_type.clone();
+                Acc::Distinct(
+                    values
+                        .iter()
+                        .map(|v| json_to_scalar(v, &arg_type))
+                        .collect::<Result<_>>()?,
+                )
+            }
+            _ => return Err(bad()),
+        })
+    }
+
     /// The aggregate's value now.
     fn value(&self, output: &DataType) -> Result<ScalarValue> {
         Ok(match self {
@@ -112,6 +205,10 @@ impl Acc {
         })
     }
 }
+
+/// What one batch adds to one group of a view (see [`ViewPlan::delta`]).
+#[derive(Clone, Debug)]
+pub struct GroupDelta(Group);
 
 /// One group: its key values and accumulators.
 #[derive(Clone, Debug)]
@@ -243,7 +340,16 @@ impl ViewPlan {
                 .field(agg.group_expr.len() + i)
                 .data_type()
                 .clone();
-            aggregates.push(Aggregate { kind, arg, output });
+            let arg_type = arg.data_type(&input)?;
+            for t in [&output, &arg_type] {
+                check_storable(t)?;
+            }
+            aggregates.push(Aggregate {
+                kind,
+                arg,
+                arg_type,
+                output,
+            });
         }
         let df_aggregate = agg.schema.as_ref();
         let (projection, output) = match projection {
@@ -269,6 +375,9 @@ impl ViewPlan {
                 aggregate_schema.clone(),
             ),
         };
+        for k in 0..agg.group_expr.len() {
+            check_storable(aggregate_schema.field(k).data_type())?;
+        }
         let sort_fields = (0..agg.group_expr.len())
             .map(|i| SortField::new(aggregate_schema.field(i).data_type().clone()))
             .collect();
@@ -310,6 +419,127 @@ impl ViewPlan {
 
     /// Folds a batch of the stream's events (in the stream's table schema) into the view.
     pub fn apply(&mut self, batch: &RecordBatch) -> Result<()> {
+        let mut state = std::mem::take(&mut self.state);
+        let folded = self.fold(&mut state, batch);
+        self.state = state;
+        folded
+    }
+
+    /// What a batch of the stream's events adds to the view, per group (encoded key → delta);
+    /// nothing of the view changes until [`ViewPlan::merge`].
+    pub fn delta(&self, batch: &RecordBatch) -> Result<BTreeMap<Vec<u8>, GroupDelta>> {
+        let mut state = BTreeMap::new();
+        self.fold(&mut state, batch)?;
+        state
+            .into_values()
+            .map(|g| Ok((self.encode_key(&g.keys)?, GroupDelta(g))))
+            .collect()
+    }
+
+    /// The stored form of a group key (stable across versions: JSON of the key values).
+    fn encode_key(&self, keys: &[ScalarValue]) -> Result<Vec<u8>> {
+        let cells = keys
+            .iter()
+            .map(scalar_to_json)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(serde_json::Value::Array(cells).to_string().into_bytes())
+    }
+
+    /// Merges `delta` into a group's stored state (`None` for a new group) and returns the new
+    /// stored state.
+    pub fn merge_stored(&self, stored: Option<&[u8]>, delta: &GroupDelta) -> Result<Vec<u8>> {
+        let mut group = match stored {
+            Some(bytes) => self.decode_group(bytes)?,
+            None => Group {
+                keys: delta.0.keys.clone(),
+                accs: self
+                    .aggregates
+                    .iter()
+                    .map(Acc::new)
+                    .collect::<Result<_>>()?,
+            },
+        };
+        for (acc, d) in group.accs.iter_mut().zip(&delta.0.accs) {
+            acc.merge(d)?;
+        }
+        self.encode_group(&group)
+    }
+
+    /// Replaces the view's state with stored groups (as [`ViewPlan::merge_stored`] wrote them).
+    pub fn load<'a>(&mut self, stored: impl IntoIterator<Item = &'a [u8]>) -> Result<()> {
+        let mut state = BTreeMap::new();
+        if self.groups.is_empty() {
+            let accs = self
+                .aggregates
+                .iter()
+                .map(Acc::new)
+                .collect::<Result<_>>()?;
+            state.insert(
+                Vec::new(),
+                Group {
+                    keys: Vec::new(),
+                    accs,
+                },
+            );
+        }
+        for bytes in stored {
+            let group = self.decode_group(bytes)?;
+            let key = if group.keys.is_empty() {
+                Vec::new()
+            } else {
+                let arrays = group
+                    .keys
+                    .iter()
+                    .map(|k| k.to_array())
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                self.rows.convert_columns(&arrays)?.row(0).as_ref().to_vec()
+            };
+            state.insert(key, group);
+        }
+        self.state = state;
+        Ok(())
+    }
+
+    fn encode_group(&self, group: &Group) -> Result<Vec<u8>> {
+        let keys = group
+            .keys
+            .iter()
+            .map(scalar_to_json)
+            .collect::<Result<Vec<_>>>()?;
+        let accs = group
+            .accs
+            .iter()
+            .map(Acc::to_json)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(serde_json::json!({ "keys": keys, "accs": accs })
+            .to_string()
+            .into_bytes())
+    }
+
+    fn decode_group(&self, bytes: &[u8]) -> Result<Group> {
+        let bad = || Error::Invalid("corrupt view state".into());
+        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| bad())?;
+        let keys = v["keys"]
+            .as_array()
+            .ok_or_else(bad)?
+            .iter()
+            .enumerate()
+            .map(|(k, cell)| json_to_scalar(cell, self.aggregate_schema.field(k).data_type()))
+            .collect::<Result<Vec<_>>>()?;
+        let accs = v["accs"]
+            .as_array()
+            .ok_or_else(bad)?
+            .iter()
+            .zip(&self.aggregates)
+            .map(|(cell, a)| Acc::from_json(cell, a))
+            .collect::<Result<Vec<_>>>()?;
+        if keys.len() != self.groups.len() || accs.len() != self.aggregates.len() {
+            return Err(bad());
+        }
+        Ok(Group { keys, accs })
+    }
+
+    fn fold(&self, state: &mut BTreeMap<Vec<u8>, Group>, batch: &RecordBatch) -> Result<()> {
         let batch = match &self.filter {
             Some(f) => {
                 let mask = f.evaluate(batch)?.into_array(batch.num_rows())?;
@@ -343,7 +573,7 @@ impl ViewPlan {
             let key = rows
                 .as_ref()
                 .map_or_else(Vec::new, |r| r.row(i).as_ref().to_vec());
-            if !self.state.contains_key(&key) {
+            if !state.contains_key(&key) {
                 let keys = keys
                     .iter()
                     .map(|k| ScalarValue::try_from_array(k, i))
@@ -353,9 +583,9 @@ impl ViewPlan {
                     .iter()
                     .map(Acc::new)
                     .collect::<Result<Vec<_>>>()?;
-                self.state.insert(key.clone(), Group { keys, accs });
+                state.insert(key.clone(), Group { keys, accs });
             }
-            let Some(group) = self.state.get_mut(&key) else {
+            let Some(group) = state.get_mut(&key) else {
                 continue;
             };
             for ((acc, a), arg) in group.accs.iter_mut().zip(&self.aggregates).zip(&args) {
@@ -507,5 +737,103 @@ pub fn parse_view_statement(sql: &str) -> Result<Option<ViewStatement>> {
             })
         }
         _ => None,
+    })
+}
+
+/// Refuses column types the view state cannot store.
+fn check_storable(t: &DataType) -> Result<()> {
+    match t {
+        DataType::Null
+        | DataType::Boolean
+        | DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64
+        | DataType::Float32
+        | DataType::Float64
+        | DataType::Utf8
+        | DataType::LargeUtf8
+        | DataType::Utf8View
+        | DataType::Date32
+        | DataType::Timestamp(_, _) => Ok(()),
+        other => Err(refuse(format!(
+            "a column of type {other} cannot be kept in a view"
+        ))),
+    }
+}
+
+/// A value as JSON: numbers exact (floats as their bits), text as strings, NULL as null.
+fn scalar_to_json(v: &ScalarValue) -> Result<serde_json::Value> {
+    use serde_json::Value as J;
+    if v.is_null() {
+        return Ok(J::Null);
+    }
+    Ok(match v {
+        ScalarValue::Boolean(Some(b)) => J::Bool(*b),
+        ScalarValue::Int8(Some(x)) => (*x).into(),
+        ScalarValue::Int16(Some(x)) => (*x).into(),
+        ScalarValue::Int32(Some(x)) => (*x).into(),
+        ScalarValue::Int64(Some(x)) => (*x).into(),
+        ScalarValue::UInt8(Some(x)) => (*x).into(),
+        ScalarValue::UInt16(Some(x)) => (*x).into(),
+        ScalarValue::UInt32(Some(x)) => (*x).into(),
+        ScalarValue::UInt64(Some(x)) => (*x).into(),
+        ScalarValue::Float32(Some(x)) => f64::from(*x).to_bits().into(),
+        ScalarValue::Float64(Some(x)) => x.to_bits().into(),
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => J::String(s.clone()),
+        ScalarValue::Date32(Some(x)) => (*x).into(),
+        ScalarValue::TimestampSecond(Some(x), _)
+        | ScalarValue::TimestampMillisecond(Some(x), _)
+        | ScalarValue::TimestampMicrosecond(Some(x), _)
+        | ScalarValue::TimestampNanosecond(Some(x), _) => (*x).into(),
+        other => {
+            return Err(refuse(format!(
+                "a value of type {} cannot be kept in a view",
+                other.data_type()
+            )));
+        }
+    })
+}
+
+/// Reads a value of type `t` back from [`scalar_to_json`].
+fn json_to_scalar(v: &serde_json::Value, t: &DataType) -> Result<ScalarValue> {
+    use arrow::datatypes::TimeUnit;
+    if v.is_null() {
+        return Ok(ScalarValue::try_from(t)?);
+    }
+    let bad = || Error::Invalid(format!("corrupt view state: {v} is not a {t}"));
+    let int = || v.as_i64().ok_or_else(bad);
+    let uint = || v.as_u64().ok_or_else(bad);
+    let narrow = |x: i64| -> Result<ScalarValue> { Ok(ScalarValue::Int64(Some(x)).cast_to(t)?) };
+    Ok(match t {
+        DataType::Boolean => ScalarValue::Boolean(Some(v.as_bool().ok_or_else(bad)?)),
+        DataType::Int8 | DataType::Int16 | DataType::Int32 => narrow(int()?)?,
+        DataType::Int64 => ScalarValue::Int64(Some(int()?)),
+        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => {
+            ScalarValue::UInt64(Some(uint()?)).cast_to(t)?
+        }
+        DataType::UInt64 => ScalarValue::UInt64(Some(uint()?)),
+        DataType::Float32 => ScalarValue::Float32(Some(f64::from_bits(uint()?) as f32)),
+        DataType::Float64 => ScalarValue::Float64(Some(f64::from_bits(uint()?))),
+        DataType::Utf8 => ScalarValue::Utf8(Some(v.as_str().ok_or_else(bad)?.to_owned())),
+        DataType::LargeUtf8 => ScalarValue::LargeUtf8(Some(v.as_str().ok_or_else(bad)?.to_owned())),
+        DataType::Utf8View => ScalarValue::Utf8View(Some(v.as_str().ok_or_else(bad)?.to_owned())),
+        DataType::Date32 => ScalarValue::Date32(Some(i32::try_from(int()?).map_err(|_| bad())?)),
+        DataType::Timestamp(unit, tz) => {
+            let (x, tz) = (Some(int()?), tz.clone());
+            match unit {
+                TimeUnit::Second => ScalarValue::TimestampSecond(x, tz),
+                TimeUnit::Millisecond => ScalarValue::TimestampMillisecond(x, tz),
+                TimeUnit::Microsecond => ScalarValue::TimestampMicrosecond(x, tz),
+                TimeUnit::Nanosecond => ScalarValue::TimestampNanosecond(x, tz),
+            }
+        }
+        _ => return Err(bad()),
     })
 }
