@@ -1,7 +1,7 @@
-//! Materialized views (work in progress, not wired into the server yet): a definition is checked
-//! once against DataFusion's logical plan, and then maintained incrementally from batches of new
-//! events — the same filter, group and aggregate expressions, evaluated by DataFusion on each
-//! batch, fold into per-group accumulators that merge.
+//! Materialized views: a definition is checked once against DataFusion's logical plan, and then
+//! maintained incrementally from batches of new events — the same filter, group and aggregate
+//! expressions, evaluated by DataFusion on each batch, fold into per-group accumulators that merge
+//! with the stored ones ([`Maintainer`] is what the store calls in each commit).
 //!
 //! Supported: `SELECT <group exprs and aggregates, any scalar expression over them> FROM <stream>
 //! [WHERE …] GROUP BY …` with `count(*)`, `count(x)`, `sum`, `min`, `max`, `avg`,
@@ -467,6 +467,20 @@ impl ViewPlan {
 
     /// Replaces the view's state with stored groups (as [`ViewPlan::merge_stored`] wrote them).
     pub fn load<'a>(&mut self, stored: impl IntoIterator<Item = &'a [u8]>) -> Result<()> {
+        self.state = self.decode_state(stored)?;
+        Ok(())
+    }
+
+    /// The view's rows made of stored groups (as [`ViewPlan::merge_stored`] wrote them), without
+    /// touching the plan's own state. A global aggregate has its one row even with no group stored.
+    pub fn rows_of<'a>(&self, stored: impl IntoIterator<Item = &'a [u8]>) -> Result<RecordBatch> {
+        self.rows_from(&self.decode_state(stored)?)
+    }
+
+    fn decode_state<'a>(
+        &self,
+        stored: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<BTreeMap<Vec<u8>, Group>> {
         let mut state = BTreeMap::new();
         if self.groups.is_empty() {
             let accs = self
@@ -496,8 +510,62 @@ impl ViewPlan {
             };
             state.insert(key, group);
         }
-        self.state = state;
-        Ok(())
+        Ok(state)
+    }
+
+    /// For each group key, the output column that shows it as is (`None` when the select list
+    /// does not show it plainly).
+    pub fn key_columns(&self) -> Vec<Option<usize>> {
+        let mut out = vec![None; self.groups.len()];
+        for (i, p) in self.projection.iter().enumerate() {
+            if let Some(c) = p
+                .as_ref()
+                .downcast_ref::<datafusion::physical_expr::expressions::Column>()
+                && let Some(slot) = out.get_mut(c.index())
+                && slot.is_none()
+            {
+                *slot = Some(i);
+            }
+        }
+        out
+    }
+
+    /// The stored key of the group whose key values are `values` (one per group expression, in
+    /// order), cast to the key types; `None` when a value cannot be a key of this view exactly
+    /// (lookups then scan).
+    pub fn lookup_key(&self, values: &[ScalarValue]) -> Option<Vec<u8>> {
+        if values.len() != self.groups.len() {
+            return None;
+        }
+        let keys = values
+            .iter()
+            .enumerate()
+            .map(|(k, v)| {
+                let t = self.aggregate_schema.field(k).data_type();
+                let exact = matches!(
+                    t,
+                    DataType::Boolean
+                        | DataType::Int8
+                        | DataType::Int16
+                        | DataType::Int32
+                        | DataType::Int64
+                        | DataType::UInt8
+                        | DataType::UInt16
+                        | DataType::UInt32
+                        | DataType::UInt64
+                        | DataType::Utf8
+                        | DataType::LargeUtf8
+                        | DataType::Utf8View
+                        | DataType::Date32
+                        | DataType::Timestamp(_, _)
+                );
+                let cast = v.cast_to(t).ok()?;
+                // Only values that survive the cast unchanged name a key.
+                let back = cast.cast_to(&v.data_type()).ok()?;
+                (exact && !v.is_null() && &back == v).then_some(cast)
+            })
+            .collect::<Option<Vec<_>>>()?;
+        self.encode_key(&keys).ok()
     }
 
     fn encode_group(&self, group: &Group) -> Result<Vec<u8>> {
@@ -597,7 +665,11 @@ impl ViewPlan {
 
     /// The view's rows now.
     pub fn rows(&self) -> Result<RecordBatch> {
-        let groups = self.state.values();
+        self.rows_from(&self.state)
+    }
+
+    fn rows_from(&self, state: &BTreeMap<Vec<u8>, Group>) -> Result<RecordBatch> {
+        let groups = state.values();
         let key_count = self.groups.len();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.aggregate_schema.fields().len());
         for k in 0..key_count {
@@ -614,7 +686,7 @@ impl ViewPlan {
         let aggregated = RecordBatch::try_new_with_options(
             self.aggregate_schema.clone(),
             columns,
-            &arrow::array::RecordBatchOptions::new().with_row_count(Some(self.state.len())),
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(state.len())),
         )?;
         let n = aggregated.num_rows();
         let out: Vec<ArrayRef> = self
@@ -680,6 +752,8 @@ pub enum ViewStatement {
         /// `IF NOT EXISTS` was given.
         if_not_exists: bool,
     },
+    /// `SHOW VIEWS` or `SHOW MATERIALIZED VIEWS`.
+    Show,
     /// `DROP MATERIALIZED VIEW [IF EXISTS] name`.
     Drop {
         /// The view's name.
@@ -689,7 +763,8 @@ pub enum ViewStatement {
     },
 }
 
-/// Recognizes `CREATE MATERIALIZED VIEW` and `DROP MATERIALIZED VIEW`; `None` for any other SQL.
+/// Recognizes `CREATE MATERIALIZED VIEW`, `DROP MATERIALIZED VIEW` and `SHOW VIEWS`; `None` for
+/// any other SQL.
 pub fn parse_view_statement(sql: &str) -> Result<Option<ViewStatement>> {
     use datafusion::sql::parser::{DFParser, Statement as DfStatement};
     use datafusion::sql::sqlparser::ast::{ObjectType, Statement};
@@ -736,6 +811,7 @@ pub fn parse_view_statement(sql: &str) -> Result<Option<ViewStatement>> {
                 if_exists,
             })
         }
+        Statement::ShowViews { .. } => Some(ViewStatement::Show),
         _ => None,
     })
 }
@@ -836,4 +912,29 @@ fn json_to_scalar(v: &serde_json::Value, t: &DataType) -> Result<ScalarValue> {
         }
         _ => return Err(bad()),
     })
+}
+
+/// Folds batches of a stream into a view's stored groups, for the store (see
+/// [`strata_store::ViewFold`]).
+pub struct Maintainer(pub Arc<ViewPlan>);
+
+impl strata_store::ViewFold for Maintainer {
+    fn fold(
+        &self,
+        rows: &RecordBatch,
+        stored: &mut dyn FnMut(&[u8]) -> strata_store::Result<Option<Vec<u8>>>,
+    ) -> strata_store::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let view = |e: Error| strata_store::Error::View(e.to_string());
+        let deltas = self.0.delta(rows).map_err(view)?;
+        let mut out = Vec::with_capacity(deltas.len());
+        for (key, delta) in deltas {
+            let current = stored(&key)?;
+            let merged = self
+                .0
+                .merge_stored(current.as_deref(), &delta)
+                .map_err(view)?;
+            out.push((key, merged));
+        }
+        Ok(out)
+    }
 }
