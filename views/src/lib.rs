@@ -24,4 +24,6 @@ pub use view_table::ViewTable;
 #[cfg(test)]
 mod materialized_tests;
 #[cfg(test)]
+mod store_tests;
+#[cfg(test)]
 mod tests;

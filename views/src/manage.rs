@@ -281,7 +281,7 @@ impl SqlEngine {
     }
 
     /// Folds into each view what it has not applied yet, for every view behind its shards.
-    async fn catch_up_views(&self) {
+    pub(crate) async fn catch_up_views(&self) {
         for def in self.store.view_defs() {
             let (store, name) = (self.store.clone(), def.name.clone());
             let backlog = match blocking(move || store.view_backlog(&name, false)).await {

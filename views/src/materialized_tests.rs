@@ -11,7 +11,7 @@ use datafusion::prelude::SessionContext;
 use proptest::prelude::*;
 use std::sync::Arc;
 
-const VIEWS: [&str; 4] = [
+pub(crate) const VIEWS: [&str; 4] = [
     "SELECT json_get_str(data, 'country') AS country, count(*) AS n, sum(json_get_int(data, 'qty')) AS qty, \
      min(json_get_float(data, 'amount')) AS lo, max(json_get_float(data, 'amount')) AS hi, \
      count(json_get_float(data, 'amount')) AS priced, count(DISTINCT key) AS keys \
@@ -23,14 +23,14 @@ const VIEWS: [&str; 4] = [
 ];
 
 #[derive(Clone, Debug)]
-struct Ev {
-    partition: i32,
-    time: i64,
-    key: Option<String>,
-    data: String,
+pub(crate) struct Ev {
+    pub partition: i32,
+    pub time: i64,
+    pub key: Option<String>,
+    pub data: String,
 }
 
-fn event() -> impl Strategy<Value = Ev> {
+pub(crate) fn event() -> impl Strategy<Value = Ev> {
     (
         0i32..3,
         0i64..600_000,
@@ -113,7 +113,7 @@ fn context(rows: Vec<RecordBatch>) -> SessionContext {
 }
 
 /// Rows as sorted text, floats rounded so that summation order does not matter.
-fn rows_text(batches: &[RecordBatch]) -> Vec<String> {
+pub(crate) fn rows_text(batches: &[RecordBatch]) -> Vec<String> {
     let options = FormatOptions::default().with_null("NULL");
     let mut out = Vec::new();
     for b in batches {
