@@ -132,17 +132,27 @@ fn views_are_maintained_exactly_once_through_kill_9_and_rebuild() {
             &tokens,
         ));
         assert_eq!(view, canonical(rows(&server, REVENUE)));
-        let orders: u64 = rows_after(
-            &server,
-            "SELECT sum(n) AS n FROM per_minute",
-            &tokens,
-        )[0]["n"]
-            .as_u64()
-            .unwrap();
-        assert_eq!(orders, rows(&server, &format!("SELECT count(*) AS n FROM orders WHERE json_get_str(data, 'country') <> 'XX'"))[0]["n"].as_u64().unwrap());
+        let orders: u64 =
+            rows_after(&server, "SELECT sum(n) AS n FROM per_minute", &tokens)[0]["n"]
+                .as_u64()
+                .unwrap();
+        assert_eq!(
+            orders,
+            rows(
+                &server,
+                &format!(
+                    "SELECT count(*) AS n FROM orders WHERE json_get_str(data, 'country') <> 'XX'"
+                )
+            )[0]["n"]
+                .as_u64()
+                .unwrap()
+        );
         assert_view_converges(&server, "per_minute", MINUTES);
         // A lookup by group key.
-        let nl = rows(&server, "SELECT * FROM revenue_by_country WHERE country = 'NL'");
+        let nl = rows(
+            &server,
+            "SELECT * FROM revenue_by_country WHERE country = 'NL'",
+        );
         assert_eq!(
             canonical(nl),
             canonical(rows(
@@ -212,7 +222,11 @@ fn views_are_maintained_exactly_once_through_kill_9_and_rebuild() {
             server.note_append("orders", outcome);
         }
         let tokens: Vec<Value> = outcomes.iter().map(|o| o["token"].clone()).collect();
-        let view = rows_after(&server, "SELECT sum(orders) AS n FROM revenue_by_country", &tokens);
+        let view = rows_after(
+            &server,
+            "SELECT sum(orders) AS n FROM revenue_by_country",
+            &tokens,
+        );
         assert!(view[0]["n"].as_u64().unwrap() >= 700 + 20 * outcomes.len() as u64);
         wait_stored(&server, "orders");
         assert_view_converges(&server, "revenue_by_country", REVENUE);
@@ -231,7 +245,10 @@ fn views_are_maintained_exactly_once_through_kill_9_and_rebuild() {
         );
         assert_eq!(status, 200, "{body}");
         assert_view_converges(&server, "revenue_by_country", REVENUE);
-        assert_eq!(canonical(rows(&server, "SELECT * FROM revenue_by_country")), before);
+        assert_eq!(
+            canonical(rows(&server, "SELECT * FROM revenue_by_country")),
+            before
+        );
 
         // Rebuild through the CLI, with its progress bar.
         let out = cli(&server, &["views", "rebuild", "revenue_by_country"]);
@@ -240,9 +257,18 @@ fn views_are_maintained_exactly_once_through_kill_9_and_rebuild() {
             String::from_utf8_lossy(&out.stderr),
         );
         assert!(out.status.success(), "{stdout}{stderr}");
-        assert!(stdout.contains("rebuilt revenue_by_country: 5 rows"), "{stdout}");
-        assert!(stderr.contains("events") && stderr.contains("ev/s"), "{stderr}");
-        assert_eq!(canonical(rows(&server, "SELECT * FROM revenue_by_country")), before);
+        assert!(
+            stdout.contains("rebuilt revenue_by_country: 5 rows"),
+            "{stdout}"
+        );
+        assert!(
+            stderr.contains("events") && stderr.contains("ev/s"),
+            "{stderr}"
+        );
+        assert_eq!(
+            canonical(rows(&server, "SELECT * FROM revenue_by_country")),
+            before
+        );
         let out = cli(&server, &["views"]);
         assert!(
             String::from_utf8_lossy(&out.stdout).contains("revenue_by_country"),
@@ -251,18 +277,36 @@ fn views_are_maintained_exactly_once_through_kill_9_and_rebuild() {
 
         // Refusals and conflicts.
         for (definition, reason) in [
-            ("SELECT key, count(*) FROM orders GROUP BY key ORDER BY key", "ORDER BY"),
-            ("SELECT key, count(*) FROM orders GROUP BY key LIMIT 5", "LIMIT"),
+            (
+                "SELECT key, count(*) FROM orders GROUP BY key ORDER BY key",
+                "ORDER BY",
+            ),
+            (
+                "SELECT key, count(*) FROM orders GROUP BY key LIMIT 5",
+                "LIMIT",
+            ),
             ("SELECT * FROM orders", "must aggregate"),
             (
                 "SELECT a.key, count(*) FROM orders a JOIN orders b ON a.key = b.key GROUP BY a.key",
                 "joins",
             ),
-            ("SELECT key, row_number() OVER (ORDER BY time) FROM orders", "window"),
-            ("SELECT key, median(offset) FROM orders GROUP BY key", "median"),
-            ("SELECT country, count(*) FROM revenue_by_country GROUP BY 1", "streams only"),
+            (
+                "SELECT key, row_number() OVER (ORDER BY time) FROM orders",
+                "window",
+            ),
+            (
+                "SELECT key, median(offset) FROM orders GROUP BY key",
+                "median",
+            ),
+            (
+                "SELECT country, count(*) FROM revenue_by_country GROUP BY 1",
+                "streams only",
+            ),
         ] {
-            let (status, body) = sql(&server, &format!("CREATE MATERIALIZED VIEW bad AS {definition}"));
+            let (status, body) = sql(
+                &server,
+                &format!("CREATE MATERIALIZED VIEW bad AS {definition}"),
+            );
             assert_eq!(status, 400, "{definition}: {body}");
             let message = body["error"].as_str().unwrap_or_default();
             assert!(
@@ -271,9 +315,15 @@ fn views_are_maintained_exactly_once_through_kill_9_and_rebuild() {
             );
         }
         assert!(!listing(&server).iter().any(|v| v["name"] == "bad"));
-        let (status, _) = sql(&server, &format!("CREATE MATERIALIZED VIEW per_minute AS {MINUTES}"));
+        let (status, _) = sql(
+            &server,
+            &format!("CREATE MATERIALIZED VIEW per_minute AS {MINUTES}"),
+        );
         assert_eq!(status, 409);
-        let (status, _) = sql(&server, &format!("CREATE MATERIALIZED VIEW orders AS {MINUTES}"));
+        let (status, _) = sql(
+            &server,
+            &format!("CREATE MATERIALIZED VIEW orders AS {MINUTES}"),
+        );
         assert_eq!(status, 409);
         let (status, _) = sql(&server, "DROP MATERIALIZED VIEW nope");
         assert_eq!(status, 404);

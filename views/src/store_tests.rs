@@ -206,15 +206,24 @@ async fn a_key_lookup_reads_one_group_and_agrees_with_a_scan() {
     // lookup, every group otherwise.
     use datafusion::catalog::TableProvider;
     use datafusion::prelude::{col, lit};
-    let table = crate::ViewTable::new(store.clone(), "by_key".into(), engine.views.get("by_key").unwrap());
+    let table = crate::ViewTable::new(
+        store.clone(),
+        "by_key".into(),
+        engine.views.get("by_key").unwrap(),
+    );
     let state = engine.ctx.state();
     for (filter, read) in [
         (col("key").eq(lit("k3")), 1),
         (col("key").in_list(vec![lit("k1"), lit("k2")], false), 2),
         (col("key").gt(lit("k3")), 5),
     ] {
-        let exec = table.scan(&state, None, &[filter.clone()], None).await.unwrap();
-        let batches = datafusion::physical_plan::collect(exec, engine.ctx.task_ctx()).await.unwrap();
+        let exec = table
+            .scan(&state, None, &[filter.clone()], None)
+            .await
+            .unwrap();
+        let batches = datafusion::physical_plan::collect(exec, engine.ctx.task_ctx())
+            .await
+            .unwrap();
         let n: usize = batches.iter().map(|b| b.num_rows()).sum();
         assert_eq!(n, read, "{filter}");
     }
