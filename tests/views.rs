@@ -140,9 +140,7 @@ fn views_are_maintained_exactly_once_through_kill_9_and_rebuild() {
             orders,
             rows(
                 &server,
-                &format!(
-                    "SELECT count(*) AS n FROM orders WHERE json_get_str(data, 'country') <> 'XX'"
-                )
+                "SELECT count(*) AS n FROM orders WHERE json_get_str(data, 'country') <> 'XX'"
             )[0]["n"]
                 .as_u64()
                 .unwrap()

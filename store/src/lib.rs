@@ -32,7 +32,7 @@ pub use consumer::run_consumers;
 pub use error::{Error, Result};
 pub use scan::{ScanRequest, ShardScan};
 pub use shard::{ShardStatus, Store, StoreConfig};
-pub use views::{ViewDef, ViewFold, ViewPartition, ViewStatus};
+pub use views::{ReadGroup, ViewDef, ViewFold, ViewPartition, ViewStatus};
 
 #[cfg(test)]
 mod tests;

@@ -39,6 +39,9 @@ pub struct ViewDef {
     pub generation: u64,
 }
 
+/// Reads a group's stored value by its key.
+pub type ReadGroup<'a> = dyn FnMut(&[u8]) -> Result<Option<Vec<u8>>> + 'a;
+
 /// How a view folds rows of its stream into its stored groups (given by the query layer).
 pub trait ViewFold: Send + Sync {
     /// Folds `rows` (a batch in the stream's table schema) into the groups they touch, and returns
@@ -46,7 +49,7 @@ pub trait ViewFold: Send + Sync {
     fn fold(
         &self,
         rows: &RecordBatch,
-        stored: &mut dyn FnMut(&[u8]) -> Result<Option<Vec<u8>>>,
+        stored: &mut ReadGroup<'_>,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
 }
 

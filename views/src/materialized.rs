@@ -922,7 +922,7 @@ impl strata_store::ViewFold for Maintainer {
     fn fold(
         &self,
         rows: &RecordBatch,
-        stored: &mut dyn FnMut(&[u8]) -> strata_store::Result<Option<Vec<u8>>>,
+        stored: &mut strata_store::ReadGroup<'_>,
     ) -> strata_store::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let view = |e: Error| strata_store::Error::View(e.to_string());
         let deltas = self.0.delta(rows).map_err(view)?;

@@ -156,11 +156,11 @@ proptest! {
             engine.query("DROP MATERIALIZED VIEW v1").await.unwrap();
             engine.query(&format!("CREATE MATERIALIZED VIEW v1 AS {}", VIEWS[1])).await.unwrap();
             engine.catch_up_views().await;
-            for i in 0..2 {
+            for (i, sql) in VIEWS.iter().enumerate().take(2) {
                 prop_assert_eq!(
                     rows(&engine, &format!("SELECT * FROM v{i}")).await,
-                    rows(&engine, VIEWS[i]).await,
-                    "after rebuild/recreate: {}", VIEWS[i]
+                    rows(&engine, sql).await,
+                    "after rebuild/recreate: {}", sql
                 );
             }
             Ok(())
@@ -218,7 +218,7 @@ async fn a_key_lookup_reads_one_group_and_agrees_with_a_scan() {
         (col("key").gt(lit("k3")), 5),
     ] {
         let exec = table
-            .scan(&state, None, &[filter.clone()], None)
+            .scan(&state, None, std::slice::from_ref(&filter), None)
             .await
             .unwrap();
         let batches = datafusion::physical_plan::collect(exec, engine.ctx.task_ctx())

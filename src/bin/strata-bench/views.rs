@@ -265,7 +265,7 @@ pub async fn scenario(
             Some(fold_rate >= 1e6),
         ),
         row(
-            &format!(
+            format!(
                 "keeping the view over {} batches of {COMMIT}: fold vs recompute the SELECT after each",
                 batches.len()
             ),
@@ -296,7 +296,7 @@ pub async fn scenario(
             None,
         ),
         row(
-            &format!(
+            format!(
                 "append → visible in the view, p50 / p99, at {target:.0} events/s (half the ingest rate)"
             ),
             format!("{} / {}", ms(p50.as_secs_f64()), ms(p99.as_secs_f64())),
@@ -306,7 +306,7 @@ pub async fn scenario(
             Some(p99 <= Duration::from_millis(50)),
         ),
         row(
-            &format!("view lookup by key, p99 (over HTTP), at {early_n} → {stored_after} events"),
+            format!("view lookup by key, p99 (over HTTP), at {early_n} → {stored_after} events"),
             format!(
                 "{} → {}",
                 ms(early_p99.as_secs_f64()),
@@ -318,7 +318,7 @@ pub async fn scenario(
             Some(late_p99 < Duration::from_millis(1) && early_p99 < Duration::from_millis(1)),
         ),
         row(
-            &format!("backfill: a new view over {stored_after} stored events, until ready"),
+            format!("backfill: a new view over {stored_after} stored events, until ready"),
             ms(backfill.as_secs_f64()),
             "",
             None,
