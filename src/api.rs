@@ -9,7 +9,9 @@
 //! | `GET /v1/streams/{name}` | one stream |
 //! | `POST /v1/streams/{name}/events` | append NDJSON or a JSON array; answers once durable |
 //! | `GET /v1/streams/{name}/events` | replay stored events as NDJSON |
-//! | `POST /v1/sql` | read-only SQL; JSON rows, or Arrow IPC when asked |
+//! | `POST /v1/sql` | SQL queries (JSON rows, or Arrow IPC when asked) and materialized view DDL |
+//! | `GET /v1/views` | materialized views with rows, applied offsets and lag |
+//! | `POST /v1/views/{name}/rebuild` | recompute a view; streams NDJSON progress lines |
 //! | `GET /v1/cluster` | the nodes, the partitions each holds, and their lag |
 
 use crate::config::{Limits, Role};
@@ -115,6 +117,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/streams/{name}", get(get_stream).put(put_stream))
         .route("/v1/streams/{name}/events", post(append).get(replay))
         .route("/v1/sql", post(sql))
+        .route("/v1/views", get(list_views))
+        .route("/v1/views/{name}/rebuild", post(rebuild_view))
         .route("/v1/cluster", get(cluster))
         .fallback(|| async {
             Error::NotFound("no such endpoint; see the README for the HTTP API".into())
@@ -687,14 +691,87 @@ async fn wait_applied(store: &Store, tokens: &[ConsistencyToken], timeout: Durat
             if !matches!(reached.await, Ok(Ok(_))) {
                 let applied = *progress.borrow();
                 return Err(Error::Timeout(format!(
-                    "waited {} ms for `after`: partition {partition} of {} is applied up to offset                      {applied}, not yet {offset} (is this node holding that partition? see /v1/cluster)",
+                    "waited {} ms for `after`: partition {partition} of {} is applied up to offset {applied}, not yet {offset} (is this node holding that partition? see /v1/cluster)",
                     timeout.as_millis(),
                     token.stream
                 )));
             }
+            // Views caught up with the shard move in its commits; one catching up gets there
+            // by itself.
+            let mut poll = Duration::from_millis(1);
+            while let Some((view, applied)) = store.views_behind(&token.stream, partition, offset) {
+                if tokio::time::Instant::now() + poll > deadline {
+                    return Err(Error::Timeout(format!(
+                        "waited {} ms for `after`: view {view} has applied partition {partition} of {} up to offset {applied}, not yet {offset} (see SHOW VIEWS)",
+                        timeout.as_millis(),
+                        token.stream
+                    )));
+                }
+                tokio::time::sleep(poll).await;
+                poll = (poll * 2).min(Duration::from_millis(50));
+            }
         }
     }
     Ok(())
+}
+
+async fn list_views(State(state): Shared) -> Result<Json<Vec<strata_views::ViewListing>>> {
+    Ok(Json(state.sql()?.view_listing().await?))
+}
+
+/// One NDJSON line of `v`.
+fn ndjson_line<T: Serialize>(v: &T) -> Bytes {
+    let mut out =
+        serde_json::to_vec(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+/// Rebuilds a view, answering NDJSON: a progress line every 250 ms (`done`, `total`,
+/// `elapsed_ms`), then the final line (`finished: true`, `rows`) or `{"error": …}`.
+async fn rebuild_view(State(state): Shared, Path(name): Path<String>) -> Result<Response> {
+    let engine = state.sql()?.clone();
+    let (progress, mut watch) =
+        tokio::sync::watch::channel(strata_views::RebuildProgress::default());
+    let mut task = tokio::spawn(async move { engine.rebuild_view(&name, progress).await });
+    // Refusals (unknown view, a rebuild running) answer with their status, not a stream.
+    let early = tokio::time::timeout(Duration::from_millis(50), &mut task).await;
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+    match early {
+        Ok(Ok(Err(e))) => return Err(e.into()),
+        Ok(Err(e)) => return Err(Error::Sql(strata_views::Error::Execution(e.to_string()))),
+        Ok(Ok(Ok(done))) => {
+            let _ = tx.send(Ok(ndjson_line(&done))).await;
+        }
+        Err(_) => {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(250));
+                let outcome = loop {
+                    tokio::select! {
+                        joined = &mut task => break joined,
+                        _ = tick.tick() => {
+                            let now = watch.borrow_and_update().clone();
+                            if tx.send(Ok(ndjson_line(&now))).await.is_err() {
+                                // The client left; the rebuild goes on to its end.
+                                return;
+                            }
+                        }
+                    }
+                };
+                let last = match outcome {
+                    Ok(Ok(done)) => ndjson_line(&done),
+                    Ok(Err(e)) => ndjson_line(&serde_json::json!({ "error": e.to_string() })),
+                    Err(e) => ndjson_line(&serde_json::json!({ "error": e.to_string() })),
+                };
+                let _ = tx.send(Ok(last)).await;
+            });
+        }
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(ReceiverStream::new(rx)),
+    )
+        .into_response())
 }
 
 /// Records a query's duration when its response has been sent (or dropped).

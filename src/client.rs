@@ -39,6 +39,25 @@ pub struct ReplayArgs {
     pub source: Option<String>,
 }
 
+/// `[#####.....] 1234/5000 events  12345 ev/s` for a rebuild progress line.
+fn progress_bar(v: &serde_json::Value) -> String {
+    let done = v["done"].as_u64().unwrap_or(0);
+    let total = v["total"].as_u64().unwrap_or(0).max(done);
+    let secs = v["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
+    let width = 30usize;
+    let filled = if total == 0 {
+        width
+    } else {
+        (done as f64 / total as f64 * width as f64) as usize
+    };
+    let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
+    format!(
+        "[{}{}] {done}/{total} events  {rate:.0} ev/s",
+        "#".repeat(filled.min(width)),
+        ".".repeat(width - filled.min(width))
+    )
+}
+
 /// A client of one strata server.
 pub struct Client {
     http: reqwest::Client,
@@ -314,6 +333,98 @@ impl Client {
             ]);
         }
         write_table(&rows, out)
+    }
+
+    /// Writes the materialized views with rows, applied offsets, lag and status as a table to `out`.
+    pub async fn views(&self, out: &mut impl Write) -> Result<()> {
+        let resp = self
+            .http
+            .get(self.url("/v1/views"))
+            .send()
+            .await
+            .map_err(client_error)?;
+        let views: Vec<serde_json::Value> = Self::check(resp)
+            .await?
+            .json()
+            .await
+            .map_err(client_error)?;
+        let mut rows = vec![
+            [
+                "view",
+                "stream",
+                "rows",
+                "lag",
+                "status",
+                "applied",
+                "definition",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        ];
+        for v in &views {
+            let text = |k: &str| match &v[k] {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let applied = v["partitions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| format!("{}:{}", p["partition"], p["applied"]))
+                .collect::<Vec<_>>()
+                .join(",");
+            rows.push(vec![
+                text("name"),
+                text("stream"),
+                text("rows"),
+                text("lag"),
+                text("status"),
+                applied,
+                text("definition"),
+            ]);
+        }
+        write_table(&rows, out)
+    }
+
+    /// Rebuilds view `name`, drawing a progress bar (events done / total, rate) on `progress`,
+    /// and returns the final report (`rows`, `done`, `elapsed_ms`).
+    pub async fn rebuild_view(
+        &self,
+        name: &str,
+        progress: &mut impl Write,
+    ) -> Result<serde_json::Value> {
+        let resp = self
+            .http
+            .post(self.url(&format!("/v1/views/{name}/rebuild")))
+            .send()
+            .await
+            .map_err(client_error)?;
+        let mut resp = Self::check(resp).await?;
+        let mut pending = Vec::new();
+        let mut last = None;
+        while let Some(chunk) = resp.chunk().await.map_err(client_error)? {
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let v: serde_json::Value = serde_json::from_slice(&line).map_err(|e| {
+                    Error::Client(format!("bad progress line from the server: {e}"))
+                })?;
+                if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+                    let _ = writeln!(progress);
+                    return Err(Error::Client(format!("rebuild of {name} failed: {e}")));
+                }
+                let _ = write!(progress, "\r{}", progress_bar(&v));
+                let _ = progress.flush();
+                last = Some(v);
+            }
+        }
+        let _ = writeln!(progress);
+        match last {
+            Some(v) if v["finished"].as_bool() == Some(true) => Ok(v),
+            _ => Err(Error::Client(format!(
+                "the server ended the rebuild of {name} without a result"
+            ))),
+        }
     }
 
     /// Writes which node holds which partition, with lag, as a table to `out`.

@@ -84,6 +84,8 @@ impl Error {
                     StatusCode::BAD_REQUEST
                 }
                 strata_views::Error::ResourcesExhausted(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                strata_views::Error::UnknownView(_) => StatusCode::NOT_FOUND,
+                strata_views::Error::Conflict(_) => StatusCode::CONFLICT,
                 strata_views::Error::Execution(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 strata_views::Error::Store(e) => store_status(e),
             },
@@ -94,6 +96,8 @@ impl Error {
 fn store_status(e: &strata_store::Error) -> StatusCode {
     match e {
         strata_store::Error::Log(e) => log_status(e),
+        strata_store::Error::ViewExists(_) => StatusCode::CONFLICT,
+        strata_store::Error::UnknownView(_) => StatusCode::NOT_FOUND,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

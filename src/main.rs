@@ -63,6 +63,22 @@ enum Command {
         #[command(subcommand)]
         action: Option<StreamsAction>,
     },
+    /// List materialized views, or rebuild one (create and drop them with `strata sql`).
+    Views {
+        #[command(subcommand)]
+        action: Option<ViewsAction>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ViewsAction {
+    /// List views with rows, applied offsets, lag and status (the default).
+    List,
+    /// Recompute a view from the stored events, with a progress bar, then swap it in.
+    Rebuild {
+        /// The view.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -220,6 +236,22 @@ async fn run_client(server: &str, command: Command) -> strata::Result<()> {
         Command::Streams {
             action: None | Some(StreamsAction::List),
         } => client.streams(&mut out).await,
+        Command::Views {
+            action: None | Some(ViewsAction::List),
+        } => client.views(&mut out).await,
+        Command::Views {
+            action: Some(ViewsAction::Rebuild { name }),
+        } => {
+            let done = client
+                .rebuild_view(&name, &mut std::io::stderr().lock())
+                .await?;
+            writeln!(
+                out,
+                "rebuilt {name}: {} rows from {} events in {} ms",
+                done["rows"], done["done"], done["elapsed_ms"]
+            )
+            .map_err(|e| strata::Error::io("stdout", e))
+        }
         Command::Streams {
             action: Some(StreamsAction::Create { name, partitions }),
         } => {

@@ -58,7 +58,18 @@ pub async fn run(
     } else {
         None
     };
+    let sql = match &store {
+        Some(store) => Some(Arc::new(SqlEngine::new(store.clone(), Some(log.clone()))?)),
+        None => None,
+    };
     let consumers_stop = CancellationToken::new();
+    if let Some(engine) = &sql {
+        // Views load before the consumers start, so that their commits maintain them at once.
+        engine.attach_views().await;
+    }
+    let views = sql
+        .as_ref()
+        .map(|engine| tokio::spawn(engine.clone().maintain_views(consumers_stop.clone())));
     let mut consumers = None;
     let mut group = None;
     if let Some(store) = &store {
@@ -91,10 +102,6 @@ pub async fn run(
             },
         ))
     });
-    let sql = match &store {
-        Some(store) => Some(Arc::new(SqlEngine::new(store.clone())?)),
-        None => None,
-    };
     let state = Arc::new(AppState {
         ingest,
         log,
@@ -144,6 +151,9 @@ pub async fn run(
         }
     };
     consumers_stop.cancel();
+    if let Some(views) = views {
+        let _ = tokio::time::timeout(DRAIN, views).await;
+    }
     if let Some(publisher) = publisher {
         let _ = publisher.await;
     }

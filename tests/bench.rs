@@ -49,6 +49,11 @@ fn quick_benchmark_runs_every_scenario() {
         "## 3. Replay",
         "## 4. Recovery",
         "start to healthy",
+        "## 6. Materialized views",
+        "fold into a count/sum-by-key view",
+        "append → visible in the view",
+        "view lookup by key, p99",
+        "backfill rate",
     ] {
         assert!(
             report.contains(needle),

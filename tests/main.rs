@@ -11,3 +11,4 @@ mod determinism;
 mod kafka;
 mod kafka_faults;
 mod schema;
+mod views;

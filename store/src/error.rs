@@ -20,6 +20,15 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A view or stream of that name exists.
+    #[error("a view named {0} exists already")]
+    ViewExists(String),
+    /// No view of that name.
+    #[error("no view named {0}")]
+    UnknownView(String),
+    /// A view's maintenance failed.
+    #[error("view maintenance failed: {0}")]
+    View(String),
     /// A blocking task of the store did not finish.
     #[error("store task failed: {0}")]
     Task(String),

@@ -10,6 +10,7 @@
 //! | `<shard>.bmeta` | first offset (u64 BE) | offset range, time range and row count of the block |
 //! | `<shard>.ids` | event id | offset |
 //! | `<shard>.keys` | key length (u16 BE), key, offset (u64 BE) | — |
+//! | `view.<name>.<generation>` | a view's encoded group key | the group's encoded state |
 //!
 //! A commit writes a batch of events as one tail chunk, their `ids` and `keys` entries and the
 //! shard's next offset in one fjall write batch, so a restart resumes exactly where the shard left
@@ -25,11 +26,13 @@ pub mod ndjson;
 mod scan;
 pub mod schema;
 mod shard;
+mod views;
 
 pub use consumer::run_consumers;
 pub use error::{Error, Result};
 pub use scan::{ScanRequest, ShardScan};
 pub use shard::{ShardStatus, Store, StoreConfig};
+pub use views::{ReadGroup, ViewDef, ViewFold, ViewPartition, ViewStatus};
 
 #[cfg(test)]
 mod tests;

@@ -5,11 +5,12 @@ use crate::block::{
     stored_schema, widen,
 };
 use crate::scan::{ScanRequest, ShardScan};
+use crate::views::{ViewEntry, commit_views};
 use crate::{Error, Result};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, Readable};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use strata_proto::{Catalog, FieldDef, IdLookup, Record, ShardSink, StreamInfo, StreamName};
@@ -134,11 +135,12 @@ pub(crate) fn key_index_prefix(key: &str) -> Vec<u8> {
 
 /// A store node's data: every shard it holds, in one fjall database.
 pub struct Store {
-    db: Database,
-    meta: Keyspace,
+    pub(crate) db: Database,
+    pub(crate) meta: Keyspace,
     config: StoreConfig,
     shards: RwLock<HashMap<(StreamName, u32), Arc<Shard>>>,
     catalog: RwLock<watch::Receiver<Catalog>>,
+    pub(crate) views: RwLock<BTreeMap<String, ViewEntry>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -158,13 +160,16 @@ impl Store {
             .open()?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
         let (_, catalog) = watch::channel(Catalog::default());
-        Ok(Arc::new(Self {
+        let store = Self {
             db,
             meta,
             config,
             shards: RwLock::new(HashMap::new()),
             catalog: RwLock::new(catalog),
-        }))
+            views: RwLock::new(BTreeMap::new()),
+        };
+        store.open_views()?;
+        Ok(Arc::new(store))
     }
 
     /// The store's settings.
@@ -264,11 +269,13 @@ impl Store {
 
     /// Applies `records` (consecutive reads of the partition) in one atomic write batch: events
     /// not yet stored and whose id the shard does not hold become one tail chunk, with their index
-    /// entries and the new next offset. Then turns full blocks of the tail into columnar blocks.
-    /// Blocking.
+    /// entries, the new next offset, and what they change in every view over the stream. Then
+    /// turns full blocks of the tail into columnar blocks. Blocking.
     pub fn commit(&self, stream: &StreamName, partition: u32, records: Vec<Record>) -> Result<u64> {
         let shard = self.shard(stream, partition)?;
-        let fields = self.stream(stream)?.fields;
+        let info = self.stream(stream)?;
+        let fields = info.fields.clone();
+        let slots = self.view_slots(stream);
         let mut state = shard.state.lock();
         let mut next = *state;
         let mut batch = self.db.batch();
@@ -295,14 +302,25 @@ impl Store {
         if next == *state {
             return Ok(state.next);
         }
+        let mut chunk = None;
         if let Some((first, _)) = accepted.first() {
-            let chunk = rows_to_stored(&accepted, partition, &fields)?;
-            batch.insert(&shard.tail, offset_key(*first), encode_tail(&chunk)?);
+            let rows = rows_to_stored(&accepted, partition, &fields)?;
+            batch.insert(&shard.tail, offset_key(*first), encode_tail(&rows)?);
             next.tail_rows += accepted.len() as u64;
             next.rows += accepted.len() as u64;
+            chunk = Some(rows);
         }
+        let views = self.fold_into_views(
+            &slots,
+            &info,
+            partition,
+            (state.next, next.next),
+            chunk.as_ref(),
+            &mut batch,
+        )?;
         batch.insert(&self.meta, state_key(stream, partition), next.encode());
         batch.commit()?;
+        commit_views(views, partition, next.next);
         *state = next;
         if skipped > 0 {
             metrics::counter!("strata_store_duplicates_skipped_total", "stream" => stream.to_string())

@@ -1,7 +1,9 @@
 //! The read-only SQL engine.
 
+use crate::materialized::parse_view_statement;
 use crate::table::StreamTable;
-use crate::{Error, Result};
+use crate::view_table::ViewTable;
+use crate::{Error, Result, ViewPlan};
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, TableProvider};
@@ -10,24 +12,55 @@ use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
+use strata_proto::Log;
 use strata_proto::StreamName;
 use strata_store::Store;
+use tokio::sync::Notify;
 
-/// Every stream of the store, as tables.
-#[derive(Debug)]
+/// The compiled plans of the views this node maintains, by name.
+#[derive(Default)]
+pub(crate) struct ViewRegistry {
+    pub(crate) plans: RwLock<HashMap<String, Arc<ViewPlan>>>,
+}
+
+impl ViewRegistry {
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<ViewPlan>> {
+        self.plans.read().get(name).cloned()
+    }
+}
+
+/// Every stream of the store and every materialized view, as tables.
 struct StreamSchema {
     store: Arc<Store>,
+    views: Arc<ViewRegistry>,
+}
+
+impl std::fmt::Debug for StreamSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamSchema").finish_non_exhaustive()
+    }
 }
 
 #[async_trait]
 impl SchemaProvider for StreamSchema {
     fn table_names(&self) -> Vec<String> {
-        self.store.catalog().keys().map(|n| n.to_string()).collect()
+        let mut names: Vec<String> = self.store.catalog().keys().map(|n| n.to_string()).collect();
+        names.extend(self.views.plans.read().keys().cloned());
+        names
     }
 
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
+        if let Some(plan) = self.views.get(name) {
+            return Ok(Some(Arc::new(ViewTable::new(
+                self.store.clone(),
+                name.to_owned(),
+                plan,
+            ))));
+        }
         let Ok(stream) = StreamName::new(name) else {
             return Ok(None);
         };
@@ -37,7 +70,8 @@ impl SchemaProvider for StreamSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        StreamName::new(name).is_ok_and(|s| self.store.catalog().contains_key(&s))
+        self.views.get(name).is_some()
+            || StreamName::new(name).is_ok_and(|s| self.store.catalog().contains_key(&s))
     }
 }
 
@@ -49,32 +83,53 @@ pub struct QueryOutput {
     pub batches: SendableRecordBatchStream,
 }
 
-/// Answers read-only SQL over the store's streams.
+/// Answers read-only SQL over the store's streams, and keeps its materialized views.
 pub struct SqlEngine {
-    ctx: SessionContext,
+    pub(crate) ctx: SessionContext,
+    pub(crate) store: Arc<Store>,
+    pub(crate) log: Option<Arc<dyn Log>>,
+    pub(crate) views: Arc<ViewRegistry>,
+    /// Views whose definition did not compile, with why (reported once, shown in listings).
+    pub(crate) unloaded: Mutex<HashMap<String, String>>,
+    pub(crate) rebuilding: Mutex<HashSet<String>>,
+    pub(crate) wake: Notify,
 }
 
 impl SqlEngine {
-    /// An engine over `store`: every stream is a table of the same name in the default schema.
-    pub fn new(store: Arc<Store>) -> Result<Self> {
+    /// An engine over `store`: every stream is a table of the same name in the default schema,
+    /// and so is every materialized view. `log`, when given, measures how far views lag behind it.
+    pub fn new(store: Arc<Store>, log: Option<Arc<dyn Log>>) -> Result<Self> {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema("strata", "public");
         let mut ctx = SessionContext::new_with_config(config);
         datafusion_functions_json::register_all(&mut ctx)?;
         let catalog = Arc::new(datafusion::catalog::MemoryCatalogProvider::new());
+        let views = Arc::new(ViewRegistry::default());
         datafusion::catalog::CatalogProvider::register_schema(
             catalog.as_ref(),
             "public",
-            Arc::new(StreamSchema { store }),
+            Arc::new(StreamSchema {
+                store: store.clone(),
+                views: views.clone(),
+            }),
         )?;
         ctx.register_catalog("strata", catalog);
-        Ok(Self { ctx })
+        Ok(Self {
+            ctx,
+            store,
+            log,
+            views,
+            unloaded: Mutex::new(HashMap::new()),
+            rebuilding: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
+        })
     }
 
-    /// Plans and starts `sql`. Only queries (`SELECT`, `WITH`, `VALUES`), `EXPLAIN` of a query and
-    /// `SHOW TABLES`/`SHOW COLUMNS` are accepted; anything that would change state or reach server
-    /// files is refused with [`Error::ReadOnly`].
+    /// Plans and starts `sql`. Queries (`SELECT`, `WITH`, `VALUES`), `EXPLAIN` of a query,
+    /// `SHOW TABLES`/`SHOW COLUMNS`, and the materialized view statements (`CREATE MATERIALIZED
+    /// VIEW`, `DROP MATERIALIZED VIEW`, `SHOW VIEWS`) are accepted; anything else that would change
+    /// state or reach server files is refused with [`Error::ReadOnly`].
     pub async fn query(&self, sql: &str) -> Result<QueryOutput> {
         let started = Instant::now();
         let result = self.plan_and_run(sql).await;
@@ -86,6 +141,9 @@ impl SqlEngine {
     }
 
     async fn plan_and_run(&self, sql: &str) -> Result<QueryOutput> {
+        if let Some(statement) = parse_view_statement(sql)? {
+            return self.view_statement(statement).await;
+        }
         let state = self.ctx.state();
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(sql, &dialect)?;

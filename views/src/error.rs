@@ -17,6 +17,12 @@ pub enum Error {
     /// The query failed while running for a reason not in the SQL (storage, internal).
     #[error("query failed: {0}")]
     Execution(String),
+    /// No materialized view of that name.
+    #[error("no materialized view named {0}")]
+    UnknownView(String),
+    /// The request conflicts with the state (a name taken, a rebuild running).
+    #[error("{0}")]
+    Conflict(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] strata_store::Error),
@@ -54,3 +60,9 @@ impl From<DataFusionError> for Error {
 
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<arrow::error::ArrowError> for Error {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        DataFusionError::from(e).into()
+    }
+}

@@ -8,12 +8,22 @@
 mod engine;
 mod error;
 mod filters;
+mod manage;
+pub mod materialized;
 mod table;
+mod view_table;
 
 pub use engine::{QueryOutput, SqlEngine};
 pub use error::{Error, Result};
 pub use filters::ScanBounds;
+pub use manage::{RebuildProgress, ViewListing, ViewPartitionLag};
+pub use materialized::ViewPlan;
 pub use table::StreamTable;
+pub use view_table::ViewTable;
 
+#[cfg(test)]
+mod materialized_tests;
+#[cfg(test)]
+mod store_tests;
 #[cfg(test)]
 mod tests;

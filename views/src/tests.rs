@@ -47,7 +47,7 @@ fn setup(dir: &std::path::Path) -> (Arc<Store>, SqlEngine) {
             .collect();
         store.commit(&name, p, records).unwrap();
     }
-    let engine = SqlEngine::new(store.clone()).unwrap();
+    let engine = SqlEngine::new(store.clone(), None).unwrap();
     (store, engine)
 }
 

@@ -5,13 +5,17 @@
 //!    fdatasync of the same bytes in the same batches to a plain file;
 //! 2. SQL analytics over 10M stored events against DuckDB over the same events in Parquet (and NDJSON);
 //! 3. replay of every stored event over HTTP against reading the same NDJSON from a file;
-//! 4. recovery: start to healthy after `kill -9` with every event stored.
+//! 4. recovery: start to healthy after `kill -9` with every event stored;
+//! 5. (with a broker) strata's Kafka path against a plain rdkafka producer;
+//! 6. materialized views: folding against recomputation, append → visible latency, key lookups as
+//!    the stream grows, backfill.
 //!
 //! Writes a markdown report (figures, ratios, goals, machine, date) to `--out`.
 
 mod data;
 mod kafka;
 mod server;
+mod views;
 
 use server::Strata;
 use std::fmt::Write as _;
@@ -251,6 +255,17 @@ async fn run(args: Args) -> Result<()> {
         notes: vec![],
     });
 
+    // The view of scenario 6 exists from here on, so the load below maintains it.
+    strata
+        .sql(&format!(
+            "CREATE MATERIALIZED VIEW by_customer AS {}",
+            views::BY_CUSTOMER
+        ))
+        .await?;
+    views::wait_views(&strata, Duration::from_secs(600)).await?;
+    let early_lookup = (ingest_n, views::lookup_p99(&strata, args.quick).await?);
+    let ingest_rate = ingest_n as f64 / acked_s;
+
     // Load the rest for the query scenarios.
     if total_n > ingest_n {
         progress(&format!(
@@ -419,6 +434,19 @@ async fn run(args: Args) -> Result<()> {
         ],
         notes: vec![],
     });
+
+    sections.push(
+        views::scenario(
+            args.quick,
+            &args.work,
+            &events_path,
+            &strata,
+            early_lookup,
+            total_n,
+            ingest_rate,
+        )
+        .await?,
+    );
 
     let data_size = dir_size(&args.work.join("data"));
     strata.stop();

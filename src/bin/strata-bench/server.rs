@@ -215,6 +215,79 @@ impl Strata {
         Ok(started.elapsed())
     }
 
+    /// GETs `path` as JSON.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        resp.json().await.map_err(|e| e.to_string())
+    }
+
+    /// Appends batches of 100 new events (indexes from `first`) at `rate` events/s for
+    /// `seconds`, from 4 clients; after each append, queries the `by_customer` view for the
+    /// batch's first customer with the append's token. Returns each append → visible latency.
+    pub async fn paced_appends_visible(
+        &self,
+        first: u64,
+        rate: f64,
+        seconds: f64,
+    ) -> Result<Vec<Duration>> {
+        const CLIENTS: u64 = 4;
+        const PER: u64 = 100;
+        let appends = ((rate * seconds) / PER as f64).max(CLIENTS as f64) as u64;
+        let every = Duration::from_secs_f64(PER as f64 * CLIENTS as f64 / rate);
+        let started = tokio::time::Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..CLIENTS {
+            let (http, append_url, sql_url) = (
+                self.http.clone(),
+                self.url("/v1/streams/orders/events"),
+                self.url("/v1/sql"),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                for k in 0..appends / CLIENTS {
+                    let at = started + every * k as u32 + every * c as u32 / CLIENTS as u32;
+                    tokio::time::sleep_until(at).await;
+                    let from = first + (k * CLIENTS + c) * PER;
+                    let mut body = String::new();
+                    for i in from..from + PER {
+                        crate::data::write_event(i, first, &mut body);
+                    }
+                    let customer = body
+                        .split("\"key\":\"")
+                        .nth(1)
+                        .and_then(|r| r.split('"').next())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let sent = Instant::now();
+                    let resp = http.post(&append_url).body(body).send().await.map_err(|e| e.to_string())?;
+                    let answer: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+                    let query = serde_json::json!({
+                        "sql": format!("SELECT orders FROM by_customer WHERE customer = '{customer}'"),
+                        "after": answer["token"],
+                    });
+                    let resp = http.post(&sql_url).json(&query).send().await.map_err(|e| e.to_string())?;
+                    if !resp.status().is_success() {
+                        return Err(format!("view query failed: {}", resp.text().await.unwrap_or_default()));
+                    }
+                    let _ = resp.bytes().await;
+                    out.push(sent.elapsed());
+                }
+                Ok::<_, String>(out)
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.map_err(|e| e.to_string())??);
+        }
+        all.sort();
+        Ok(all)
+    }
+
     /// Appends lines `from..to` of the events file from `clients` clients (not timed as a scenario).
     pub async fn load_file(
         &self,

@@ -1,0 +1,393 @@
+//! Materialized view statements, listings, background catch-up and rebuilds.
+
+use crate::engine::QueryOutput;
+use crate::materialized::{Maintainer, ViewPlan, ViewStatement};
+use crate::{Error, Result, SqlEngine};
+use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strata_proto::StreamName;
+use strata_store::ViewStatus;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// A view's progress on one partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ViewPartitionLag {
+    /// The partition.
+    pub partition: u32,
+    /// The next offset the view has applied.
+    pub applied: u64,
+    /// The next offset the shard has stored.
+    pub stored: u64,
+    /// The log's end offset (what has been appended).
+    pub log_end: u64,
+    /// Offsets appended and not yet in the view.
+    pub lag: u64,
+}
+
+/// One view, as `SHOW VIEWS` and `GET /v1/views` list it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ViewListing {
+    /// The view's name.
+    pub name: String,
+    /// The stream it aggregates.
+    pub stream: String,
+    /// Its `SELECT`.
+    pub definition: String,
+    /// Groups (rows) it holds.
+    pub rows: u64,
+    /// Offsets appended to the stream and not yet in the view, over all partitions.
+    pub lag: u64,
+    /// `ready`, `catching up`, `rebuilding`, `not loaded: …` or `failed: …`.
+    pub status: String,
+    /// Progress per partition.
+    pub partitions: Vec<ViewPartitionLag>,
+}
+
+/// Progress of a rebuild.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RebuildProgress {
+    /// Events folded so far.
+    pub done: u64,
+    /// Events to fold (stored when the rebuild started; more may arrive).
+    pub total: u64,
+    /// Milliseconds since the rebuild started.
+    pub elapsed_ms: u64,
+    /// Set once the rebuilt view has been swapped in.
+    pub finished: bool,
+    /// Rows of the rebuilt view, once finished.
+    pub rows: Option<u64>,
+}
+
+fn message(text: String) -> Result<QueryOutput> {
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "result",
+        DataType::Utf8,
+        false,
+    )]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(StringArray::from(vec![text])) as ArrayRef],
+    )?;
+    Ok(one_batch(batch))
+}
+
+fn one_batch(batch: RecordBatch) -> QueryOutput {
+    let schema = batch.schema();
+    let stream = futures::stream::iter(vec![Ok(batch)]);
+    QueryOutput {
+        schema: schema.clone(),
+        batches: Box::pin(RecordBatchStreamAdapter::new(schema, stream)),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> strata_store::Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Execution(format!("view task failed: {e}")))?
+        .map_err(Error::from)
+}
+
+impl SqlEngine {
+    pub(crate) async fn view_statement(&self, statement: ViewStatement) -> Result<QueryOutput> {
+        match statement {
+            ViewStatement::Create {
+                name,
+                query,
+                if_not_exists,
+            } => {
+                if self.store.view_def(&name).is_some() {
+                    if if_not_exists {
+                        return message(format!("materialized view {name} exists already"));
+                    }
+                    return Err(Error::Conflict(format!(
+                        "a materialized view named {name} exists already (DROP MATERIALIZED VIEW {name} first)"
+                    )));
+                }
+                self.create_view(&name, &query).await?;
+                message(format!(
+                    "created materialized view {name}; events stored before now are being folded in (see SHOW VIEWS)"
+                ))
+            }
+            ViewStatement::Drop { name, if_exists } => {
+                let store = self.store.clone();
+                let n = name.clone();
+                let dropped = blocking(move || store.drop_view(&n)).await?;
+                self.views.plans.write().remove(&name);
+                self.unloaded.lock().remove(&name);
+                match (dropped, if_exists) {
+                    (true, _) => message(format!("dropped materialized view {name}")),
+                    (false, true) => message(format!("no materialized view named {name}")),
+                    (false, false) => Err(Error::UnknownView(name)),
+                }
+            }
+            ViewStatement::Show => {
+                let listing = self.view_listing().await?;
+                let text = |f: fn(&ViewListing) -> String| -> ArrayRef {
+                    Arc::new(StringArray::from(listing.iter().map(f).collect::<Vec<_>>()))
+                };
+                let number = |f: fn(&ViewListing) -> u64| -> ArrayRef {
+                    Arc::new(UInt64Array::from(listing.iter().map(f).collect::<Vec<_>>()))
+                };
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("name", DataType::Utf8, false),
+                    Field::new("stream", DataType::Utf8, false),
+                    Field::new("definition", DataType::Utf8, false),
+                    Field::new("rows", DataType::UInt64, false),
+                    Field::new("applied", DataType::Utf8, false),
+                    Field::new("lag", DataType::UInt64, false),
+                    Field::new("status", DataType::Utf8, false),
+                ]));
+                let applied = |v: &ViewListing| {
+                    v.partitions
+                        .iter()
+                        .map(|p| format!("{}:{}", p.partition, p.applied))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                let batch = RecordBatch::try_new(
+                    schema,
+                    vec![
+                        text(|v| v.name.clone()),
+                        text(|v| v.stream.clone()),
+                        text(|v| v.definition.clone()),
+                        number(|v| v.rows),
+                        Arc::new(StringArray::from(
+                            listing.iter().map(applied).collect::<Vec<_>>(),
+                        )),
+                        number(|v| v.lag),
+                        text(|v| v.status.clone()),
+                    ],
+                )?;
+                Ok(one_batch(batch))
+            }
+        }
+    }
+
+    /// Checks `query` and creates view `name` over its stream.
+    async fn create_view(&self, name: &str, query: &str) -> Result<()> {
+        if StreamName::new(name).is_ok_and(|n| self.store.catalog().contains_key(&n)) {
+            return Err(Error::Conflict(format!(
+                "a stream is named {name}; a view needs a name of its own"
+            )));
+        }
+        let plan = ViewPlan::new(&self.ctx, query).await?;
+        let stream = StreamName::new(&plan.stream)
+            .ok()
+            .filter(|s| self.store.catalog().contains_key(s))
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "this view cannot be maintained incrementally: it reads {}, which is not a stream (views read streams only)",
+                    plan.stream
+                ))
+            })?;
+        let plan = Arc::new(plan);
+        let (store, n, q, fold) = (
+            self.store.clone(),
+            name.to_owned(),
+            query.to_owned(),
+            Arc::new(Maintainer(plan.clone())),
+        );
+        blocking(move || store.create_view(&n, &stream, &q, fold)).await?;
+        self.views.plans.write().insert(name.to_owned(), plan);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Every view with its size, progress and lag behind the log.
+    pub async fn view_listing(&self) -> Result<Vec<ViewListing>> {
+        let mut out = Vec::new();
+        for def in self.store.view_defs() {
+            let store = self.store.clone();
+            let name = def.name.clone();
+            let status: ViewStatus = match blocking(move || store.view_status(&name)).await {
+                Ok(status) => status,
+                Err(Error::UnknownView(_))
+                | Err(Error::Store(strata_store::Error::UnknownView(_))) => continue,
+                Err(e) => return Err(e),
+            };
+            let mut partitions = Vec::new();
+            for p in &status.partitions {
+                let log_end = match &self.log {
+                    Some(log) => log
+                        .end_offset(&def.stream, p.partition)
+                        .await
+                        .unwrap_or(p.stored),
+                    None => p.stored,
+                }
+                .max(p.stored);
+                partitions.push(ViewPartitionLag {
+                    partition: p.partition,
+                    applied: p.applied,
+                    stored: p.stored,
+                    log_end,
+                    lag: log_end.saturating_sub(p.applied),
+                });
+            }
+            let behind = partitions.iter().any(|p| p.applied < p.stored);
+            let status_text = if let Some(e) = &status.error {
+                format!("failed: {e}")
+            } else if let Some(why) = self.unloaded.lock().get(&def.name) {
+                format!("not loaded: {why}")
+            } else if status.rebuilding {
+                "rebuilding".to_owned()
+            } else if behind {
+                "catching up".to_owned()
+            } else {
+                "ready".to_owned()
+            };
+            out.push(ViewListing {
+                name: def.name,
+                stream: def.stream.to_string(),
+                definition: def.query,
+                rows: status.rows,
+                lag: partitions.iter().map(|p| p.lag).sum(),
+                status: status_text,
+                partitions,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Compiles and attaches every stored view that is not maintained yet (after a restart).
+    /// A definition that does not compile (its stream not known yet) is retried later.
+    pub async fn attach_views(&self) {
+        for def in self.store.view_defs() {
+            if self.views.get(&def.name).is_some() && self.store.view_attached(&def.name) {
+                continue;
+            }
+            match ViewPlan::new(&self.ctx, &def.query).await {
+                Ok(plan) => {
+                    let plan = Arc::new(plan);
+                    self.store
+                        .attach_view(&def.name, Arc::new(Maintainer(plan.clone())));
+                    self.views.plans.write().insert(def.name.clone(), plan);
+                    self.unloaded.lock().remove(&def.name);
+                }
+                Err(e) => {
+                    let mut unloaded = self.unloaded.lock();
+                    if unloaded.insert(def.name.clone(), e.to_string()).is_none() {
+                        tracing::warn!(view = %def.name, error = %e, "cannot load a materialized view yet");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Folds into each view what it has not applied yet, for every view behind its shards.
+    pub(crate) async fn catch_up_views(&self) {
+        for def in self.store.view_defs() {
+            let (store, name) = (self.store.clone(), def.name.clone());
+            let backlog = match blocking(move || store.view_backlog(&name, false)).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(view = %def.name, error = %e, "cannot read a view's progress");
+                    continue;
+                }
+            };
+            for (partition, behind) in backlog {
+                let (store, name) = (self.store.clone(), def.name.clone());
+                let started = Instant::now();
+                let done =
+                    blocking(move || store.catch_up_view(&name, false, partition, &mut |_| {}))
+                        .await;
+                match done {
+                    Ok(()) => {
+                        tracing::info!(view = %def.name, partition, offsets = behind, ms = started.elapsed().as_millis() as u64, "view caught up")
+                    }
+                    Err(e) => {
+                        tracing::warn!(view = %def.name, partition, error = %e, "view catch-up failed; retrying")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps every view maintained until `shutdown`: loads stored definitions, and folds in what
+    /// a view has not applied (a new view's past, a view that was not loaded while events came).
+    pub async fn maintain_views(self: Arc<Self>, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            self.attach_views().await;
+            self.catch_up_views().await;
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// Recomputes view `name` from the stored events into a new generation, reporting progress
+    /// on `progress`, then swaps it in. Memory stays bounded: the stored events are folded one
+    /// block at a time.
+    pub async fn rebuild_view(
+        &self,
+        name: &str,
+        progress: watch::Sender<RebuildProgress>,
+    ) -> Result<RebuildProgress> {
+        if self.store.view_def(name).is_none() {
+            return Err(Error::UnknownView(name.to_owned()));
+        }
+        if let Some(why) = self.unloaded.lock().get(name) {
+            return Err(Error::Conflict(format!(
+                "view {name} is not loaded, so it cannot be rebuilt: {why}"
+            )));
+        }
+        if !self.rebuilding.lock().insert(name.to_owned()) {
+            return Err(Error::Conflict(format!(
+                "a rebuild of view {name} is running already"
+            )));
+        }
+        let (store, n) = (self.store.clone(), name.to_owned());
+        let started = Instant::now();
+        let result = blocking(move || -> strata_store::Result<RebuildProgress> {
+            if !store.view_attached(&n) {
+                return Err(strata_store::Error::View(format!(
+                    "view {n} is not loaded yet; try again"
+                )));
+            }
+            store.start_rebuild(&n)?;
+            let backlog = store.view_backlog(&n, true)?;
+            let mut state = RebuildProgress {
+                total: backlog.iter().map(|(_, b)| b).sum(),
+                ..RebuildProgress::default()
+            };
+            progress.send_replace(state.clone());
+            for (partition, _) in backlog {
+                store.catch_up_view(&n, true, partition, &mut |rows| {
+                    state.done += rows;
+                    state.elapsed_ms = started.elapsed().as_millis() as u64;
+                    progress.send_replace(state.clone());
+                })?;
+            }
+            // Events stored meanwhile on partitions that were caught up before they came.
+            for (partition, _) in store.view_backlog(&n, true)? {
+                store.catch_up_view(&n, true, partition, &mut |rows| {
+                    state.done += rows;
+                })?;
+            }
+            store.finish_rebuild(&n)?;
+            state.total = state.total.max(state.done);
+            state.rows = Some(store.view_status(&n)?.rows);
+            state.elapsed_ms = started.elapsed().as_millis() as u64;
+            state.finished = true;
+            progress.send_replace(state.clone());
+            Ok(state)
+        })
+        .await;
+        if result.is_err() {
+            let (store, n) = (self.store.clone(), name.to_owned());
+            if let Err(e) = blocking(move || store.abort_rebuild(&n)).await {
+                tracing::warn!(view = name, error = %e, "cannot clean up a failed rebuild");
+            }
+        }
+        self.rebuilding.lock().remove(name);
+        result
+    }
+}
