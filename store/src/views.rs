@@ -63,6 +63,35 @@ pub(crate) struct SlotState {
     error: Option<String>,
     /// Dropped or replaced: nothing may write to it any more.
     retired: bool,
+    /// Recently written groups, as committed (saves reading them back for the next commit).
+    cache: GroupCache,
+}
+
+/// Stored values of recently written groups, exactly as last committed; bounded by bytes.
+#[derive(Default)]
+struct GroupCache {
+    values: HashMap<Vec<u8>, Vec<u8>>,
+    bytes: usize,
+}
+
+/// What one view's group cache may hold.
+const CACHE_BYTES: usize = 32 << 20;
+
+impl GroupCache {
+    /// Records groups a committed batch wrote.
+    fn committed(&mut self, updates: Vec<(Vec<u8>, Vec<u8>)>) {
+        for (k, v) in updates {
+            let (key_len, value_len) = (k.len(), v.len());
+            match self.values.insert(k, v) {
+                Some(old) => self.bytes = self.bytes.saturating_sub(old.len()) + value_len,
+                None => self.bytes += key_len + value_len + 32,
+            }
+        }
+        if self.bytes > CACHE_BYTES {
+            self.values.clear();
+            self.bytes = 0;
+        }
+    }
 }
 
 impl SlotState {
@@ -389,7 +418,7 @@ impl Store {
         (from, to): (u64, u64),
         chunk: Option<&RecordBatch>,
         batch: &mut fjall::OwnedWriteBatch,
-    ) -> Result<Vec<parking_lot::MutexGuard<'a, SlotState>>> {
+    ) -> Result<Vec<FoldedView<'a>>> {
         let mut guards = Vec::new();
         let mut table = None;
         for slot in slots {
@@ -405,11 +434,18 @@ impl Store {
                     table = Some(chunk_as_table(chunk, partition, info)?);
                 }
                 let Some(rows) = &table else { continue };
-                match fold_rows(slot, fold.as_ref(), rows) {
+                match fold_rows(slot, &state, fold.as_ref(), rows) {
                     Ok(updates) => {
-                        for (k, v) in updates {
-                            batch.insert(&slot.groups, k, v);
+                        for (k, v) in &updates {
+                            batch.insert(&slot.groups, k.as_slice(), v.as_slice());
                         }
+                        batch.insert(
+                            &self.meta,
+                            applied_key(slot.def.generation, partition),
+                            to.to_le_bytes(),
+                        );
+                        guards.push((state, updates));
+                        continue;
                     }
                     Err(e) => {
                         fail(slot, &mut state, partition, &e);
@@ -422,7 +458,7 @@ impl Store {
                 applied_key(slot.def.generation, partition),
                 to.to_le_bytes(),
             );
-            guards.push(state);
+            guards.push((state, Vec::new()));
         }
         Ok(guards)
     }
@@ -514,12 +550,14 @@ impl Store {
             )));
         }
         let mut batch = self.db.batch();
+        let mut written = Vec::new();
         if let Some(rows) = rows {
-            match fold_rows(slot, fold.as_ref(), rows) {
+            match fold_rows(slot, &state, fold.as_ref(), rows) {
                 Ok(updates) => {
-                    for (k, v) in updates {
-                        batch.insert(&slot.groups, k, v);
+                    for (k, v) in &updates {
+                        batch.insert(&slot.groups, k.as_slice(), v.as_slice());
                     }
+                    written = updates;
                 }
                 Err(e) => {
                     fail(slot, &mut state, partition, &e);
@@ -533,6 +571,7 @@ impl Store {
             end.to_le_bytes(),
         );
         batch.commit()?;
+        state.cache.committed(written);
         state.applied.insert(partition, end);
         Ok(true)
     }
@@ -727,24 +766,45 @@ impl Store {
     }
 }
 
-/// Records the applied offset `to` of `partition` in the guards of a committed batch.
-pub(crate) fn commit_views(
-    guards: Vec<parking_lot::MutexGuard<'_, SlotState>>,
-    partition: u32,
-    to: u64,
-) {
-    for mut state in guards {
+/// A view a commit folded into: its lock (held until the batch is committed) and the groups the
+/// batch writes.
+pub(crate) type FoldedView<'a> = (
+    parking_lot::MutexGuard<'a, SlotState>,
+    Vec<(Vec<u8>, Vec<u8>)>,
+);
+
+/// Records, once the batch is committed, each view's applied offset `to` of `partition` and the
+/// groups it wrote.
+pub(crate) fn commit_views(views: Vec<FoldedView<'_>>, partition: u32, to: u64) {
+    for (mut state, written) in views {
         state.applied.insert(partition, to);
+        state.cache.committed(written);
     }
 }
 
 fn fold_rows(
     slot: &ViewSlot,
+    state: &SlotState,
     fold: &dyn ViewFold,
     rows: &RecordBatch,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let groups = &slot.groups;
-    fold.fold(rows, &mut |k| Ok(groups.get(k)?.map(|v| v.to_vec())))
+    let cache = &state.cache.values;
+    let updates = fold.fold(rows, &mut |k| match cache.get(k) {
+        Some(v) => Ok(Some(v.clone())),
+        None => Ok(groups.get(k)?.map(|v| v.to_vec())),
+    })?;
+    // fjall keys are 1 to 65535 bytes.
+    if let Some((k, _)) = updates
+        .iter()
+        .find(|(k, _)| k.is_empty() || k.len() > 65_535)
+    {
+        return Err(Error::View(format!(
+            "a group key of {} bytes cannot be stored (1 to 65535 bytes)",
+            k.len()
+        )));
+    }
+    Ok(updates)
 }
 
 fn fail(slot: &ViewSlot, state: &mut SlotState, partition: u32, e: &Error) {

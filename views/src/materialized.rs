@@ -9,9 +9,8 @@
 //! reason.
 
 use crate::{Error, Result};
-use arrow::array::{ArrayRef, RecordBatch};
+use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::row::{RowConverter, SortField};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{Expr, LogicalPlan};
@@ -45,11 +44,61 @@ struct Aggregate {
 #[derive(Clone, Debug)]
 enum Acc {
     Count(i64),
+    /// `sum` with a Float64 output (NULL until a value arrives).
+    SumF64(Option<f64>),
+    /// `sum` with an Int64 output (wrapping, as DataFusion's sum).
+    SumI64(Option<i64>),
+    /// `sum` with a UInt64 output.
+    SumU64(Option<u64>),
     Sum(ScalarValue),
     Min(ScalarValue),
     Max(ScalarValue),
-    Avg { sum: f64, count: i64 },
+    Avg {
+        sum: f64,
+        count: i64,
+    },
     Distinct(HashSet<ScalarValue>),
+}
+
+/// One aggregate's argument over a batch, in the form its accumulator adds fastest.
+enum Input {
+    /// Only validity matters (`count`).
+    Valid(ArrayRef),
+    F64(arrow::array::Float64Array),
+    I64(arrow::array::Int64Array),
+    U64(arrow::array::UInt64Array),
+    /// Row by row as scalars.
+    Any(ArrayRef),
+}
+
+impl Input {
+    fn of(a: &Aggregate, values: ArrayRef) -> Result<Self> {
+        use arrow::array::AsArray;
+        use arrow::datatypes::{Float64Type, Int64Type, UInt64Type};
+        let cast = |t: &DataType| arrow::compute::cast(&values, t);
+        Ok(match (a.kind, &a.output) {
+            (Kind::Count, _) => Input::Valid(values),
+            (Kind::Avg, _) => Input::F64(
+                cast(&DataType::Float64)?
+                    .as_primitive::<Float64Type>()
+                    .clone(),
+            ),
+            (Kind::Sum, DataType::Float64) => Input::F64(
+                cast(&DataType::Float64)?
+                    .as_primitive::<Float64Type>()
+                    .clone(),
+            ),
+            (Kind::Sum, DataType::Int64) => {
+                Input::I64(cast(&DataType::Int64)?.as_primitive::<Int64Type>().clone())
+            }
+            (Kind::Sum, DataType::UInt64) => Input::U64(
+                cast(&DataType::UInt64)?
+                    .as_primitive::<UInt64Type>()
+                    .clone(),
+            ),
+            _ => Input::Any(values),
+        })
+    }
 }
 
 impl Acc {
@@ -57,7 +106,12 @@ impl Acc {
         let null = || ScalarValue::try_from(&a.output).map_err(Error::from);
         Ok(match a.kind {
             Kind::Count => Acc::Count(0),
-            Kind::Sum => Acc::Sum(null()?),
+            Kind::Sum => match a.output {
+                DataType::Float64 => Acc::SumF64(None),
+                DataType::Int64 => Acc::SumI64(None),
+                DataType::UInt64 => Acc::SumU64(None),
+                _ => Acc::Sum(null()?),
+            },
             Kind::Min => Acc::Min(null()?),
             Kind::Max => Acc::Max(null()?),
             Kind::Avg => Acc::Avg { sum: 0.0, count: 0 },
@@ -72,6 +126,10 @@ impl Acc {
         }
         match self {
             Acc::Count(n) => *n += 1,
+            Acc::SumF64(_) | Acc::SumI64(_) | Acc::SumU64(_) => {
+                let other = Acc::sum_of(value.cast_to(output)?);
+                self.merge(&other)?;
+            }
             Acc::Sum(s) => {
                 let v = value.cast_to(output)?;
                 *s = if s.is_null() { v } else { s.add(&v)? };
@@ -106,6 +164,21 @@ impl Acc {
     fn merge(&mut self, other: &Acc) -> Result<()> {
         match (self, other) {
             (Acc::Count(a), Acc::Count(b)) => *a += b,
+            (Acc::SumF64(a), Acc::SumF64(b)) => {
+                if let Some(b) = b {
+                    *a = Some(a.unwrap_or(0.0) + b);
+                }
+            }
+            (Acc::SumI64(a), Acc::SumI64(b)) => {
+                if let Some(b) = b {
+                    *a = Some(a.unwrap_or(0).wrapping_add(*b));
+                }
+            }
+            (Acc::SumU64(a), Acc::SumU64(b)) => {
+                if let Some(b) = b {
+                    *a = Some(a.unwrap_or(0).wrapping_add(*b));
+                }
+            }
             (Acc::Sum(a), Acc::Sum(b)) => {
                 if !b.is_null() {
                     *a = if a.is_null() { b.clone() } else { a.add(b)? };
@@ -135,60 +208,117 @@ impl Acc {
         Ok(())
     }
 
-    /// The accumulator as JSON (see [`scalar_to_json`]).
-    fn to_json(&self) -> Result<serde_json::Value> {
-        use serde_json::json;
-        Ok(match self {
-            Acc::Count(n) => json!({ "count": n }),
-            Acc::Sum(v) => json!({ "sum": scalar_to_json(v)? }),
-            Acc::Min(v) => json!({ "min": scalar_to_json(v)? }),
-            Acc::Max(v) => json!({ "max": scalar_to_json(v)? }),
-            Acc::Avg { sum, count } => json!({ "avg": [sum.to_bits(), count] }),
-            Acc::Distinct(set) => {
-                let mut values = set.iter().map(scalar_to_json).collect::<Result<Vec<_>>>()?;
-                values.sort_by_key(|v| v.to_string());
-                json!({ "distinct": values })
-            }
-        })
+    /// A sum accumulator holding `v` (typed when its type has a fast path).
+    fn sum_of(v: ScalarValue) -> Acc {
+        match v {
+            ScalarValue::Float64(x) => Acc::SumF64(x),
+            ScalarValue::Int64(x) => Acc::SumI64(x),
+            ScalarValue::UInt64(x) => Acc::SumU64(x),
+            other => Acc::Sum(other),
+        }
     }
 
-    /// Reads an accumulator of aggregate `a` back from [`Acc::to_json`].
-    fn from_json(v: &serde_json::Value, a: &Aggregate) -> Result<Self> {
-        let bad = || Error::Invalid(format!("corrupt view state: {v}"));
-        let (tag, inner) = v
-            .as_object()
-            .and_then(|o| o.iter().next())
-            .ok_or_else(bad)?;
-        Ok(match (tag.as_str(), a.kind) {
-            ("count", Kind::Count) => Acc::Count(inner.as_i64().ok_or_else(bad)?),
-            ("sum", Kind::Sum) => Acc::Sum(json_to_scalar(inner, &a.output)?),
-            ("min", Kind::Min) => Acc::Min(json_to_scalar(inner, &a.output)?),
-            ("max", Kind::Max) => Acc::Max(json_to_scalar(inner, &a.output)?),
-            ("avg", Kind::Avg) => {
-                let sum = inner
-                    .get(0)
-                    .and_then(serde_json::Value::as_u64)
-                    .ok_or_else(bad)?;
-                let count = inner
-                    .get(1)
-                    .and_then(serde_json::Value::as_i64)
-                    .ok_or_else(bad)?;
-                Acc::Avg {
-                    sum: f64::from_bits(sum),
-                    count,
+    /// Folds row `i` of a batch's argument in.
+    fn add_at(&mut self, input: &Input, i: usize, output: &DataType) -> Result<()> {
+        match (self, input) {
+            (Acc::Count(n), Input::Valid(a)) => {
+                if a.is_valid(i) {
+                    *n += 1;
                 }
             }
-            ("distinct", Kind::CountDistinct) => {
-                let values = inner.as_array().ok_or_else(bad)?;
-                let arg_type = a.arg_type.clone();
-                Acc::Distinct(
-                    values
-                        .iter()
-                        .map(|v| json_to_scalar(v, &arg_type))
-                        .collect::<Result<_>>()?,
-                )
+            (Acc::SumF64(s), Input::F64(a)) => {
+                if a.is_valid(i) {
+                    *s = Some(s.unwrap_or(0.0) + a.value(i));
+                }
             }
-            _ => return Err(bad()),
+            (Acc::SumI64(s), Input::I64(a)) => {
+                if a.is_valid(i) {
+                    *s = Some(s.unwrap_or(0).wrapping_add(a.value(i)));
+                }
+            }
+            (Acc::SumU64(s), Input::U64(a)) => {
+                if a.is_valid(i) {
+                    *s = Some(s.unwrap_or(0).wrapping_add(a.value(i)));
+                }
+            }
+            (Acc::Avg { sum, count }, Input::F64(a)) => {
+                if a.is_valid(i) {
+                    *sum += a.value(i);
+                    *count += 1;
+                }
+            }
+            (acc, Input::Any(a)) => acc.add(ScalarValue::try_from_array(a, i)?, output)?,
+            _ => return Err(Error::Invalid("mismatched view accumulator input".into())),
+        }
+        Ok(())
+    }
+
+    /// Appends the accumulator's stored form (see [`codec`]).
+    fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
+        match self {
+            Acc::Count(n) => {
+                out.push(0);
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+            Acc::SumF64(x) => codec::put_tagged(out, 1, &ScalarValue::Float64(*x))?,
+            Acc::SumI64(x) => codec::put_tagged(out, 1, &ScalarValue::Int64(*x))?,
+            Acc::SumU64(x) => codec::put_tagged(out, 1, &ScalarValue::UInt64(*x))?,
+            Acc::Sum(v) => codec::put_tagged(out, 1, v)?,
+            Acc::Min(v) => codec::put_tagged(out, 2, v)?,
+            Acc::Max(v) => codec::put_tagged(out, 3, v)?,
+            Acc::Avg { sum, count } => {
+                out.push(4);
+                out.extend_from_slice(&sum.to_bits().to_le_bytes());
+                out.extend_from_slice(&count.to_le_bytes());
+            }
+            Acc::Distinct(set) => {
+                out.push(5);
+                let mut members = set
+                    .iter()
+                    .map(|v| {
+                        let mut cell = Vec::new();
+                        codec::put_scalar(&mut cell, v)?;
+                        Ok(cell)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                members.sort_unstable();
+                out.extend_from_slice(&(members.len() as u32).to_le_bytes());
+                for m in members {
+                    out.extend_from_slice(&m);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads an accumulator of aggregate `a` back from [`Acc::encode`].
+    fn decode(input: &mut &[u8], a: &Aggregate) -> Result<Self> {
+        let tag = codec::take(input, 1)?[0];
+        Ok(match (tag, a.kind) {
+            (0, Kind::Count) => Acc::Count(codec::take_i64(input)?),
+            (1, Kind::Sum) => Acc::sum_of(codec::get_scalar(input, &a.output)?),
+            (2, Kind::Min) => Acc::Min(codec::get_scalar(input, &a.output)?),
+            (3, Kind::Max) => Acc::Max(codec::get_scalar(input, &a.output)?),
+            (4, Kind::Avg) => {
+                let sum = f64::from_bits(codec::take_i64(input)? as u64);
+                Acc::Avg {
+                    sum,
+                    count: codec::take_i64(input)?,
+                }
+            }
+            (5, Kind::CountDistinct) => {
+                let n = u32::from_le_bytes(
+                    codec::take(input, 4)?
+                        .try_into()
+                        .map_err(|_| codec::corrupt())?,
+                );
+                let mut set = HashSet::with_capacity(n as usize);
+                for _ in 0..n {
+                    set.insert(codec::get_scalar(input, &a.arg_type)?);
+                }
+                Acc::Distinct(set)
+            }
+            _ => return Err(codec::corrupt()),
         })
     }
 
@@ -196,6 +326,9 @@ impl Acc {
     fn value(&self, output: &DataType) -> Result<ScalarValue> {
         Ok(match self {
             Acc::Count(n) => ScalarValue::Int64(Some(*n)).cast_to(output)?,
+            Acc::SumF64(x) => ScalarValue::Float64(*x).cast_to(output)?,
+            Acc::SumI64(x) => ScalarValue::Int64(*x).cast_to(output)?,
+            Acc::SumU64(x) => ScalarValue::UInt64(*x).cast_to(output)?,
             Acc::Sum(v) | Acc::Min(v) | Acc::Max(v) => v.clone(),
             Acc::Avg { count: 0, .. } => ScalarValue::try_from(output)?,
             Acc::Avg { sum, count } => {
@@ -208,7 +341,7 @@ impl Acc {
 
 /// What one batch adds to one group of a view (see [`ViewPlan::delta`]).
 #[derive(Clone, Debug)]
-pub struct GroupDelta(Group);
+pub struct GroupDelta(Vec<Acc>);
 
 /// One group: its key values and accumulators.
 #[derive(Clone, Debug)]
@@ -230,7 +363,6 @@ pub struct ViewPlan {
     /// The definition's select list over the aggregate's output.
     projection: Vec<Arc<dyn PhysicalExpr>>,
     output: SchemaRef,
-    rows: RowConverter,
     state: BTreeMap<Vec<u8>, Group>,
 }
 
@@ -378,10 +510,6 @@ impl ViewPlan {
         for k in 0..agg.group_expr.len() {
             check_storable(aggregate_schema.field(k).data_type())?;
         }
-        let sort_fields = (0..agg.group_expr.len())
-            .map(|i| SortField::new(aggregate_schema.field(i).data_type().clone()))
-            .collect();
-        let rows = RowConverter::new(sort_fields)?;
         let mut plan = Self {
             stream: scan.table_name.table().to_owned(),
             input,
@@ -391,7 +519,6 @@ impl ViewPlan {
             aggregate_schema,
             projection,
             output,
-            rows,
             state: BTreeMap::new(),
         };
         if plan.groups.is_empty() {
@@ -402,7 +529,7 @@ impl ViewPlan {
                 .map(Acc::new)
                 .collect::<Result<Vec<_>>>()?;
             plan.state.insert(
-                Vec::new(),
+                vec![codec::VERSION],
                 Group {
                     keys: Vec::new(),
                     accs,
@@ -425,44 +552,53 @@ impl ViewPlan {
         folded
     }
 
-    /// What a batch of the stream's events adds to the view, per group (encoded key → delta);
-    /// nothing of the view changes until [`ViewPlan::merge`].
-    pub fn delta(&self, batch: &RecordBatch) -> Result<BTreeMap<Vec<u8>, GroupDelta>> {
-        let mut state = BTreeMap::new();
-        self.fold(&mut state, batch)?;
-        state
-            .into_values()
-            .map(|g| Ok((self.encode_key(&g.keys)?, GroupDelta(g))))
-            .collect()
+    /// What a batch of the stream's events adds to the view, per group (stored key → delta);
+    /// nothing of the view changes until [`ViewPlan::merge_stored`].
+    pub fn delta(&self, batch: &RecordBatch) -> Result<Vec<(Vec<u8>, GroupDelta)>> {
+        Ok(self
+            .fold_batch(batch)?
+            .into_iter()
+            .map(|(key, accs)| (key, GroupDelta(accs)))
+            .collect())
     }
 
-    /// The stored form of a group key (stable across versions: JSON of the key values).
+    /// The stored form of a group key (see [`codec`]).
     fn encode_key(&self, keys: &[ScalarValue]) -> Result<Vec<u8>> {
-        let cells = keys
-            .iter()
-            .map(scalar_to_json)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(serde_json::Value::Array(cells).to_string().into_bytes())
+        // Never empty (the store's keys cannot be): a global aggregate's one group is `[VERSION]`.
+        let mut out = Vec::with_capacity(16);
+        out.push(codec::VERSION);
+        for k in keys {
+            codec::put_scalar(&mut out, k)?;
+        }
+        Ok(out)
     }
 
     /// Merges `delta` into a group's stored state (`None` for a new group) and returns the new
     /// stored state.
-    pub fn merge_stored(&self, stored: Option<&[u8]>, delta: &GroupDelta) -> Result<Vec<u8>> {
-        let mut group = match stored {
-            Some(bytes) => self.decode_group(bytes)?,
-            None => Group {
-                keys: delta.0.keys.clone(),
-                accs: self
-                    .aggregates
-                    .iter()
-                    .map(Acc::new)
-                    .collect::<Result<_>>()?,
-            },
-        };
-        for (acc, d) in group.accs.iter_mut().zip(&delta.0.accs) {
-            acc.merge(d)?;
+    pub fn merge_stored(
+        &self,
+        key: &[u8],
+        stored: Option<&[u8]>,
+        delta: GroupDelta,
+    ) -> Result<Vec<u8>> {
+        // A stored group is its key followed by its accumulators: the key is copied, not decoded,
+        // and the stored accumulators merge into the delta's.
+        let mut accs = delta.0;
+        if let Some(bytes) = stored {
+            let mut input = bytes.strip_prefix(key).ok_or_else(codec::corrupt)?;
+            for (acc, a) in accs.iter_mut().zip(&self.aggregates) {
+                acc.merge(&Acc::decode(&mut input, a)?)?;
+            }
+            if !input.is_empty() {
+                return Err(codec::corrupt());
+            }
         }
-        self.encode_group(&group)
+        let mut out = Vec::with_capacity(key.len() + 16 * accs.len());
+        out.extend_from_slice(key);
+        for acc in &accs {
+            acc.encode(&mut out)?;
+        }
+        Ok(out)
     }
 
     /// Replaces the view's state with stored groups (as [`ViewPlan::merge_stored`] wrote them).
@@ -489,7 +625,7 @@ impl ViewPlan {
                 .map(Acc::new)
                 .collect::<Result<_>>()?;
             state.insert(
-                Vec::new(),
+                self.encode_key(&[])?,
                 Group {
                     keys: Vec::new(),
                     accs,
@@ -498,17 +634,7 @@ impl ViewPlan {
         }
         for bytes in stored {
             let group = self.decode_group(bytes)?;
-            let key = if group.keys.is_empty() {
-                Vec::new()
-            } else {
-                let arrays = group
-                    .keys
-                    .iter()
-                    .map(|k| k.to_array())
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                self.rows.convert_columns(&arrays)?.row(0).as_ref().to_vec()
-            };
-            state.insert(key, group);
+            state.insert(self.encode_key(&group.keys)?, group);
         }
         Ok(state)
     }
@@ -568,46 +694,28 @@ impl ViewPlan {
         self.encode_key(&keys).ok()
     }
 
-    fn encode_group(&self, group: &Group) -> Result<Vec<u8>> {
-        let keys = group
-            .keys
-            .iter()
-            .map(scalar_to_json)
-            .collect::<Result<Vec<_>>>()?;
-        let accs = group
-            .accs
-            .iter()
-            .map(Acc::to_json)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(serde_json::json!({ "keys": keys, "accs": accs })
-            .to_string()
-            .into_bytes())
-    }
-
     fn decode_group(&self, bytes: &[u8]) -> Result<Group> {
-        let bad = || Error::Invalid("corrupt view state".into());
-        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| bad())?;
-        let keys = v["keys"]
-            .as_array()
-            .ok_or_else(bad)?
-            .iter()
-            .enumerate()
-            .map(|(k, cell)| json_to_scalar(cell, self.aggregate_schema.field(k).data_type()))
+        let mut input = bytes;
+        if codec::take(&mut input, 1)?[0] != codec::VERSION {
+            return Err(codec::corrupt());
+        }
+        let keys = (0..self.groups.len())
+            .map(|k| codec::get_scalar(&mut input, self.aggregate_schema.field(k).data_type()))
             .collect::<Result<Vec<_>>>()?;
-        let accs = v["accs"]
-            .as_array()
-            .ok_or_else(bad)?
+        let accs = self
+            .aggregates
             .iter()
-            .zip(&self.aggregates)
-            .map(|(cell, a)| Acc::from_json(cell, a))
+            .map(|a| Acc::decode(&mut input, a))
             .collect::<Result<Vec<_>>>()?;
-        if keys.len() != self.groups.len() || accs.len() != self.aggregates.len() {
-            return Err(bad());
+        if !input.is_empty() {
+            return Err(codec::corrupt());
         }
         Ok(Group { keys, accs })
     }
 
-    fn fold(&self, state: &mut BTreeMap<Vec<u8>, Group>, batch: &RecordBatch) -> Result<()> {
+    /// Folds `batch` into fresh per-group accumulators: (stored key, accumulators) per group
+    /// the batch touches.
+    fn fold_batch(&self, batch: &RecordBatch) -> Result<Vec<(Vec<u8>, Vec<Acc>)>> {
         let batch = match &self.filter {
             Some(f) => {
                 let mask = f.evaluate(batch)?.into_array(batch.num_rows())?;
@@ -620,44 +728,74 @@ impl ViewPlan {
         };
         let n = batch.num_rows();
         if n == 0 {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let keys: Vec<ArrayRef> = self
             .groups
             .iter()
             .map(|g| Ok(g.evaluate(&batch)?.into_array(n)?))
             .collect::<Result<_>>()?;
-        let args: Vec<ArrayRef> = self
+        let inputs: Vec<Input> = self
             .aggregates
             .iter()
-            .map(|a| Ok(a.arg.evaluate(&batch)?.into_array(n)?))
+            .map(|a| Input::of(a, a.arg.evaluate(&batch)?.into_array(n)?))
             .collect::<Result<_>>()?;
-        let rows = if keys.is_empty() {
-            None
-        } else {
-            Some(self.rows.convert_columns(&keys)?)
-        };
+        let mut index: ahash::AHashMap<Vec<u8>, usize> =
+            ahash::AHashMap::with_capacity(n.min(1 << 16));
+        let mut groups: Vec<Vec<Acc>> = Vec::new();
+        let mut key = Vec::with_capacity(32);
         for i in 0..n {
-            let key = rows
-                .as_ref()
-                .map_or_else(Vec::new, |r| r.row(i).as_ref().to_vec());
-            if !state.contains_key(&key) {
-                let keys = keys
-                    .iter()
-                    .map(|k| ScalarValue::try_from_array(k, i))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                let accs = self
-                    .aggregates
-                    .iter()
-                    .map(Acc::new)
-                    .collect::<Result<Vec<_>>>()?;
-                state.insert(key.clone(), Group { keys, accs });
+            key.clear();
+            key.push(codec::VERSION);
+            for k in &keys {
+                codec::put_cell_at(&mut key, k, i)?;
             }
-            let Some(group) = state.get_mut(&key) else {
-                continue;
+            let at = match index.get(key.as_slice()) {
+                Some(&at) => at,
+                None => {
+                    groups.push(
+                        self.aggregates
+                            .iter()
+                            .map(Acc::new)
+                            .collect::<Result<Vec<_>>>()?,
+                    );
+                    index.insert(key.clone(), groups.len() - 1);
+                    groups.len() - 1
+                }
             };
-            for ((acc, a), arg) in group.accs.iter_mut().zip(&self.aggregates).zip(&args) {
-                acc.add(ScalarValue::try_from_array(arg, i)?, &a.output)?;
+            for ((acc, a), input) in groups[at].iter_mut().zip(&self.aggregates).zip(&inputs) {
+                acc.add_at(input, i, &a.output)?;
+            }
+        }
+        let mut groups: Vec<Option<Vec<Acc>>> = groups.into_iter().map(Some).collect();
+        Ok(index
+            .into_iter()
+            .filter_map(|(key, at)| Some((key, groups.get_mut(at)?.take()?)))
+            .collect())
+    }
+
+    /// The key values of a stored key.
+    fn decode_key(&self, key: &[u8]) -> Result<Vec<ScalarValue>> {
+        let mut input = key
+            .strip_prefix(&[codec::VERSION])
+            .ok_or_else(codec::corrupt)?;
+        (0..self.groups.len())
+            .map(|k| codec::get_scalar(&mut input, self.aggregate_schema.field(k).data_type()))
+            .collect()
+    }
+
+    fn fold(&self, state: &mut BTreeMap<Vec<u8>, Group>, batch: &RecordBatch) -> Result<()> {
+        for (key, accs) in self.fold_batch(batch)? {
+            match state.entry(key) {
+                std::collections::btree_map::Entry::Occupied(mut e) => {
+                    for (acc, d) in e.get_mut().accs.iter_mut().zip(&accs) {
+                        acc.merge(d)?;
+                    }
+                }
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let keys = self.decode_key(e.key())?;
+                    e.insert(Group { keys, accs });
+                }
             }
         }
         Ok(())
@@ -931,10 +1069,160 @@ impl strata_store::ViewFold for Maintainer {
             let current = stored(&key)?;
             let merged = self
                 .0
-                .merge_stored(current.as_deref(), &delta)
+                .merge_stored(&key, current.as_deref(), delta)
                 .map_err(view)?;
             out.push((key, merged));
         }
         Ok(out)
+    }
+}
+
+/// The stored encoding of view state (version 2, binary): a group key is its key values as
+/// cells; a group's state is the version byte, its key cells, then each accumulator (a tag, then
+/// its payload). A cell is a tag (0 NULL, 1 boolean, 2 signed, 3 unsigned, 4 text) and the value
+/// (8 bytes little-endian for numbers, floats as their bits; u32 length and UTF-8 for text),
+/// read back as the column's type (see `scalar_to_json`/`json_to_scalar`).
+mod codec {
+    use super::{json_to_scalar, scalar_to_json};
+    use crate::{Error, Result};
+    use arrow::datatypes::DataType;
+    use datafusion::common::ScalarValue;
+    use serde_json::Value as J;
+
+    pub const VERSION: u8 = 2;
+
+    pub fn corrupt() -> Error {
+        Error::Invalid("corrupt view state".into())
+    }
+
+    pub fn take<'a>(input: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
+        if input.len() < n {
+            return Err(corrupt());
+        }
+        let (head, rest) = input.split_at(n);
+        *input = rest;
+        Ok(head)
+    }
+
+    pub fn take_i64(input: &mut &[u8]) -> Result<i64> {
+        Ok(i64::from_le_bytes(
+            take(input, 8)?.try_into().map_err(|_| corrupt())?,
+        ))
+    }
+
+    pub fn put_scalar(out: &mut Vec<u8>, v: &ScalarValue) -> Result<()> {
+        let int = |out: &mut Vec<u8>, i: i64| {
+            out.push(2);
+            out.extend_from_slice(&i.to_le_bytes());
+        };
+        // The common types directly; the rest through their JSON form.
+        match v {
+            _ if v.is_null() => out.push(0),
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)) => put_str(out, s),
+            ScalarValue::Int64(Some(i))
+            | ScalarValue::TimestampSecond(Some(i), _)
+            | ScalarValue::TimestampMillisecond(Some(i), _)
+            | ScalarValue::TimestampMicrosecond(Some(i), _)
+            | ScalarValue::TimestampNanosecond(Some(i), _) => int(out, *i),
+            ScalarValue::Int32(Some(i)) => int(out, i64::from(*i)),
+            ScalarValue::Float64(Some(x)) => {
+                out.push(3);
+                out.extend_from_slice(&x.to_bits().to_le_bytes());
+            }
+            _ => put_json(out, v)?,
+        }
+        Ok(())
+    }
+
+    fn put_str(out: &mut Vec<u8>, s: &str) {
+        out.push(4);
+        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    /// The cell of row `i` of `a`: the same bytes as [`put_scalar`] of its scalar, without
+    /// making the scalar for the common types.
+    pub fn put_cell_at(out: &mut Vec<u8>, a: &arrow::array::ArrayRef, i: usize) -> Result<()> {
+        use arrow::array::{Array, AsArray};
+        use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
+        if a.data_type() != &DataType::Null && a.is_null(i) {
+            out.push(0);
+            return Ok(());
+        }
+        match a.data_type() {
+            DataType::Utf8 => put_str(out, a.as_string::<i32>().value(i)),
+            DataType::LargeUtf8 => put_str(out, a.as_string::<i64>().value(i)),
+            DataType::Utf8View => put_str(out, a.as_string_view().value(i)),
+            DataType::Int64 => {
+                out.push(2);
+                out.extend_from_slice(&a.as_primitive::<Int64Type>().value(i).to_le_bytes());
+            }
+            DataType::Int32 => {
+                out.push(2);
+                out.extend_from_slice(
+                    &i64::from(a.as_primitive::<Int32Type>().value(i)).to_le_bytes(),
+                );
+            }
+            DataType::Float64 => {
+                out.push(3);
+                out.extend_from_slice(
+                    &a.as_primitive::<Float64Type>()
+                        .value(i)
+                        .to_bits()
+                        .to_le_bytes(),
+                );
+            }
+            _ => put_scalar(out, &ScalarValue::try_from_array(a, i)?)?,
+        }
+        Ok(())
+    }
+
+    fn put_json(out: &mut Vec<u8>, v: &ScalarValue) -> Result<()> {
+        match scalar_to_json(v)? {
+            J::Null => out.push(0),
+            J::Bool(b) => out.extend_from_slice(&[1, u8::from(b)]),
+            J::Number(n) => match (n.as_i64(), n.as_u64()) {
+                (Some(i), _) => {
+                    out.push(2);
+                    out.extend_from_slice(&i.to_le_bytes());
+                }
+                (None, Some(u)) => {
+                    out.push(3);
+                    out.extend_from_slice(&u.to_le_bytes());
+                }
+                _ => return Err(corrupt()),
+            },
+            J::String(s) => {
+                out.push(4);
+                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+            _ => return Err(corrupt()),
+        }
+        Ok(())
+    }
+
+    pub fn put_tagged(out: &mut Vec<u8>, tag: u8, v: &ScalarValue) -> Result<()> {
+        out.push(tag);
+        put_scalar(out, v)
+    }
+
+    pub fn get_scalar(input: &mut &[u8], t: &DataType) -> Result<ScalarValue> {
+        let cell = match take(input, 1)?[0] {
+            0 => J::Null,
+            1 => J::Bool(take(input, 1)?[0] != 0),
+            2 => J::from(take_i64(input)?),
+            3 => J::from(take_i64(input)? as u64),
+            4 => {
+                let len = u32::from_le_bytes(take(input, 4)?.try_into().map_err(|_| corrupt())?);
+                let text =
+                    std::str::from_utf8(take(input, len as usize)?).map_err(|_| corrupt())?;
+                J::String(text.to_owned())
+            }
+            _ => return Err(corrupt()),
+        };
+        json_to_scalar(&cell, t)
     }
 }

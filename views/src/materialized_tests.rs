@@ -172,7 +172,7 @@ proptest! {
                     let plan = ViewPlan::new(&context(vec![]), sql).await.unwrap();
                     let delta = plan.delta(&batch(&events[w[0]..w[1]], w[0])).unwrap();
                     for (key, d) in delta {
-                        let merged = plan.merge_stored(stored.get(&key).map(Vec::as_slice), &d).unwrap();
+                        let merged = plan.merge_stored(&key, stored.get(&key).map(Vec::as_slice), d).unwrap();
                         stored.insert(key, merged);
                     }
                 }

@@ -61,6 +61,10 @@ struct Args {
     /// Events of the Kafka scenario (default 500,000; quick 5,000).
     #[arg(long)]
     kafka_events: Option<u64>,
+    /// Runs only the in-process part of scenario 6 (view folding against recomputation) and
+    /// prints its rows; for profiling.
+    #[arg(long)]
+    views_in_process_only: bool,
 }
 
 const BATCH: u64 = 1000;
@@ -207,6 +211,13 @@ async fn run(args: Args) -> Result<()> {
     let events_path = args.work.join("events.ndjson");
     let events_bytes = generate(&events_path, total_n)?;
     let mut sections = Vec::new();
+    if args.views_in_process_only {
+        let (rows, _) = views::in_process(args.quick, &args.work, &events_path, total_n).await?;
+        for r in rows {
+            println!("{} | {} | {} | {}", r.metric, r.strata, r.peer, r.ratio);
+        }
+        return Ok(());
+    }
 
     // 1. Durable ingest.
     let config = args.work.join("strata.toml");
