@@ -274,6 +274,7 @@ async fn run(args: Args) -> Result<()> {
         ))
         .await?;
     views::wait_views(&strata, Duration::from_secs(600)).await?;
+    strata.wait_idle(Duration::from_secs(300)).await;
     let early_lookup = (ingest_n, views::lookup_p99(&strata, args.quick).await?);
     let ingest_rate = ingest_n as f64 / acked_s;
 
