@@ -275,7 +275,7 @@ impl Store {
         let shard = self.shard(stream, partition)?;
         let info = self.stream(stream)?;
         let fields = info.fields.clone();
-        let slots = self.view_slots(stream);
+        let slots = self.slots_of(stream);
         let mut state = shard.state.lock();
         let mut next = *state;
         let mut batch = self.db.batch();

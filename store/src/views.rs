@@ -214,11 +214,14 @@ impl Store {
                 let ks = self.db.keyspace(&name, KeyspaceCreateOptions::default)?;
                 self.db.delete_keyspace(ks)?;
             }
-            let generation = k[GC_PREFIX.len()..].to_vec();
-            let mut prefix = b"view-applied/".to_vec();
-            prefix.extend_from_slice(&generation);
-            prefix.push(b'/');
-            for applied in self.meta.prefix(&prefix) {
+            let generation = std::str::from_utf8(&k[GC_PREFIX.len()..])
+                .ok()
+                .and_then(|g| g.parse::<u64>().ok())
+                .ok_or_else(|| Error::Corrupt {
+                    location: format!("view deletion marker {}", String::from_utf8_lossy(&k)),
+                    reason: "bad generation".into(),
+                })?;
+            for applied in self.meta.prefix(applied_prefix(generation)) {
                 self.meta.remove(applied.key()?)?;
             }
             self.meta.remove(k)?;
@@ -396,8 +399,9 @@ impl Store {
         Ok(true)
     }
 
-    /// Every maintained slot over `stream` (current generations and rebuilds), in lock order.
-    fn slots_of(&self, stream: &StreamName) -> Vec<Arc<ViewSlot>> {
+    /// Every maintained slot over `stream` (current generations and rebuilds), in lock order:
+    /// the slots a commit of `stream` must consider.
+    pub(crate) fn slots_of(&self, stream: &StreamName) -> Vec<Arc<ViewSlot>> {
         self.views
             .read()
             .values()
@@ -423,44 +427,53 @@ impl Store {
         let mut table = None;
         for slot in slots {
             let mut state = slot.state.lock();
-            let Some(fold) = state.active_fold() else {
+            if state.active_fold().is_none() || state.applied(partition) != from {
+                continue;
+            }
+            if let Some(chunk) = chunk
+                && table.is_none()
+            {
+                table = Some(chunk_as_table(chunk, partition, info)?);
+            }
+            let Some(written) = self.stage(slot, &mut state, partition, table.as_ref(), to, batch)
+            else {
                 continue;
             };
-            if state.applied(partition) != from {
-                continue;
-            }
-            if let Some(chunk) = chunk {
-                if table.is_none() {
-                    table = Some(chunk_as_table(chunk, partition, info)?);
-                }
-                let Some(rows) = &table else { continue };
-                match fold_rows(slot, &state, fold.as_ref(), rows) {
-                    Ok(updates) => {
-                        for (k, v) in &updates {
-                            batch.insert(&slot.groups, k.as_slice(), v.as_slice());
-                        }
-                        batch.insert(
-                            &self.meta,
-                            applied_key(slot.def.generation, partition),
-                            to.to_le_bytes(),
-                        );
-                        guards.push((state, updates));
-                        continue;
-                    }
-                    Err(e) => {
-                        fail(slot, &mut state, partition, &e);
-                        continue;
-                    }
-                }
-            }
-            batch.insert(
-                &self.meta,
-                applied_key(slot.def.generation, partition),
-                to.to_le_bytes(),
-            );
-            guards.push((state, Vec::new()));
+            guards.push((state, written));
         }
         Ok(guards)
+    }
+
+    /// Adds to `batch` what `rows` change in `slot` and its applied offset `to` on `partition`;
+    /// returns the groups written. `None` when the view is not maintained or its fold failed (the
+    /// view is then marked failed); nothing is added.
+    fn stage(
+        &self,
+        slot: &ViewSlot,
+        state: &mut SlotState,
+        partition: u32,
+        rows: Option<&RecordBatch>,
+        to: u64,
+        batch: &mut fjall::OwnedWriteBatch,
+    ) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+        let fold = state.active_fold()?;
+        let written = match rows.map(|rows| fold_rows(slot, state, fold.as_ref(), rows)) {
+            None => Vec::new(),
+            Some(Ok(updates)) => updates,
+            Some(Err(e)) => {
+                fail(slot, state, partition, &e);
+                return None;
+            }
+        };
+        for (k, v) in &written {
+            batch.insert(&slot.groups, k.as_slice(), v.as_slice());
+        }
+        batch.insert(
+            &self.meta,
+            applied_key(slot.def.generation, partition),
+            to.to_le_bytes(),
+        );
+        Some(written)
     }
 
     /// Folds the stored rows of `partition` the view has not applied yet (see the module
@@ -473,16 +486,8 @@ impl Store {
         partition: u32,
         progress: &mut dyn FnMut(u64),
     ) -> Result<()> {
-        let slot = {
-            let views = self.views.read();
-            let Some(entry) = views.get(name) else {
-                return Ok(());
-            };
-            match (rebuild, &entry.next) {
-                (false, _) => entry.current.clone(),
-                (true, Some(next)) => next.clone(),
-                (true, None) => return Ok(()),
-            }
+        let Some(slot) = self.slot(name, rebuild) else {
+            return Ok(());
         };
         let stream = slot.def.stream.clone();
         let shard = self.shard(&stream, partition)?;
@@ -540,9 +545,9 @@ impl Store {
         rows: Option<&RecordBatch>,
     ) -> Result<bool> {
         let mut state = slot.state.lock();
-        let Some(fold) = state.active_fold() else {
+        if state.active_fold().is_none() {
             return Ok(false);
-        };
+        }
         if state.applied(partition) != at {
             return Err(Error::Task(format!(
                 "view {} moved on partition {partition} while it was caught up",
@@ -550,26 +555,9 @@ impl Store {
             )));
         }
         let mut batch = self.db.batch();
-        let mut written = Vec::new();
-        if let Some(rows) = rows {
-            match fold_rows(slot, &state, fold.as_ref(), rows) {
-                Ok(updates) => {
-                    for (k, v) in &updates {
-                        batch.insert(&slot.groups, k.as_slice(), v.as_slice());
-                    }
-                    written = updates;
-                }
-                Err(e) => {
-                    fail(slot, &mut state, partition, &e);
-                    return Ok(false);
-                }
-            }
-        }
-        batch.insert(
-            &self.meta,
-            applied_key(slot.def.generation, partition),
-            end.to_le_bytes(),
-        );
+        let Some(written) = self.stage(slot, &mut state, partition, rows, end, &mut batch) else {
+            return Ok(false);
+        };
         batch.commit()?;
         state.cache.committed(written);
         state.applied.insert(partition, end);
@@ -579,13 +567,8 @@ impl Store {
     /// The partitions on which view `name` (or its rebuild) is behind the shard, with how many
     /// offsets it is behind.
     pub fn view_backlog(&self, name: &str, rebuild: bool) -> Result<Vec<(u32, u64)>> {
-        let Some(entry) = self.views.read().get(name).cloned() else {
+        let Some(slot) = self.slot(name, rebuild) else {
             return Ok(Vec::new());
-        };
-        let slot = match (rebuild, entry.next) {
-            (false, _) => entry.current,
-            (true, Some(next)) => next,
-            (true, None) => return Ok(Vec::new()),
         };
         let info = self.stream(&slot.def.stream)?;
         let mut out = Vec::new();
@@ -608,17 +591,20 @@ impl Store {
             .ok_or_else(|| Error::UnknownView(name.to_owned()))?;
         let fold = entry.current.state.lock().fold.clone();
         let generation = self.next_generation()?;
-        self.meta.insert(SEQ_KEY, generation.to_le_bytes())?;
+        // A crash before the swap leaves the new keyspace to be deleted at the next start.
+        let mut batch = self.db.batch();
+        batch.insert(&self.meta, SEQ_KEY, generation.to_le_bytes());
+        batch.insert(
+            &self.meta,
+            format!("{GC_PREFIX}{generation}").into_bytes(),
+            keyspace_name(name, generation).into_bytes(),
+        );
+        batch.commit()?;
         let slot = self.open_slot(ViewDef {
             generation,
             ..entry.current.def.clone()
         })?;
         slot.state.lock().fold = fold;
-        // A crash before the swap leaves the new keyspace to be deleted at the next start.
-        self.meta.insert(
-            format!("{GC_PREFIX}{generation}").into_bytes(),
-            keyspace_name(name, generation).into_bytes(),
-        )?;
         if let Some(old) = entry.next.replace(slot) {
             drop(views);
             self.retire(old)?;
@@ -753,16 +739,19 @@ impl Store {
     }
 
     fn current_slot(&self, name: &str) -> Result<Arc<ViewSlot>> {
-        self.views
-            .read()
-            .get(name)
-            .map(|e| e.current.clone())
+        self.slot(name, false)
             .ok_or_else(|| Error::UnknownView(name.to_owned()))
     }
 
-    /// The slots a commit of `stream` must consider.
-    pub(crate) fn view_slots(&self, stream: &StreamName) -> Vec<Arc<ViewSlot>> {
-        self.slots_of(stream)
+    /// View `name`'s current generation, or its rebuild in progress.
+    fn slot(&self, name: &str, rebuild: bool) -> Option<Arc<ViewSlot>> {
+        let views = self.views.read();
+        let entry = views.get(name)?;
+        if rebuild {
+            entry.next.clone()
+        } else {
+            Some(entry.current.clone())
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The read-only SQL engine.
 
-use crate::materialized::parse_view_statement;
+use crate::materialized::view_statement;
 use crate::table::StreamTable;
 use crate::view_table::ViewTable;
 use crate::{Error, Result, ViewPlan};
@@ -141,12 +141,12 @@ impl SqlEngine {
     }
 
     async fn plan_and_run(&self, sql: &str) -> Result<QueryOutput> {
-        if let Some(statement) = parse_view_statement(sql)? {
-            return self.view_statement(statement).await;
-        }
         let state = self.ctx.state();
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(sql, &dialect)?;
+        if let Some(view) = view_statement(&statement)? {
+            return self.view_statement(view).await;
+        }
         check_read_only(&statement)?;
         let plan = state.statement_to_plan(statement).await?;
         SQLOptions::new()

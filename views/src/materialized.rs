@@ -901,16 +901,26 @@ pub enum ViewStatement {
     },
 }
 
-/// Recognizes `CREATE MATERIALIZED VIEW`, `DROP MATERIALIZED VIEW` and `SHOW VIEWS`; `None` for
-/// any other SQL.
+/// Recognizes `CREATE MATERIALIZED VIEW`, `DROP MATERIALIZED VIEW` and `SHOW VIEWS` in SQL text;
+/// `None` for any other SQL.
 pub fn parse_view_statement(sql: &str) -> Result<Option<ViewStatement>> {
-    use datafusion::sql::parser::{DFParser, Statement as DfStatement};
-    use datafusion::sql::sqlparser::ast::{ObjectType, Statement};
-    let mut statements = DFParser::parse_sql(sql)?;
+    let mut statements = datafusion::sql::parser::DFParser::parse_sql(sql)?;
     if statements.len() != 1 {
         return Ok(None);
     }
-    let Some(DfStatement::Statement(statement)) = statements.pop_front() else {
+    match statements.pop_front() {
+        Some(statement) => view_statement(&statement),
+        None => Ok(None),
+    }
+}
+
+/// The view statement `statement` is, if it is one (see [`parse_view_statement`]).
+pub fn view_statement(
+    statement: &datafusion::sql::parser::Statement,
+) -> Result<Option<ViewStatement>> {
+    use datafusion::sql::parser::Statement as DfStatement;
+    use datafusion::sql::sqlparser::ast::{ObjectType, Statement};
+    let DfStatement::Statement(statement) = statement else {
         return Ok(None);
     };
     let name_of = |name: &datafusion::sql::sqlparser::ast::ObjectName| -> Result<String> {
@@ -919,7 +929,7 @@ pub fn parse_view_statement(sql: &str) -> Result<Option<ViewStatement>> {
             .map(|n| n.to_string())
             .map_err(|e| Error::Invalid(format!("view name: {e}")))
     };
-    Ok(match *statement {
+    Ok(match statement.as_ref() {
         Statement::CreateView(view) if view.materialized => {
             if view.or_replace || view.temporary || !view.columns.is_empty() {
                 return Err(Error::Invalid(
@@ -946,7 +956,7 @@ pub fn parse_view_statement(sql: &str) -> Result<Option<ViewStatement>> {
             };
             Some(ViewStatement::Drop {
                 name: name_of(name)?,
-                if_exists,
+                if_exists: *if_exists,
             })
         }
         Statement::ShowViews { .. } => Some(ViewStatement::Show),

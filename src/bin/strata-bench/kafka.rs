@@ -18,7 +18,7 @@ use strata_ingest::kafka::mapping::headers_for;
 use strata_proto::Event;
 
 /// The events of `batches`, decoded as strata decodes an append (not timed).
-fn decode(batches: &[String]) -> Result<Vec<Event>> {
+pub fn decode(batches: &[String]) -> Result<Vec<Event>> {
     let limits = DecodeLimits {
         max_event_bytes: usize::MAX,
         max_events: usize::MAX,

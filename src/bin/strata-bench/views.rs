@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use strata_proto::{Event, Record, StreamInfo, StreamName};
+use strata_proto::{Record, StreamInfo, StreamName};
 use strata_store::{ScanRequest, Store, StoreConfig, ViewFold};
 use strata_views::ViewPlan;
 use strata_views::materialized::Maintainer;
@@ -24,24 +24,19 @@ pub const BY_CUSTOMER: &str = "SELECT key AS customer, count(*) AS orders, sum(j
 const BY_COUNTRY: &str = "SELECT json_get_str(data, 'country') AS country, count(*) AS orders, sum(json_get_float(data, 'amount')) AS revenue FROM orders GROUP BY 1";
 const COMMIT: usize = 8192;
 
+/// The first `n` events of the data set, decoded as an append decodes them, as partition 0's
+/// records.
 fn records(events: &Path, n: u64) -> Result<Vec<Record>> {
-    let lines = crate::read_batches(events, n)?;
-    let mut out = Vec::with_capacity(n as usize);
-    for line in lines.iter().flat_map(|b| b.lines()) {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
-        out.push(Record {
+    let events = crate::kafka::decode(&crate::read_batches(events, n)?)?;
+    Ok(events
+        .into_iter()
+        .enumerate()
+        .map(|(offset, event)| Record {
             partition: 0,
-            offset: out.len() as u64,
-            event: Event {
-                time_ms: v["time"].as_i64().unwrap_or(0),
-                key: v["key"].as_str().map(str::to_owned),
-                id: v["id"].as_str().map(str::to_owned),
-                event_type: None,
-                data: v["data"].to_string(),
-            },
-        });
-    }
-    Ok(out)
+            offset: offset as u64,
+            event,
+        })
+        .collect())
 }
 
 fn open_store(dir: &Path) -> Result<Arc<Store>> {
