@@ -14,11 +14,12 @@
 //! | `POST /v1/views/{name}/rebuild` | recompute a view; streams NDJSON progress lines |
 //! | `GET /v1/cluster` | the nodes, the partitions each holds, and their lag |
 
+use crate::auth::{Auth, Principal};
 use crate::config::{Limits, Role};
 use crate::{Error, Result};
 use arrow::array::RecordBatch;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -75,6 +76,10 @@ pub struct AppState {
     pub default_partitions: u32,
     /// This node.
     pub node: NodeInfo,
+    /// Who may do what.
+    pub auth: Arc<Auth>,
+    /// Requests running at once, up to `limits.max_concurrent_requests`.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -123,8 +128,62 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async {
             Error::NotFound("no such endpoint; see the README for the HTTP API".into())
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit_concurrency,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            crate::auth::layer,
+        ))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// Answers 503 (with `Retry-After`) rather than queueing when `limits.max_concurrent_requests`
+/// requests are running already; `/healthz` and `/metrics` are never turned away. The permit is
+/// held until the response body has been sent, so streamed answers count while they stream.
+async fn limit_concurrency(
+    State(state): Shared,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    if path == "/healthz" || path == "/metrics" {
+        return next.run(request).await;
+    }
+    let Ok(permit) = state.in_flight.clone().try_acquire_owned() else {
+        metrics::counter!("strata_requests_refused_total", "reason" => "busy").increment(1);
+        return Error::Busy(format!(
+            "the server is running its limit of {} requests at once; retry shortly",
+            state.limits.max_concurrent_requests
+        ))
+        .into_response();
+    };
+    let response = next.run(request).await;
+    let (parts, body) = response.into_parts();
+    let body = Body::from_stream(PermitStream {
+        inner: body.into_data_stream(),
+        _permit: permit,
+    });
+    Response::from_parts(parts, body)
+}
+
+/// A response body that holds a concurrency permit until it is dropped.
+struct PermitStream<S> {
+    inner: S,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<S: futures::Stream + Unpin> futures::Stream for PermitStream<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.inner).poll_next(cx)
+    }
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -212,17 +271,25 @@ async fn stream_view(state: &AppState, info: &strata_proto::StreamInfo) -> Resul
     })
 }
 
-async fn list_streams(State(state): Shared) -> Result<Json<Vec<StreamView>>> {
+async fn list_streams(
+    State(state): Shared,
+    Extension(who): Extension<Principal>,
+) -> Result<Json<Vec<StreamView>>> {
     let catalog = state.log.catalog().borrow().clone();
     let mut out = Vec::with_capacity(catalog.len());
-    for info in catalog.values() {
+    for info in catalog.values().filter(|i| who.may_use(i.name.as_str())) {
         out.push(stream_view(&state, info).await?);
     }
     Ok(Json(out))
 }
 
-async fn get_stream(State(state): Shared, Path(name): Path<String>) -> Result<Json<StreamView>> {
+async fn get_stream(
+    State(state): Shared,
+    Extension(who): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Result<Json<StreamView>> {
     let name = stream_name(&name)?;
+    who.require_stream(name.as_str())?;
     let info = state
         .log
         .catalog()
@@ -244,10 +311,12 @@ struct CreateStream {
 /// Creates a stream, or declares more fields on an existing one.
 async fn put_stream(
     State(state): Shared,
+    Extension(who): Extension<Principal>,
     Path(name): Path<String>,
     body: Body,
 ) -> Result<Response> {
     let name = stream_name(&name)?;
+    who.require_stream(name.as_str())?;
     let body = read_body(body, 1 << 20).await?;
     let request: CreateStream = if body.iter().all(u8::is_ascii_whitespace) {
         CreateStream {
@@ -300,8 +369,14 @@ fn field_list(info: &StreamInfo) -> Vec<serde_json::Value> {
         .collect()
 }
 
-async fn append(State(state): Shared, Path(name): Path<String>, body: Body) -> Result<Response> {
+async fn append(
+    State(state): Shared,
+    Extension(who): Extension<Principal>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response> {
     let name = stream_name(&name)?;
+    who.require_stream(name.as_str())?;
     state.ingest()?;
     let body = read_body(body, state.limits.max_body_bytes).await?;
     let arrival = chrono::Utc::now().timestamp_millis();
@@ -340,6 +415,7 @@ fn param<T: std::str::FromStr>(
 
 async fn replay(
     State(state): Shared,
+    Extension(who): Extension<Principal>,
     Path(name): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response> {
@@ -350,6 +426,7 @@ async fn replay(
         )));
     }
     let name = stream_name(&name)?;
+    who.require_stream(name.as_str())?;
     let from_log = match params.get("source").map(String::as_str) {
         None | Some("store") => false,
         Some("log") => true,
@@ -610,7 +687,10 @@ struct ClusterPartition {
 
 /// The nodes (as each last published itself; this node's status is current) and, per partition,
 /// the live node that holds it.
-async fn cluster(State(state): Shared) -> Result<Json<serde_json::Value>> {
+async fn cluster(
+    State(state): Shared,
+    Extension(who): Extension<Principal>,
+) -> Result<Json<serde_json::Value>> {
     let local = local_status(&state).await;
     let mut nodes = match &state.node.kafka {
         Some(kafka) => kafka.nodes(),
@@ -623,7 +703,8 @@ async fn cluster(State(state): Shared) -> Result<Json<serde_json::Value>> {
     let now = chrono::Utc::now().timestamp_millis();
     let mut list = Vec::with_capacity(nodes.len());
     let mut partitions = Vec::new();
-    for status in nodes.into_values() {
+    for mut status in nodes.into_values() {
+        status.partitions.retain(|p| who.may_use(&p.stream));
         let alive = now - status.updated_ms <= stale_after;
         if alive {
             for p in &status.partitions {
@@ -715,8 +796,13 @@ async fn wait_applied(store: &Store, tokens: &[ConsistencyToken], timeout: Durat
     Ok(())
 }
 
-async fn list_views(State(state): Shared) -> Result<Json<Vec<strata_views::ViewListing>>> {
-    Ok(Json(state.sql()?.view_listing().await?))
+async fn list_views(
+    State(state): Shared,
+    Extension(who): Extension<Principal>,
+) -> Result<Json<Vec<strata_views::ViewListing>>> {
+    let mut listing = state.sql()?.view_listing().await?;
+    listing.retain(|v| who.may_use(&v.stream));
+    Ok(Json(listing))
 }
 
 /// One NDJSON line of `v`.
@@ -729,8 +815,15 @@ fn ndjson_line<T: Serialize>(v: &T) -> Bytes {
 
 /// Rebuilds a view, answering NDJSON: a progress line every 250 ms (`done`, `total`,
 /// `elapsed_ms`), then the final line (`finished: true`, `rows`) or `{"error": …}`.
-async fn rebuild_view(State(state): Shared, Path(name): Path<String>) -> Result<Response> {
+async fn rebuild_view(
+    State(state): Shared,
+    Extension(who): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Result<Response> {
     let engine = state.sql()?.clone();
+    if let Some(def) = state.store()?.view_def(&name) {
+        who.require_stream(def.stream.as_str())?;
+    }
     let (progress, mut watch) =
         tokio::sync::watch::channel(strata_views::RebuildProgress::default());
     let mut task = tokio::spawn(async move { engine.rebuild_view(&name, progress).await });
@@ -825,7 +918,12 @@ impl Encoder {
     }
 }
 
-async fn sql(State(state): Shared, headers: HeaderMap, body: Body) -> Result<Response> {
+async fn sql(
+    State(state): Shared,
+    Extension(who): Extension<Principal>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
     let timer = QueryTimer(Instant::now());
     let body = read_body(body, state.limits.max_body_bytes).await?;
     let request: SqlRequest = serde_json::from_slice(&body)
@@ -840,13 +938,22 @@ async fn sql(State(state): Shared, headers: HeaderMap, body: Body) -> Result<Res
         let timeout = Duration::from_millis(request.timeout_ms.unwrap_or(10_000).min(300_000));
         wait_applied(state.store()?, &tokens, timeout).await?;
     }
-    let output = engine.query(&request.sql).await?;
+    // The query's time limit covers planning, the first batch and streaming the rest.
+    let limit_ms = state.limits.query_timeout_ms;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(limit_ms);
+    let too_long = move || {
+        metrics::counter!("strata_queries_refused_total", "reason" => "time").increment(1);
+        format!("the query ran longer than its limit of {limit_ms} ms (limits.query_timeout_ms)")
+    };
+    let output = tokio::time::timeout_at(deadline, engine.query_as(&request.sql, &who.access()))
+        .await
+        .map_err(|_| strata_views::Error::ResourcesExhausted(too_long()))??;
     let mut batches = output.batches;
     // Run the query up to its first batch before answering, so that a failing query gets an
     // error status rather than a broken body.
-    let first = batches
-        .next()
+    let first = tokio::time::timeout_at(deadline, batches.next())
         .await
+        .map_err(|_| strata_views::Error::ResourcesExhausted(too_long()))?
         .transpose()
         .map_err(strata_views::Error::from)?;
     let arrow_err =
@@ -869,9 +976,10 @@ async fn sql(State(state): Shared, headers: HeaderMap, body: Body) -> Result<Res
         loop {
             let batch = match next.take() {
                 Some(b) => b,
-                None => match batches.next().await {
-                    Some(b) => b.map_err(|e| e.to_string()),
-                    None => break,
+                None => match tokio::time::timeout_at(deadline, batches.next()).await {
+                    Ok(Some(b)) => b.map_err(|e| e.to_string()),
+                    Ok(None) => break,
+                    Err(_) => Err(too_long()),
                 },
             };
             let chunk = batch.and_then(|b| encoder.write(&b).map_err(|e| e.to_string()));

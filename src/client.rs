@@ -77,6 +77,41 @@ impl Client {
         }
     }
 
+    /// A client of the server at `base` that sends `token` as a bearer token and, for an
+    /// `https://` server, also trusts the PEM certificate(s) in `ca_cert` (a self-signed one).
+    pub fn with_options(
+        base: &str,
+        token: Option<&str>,
+        ca_cert: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| {
+                    Error::Client("the token has characters a header cannot carry".into())
+                })?;
+            value.set_sensitive(true);
+            builder = builder.default_headers(
+                [(reqwest::header::AUTHORIZATION, value)]
+                    .into_iter()
+                    .collect(),
+            );
+        }
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| Error::Client(format!("cannot read {}: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Error::Client(format!("{}: {e}", path.display())))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        Ok(Self {
+            http: builder.build().map_err(client_error)?,
+            base: base.trim_end_matches('/').to_owned(),
+        })
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

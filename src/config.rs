@@ -73,6 +73,12 @@ pub struct Limits {
     pub max_event_bytes: usize,
     /// Most events in one append request.
     pub max_batch_events: usize,
+    /// Requests served at once; more get 503 with `Retry-After` (`/healthz`, `/metrics` exempt).
+    pub max_concurrent_requests: usize,
+    /// Longest a SQL query may run, planning and streaming its answer included, in milliseconds.
+    pub query_timeout_ms: u64,
+    /// Memory all running SQL queries may hold together (sorts, joins, aggregations), in bytes.
+    pub query_memory_bytes: usize,
 }
 
 impl Default for Limits {
@@ -81,7 +87,27 @@ impl Default for Limits {
             max_body_bytes: 32 << 20,
             max_event_bytes: 1 << 20,
             max_batch_events: 100_000,
+            max_concurrent_requests: 512,
+            query_timeout_ms: 60_000,
+            query_memory_bytes: 2 << 30,
         }
+    }
+}
+
+/// TLS for the HTTP listener: a PEM certificate chain and its PEM private key.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM), leaf first.
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Both files, when TLS is on.
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert.as_deref()?, self.key.as_deref()?))
     }
 }
 
@@ -101,6 +127,10 @@ pub struct Config {
     pub default_partitions: u32,
     /// Request limits.
     pub limits: Limits,
+    /// Bearer tokens and what each may do (none: authentication off).
+    pub auth: crate::auth::AuthConfig,
+    /// TLS for the HTTP listener (off unless both files are given).
+    pub tls: TlsConfig,
     /// The log.
     pub log: LogSettings,
     /// The store.
@@ -116,6 +146,8 @@ impl Default for Config {
             node_id: None,
             default_partitions: 4,
             limits: Limits::default(),
+            auth: crate::auth::AuthConfig::default(),
+            tls: TlsConfig::default(),
             log: LogSettings::default(),
             store: StoreConfig::default(),
         }
@@ -143,6 +175,12 @@ pub struct Overrides {
     /// Largest request body in bytes [default: 33554432].
     #[arg(long, env = "STRATA_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// TLS certificate chain (PEM) for the HTTP listener; with --tls-key turns TLS on.
+    #[arg(long, env = "STRATA_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the HTTP listener.
+    #[arg(long, env = "STRATA_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// What this node does: all, ingest or store [default: all].
     #[arg(long, env = "STRATA_ROLE", value_enum)]
     pub role: Option<Role>,
@@ -195,6 +233,12 @@ impl Config {
         }
         if let Some(v) = overrides.max_body_bytes {
             config.limits.max_body_bytes = v;
+        }
+        if let Some(v) = &overrides.tls_cert {
+            config.tls.cert = Some(v.clone());
+        }
+        if let Some(v) = &overrides.tls_key {
+            config.tls.key = Some(v.clone());
         }
         if let Some(v) = overrides.role {
             config.role = v;
@@ -260,12 +304,22 @@ impl Config {
                 ));
             }
         }
-        if self.limits.max_body_bytes == 0
-            || self.limits.max_event_bytes == 0
-            || self.limits.max_batch_events == 0
+        let l = &self.limits;
+        if l.max_body_bytes == 0
+            || l.max_event_bytes == 0
+            || l.max_batch_events == 0
+            || l.max_concurrent_requests == 0
+            || l.query_timeout_ms == 0
+            || l.query_memory_bytes == 0
         {
             return Err(crate::Error::Config("limits must be positive".into()));
         }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(crate::Error::Config(
+                "tls needs both `cert` and `key` (or neither)".into(),
+            ));
+        }
+        crate::auth::Auth::new(&self.auth)?;
         Ok(())
     }
 }

@@ -45,6 +45,15 @@ pub enum Error {
     /// The request needs a role this node does not have (e.g. SQL on an ingest node).
     #[error("{0}")]
     WrongRole(String),
+    /// No valid credentials (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Valid credentials without the right to do this (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many requests at once (503 with `Retry-After`).
+    #[error("{0}")]
+    Busy(String),
     /// A CLI request to a server failed.
     #[error("{0}")]
     Client(String),
@@ -70,10 +79,14 @@ impl Error {
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::WrongRole(_) => StatusCode::MISDIRECTED_REQUEST,
             Error::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Log(e) => log_status(e),
             Error::Ingest(e) => match e {
                 strata_ingest::Error::Log(e) => log_status(e),
-                strata_ingest::Error::TooManyEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                strata_ingest::Error::TooManyEvents { .. }
+                | strata_ingest::Error::EventTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 strata_ingest::Error::BadEvent { .. } | strata_ingest::Error::EmptyBatch => {
                     StatusCode::BAD_REQUEST
                 }
@@ -85,6 +98,7 @@ impl Error {
                 }
                 strata_views::Error::ResourcesExhausted(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 strata_views::Error::UnknownView(_) => StatusCode::NOT_FOUND,
+                strata_views::Error::Forbidden(_) => StatusCode::FORBIDDEN,
                 strata_views::Error::Conflict(_) => StatusCode::CONFLICT,
                 strata_views::Error::Execution(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 strata_views::Error::Store(e) => store_status(e),
@@ -121,14 +135,31 @@ fn log_status(e: &strata_proto::Error) -> StatusCode {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        if status.is_server_error() && !matches!(self, Error::Busy(_)) {
             tracing::error!(status = status.as_u16(), error = %self, "request failed");
         }
-        (
+        let mut response = (
             status,
             axum::Json(serde_json::json!({ "error": self.to_string() })),
         )
-            .into_response()
+            .into_response();
+        let headers = response.headers_mut();
+        match self {
+            Error::Unauthorized(_) => {
+                headers.insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer realm=\"strata\""),
+                );
+            }
+            Error::Busy(_) => {
+                headers.insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static("1"),
+                );
+            }
+            _ => {}
+        }
+        response
     }
 }
 

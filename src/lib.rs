@@ -5,6 +5,7 @@
 //! shutdown token is cancelled; `main.rs` only parses the command line and handles signals.
 
 pub mod api;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;

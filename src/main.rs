@@ -19,6 +19,12 @@ struct Cli {
         default_value = "http://127.0.0.1:7070"
     )]
     server: String,
+    /// Bearer token the client commands send (see `[auth]` in the README).
+    #[arg(long, env = "STRATA_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// PEM certificate(s) to trust for an https:// server (e.g. a self-signed one).
+    #[arg(long, env = "STRATA_CA_CERT", global = true)]
+    ca_cert: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,6 +33,8 @@ struct Cli {
 enum Command {
     /// Run a node: log, store and SQL in one process.
     Serve(Overrides),
+    /// Print the SHA-256 of a token (read from standard input) for `sha256 = …` under [[auth.tokens]].
+    HashToken,
     /// Append NDJSON events (one per line) from a file or standard input.
     Produce {
         /// The stream (created on first append).
@@ -109,7 +117,18 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime.block_on(async move {
             match cli.command {
                 Command::Serve(overrides) => serve(overrides).await,
-                command => run_client(&cli.server, command).await,
+                Command::HashToken => hash_token(),
+                command => {
+                    let client = Client::with_options(
+                        &cli.server,
+                        cli.token.as_deref(),
+                        cli.ca_cert.as_deref(),
+                    );
+                    match client {
+                        Ok(client) => run_client(client, command).await,
+                        Err(e) => Err(e),
+                    }
+                }
             }
         }),
         Err(e) => Err(strata::Error::io("cannot start the async runtime", e)),
@@ -166,9 +185,14 @@ async fn serve(overrides: Overrides) -> strata::Result<()> {
             shutdown.cancel();
         });
     }
+    let scheme = if config.tls.files().is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let node = strata::node::run(config, listener, Some(metrics), shutdown.clone());
     // Announce the address once the node is being built; tests read this line.
-    println!("strata listening on http://{addr}");
+    println!("strata listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();
     node.await
 }
@@ -191,12 +215,27 @@ async fn wait_for_signal() {
     }
 }
 
-async fn run_client(server: &str, command: Command) -> strata::Result<()> {
-    let client = Client::new(server);
+/// Reads a token from standard input and prints its SHA-256.
+fn hash_token() -> strata::Result<()> {
+    let mut token = String::new();
+    std::io::stdin()
+        .read_line(&mut token)
+        .map_err(|e| strata::Error::io("cannot read the token", e))?;
+    let token = token.trim_end_matches(['\r', '\n']);
+    if token.is_empty() {
+        return Err(strata::Error::BadRequest(
+            "give the token on standard input".into(),
+        ));
+    }
+    println!("{}", strata::auth::hash_token(token));
+    Ok(())
+}
+
+async fn run_client(client: Client, command: Command) -> strata::Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match command {
-        Command::Serve(_) => Ok(()),
+        Command::Serve(_) | Command::HashToken => Ok(()),
         Command::Produce {
             stream,
             file,

@@ -30,6 +30,12 @@ pub async fn run(
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
     let _lock = lock_data_dir(dir)?;
+    // Bad TLS files or tokens stop the node before it opens anything.
+    let tls = match config.tls.files() {
+        Some((cert, key)) => Some(tls_config(cert, key)?),
+        None => None,
+    };
+    let auth = Arc::new(crate::auth::Auth::new(&config.auth)?);
     let http = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -59,7 +65,11 @@ pub async fn run(
         None
     };
     let sql = match &store {
-        Some(store) => Some(Arc::new(SqlEngine::new(store.clone(), Some(log.clone()))?)),
+        Some(store) => Some(Arc::new(SqlEngine::with_memory_limit(
+            store.clone(),
+            Some(log.clone()),
+            Some(config.limits.query_memory_bytes),
+        )?)),
         None => None,
     };
     let consumers_stop = CancellationToken::new();
@@ -110,6 +120,10 @@ pub async fn run(
         metrics,
         limits: config.limits.clone(),
         default_partitions: config.default_partitions,
+        auth,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_concurrent_requests,
+        )),
         node: NodeInfo {
             id: node_id,
             role: config.role,
@@ -134,21 +148,9 @@ pub async fn run(
             }
         })
     });
-    // Answers are streamed in several writes; without TCP_NODELAY the last one waits for the
-    // client's delayed ACK (40 ms per request on a kept-alive connection).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let served = tokio::select! {
-        served = server => served.map_err(|e| Error::io("the HTTP server failed", e)),
-        () = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN).await } => {
-            tracing::warn!("requests still running {DRAIN:?} after shutdown began; closing them");
-            Ok(())
-        }
+    let served = match tls {
+        None => serve_plain(listener, router(state.clone()), &shutdown).await,
+        Some(tls) => serve_tls(listener, router(state.clone()), tls, &shutdown).await,
     };
     consumers_stop.cancel();
     if let Some(views) = views {
@@ -172,6 +174,86 @@ pub async fn run(
     }
     tracing::info!("stopped");
     served
+}
+
+async fn serve_plain(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    // Answers are streamed in several writes; without TCP_NODELAY the last one waits for the
+    // client's delayed ACK (40 ms per request on a kept-alive connection).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    tokio::select! {
+        served = server => served.map_err(|e| Error::io("the HTTP server failed", e)),
+        () = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN).await } => {
+            tracing::warn!("requests still running {DRAIN:?} after shutdown began; closing them");
+            Ok(())
+        }
+    }
+}
+
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: axum_server::tls_rustls::RustlsConfig,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let listener = listener
+        .into_std()
+        .map_err(|e| Error::io("the HTTPS listener", e))?;
+    let handle = axum_server::Handle::new();
+    let stopper = {
+        let (handle, shutdown) = (handle.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            handle.graceful_shutdown(Some(DRAIN));
+        })
+    };
+    let served = axum_server::from_tcp_rustls(listener, tls)
+        .handle(handle)
+        .serve(app.into_make_service())
+        .await
+        .map_err(|e| Error::io("the HTTPS server failed", e));
+    stopper.abort();
+    served
+}
+
+/// The rustls configuration of the HTTP listener from PEM files.
+fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<axum_server::tls_rustls::RustlsConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &std::path::Path, e: &dyn std::fmt::Display| {
+        Error::Config(format!("TLS: cannot read {}: {e}", what.display()))
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad(cert, &e))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad(cert, &e))?;
+    if chain.is_empty() {
+        return Err(bad(cert, &"no certificate in the file"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(format!("TLS: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| Error::Config(format!("TLS: the certificate and key do not fit: {e}")))?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(axum_server::tls_rustls::RustlsConfig::from_config(
+        Arc::new(server),
+    ))
 }
 
 fn host_name() -> String {

@@ -11,4 +11,5 @@ mod determinism;
 mod kafka;
 mod kafka_faults;
 mod schema;
+mod security;
 mod views;

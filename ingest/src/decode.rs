@@ -189,11 +189,8 @@ pub fn decode_batch(
             .iter()
             .enumerate()
             .map(|(i, raw)| {
-                decode_one(raw.get(), arrival_ms, limits, fields).map_err(|reason| {
-                    Error::BadEvent {
-                        location: format!("element {}", i + 1),
-                        reason,
-                    }
+                decode_at(raw.get(), arrival_ms, limits, fields, || {
+                    format!("element {}", i + 1)
                 })
             })
             .collect::<Result<Vec<_>>>()?
@@ -205,12 +202,9 @@ pub fn decode_batch(
                 continue;
             }
             check_count(events.len() + 1, limits)?;
-            events.push(
-                decode_one(line, arrival_ms, limits, fields).map_err(|reason| Error::BadEvent {
-                    location: format!("line {}", i + 1),
-                    reason,
-                })?,
-            );
+            events.push(decode_at(line, arrival_ms, limits, fields, || {
+                format!("line {}", i + 1)
+            })?);
         }
         events
     };
@@ -218,6 +212,28 @@ pub fn decode_batch(
         return Err(Error::EmptyBatch);
     }
     Ok(events)
+}
+
+/// Decodes one event, naming `location` in its error; an event over the size limit gets
+/// [`Error::EventTooLarge`].
+fn decode_at(
+    text: &str,
+    arrival_ms: i64,
+    limits: &DecodeLimits,
+    fields: &[FieldDef],
+    location: impl Fn() -> String,
+) -> Result<Event> {
+    if text.len() > limits.max_event_bytes {
+        return Err(Error::EventTooLarge {
+            location: location(),
+            size: text.len(),
+            max: limits.max_event_bytes,
+        });
+    }
+    decode_one(text, arrival_ms, limits, fields).map_err(|reason| Error::BadEvent {
+        location: location(),
+        reason,
+    })
 }
 
 fn check_count(count: usize, limits: &DecodeLimits) -> Result<()> {

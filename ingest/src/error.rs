@@ -14,6 +14,16 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// One event of a batch is over the size limit; the whole batch is refused.
+    #[error("{location}: the event is {size} bytes, over the limit of {max}")]
+    EventTooLarge {
+        /// `line N` or `element N` (1-based).
+        location: String,
+        /// Its size in bytes.
+        size: usize,
+        /// The configured limit.
+        max: usize,
+    },
     /// The body held no events.
     #[error("the request holds no events (send NDJSON, one event per line, or a JSON array)")]
     EmptyBatch,

@@ -7,13 +7,17 @@ use crate::{Error, Result, ViewPlan};
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::execution::context::{SQLOptions, SessionContext};
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement;
 use parking_lot::{Mutex, RwLock};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 use strata_proto::Log;
@@ -75,6 +79,51 @@ impl SchemaProvider for StreamSchema {
     }
 }
 
+/// What a caller may do through SQL: view DDL needs `admin`; tables are readable when their
+/// stream (a view's source stream, for a view) is in `streams`, or always when that is `None`.
+#[derive(Clone, Debug)]
+pub struct Access {
+    /// Whether the caller may create, drop and rebuild materialized views.
+    pub admin: bool,
+    /// The streams the caller may read; `None` means all.
+    pub streams: Option<BTreeSet<String>>,
+}
+
+impl Access {
+    /// Everything allowed.
+    pub fn all() -> Self {
+        Self {
+            admin: true,
+            streams: None,
+        }
+    }
+
+    /// Whether the caller may read `stream`.
+    pub fn may_read(&self, stream: &str) -> bool {
+        self.streams.as_ref().is_none_or(|s| s.contains(stream))
+    }
+
+    pub(crate) fn require_stream(&self, stream: &str, what: &str) -> Result<()> {
+        if self.may_read(stream) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "{what} reads stream {stream:?}, which this token may not read"
+            )))
+        }
+    }
+
+    pub(crate) fn require_admin(&self, what: &str) -> Result<()> {
+        if self.admin {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "{what} needs a token with the `admin` scope"
+            )))
+        }
+    }
+}
+
 /// A query's result: its schema and a stream of record batches.
 pub struct QueryOutput {
     /// Columns of the result.
@@ -99,10 +148,27 @@ impl SqlEngine {
     /// An engine over `store`: every stream is a table of the same name in the default schema,
     /// and so is every materialized view. `log`, when given, measures how far views lag behind it.
     pub fn new(store: Arc<Store>, log: Option<Arc<dyn Log>>) -> Result<Self> {
+        Self::with_memory_limit(store, log, None)
+    }
+
+    /// [`SqlEngine::new`] whose queries together may hold at most `memory_bytes` (sorts, joins,
+    /// aggregations; `None`: no limit). A query that needs more fails with
+    /// [`Error::ResourcesExhausted`]; nothing spills to disk (queries never create files).
+    pub fn with_memory_limit(
+        store: Arc<Store>,
+        log: Option<Arc<dyn Log>>,
+        memory_bytes: Option<usize>,
+    ) -> Result<Self> {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema("strata", "public");
-        let mut ctx = SessionContext::new_with_config(config);
+        let mut runtime = RuntimeEnvBuilder::new().with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+        );
+        if let Some(bytes) = memory_bytes {
+            runtime = runtime.with_memory_limit(bytes, 1.0);
+        }
+        let mut ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
         datafusion_functions_json::register_all(&mut ctx)?;
         let catalog = Arc::new(datafusion::catalog::MemoryCatalogProvider::new());
         let views = Arc::new(ViewRegistry::default());
@@ -131,8 +197,15 @@ impl SqlEngine {
     /// VIEW`, `DROP MATERIALIZED VIEW`, `SHOW VIEWS`) are accepted; anything else that would change
     /// state or reach server files is refused with [`Error::ReadOnly`].
     pub async fn query(&self, sql: &str) -> Result<QueryOutput> {
+        self.query_as(sql, &Access::all()).await
+    }
+
+    /// [`SqlEngine::query`] for a caller with `access`: every table the plan reads (subqueries
+    /// included) must be one it may read, and view DDL needs `admin`; otherwise
+    /// [`Error::Forbidden`].
+    pub async fn query_as(&self, sql: &str, access: &Access) -> Result<QueryOutput> {
         let started = Instant::now();
-        let result = self.plan_and_run(sql).await;
+        let result = self.plan_and_run(sql, access).await;
         metrics::counter!("strata_queries_total", "outcome" => if result.is_ok() { "ok" } else { "error" })
             .increment(1);
         metrics::histogram!("strata_query_planning_seconds")
@@ -140,12 +213,12 @@ impl SqlEngine {
         result
     }
 
-    async fn plan_and_run(&self, sql: &str) -> Result<QueryOutput> {
+    async fn plan_and_run(&self, sql: &str, access: &Access) -> Result<QueryOutput> {
         let state = self.ctx.state();
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(sql, &dialect)?;
         if let Some(view) = view_statement(&statement)? {
-            return self.view_statement(view).await;
+            return self.view_statement(view, access).await;
         }
         check_read_only(&statement)?;
         let plan = state.statement_to_plan(statement).await?;
@@ -155,10 +228,40 @@ impl SqlEngine {
             .with_allow_statements(false)
             .verify_plan(&plan)
             .map_err(|e| Error::ReadOnly(e.strip_backtrace()))?;
+        self.check_tables(&plan, access)?;
         let df = self.ctx.execute_logical_plan(plan).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.execute_stream().await?;
         Ok(QueryOutput { schema, batches })
+    }
+}
+
+impl SqlEngine {
+    /// Refuses a plan that reads a table `access` does not cover. The plan is walked, not the
+    /// SQL text, so aliases, CTEs and subqueries cannot hide a table.
+    fn check_tables(&self, plan: &LogicalPlan, access: &Access) -> Result<()> {
+        if access.streams.is_none() {
+            return Ok(());
+        }
+        let mut tables = BTreeSet::new();
+        plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                tables.insert(scan.table_name.clone());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        for table in tables {
+            if table.schema() == Some("information_schema") {
+                // Names and columns of tables, not their rows.
+                continue;
+            }
+            let name = table.table();
+            match self.views.get(name) {
+                Some(view) => access.require_stream(&view.stream, &format!("view {name}"))?,
+                None => access.require_stream(name, "this query")?,
+            }
+        }
+        Ok(())
     }
 }
 

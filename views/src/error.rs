@@ -17,6 +17,9 @@ pub enum Error {
     /// The query failed while running for a reason not in the SQL (storage, internal).
     #[error("query failed: {0}")]
     Execution(String),
+    /// The caller may not do this (a statement needing `admin`, a stream it has no grant for).
+    #[error("{0}")]
+    Forbidden(String),
     /// No materialized view of that name.
     #[error("no materialized view named {0}")]
     UnknownView(String),

@@ -13,7 +13,7 @@ pub mod materialized;
 mod table;
 mod view_table;
 
-pub use engine::{QueryOutput, SqlEngine};
+pub use engine::{Access, QueryOutput, SqlEngine};
 pub use error::{Error, Result};
 pub use filters::ScanBounds;
 pub use manage::{RebuildProgress, ViewListing, ViewPartitionLag};

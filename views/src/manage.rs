@@ -1,6 +1,6 @@
 //! Materialized view statements, listings, background catch-up and rebuilds.
 
-use crate::engine::QueryOutput;
+use crate::engine::{Access, QueryOutput};
 use crate::materialized::{Maintainer, ViewPlan, ViewStatement};
 use crate::{Error, Result, SqlEngine};
 use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
@@ -95,13 +95,18 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl SqlEngine {
-    pub(crate) async fn view_statement(&self, statement: ViewStatement) -> Result<QueryOutput> {
+    pub(crate) async fn view_statement(
+        &self,
+        statement: ViewStatement,
+        access: &Access,
+    ) -> Result<QueryOutput> {
         match statement {
             ViewStatement::Create {
                 name,
                 query,
                 if_not_exists,
             } => {
+                access.require_admin("CREATE MATERIALIZED VIEW")?;
                 if self.store.view_def(&name).is_some() {
                     if if_not_exists {
                         return message(format!("materialized view {name} exists already"));
@@ -110,12 +115,16 @@ impl SqlEngine {
                         "a materialized view named {name} exists already (DROP MATERIALIZED VIEW {name} first)"
                     )));
                 }
-                self.create_view(&name, &query).await?;
+                self.create_view(&name, &query, access).await?;
                 message(format!(
                     "created materialized view {name}; events stored before now are being folded in (see SHOW VIEWS)"
                 ))
             }
             ViewStatement::Drop { name, if_exists } => {
+                access.require_admin("DROP MATERIALIZED VIEW")?;
+                if let Some(def) = self.store.view_def(&name) {
+                    access.require_stream(def.stream.as_str(), &format!("view {name}"))?;
+                }
                 let store = self.store.clone();
                 let n = name.clone();
                 let dropped = blocking(move || store.drop_view(&n)).await?;
@@ -128,7 +137,8 @@ impl SqlEngine {
                 }
             }
             ViewStatement::Show => {
-                let listing = self.view_listing().await?;
+                let mut listing = self.view_listing().await?;
+                listing.retain(|v| access.may_read(&v.stream));
                 let text = |f: fn(&ViewListing) -> String| -> ArrayRef {
                     Arc::new(StringArray::from(listing.iter().map(f).collect::<Vec<_>>()))
                 };
@@ -171,7 +181,7 @@ impl SqlEngine {
     }
 
     /// Checks `query` and creates view `name` over its stream.
-    async fn create_view(&self, name: &str, query: &str) -> Result<()> {
+    async fn create_view(&self, name: &str, query: &str, access: &Access) -> Result<()> {
         if StreamName::new(name).is_ok_and(|n| self.store.catalog().contains_key(&n)) {
             return Err(Error::Conflict(format!(
                 "a stream is named {name}; a view needs a name of its own"
@@ -187,6 +197,7 @@ impl SqlEngine {
                     plan.stream
                 ))
             })?;
+        access.require_stream(stream.as_str(), &format!("view {name}"))?;
         let plan = Arc::new(plan);
         let (store, n, q, fold) = (
             self.store.clone(),
