@@ -10,6 +10,7 @@ mod crash;
 mod determinism;
 mod kafka;
 mod kafka_faults;
+mod limits;
 mod schema;
 mod security;
 mod views;
