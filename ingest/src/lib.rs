@@ -9,6 +9,8 @@ mod append;
 pub mod decode;
 pub mod embedded;
 mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod kafka;
 
 pub use append::{AppendOutcome, Ingest, IngestConfig, PartitionAppend};

@@ -10,6 +10,8 @@ pub mod codec;
 mod error;
 mod event;
 pub mod fields;
+#[cfg(test)]
+mod fuzz;
 mod log;
 mod name;
 mod partition;

@@ -254,3 +254,26 @@ fn view_statements_are_recognized() {
     assert!(parse_view_statement("CREATE MATERIALIZED VIEW \"Bad Name\" AS SELECT 1").is_err());
     assert!(parse_view_statement("CREATE OR REPLACE MATERIALIZED VIEW v AS SELECT 1").is_err());
 }
+
+proptest::proptest! {
+    /// Fuzz target: view statements with any name, and SQL text cut anywhere, are recognized,
+    /// refused with a message, or left to the engine; never a panic. A name is accepted exactly
+    /// when it is a valid stream name.
+    #[test]
+    fn fuzz_view_statements(name in proptest::prop_oneof!["[a-z][a-z0-9_]{0,70}", "\\PC{0,30}", "\"[^\"]{0,20}\""], cut in proptest::prelude::any::<proptest::sample::Index>()) {
+        for sql in [
+            format!("CREATE MATERIALIZED VIEW {name} AS SELECT key, count(*) FROM s GROUP BY key"),
+            format!("DROP MATERIALIZED VIEW IF EXISTS {name}"),
+        ] {
+            match crate::materialized::parse_view_statement(&sql) {
+                Ok(Some(_)) => proptest::prop_assert!(strata_proto::StreamName::new(&name).is_ok(), "{}", sql),
+                Ok(None) => {}
+                Err(e) => proptest::prop_assert!(!e.to_string().is_empty()),
+            }
+            let cut = cut.index(sql.len() + 1);
+            if let Some(prefix) = sql.get(..cut) {
+                let _ = crate::materialized::parse_view_statement(prefix);
+            }
+        }
+    }
+}

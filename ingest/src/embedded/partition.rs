@@ -81,6 +81,19 @@ impl PartitionLog {
                 let (meta, stop) = scan_segment(&path, base).map_err(at)?;
                 if let Some(stop) = stop {
                     let file_len = std::fs::metadata(&path).map_err(at)?.len();
+                    if stop.intact_after {
+                        // Not a torn write: events that were acknowledged are damaged.
+                        return Err(Error::Corrupt(format!(
+                            "{} at byte {}: {}, and intact frames follow it, so acknowledged events are damaged; \
+                             refusing to serve past it. Restore the file from a replica or backup, or truncate it to {} bytes \
+                             to give up this frame and the {} bytes after it",
+                            path.display(),
+                            stop.pos,
+                            stop.reason,
+                            stop.pos,
+                            file_len - stop.pos
+                        )));
+                    }
                     tracing::warn!(
                         segment = %path.display(),
                         at_byte = stop.pos,

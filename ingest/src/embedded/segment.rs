@@ -108,11 +108,26 @@ pub struct ScanStop {
     pub pos: u64,
     /// What is wrong there.
     pub reason: String,
+    /// Whether an intact frame follows the bad one. A torn write only ever damages the end of
+    /// the file, so this means acknowledged events were damaged in place.
+    pub intact_after: bool,
 }
 
 /// Reads every frame of a segment from the start, verifying lengths, offsets and checksums.
 /// Returns what is valid and, when the file holds more than that, where and why the scan stopped.
 pub fn scan_segment(path: &Path, base: u64) -> io::Result<(SegmentMeta, Option<ScanStop>)> {
+    let (meta, stop) = scan_frames(path, base)?;
+    let stop = match stop {
+        Some(mut stop) => {
+            stop.intact_after = intact_frame_after(path, stop.pos, meta.end)?;
+            Some(stop)
+        }
+        None => None,
+    };
+    Ok((meta, stop))
+}
+
+fn scan_frames(path: &Path, base: u64) -> io::Result<(SegmentMeta, Option<ScanStop>)> {
     let file = File::open(path)?;
     let file_len = file.metadata()?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -122,6 +137,7 @@ pub fn scan_segment(path: &Path, base: u64) -> io::Result<(SegmentMeta, Option<S
         Some(ScanStop {
             pos: meta.len,
             reason,
+            intact_after: false,
         })
     };
     loop {
@@ -155,7 +171,18 @@ pub fn scan_segment(path: &Path, base: u64) -> io::Result<(SegmentMeta, Option<S
         payload.resize(header.payload_len, 0);
         reader.read_exact(&mut payload)?;
         if !header.verify(&header_bytes, &payload) {
-            return Ok((meta.clone(), stop(&meta, "checksum mismatch".into())));
+            return Ok((
+                meta.clone(),
+                Some(ScanStop {
+                    pos: meta.len,
+                    reason: format!(
+                        "checksum mismatch in the frame of offsets {}..{}",
+                        header.base_offset,
+                        header.end_offset()
+                    ),
+                    intact_after: false,
+                }),
+            ));
         }
         if header.base_offset != meta.end {
             return Ok((
@@ -171,6 +198,33 @@ pub fn scan_segment(path: &Path, base: u64) -> io::Result<(SegmentMeta, Option<S
         }
         meta.push_frame(header.frame_len(), u64::from(header.count));
     }
+}
+
+/// Whether an intact frame (plausible header, offsets at or after `end`, checksum holding)
+/// starts anywhere in `path` after byte `pos`. Only called when a scan stopped early; a torn
+/// write leaves nothing intact after the damage, so a hit means the damage is elsewhere.
+fn intact_frame_after(path: &Path, pos: u64, end: u64) -> io::Result<bool> {
+    let mut file = File::open(path)?;
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(pos))?;
+    let mut rest = Vec::new();
+    file.read_to_end(&mut rest)?;
+    for start in 1..rest.len().saturating_sub(HEADER_LEN - 1) {
+        let Ok(header_bytes) = <[u8; HEADER_LEN]>::try_from(&rest[start..start + HEADER_LEN])
+        else {
+            break;
+        };
+        let Some(header) = FrameHeader::parse(&header_bytes) else {
+            continue;
+        };
+        let payload_end = start + HEADER_LEN + header.payload_len;
+        if header.count == 0 || header.base_offset < end || payload_end > rest.len() {
+            continue;
+        }
+        if header.verify(&header_bytes, &rest[start + HEADER_LEN..payload_end]) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 const INDEX_MAGIC: &[u8; 4] = b"STIX";
@@ -308,7 +362,9 @@ mod tests {
         std::fs::write(&path, &bad).unwrap();
         let (meta, stop) = scan_segment(&path, 0).unwrap();
         assert_eq!(meta.end, 3);
-        assert_eq!(stop.unwrap().reason, "checksum mismatch");
+        let stop = stop.unwrap();
+        assert!(stop.reason.starts_with("checksum mismatch"), "{stop:?}");
+        assert!(stop.intact_after);
         // A damaged index is ignored.
         std::fs::write(&path, &buf).unwrap();
         let (meta, _) = scan_segment(&path, 0).unwrap();
