@@ -6,6 +6,7 @@ mod api;
 mod bench;
 mod cli;
 mod compose;
+mod corruption;
 mod crash;
 mod determinism;
 mod kafka;

@@ -34,6 +34,47 @@ pub enum Error {
     Task(String),
 }
 
+impl Error {
+    /// A failed read of `keyspace` (the shard `shard`, reading `what`): damage that fjall found
+    /// by checksum, or a block that does not decode, becomes [`Error::Corrupt`] naming the shard,
+    /// what was read and the keyspace's directory; other failures stay [`Error::Storage`].
+    pub(crate) fn reading(
+        e: fjall::Error,
+        shard: &str,
+        keyspace: &fjall::Keyspace,
+        what: impl FnOnce() -> String,
+    ) -> Self {
+        use fjall::Error as F;
+        use fjall::LsmError as L;
+        let damaged = match &e {
+            F::Storage(l) => matches!(
+                l,
+                L::ChecksumMismatch { .. }
+                    | L::Decompress(_)
+                    | L::InvalidHeader(_)
+                    | L::InvalidTrailer
+                    | L::InvalidTag(_)
+                    | L::Unrecoverable
+            ),
+            F::Decompress(_) | F::InvalidTrailer | F::InvalidTag(_) => true,
+            _ => false,
+        };
+        if damaged {
+            metrics::counter!("strata_store_corruption_total").increment(1);
+            Error::Corrupt {
+                location: format!(
+                    "shard {shard}, {} (files under {})",
+                    what(),
+                    keyspace.path().display()
+                ),
+                reason: format!("{e:?}; the shard can be rebuilt from the log (see the README)"),
+            }
+        } else {
+            Error::Storage(e)
+        }
+    }
+}
+
 impl From<Error> for strata_proto::Error {
     fn from(e: Error) -> Self {
         match e {

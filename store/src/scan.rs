@@ -85,7 +85,9 @@ fn sources(shard: &Shard, snapshot: &fjall::Snapshot, state: ShardState) -> Resu
         .map(Source::Block)
         .collect();
     for item in snapshot.range(&shard.tail, offset_key(state.tail_start)..) {
-        let (k, v) = item.into_inner()?;
+        let (k, v) = item.into_inner().map_err(|e| {
+            Error::reading(e, &shard.label(), &shard.tail, || "the row tail".into())
+        })?;
         let meta = tail_meta(&v, || format!("{} tail chunk {:?}", shard.label(), &*k))?;
         out.push(Source::Tail(meta, v));
     }
@@ -107,7 +109,9 @@ impl ShardScan {
                 let prefix = key_index_prefix(key);
                 let mut offsets = VecDeque::new();
                 for item in snapshot.prefix(&shard.keys, &prefix) {
-                    let k = item.key()?;
+                    let k = item.key().map_err(|e| {
+                        Error::reading(e, &shard.label(), &shard.keys, || "the key index".into())
+                    })?;
                     let offset = k
                         .get(prefix.len()..)
                         .and_then(|b| <[u8; 8]>::try_from(b).ok())
@@ -366,7 +370,14 @@ fn read_source(
                     meta.first
                 )
             };
-            match snapshot.get(&shard.blocks, column_key(meta.first, c))? {
+            let read = snapshot
+                .get(&shard.blocks, column_key(meta.first, c))
+                .map_err(|e| {
+                    Error::reading(e, &shard.label(), &shard.blocks, || {
+                        format!("block at offset {} column {c}", meta.first)
+                    })
+                })?;
+            match read {
                 Some(bytes) => {
                     let t = schema.field(i).data_type();
                     let array = as_table_type(decode_column(&bytes, label)?, t)?;

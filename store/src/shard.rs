@@ -465,7 +465,9 @@ pub(crate) fn block_metas(shard: &Shard, snapshot: &fjall::Snapshot) -> Result<V
     snapshot
         .iter(&shard.bmeta)
         .map(|item| {
-            let (k, v) = item.into_inner()?;
+            let (k, v) = item.into_inner().map_err(|e| {
+                Error::reading(e, &shard.label(), &shard.bmeta, || "the block index".into())
+            })?;
             BlockMeta::decode(&v, || format!("{} block {:?}", shard.label(), &*k))
         })
         .collect()
