@@ -9,6 +9,7 @@ mod compose;
 mod corruption;
 mod crash;
 mod determinism;
+mod disk;
 mod kafka;
 mod kafka_faults;
 mod limits;

@@ -67,7 +67,7 @@ pub enum Error {
     #[error("log unavailable: {0}")]
     Unavailable(String),
     /// The log has no space left for the write.
-    #[error("log storage is full: {0}")]
+    #[error("log storage is full: {0}; nothing of this request was written: free space and retry")]
     StorageFull(String),
     /// A store backing an [`crate::IdLookup`] failed.
     #[error("store lookup failed: {0}")]
