@@ -228,6 +228,9 @@ struct PartitionOffsets {
     /// The store's progress: events below it are visible to SQL and replay (`null` without a
     /// store).
     stored_offset: Option<u64>,
+    /// Why this node stopped consuming the partition (the log no longer holds its next offset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stalled: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -252,6 +255,15 @@ async fn stream_view(state: &AppState, info: &strata_proto::StreamInfo) -> Resul
         (0..info.partitions).map(|p| state.log.end_offset(&info.name, p)),
     )
     .await;
+    let gaps: Vec<strata_ingest::RetentionGapInfo> = state
+        .node
+        .group
+        .as_ref()
+        .map(|g| g.gaps())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|g| g.stream == info.name)
+        .collect();
     let offsets = (0..)
         .zip(stored)
         .zip(ends)
@@ -261,6 +273,10 @@ async fn stream_view(state: &AppState, info: &strata_proto::StreamInfo) -> Resul
                 .inspect_err(|e| tracing::debug!(error = %e, "no end offset"))
                 .ok(),
             stored_offset,
+            stalled: gaps
+                .iter()
+                .find(|g| g.partition == partition)
+                .map(|g| g.message()),
         })
         .collect();
     Ok(StreamView {

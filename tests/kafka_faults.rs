@@ -1,7 +1,8 @@
 //! Kafka faults on librdkafka's in-process mock cluster (3 brokers, replication factor 3): a broker
 //! going down and partition leaders moving while appends run, produce requests failing so that
 //! the producer retries, and every broker down for a while. Afterwards every acknowledged event is
-//! in the shards exactly once.
+//! in the shards exactly once. Also: records that are not events go to the dead-letter topic, and
+//! a log whose retention ran ahead of a store node stalls that partition loudly.
 
 use crate::common::*;
 use rdkafka::mocking::MockCluster;
@@ -16,18 +17,27 @@ const PARTITIONS: i32 = 3;
 
 /// A strata node on `cluster`, with stream `f` (3 partitions); the mock's topics are made up
 /// front with replication factor 3.
-fn node(
-    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-    dir: &std::path::Path,
-) -> Server {
-    for topic in ["m.__catalog", "m.__nodes"] {
+fn node(cluster: &Mock, dir: &std::path::Path) -> Server {
+    topics(cluster);
+    start_node(cluster, dir, "")
+}
+
+type Mock = MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
+
+/// The mock's topics, made up front with replication factor 3.
+fn topics(cluster: &Mock) {
+    for topic in ["m.__catalog", "m.__nodes", "m.__dead_letters"] {
         cluster.create_topic(topic, 1, 3).unwrap();
     }
     cluster.create_topic("m.f", PARTITIONS, 3).unwrap();
+}
+
+/// A strata node on `cluster` with `extra` lines in its `[log.kafka]` section.
+fn start_node(cluster: &Mock, dir: &std::path::Path, extra: &str) -> Server {
     let config = format!(
         "[log.kafka]\nbrokers = \"{}\"\ntopic_prefix = \"m.\"\ngroup_id = \"strata-mock\"\n\
          replication_factor = 3\nmin_insync_replicas = 2\nsession_timeout_ms = 6000\n\
-         refresh_ms = 500\ndelivery_timeout_ms = 5000\n",
+         refresh_ms = 500\ndelivery_timeout_ms = 5000\n{extra}",
         cluster.bootstrap_servers()
     );
     let server = Server::start_with(Backend::Kafka, dir, &config, &[]);
@@ -267,5 +277,215 @@ fn a_node_whose_brokers_cannot_be_reached_exits_with_a_clear_error() {
     assert!(
         last.contains("Kafka") && last.contains("are the Kafka brokers reachable?"),
         "{stderr}"
+    );
+}
+
+/// A plain producer on the mock (as another team's service would be).
+fn producer(cluster: &Mock) -> rdkafka::producer::BaseProducer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("message.timeout.ms", "10000")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap()
+}
+
+fn produce(producer: &rdkafka::producer::BaseProducer, partition: i32, values: &[Vec<u8>]) {
+    use rdkafka::producer::{BaseRecord, Producer};
+    for value in values {
+        let mut record = Some(
+            BaseRecord::<str, [u8]>::to("m.f")
+                .partition(partition)
+                .payload(value),
+        );
+        while let Some(r) = record.take() {
+            if let Err((_, r)) = producer.send(r) {
+                producer.poll(Duration::from_millis(20));
+                record = Some(r);
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// The stream listing's entry for partition `p` of `f`.
+fn partition_info(server: &Server, p: usize) -> serde_json::Value {
+    stream_info(server, "f")["offsets"][p].clone()
+}
+
+#[test]
+fn records_that_are_not_events_go_to_the_dead_letter_topic_without_a_crash_loop() {
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Headers;
+    let cluster = MockCluster::new(3).unwrap();
+    let (_tmp, dir) = data_dir();
+    topics(&cluster);
+    let mut server = start_node(&cluster, &dir, "max_value_bytes = 1000\n");
+    let values: Vec<Vec<u8>> = vec![
+        br#"{"n": 1}"#.to_vec(),
+        b"not json at all".to_vec(),
+        vec![0xff, 0xfe, 0x00],
+        format!("{{\"big\": \"{}\"}}", "x".repeat(2000)).into_bytes(),
+        br#"{"n": 2}"#.to_vec(),
+    ];
+    produce(&producer(&cluster), 0, &values);
+    eventually("the two events stored", || {
+        let (status, v) = sql(&server, "SELECT count(*) AS n FROM f");
+        (status == 200 && v[0]["n"] == 2).then_some(())
+    });
+    assert_eq!(
+        rows(&server, "SELECT \"offset\", data FROM f ORDER BY 1"),
+        vec![
+            json!({"offset": 0, "data": "{\"n\": 1}"}),
+            json!({"offset": 4, "data": "{\"n\": 2}"})
+        ]
+    );
+    // The three others are in the dead-letter topic, saying where they came from and why.
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("group.id", "dlq-reader")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset("m.__dead_letters", 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut dead = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dead.len() < 3 && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let header = |name: &str| {
+                m.headers()
+                    .and_then(|h| h.iter().find(|x| x.key == name))
+                    .and_then(|x| x.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default()
+            };
+            dead.push((
+                header("strata-source-offset"),
+                header("strata-reason"),
+                header("strata-source-topic"),
+                m.payload().map(<[u8]>::to_vec),
+            ));
+        }
+    }
+    assert_eq!(
+        dead,
+        vec![
+            (
+                "1".into(),
+                "not_json".into(),
+                "m.f".into(),
+                Some(values[1].clone())
+            ),
+            (
+                "2".into(),
+                "not_utf8".into(),
+                "m.f".into(),
+                Some(values[2].clone())
+            ),
+            (
+                "3".into(),
+                "too_large".into(),
+                "m.f".into(),
+                Some(values[3].clone())
+            ),
+        ]
+    );
+    let metrics = http()
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("strata_kafka_dead_letters_total")
+                && l.contains("reason=\"not_json\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    // Replay straight from the log leaves them out too; a restart stores nothing twice.
+    let (status, logged) = replay(&server, "f", "partition=0&source=log");
+    assert_eq!(status, 200);
+    assert_eq!(logged.len(), 2, "{logged:?}");
+    server.restart();
+    produce(&producer(&cluster), 0, &[br#"{"n": 3}"#.to_vec()]);
+    eventually("the third event stored", || {
+        let (status, v) = sql(&server, "SELECT count(*) AS n FROM f");
+        (status == 200 && v[0]["n"] == 3).then_some(())
+    });
+}
+
+#[test]
+fn a_log_whose_retention_ran_ahead_stalls_the_partition_loudly_or_skips_when_told() {
+    let cluster = MockCluster::new(3).unwrap();
+    let (_tmp, dir) = data_dir();
+    topics(&cluster);
+    // The mock keeps 5 MB per partition: 8 MB to partition 0 deletes its first offsets before
+    // any store node has read them.
+    let chunk = format!("{{\"pad\": \"{}\"}}", "p".repeat(8000)).into_bytes();
+    produce(&producer(&cluster), 0, &vec![chunk; 1000]);
+    let mut server = start_node(&cluster, &dir, "");
+    let stalled = eventually("partition 0 stalled", || {
+        partition_info(&server, 0)["stalled"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    assert!(
+        stalled.contains("deleted by the log's retention") && stalled.contains("retention_gap"),
+        "{stalled}"
+    );
+    assert_eq!(partition_info(&server, 0)["stored_offset"], 0);
+    // The rest of the stream goes on, the node stays up, and says so in its log.
+    let other = append_ok(
+        &server,
+        "f",
+        "{\"key\": \"a\", \"data\": 1}\n{\"key\": \"b\", \"data\": 2}\n{\"key\": \"c\", \"data\": 3}\n",
+    );
+    let to_others = other["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["partition"] != 0)
+        .map(|p| p["count"].as_u64().unwrap())
+        .sum::<u64>();
+    eventually("events of the other partitions stored", || {
+        let (status, v) = sql(&server, "SELECT count(*) AS n FROM f WHERE partition > 0");
+        (status == 200 && v[0]["n"] == to_others).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(partition_info(&server, 0)["stored_offset"], 0);
+    assert!(server.log().contains("deleted by the log's retention"));
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-0", &server.pid().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    // Told to skip, the node goes on from the log's start and counts what it skipped.
+    assert!(server.stop());
+    let (_tmp2, dir2) = data_dir();
+    let server = start_node(&cluster, &dir2, "retention_gap = \"skip\"\n");
+    let stored = eventually("partition 0 stored from the log's start", || {
+        let info = partition_info(&server, 0);
+        info["stored_offset"]
+            .as_u64()
+            .filter(|s| *s > 0 && info["stalled"].is_null())
+    });
+    assert!(stored > 0);
+    let metrics = http()
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("strata_store_retention_skipped_events_total"),
+        "{metrics}"
     );
 }

@@ -16,4 +16,4 @@ pub mod kafka;
 pub use append::{AppendOutcome, Ingest, IngestConfig, PartitionAppend};
 pub use embedded::{EmbeddedLog, EmbeddedLogConfig};
 pub use error::{Error, Result};
-pub use kafka::{KafkaConfig, KafkaLog, StoreGroup};
+pub use kafka::{KafkaConfig, KafkaLog, NonJson, RetentionGap, RetentionGapInfo, StoreGroup};

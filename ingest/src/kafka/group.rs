@@ -7,19 +7,24 @@
 //! before the next poll, and rebalances happen inside a poll, so when partitions are revoked no
 //! batch of theirs is in flight; their committed offsets are written synchronously before they go.
 
-use super::KafkaConfig;
-use super::mapping::{ValueKind, count_value, is_control, record_from_message};
+use super::mapping::{
+    ValueKind, count_value, dead_letter_headers, dead_letter_reason, is_control,
+    record_from_message,
+};
+use super::{KafkaConfig, RetentionGap};
 use crate::Result;
 use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use strata_proto::{Error, Record, ShardSink, StreamName};
@@ -31,6 +36,67 @@ struct Shared {
     assigned: Mutex<BTreeMap<(StreamName, u32), Option<u64>>>,
     /// Records read since the last shard commit, by topic and partition.
     buffers: Mutex<HashMap<(String, i32), Batch>>,
+    /// Assigned partitions stalled because the log no longer holds their next offset.
+    gaps: Mutex<BTreeMap<(StreamName, u32), RetentionGapInfo>>,
+}
+
+/// A partition whose next offset the log no longer holds (deleted by retention, or the topic
+/// was made anew): the node stopped consuming it rather than skip or crash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetentionGapInfo {
+    /// The stream.
+    pub stream: StreamName,
+    /// The partition.
+    pub partition: u32,
+    /// The shard's next offset.
+    pub stored: u64,
+    /// The log's first offset.
+    pub log_start: u64,
+    /// The log's end offset.
+    pub log_end: u64,
+}
+
+impl RetentionGapInfo {
+    /// What happened and what an operator can do, in one line.
+    pub fn message(&self) -> String {
+        if self.stored < self.log_start {
+            format!(
+                "the log of {} partition {} starts at offset {}, but this node has stored only up to {}: \
+                 offsets {}..{} were deleted by the log's retention before they were stored. Consuming \
+                 it is stopped; restore them or set log.kafka.retention_gap = \"skip\" to go on without them",
+                self.stream,
+                self.partition,
+                self.log_start,
+                self.stored,
+                self.stored,
+                self.log_start
+            )
+        } else {
+            format!(
+                "the log of {} partition {} ends at offset {}, but this node has stored up to {} \
+                 (was the topic deleted and made anew?). Consuming it is stopped",
+                self.stream, self.partition, self.log_end, self.stored
+            )
+        }
+    }
+}
+
+/// Counts dead-letter copies the brokers did not take.
+#[derive(Default)]
+struct DeadLetterContext {
+    failed: AtomicU64,
+}
+
+impl ClientContext for DeadLetterContext {}
+
+impl ProducerContext for DeadLetterContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if result.is_err() {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Records of one partition read since the last shard commit.
@@ -40,12 +106,17 @@ struct Batch {
     /// Values stored as text and as base64, counted once the batch is stored.
     text: u64,
     binary: u64,
+    /// Records set aside for the dead-letter topic, with why.
+    dead: Vec<(OwnedMessage, &'static str)>,
+    /// The first offset read (to read again after a failure).
+    first: Option<u64>,
 }
 
 struct GroupContext {
     config: KafkaConfig,
     sink: Arc<dyn ShardSink>,
     shared: Arc<Shared>,
+    dead_letters: BaseProducer<DeadLetterContext>,
 }
 
 /// Whether `e` only says that no topic matches the subscription yet.
@@ -100,11 +171,156 @@ impl GroupContext {
         Ok(next)
     }
 
+    /// Copies `dead` to the dead-letter topic and waits until the brokers have them all, so that
+    /// the shard may move past them.
+    fn send_dead_letters(
+        &self,
+        stream: &StreamName,
+        dead: &[(OwnedMessage, &'static str)],
+    ) -> strata_proto::Result<()> {
+        let failed_before = self.dead_letters.context().failed.load(Ordering::Relaxed);
+        let topic = self.config.dead_letter_topic();
+        for (message, reason) in dead {
+            let headers = dead_letter_headers(message, reason);
+            let mut record = BaseRecord::<[u8], [u8]>::to(&topic).headers(headers);
+            if let Some(key) = message.key() {
+                record = record.key(key);
+            }
+            if let Some(value) = message.payload() {
+                record = record.payload(value);
+            }
+            let mut record = Some(record);
+            for _ in 0..100 {
+                let Some(r) = record.take() else { break };
+                match self.dead_letters.send(r) {
+                    Ok(()) => {}
+                    Err((e, r)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                        self.dead_letters.poll(Duration::from_millis(50));
+                        record = Some(r);
+                    }
+                    Err((e, _)) => {
+                        return Err(super::unavailable(
+                            "cannot write to the dead-letter topic",
+                            &e,
+                        ));
+                    }
+                }
+            }
+        }
+        self.dead_letters
+            .flush(self.config.timeout())
+            .map_err(|e| {
+                super::unavailable("the dead-letter topic did not take its records", &e)
+            })?;
+        if self.dead_letters.context().failed.load(Ordering::Relaxed) != failed_before {
+            return Err(Error::Unavailable(
+                "the brokers refused a dead-letter record".into(),
+            ));
+        }
+        for (message, reason) in dead {
+            tracing::warn!(%stream, partition = message.partition(), offset = message.offset(), reason,
+                "record set aside in the dead-letter topic {topic}");
+            metrics::counter!("strata_kafka_dead_letters_total", "stream" => stream.to_string(), "reason" => *reason)
+                .increment(1);
+        }
+        Ok(())
+    }
+
+    /// After the consumer said an assigned partition's position is not in the log: finds which
+    /// (by the log's watermarks) and stalls it, or with `retention_gap = "skip"` moves it to the
+    /// log's start, loudly either way.
+    fn check_gaps(&self, consumer: &BaseConsumer<Self>) {
+        let assigned: Vec<(StreamName, u32)> =
+            self.shared.assigned.lock().keys().cloned().collect();
+        for (stream, p) in assigned {
+            if self.shared.gaps.lock().contains_key(&(stream.clone(), p)) {
+                continue;
+            }
+            let topic = self.config.topic(stream.as_str());
+            let Ok((low, high)) =
+                consumer.fetch_watermarks(&topic, p as i32, Duration::from_secs(5))
+            else {
+                continue;
+            };
+            let (low, high) = (low.max(0) as u64, high.max(0) as u64);
+            let stored = self.sink.stored_next_offset(&stream, p).unwrap_or(0);
+            if (low..=high).contains(&stored) {
+                continue;
+            }
+            let gap = RetentionGapInfo {
+                stream: stream.clone(),
+                partition: p,
+                stored,
+                log_start: low,
+                log_end: high,
+            };
+            if stored < low && self.config.retention_gap == RetentionGap::Skip {
+                tracing::error!(%stream, partition = p, skipped = low - stored,
+                    "offsets {stored}..{low} were deleted by the log's retention before they were stored; \
+                     going on from {low} without them (retention_gap = \"skip\")");
+                metrics::counter!("strata_store_retention_skipped_events_total", "stream" => stream.to_string(), "partition" => p.to_string())
+                    .increment(low - stored);
+                if let Err(e) = self.reassign_at(consumer, &topic, p, low) {
+                    tracing::warn!(%stream, partition = p, error = %e, "cannot move to the log's start");
+                }
+                continue;
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, p as i32);
+            if let Err(e) = consumer.pause(&tpl) {
+                tracing::warn!(%stream, partition = p, error = %e, "cannot pause the partition");
+            }
+            tracing::error!(%stream, partition = p, "{}", gap.message());
+            metrics::gauge!("strata_store_stalled_partitions", "stream" => stream.to_string(), "partition" => p.to_string())
+                .set(1.0);
+            self.shared.gaps.lock().insert((stream, p), gap);
+        }
+    }
+
     fn stream_partition(&self, topic: &str, partition: i32) -> Option<(StreamName, u32)> {
         Some((
             self.config.stream_of(topic)?,
             u32::try_from(partition).ok()?,
         ))
+    }
+
+    /// Assigns the same partitions again, `topic`/`partition` at `offset` and the others where
+    /// they are (a partition whose position failed cannot be sought).
+    fn reassign_at(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> KafkaResult<()> {
+        let positions = consumer.position()?;
+        let mut tpl = TopicPartitionList::new();
+        for e in positions.elements() {
+            let at = if e.topic() == topic && e.partition() == partition as i32 {
+                Offset::Offset(offset as i64)
+            } else {
+                match e.offset() {
+                    Offset::Offset(o) => Offset::Offset(o),
+                    _ => {
+                        let next = self
+                            .stream_partition(e.topic(), e.partition())
+                            .and_then(|(s, p)| self.sink.stored_next_offset(&s, p).ok())
+                            .unwrap_or(0);
+                        Offset::Offset(next as i64)
+                    }
+                }
+            };
+            tpl.add_partition_offset(e.topic(), e.partition(), at)?;
+        }
+        consumer.assign(&tpl)
+    }
+
+    /// Forgets stalled partitions (on a rebalance; those still behind are found again).
+    fn clear_gaps(&self) {
+        for ((stream, p), _) in std::mem::take(&mut *self.shared.gaps.lock()) {
+            metrics::gauge!("strata_store_stalled_partitions", "stream" => stream.to_string(), "partition" => p.to_string())
+                .set(0.0);
+        }
     }
 
     /// Commits the shards' next offsets of `tpl`'s partitions to Kafka.
@@ -147,6 +363,7 @@ impl ConsumerContext for GroupContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.shared.buffers.lock().clear();
+                self.clear_gaps();
                 let mut assigned = self.shared.assigned.lock();
                 assigned.clear();
                 let elements: Vec<(String, i32)> = tpl
@@ -159,11 +376,10 @@ impl ConsumerContext for GroupContext {
                         continue;
                     };
                     // A shard not written yet (or a stream not in the catalog yet) starts at
-                    // the log's beginning.
-                    let offset = match self.sink.stored_next_offset(&stream, p) {
-                        Ok(next) if next > 0 => Offset::Offset(next as i64),
-                        _ => Offset::Beginning,
-                    };
+                    // offset 0, so that a log whose retention already deleted its start is
+                    // noticed (see `check_gaps`) rather than skipped.
+                    let next = self.sink.stored_next_offset(&stream, p).unwrap_or(0);
+                    let offset = Offset::Offset(next as i64);
                     if let Err(e) = tpl.set_partition_offset(&topic, partition, offset) {
                         tracing::warn!(%topic, partition, error = %e, "cannot set the start offset");
                     }
@@ -202,6 +418,7 @@ impl ConsumerContext for GroupContext {
                     }
                 }
                 self.shared.assigned.lock().clear();
+                self.clear_gaps();
                 if let Err(e) = consumer.unassign() {
                     tracing::warn!(error = %e, "cannot give up the revoked partitions");
                 }
@@ -232,10 +449,20 @@ impl StoreGroup {
     /// Joins the group and starts consuming into `sink`; `max_batch` caps one shard commit.
     pub fn start(config: &KafkaConfig, sink: Arc<dyn ShardSink>, max_batch: usize) -> Result<Self> {
         let shared = Arc::new(Shared::default());
+        let dead_letters: BaseProducer<DeadLetterContext> = config
+            .client_config()
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", config.delivery_timeout_ms.to_string())
+            .create_with_context(DeadLetterContext::default())
+            .map_err(|e| {
+                Error::Unavailable(format!("cannot create the dead-letter producer: {e}"))
+            })?;
         let context = GroupContext {
             config: config.clone(),
             sink,
             shared: shared.clone(),
+            dead_letters,
         };
         let consumer: BaseConsumer<GroupContext> = config
             .consumer_config(&config.group_id)
@@ -248,6 +475,8 @@ impl StoreGroup {
                 "statistics.interval.ms",
                 config.refresh_ms.max(1000).to_string(),
             )
+            // A position the log no longer holds is an error to look into, never a silent jump.
+            .set("auto.offset.reset", "error")
             .create_with_context(context)
             .map_err(|e| Error::Unavailable(format!("cannot create the store consumer: {e}")))?;
         let pattern = format!("^{}[a-z][a-z0-9_]*$", regex_escape(&config.topic_prefix));
@@ -275,6 +504,11 @@ impl StoreGroup {
             .iter()
             .map(|((s, p), end)| (s.clone(), *p, *end))
             .collect()
+    }
+
+    /// Assigned partitions stalled because the log no longer holds their next offset.
+    pub fn gaps(&self) -> Vec<RetentionGapInfo> {
+        self.shared.gaps.lock().values().cloned().collect()
     }
 
     /// Commits what was read, leaves the group (its partitions go to the other members) and
@@ -311,7 +545,14 @@ fn consume(consumer: BaseConsumer<GroupContext>, max_batch: usize, stop: &Atomic
     let mut failures = 0u32;
     let mut last_error_log = Instant::now() - Duration::from_secs(60);
     let shared = consumer.context().shared.clone();
+    let mut last_gap_log = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        if last_gap_log.elapsed() > Duration::from_secs(30) {
+            last_gap_log = Instant::now();
+            for gap in shared.gaps.lock().values() {
+                tracing::error!(stream = %gap.stream, partition = gap.partition, "still stalled: {}", gap.message());
+            }
+        }
         let mut read = 0usize;
         let mut wait = Duration::from_millis(100);
         let now = chrono::Utc::now().timestamp_millis();
@@ -324,19 +565,29 @@ fn consume(consumer: BaseConsumer<GroupContext>, max_batch: usize, stop: &Atomic
                 Ok(m) if is_control(&m) => {}
                 Ok(m) => {
                     let (record, kind) = record_from_message(&m, now);
+                    let dead = dead_letter_reason(&m, kind, &consumer.context().config);
                     let mut buffers = shared.buffers.lock();
                     let batch = buffers
                         .entry((m.topic().to_owned(), m.partition()))
                         .or_default();
+                    batch.first.get_or_insert(record.offset);
+                    read += 1;
+                    if let Some(reason) = dead {
+                        batch.dead.push((m.detach(), reason));
+                        continue;
+                    }
                     batch.records.push(record);
                     match kind {
                         ValueKind::Json => {}
                         ValueKind::Text => batch.text += 1,
                         ValueKind::Binary => batch.binary += 1,
                     }
-                    read += 1;
                 }
                 Err(e) if no_topic_yet(&e) => break,
+                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) => {
+                    consumer.context().check_gaps(&consumer);
+                    break;
+                }
                 Err(e) => {
                     if last_error_log.elapsed() > Duration::from_secs(10) {
                         tracing::warn!(error = %e, "the store consumer cannot read from Kafka");
@@ -356,8 +607,14 @@ fn consume(consumer: BaseConsumer<GroupContext>, max_batch: usize, stop: &Atomic
             let Some((stream, p)) = context.stream_partition(&topic, partition) else {
                 continue;
             };
-            let first = batch.records.first().map_or(0, |r| r.offset);
-            match context.store(&stream, p, batch) {
+            let first = batch.first.unwrap_or(0);
+            let stored = if batch.dead.is_empty() {
+                Ok(())
+            } else {
+                context.send_dead_letters(&stream, &batch.dead)
+            }
+            .and_then(|()| context.store(&stream, p, batch));
+            match stored {
                 Ok(next) => {
                     failures = 0;
                     let _ = progress.add_partition_offset(

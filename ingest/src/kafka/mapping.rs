@@ -7,10 +7,14 @@
 //! | `id`, `type` | headers `id` and `type` (UTF-8) |
 //! | `time` | record timestamp (milliseconds) |
 //!
-//! A value written by another Kafka client that is not JSON is stored rather than refused: valid
-//! UTF-8 text becomes a JSON string of that text, anything else a JSON string of its standard
-//! base64 encoding; both are counted in `strata_kafka_non_json_values_total{kind="text|binary"}`.
-//! A record without a value stores `null`; one without a timestamp gets the time it was read.
+//! A value written by another Kafka client that is not JSON is, by default (`non_json =
+//! "dead_letter"`), copied to the dead-letter topic `<prefix>__dead_letters` with headers naming
+//! its source topic, partition, offset and the reason, counted in
+//! `strata_kafka_dead_letters_total{stream,reason}`, and not stored; so is a value over
+//! `max_value_bytes`. With `non_json = "store"` it is stored instead: valid UTF-8 text becomes a
+//! JSON string of that text, anything else a JSON string of its standard base64 encoding; both
+//! are counted in `strata_kafka_non_json_values_total{kind="text|binary"}`. A record without a
+//! value stores `null`; one without a timestamp gets the time it was read.
 //!
 //! A record with the header `strata-control` is not an event: strata writes one to each partition
 //! when fields are declared on an existing stream, to mark from which offset the new fields apply
@@ -96,6 +100,47 @@ pub fn data_from_value(value: Option<&[u8]>) -> (String, ValueKind) {
 
 fn json_string(text: &str) -> String {
     serde_json::Value::String(text.to_owned()).to_string()
+}
+
+/// Why a consumed record goes to the dead-letter topic instead of a shard, if it does.
+pub fn dead_letter_reason<M: Message>(
+    message: &M,
+    kind: ValueKind,
+    config: &super::KafkaConfig,
+) -> Option<&'static str> {
+    let len = message.payload().map_or(0, <[u8]>::len);
+    if len > config.max_value_bytes {
+        return Some("too_large");
+    }
+    match (kind, config.non_json) {
+        (ValueKind::Json, _) | (_, super::NonJson::Store) => None,
+        (ValueKind::Text, super::NonJson::DeadLetter) => Some("not_json"),
+        (ValueKind::Binary, super::NonJson::DeadLetter) => Some("not_utf8"),
+    }
+}
+
+/// The headers of the dead-letter copy of `message`: its own, then where it came from and why.
+pub fn dead_letter_headers<M: Message>(message: &M, reason: &str) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new();
+    if let Some(h) = message.headers() {
+        for header in h.iter() {
+            headers = headers.insert(header);
+        }
+    }
+    let partition = message.partition().to_string();
+    let offset = message.offset().to_string();
+    for (key, value) in [
+        ("strata-source-topic", message.topic()),
+        ("strata-source-partition", partition.as_str()),
+        ("strata-source-offset", offset.as_str()),
+        ("strata-reason", reason),
+    ] {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        });
+    }
+    headers
 }
 
 /// Counts a stored value that was not JSON (see the module documentation).

@@ -13,7 +13,7 @@ pub mod mapping;
 mod meta;
 mod reader;
 
-pub use group::StoreGroup;
+pub use group::{RetentionGapInfo, StoreGroup};
 
 use crate::Result;
 use async_trait::async_trait;
@@ -33,6 +33,28 @@ use strata_proto::{
     StreamName,
 };
 use tokio::sync::watch;
+
+/// What store nodes do with record values that are not JSON.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NonJson {
+    /// Copy the record to the dead-letter topic, count it, and go on without it.
+    #[default]
+    DeadLetter,
+    /// Store it: UTF-8 text as a JSON string of the text, other bytes as a JSON string of base64.
+    Store,
+}
+
+/// What a store node does when retention deleted offsets it has not stored yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetentionGap {
+    /// Stop consuming that partition, log an error and show it in the stream listing.
+    #[default]
+    Stall,
+    /// Go on from the log's start; the skipped offsets are logged and counted.
+    Skip,
+}
 
 /// Settings of the Kafka log (`[log.kafka]` in the config file).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -58,6 +80,15 @@ pub struct KafkaConfig {
     pub refresh_ms: u64,
     /// Producer `linger.ms`: how long a batch may wait to fill.
     pub linger_ms: u64,
+    /// What store nodes do with a record whose value is not JSON (written by another client):
+    /// set it aside in the dead-letter topic (the default) or store it as a JSON string.
+    pub non_json: NonJson,
+    /// A record value larger than this (bytes) is set aside in the dead-letter topic.
+    pub max_value_bytes: usize,
+    /// What a store node does when the log's retention deleted offsets it has not stored:
+    /// `stall` the partition and say so (the default), or `skip` to the log's start, counting
+    /// what was lost.
+    pub retention_gap: RetentionGap,
     /// Any other librdkafka settings, passed to every client as given (e.g. `security.protocol`,
     /// `sasl.mechanisms`, `sasl.username`, `ssl.ca.location`).
     pub properties: BTreeMap<String, String>,
@@ -75,6 +106,9 @@ impl Default for KafkaConfig {
             session_timeout_ms: 10_000,
             refresh_ms: 2_000,
             linger_ms: 5,
+            non_json: NonJson::default(),
+            max_value_bytes: 1 << 20,
+            retention_gap: RetentionGap::default(),
             properties: BTreeMap::new(),
         }
     }
@@ -96,6 +130,11 @@ impl KafkaConfig {
     /// The catalog topic.
     pub fn catalog_topic(&self) -> String {
         format!("{}__catalog", self.topic_prefix)
+    }
+
+    /// The dead-letter topic: records store nodes set aside, with where they came from.
+    pub fn dead_letter_topic(&self) -> String {
+        format!("{}__dead_letters", self.topic_prefix)
     }
 
     /// The node status topic.
@@ -148,7 +187,7 @@ impl KafkaConfig {
         c
     }
 
-    fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         Duration::from_millis(self.delivery_timeout_ms.max(1000))
     }
 }
@@ -200,6 +239,8 @@ impl KafkaLog {
         for topic in [log.config.catalog_topic(), log.config.nodes_topic()] {
             log.ensure_topic(&topic, 1, true).await?;
         }
+        log.ensure_topic(&log.config.dead_letter_topic(), 1, false)
+            .await?;
         log.meta = meta::Meta::start(&log.config, log.producer.clone()).await?;
         log.meta.wait_loaded(log.config.timeout()).await?;
         Ok(Arc::new(log))

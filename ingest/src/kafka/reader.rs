@@ -2,7 +2,7 @@
 //! consumers): a consumer outside any group, assigned to the partition at an offset.
 
 use super::KafkaConfig;
-use super::mapping::{is_control, record_from_message};
+use super::mapping::{dead_letter_reason, is_control, record_from_message};
 use async_trait::async_trait;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use strata_proto::{Error, LogReader, Record, Result, StreamName};
 
 pub(crate) struct KafkaReader {
+    config: KafkaConfig,
     consumer: Option<BaseConsumer>,
     position: u64,
 }
@@ -36,6 +37,7 @@ impl KafkaReader {
             .assign(&tpl)
             .map_err(|e| Error::Unavailable(format!("cannot read {stream}: {e}")))?;
         Ok(Self {
+            config: config.clone(),
             consumer: Some(consumer),
             position: from,
         })
@@ -49,6 +51,7 @@ impl LogReader for KafkaReader {
             .consumer
             .take()
             .ok_or_else(|| Error::Unavailable("the Kafka reader failed earlier".into()))?;
+        let config = self.config.clone();
         let (consumer, result) = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let now = chrono::Utc::now().timestamp_millis();
@@ -65,7 +68,15 @@ impl LogReader for KafkaReader {
                     Some(Ok(message)) if is_control(&message) => {
                         skipped_to = Some(u64::try_from(message.offset()).unwrap_or(0) + 1);
                     }
-                    Some(Ok(message)) => out.push(record_from_message(&message, now).0),
+                    Some(Ok(message)) => {
+                        // What store nodes set aside is not an event of the stream here either.
+                        let (record, kind) = record_from_message(&message, now);
+                        if dead_letter_reason(&message, kind, &config).is_some() {
+                            skipped_to = Some(record.offset + 1);
+                        } else {
+                            out.push(record);
+                        }
+                    }
                     Some(Err(e)) => {
                         error = Some(super::unavailable("reading the partition failed", &e));
                         break;
