@@ -497,7 +497,7 @@ async fn replay(
         limit: limit.unwrap_or(usize::MAX),
     };
     let rx = if from_log {
-        replay_log(&state, request, partitions)
+        replay_log(&state, request, partitions).await?
     } else {
         replay_store(state.store()?.clone(), request, partitions).await?
     };
@@ -576,10 +576,16 @@ async fn replay_store(store: Arc<Store>, r: ReplayRequest, partitions: Vec<u32>)
 /// Replays straight from the log: up to the partition's end offset where the log's answer is
 /// exact, otherwise (Kafka) until the partition has been idle for a second.
 /// `from_time` starts at the first record at or after it; `key` keeps that key's records.
-fn replay_log(state: &AppState, r: ReplayRequest, partitions: Vec<u32>) -> Chunks {
+async fn replay_log(state: &AppState, r: ReplayRequest, partitions: Vec<u32>) -> Result<Chunks> {
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
     let log = state.log.clone();
     let exact_ends = log.end_offsets_are_exact();
+    // The first partition's reader opens before answering, so that an offset the log no longer
+    // holds (410) or a log that cannot be read (503) gets its status instead of a broken body.
+    let mut first = match partitions.first() {
+        Some(&p) => Some(log.open_reader(&r.name, p, r.from).await?),
+        None => None,
+    };
     tokio::spawn(async move {
         let fail = |e: String| Err(std::io::Error::other(e));
         let mut remaining = r.limit;
@@ -598,7 +604,11 @@ fn replay_log(state: &AppState, r: ReplayRequest, partitions: Vec<u32>) -> Chunk
                     }
                 }
             };
-            let mut reader = match log.open_reader(&r.name, p, r.from).await {
+            let opened = match first.take() {
+                Some(reader) => Ok(reader),
+                None => log.open_reader(&r.name, p, r.from).await,
+            };
+            let mut reader = match opened {
                 Ok(reader) => reader,
                 Err(e) => {
                     let _ = tx.send(fail(e.to_string())).await;
@@ -642,7 +652,7 @@ fn replay_log(state: &AppState, r: ReplayRequest, partitions: Vec<u32>) -> Chunk
             }
         }
     });
-    rx
+    Ok(rx)
 }
 
 /// This node's status: the partitions it holds with their stored offsets and lag.

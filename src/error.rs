@@ -127,6 +127,7 @@ fn log_status(e: &strata_proto::Error) -> StatusCode {
         E::UnknownStream(_) => StatusCode::NOT_FOUND,
         E::PartitionMismatch { .. } | E::FieldConflict { .. } => StatusCode::CONFLICT,
         E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        E::OffsetGone(_) => StatusCode::GONE,
         E::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
         E::Corrupt(_) | E::Io { .. } | E::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -13,6 +13,9 @@ use strata_store::Store;
 use strata_views::SqlEngine;
 use tokio_util::sync::CancellationToken;
 
+/// How often the embedded log's retention runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(2);
+
 /// How long in-flight requests may run after shutdown was asked for.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -44,14 +47,16 @@ pub async fn run(
         .node_id
         .clone()
         .unwrap_or_else(|| format!("{}/{http}", host_name()));
+    let mut embedded = None;
     let (log, kafka): (Arc<dyn Log>, Option<Arc<KafkaLog>>) = match config.log.backend {
-        LogBackend::Embedded => (
-            Arc::new(EmbeddedLog::open(
+        LogBackend::Embedded => {
+            let log = Arc::new(EmbeddedLog::open(
                 &dir.join("log"),
                 config.log.embedded.clone(),
-            )?),
-            None,
-        ),
+            )?);
+            embedded = Some(log.clone());
+            (log, None)
+        }
         LogBackend::Kafka => {
             let kafka = KafkaLog::connect(config.log.kafka.clone()).await?;
             (kafka.clone(), Some(kafka))
@@ -80,6 +85,33 @@ pub async fn run(
     let views = sql
         .as_ref()
         .map(|engine| tokio::spawn(engine.clone().maintain_views(consumers_stop.clone())));
+    // Retention of the embedded log, bounded by what the shards hold.
+    let retention = match (&embedded, &store) {
+        (Some(log), Some(store)) if log.has_retention() => {
+            let (log, store, stop) = (log.clone(), store.clone(), consumers_stop.clone());
+            Some(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(RETENTION_EVERY) => {}
+                    }
+                    let (log, store) = (log.clone(), store.clone());
+                    let done = tokio::task::spawn_blocking(move || {
+                        log.enforce_retention(&|stream, p| {
+                            store.stored_next_offset(stream, p).unwrap_or(0)
+                        })
+                    })
+                    .await;
+                    match done {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::error!(error = %e, "log retention failed"),
+                        Err(e) => tracing::error!(error = %e, "log retention task failed"),
+                    }
+                }
+            }))
+        }
+        _ => None,
+    };
     let mut consumers = None;
     let mut group = None;
     if let Some(store) = &store {
@@ -158,6 +190,9 @@ pub async fn run(
     }
     if let Some(publisher) = publisher {
         let _ = publisher.await;
+    }
+    if let Some(retention) = retention {
+        let _ = retention.await;
     }
     if let Some(consumers) = consumers
         && tokio::time::timeout(DRAIN, consumers).await.is_err()

@@ -13,6 +13,7 @@ mod disk;
 mod kafka;
 mod kafka_faults;
 mod limits;
+mod retention;
 mod schema;
 mod security;
 mod views;

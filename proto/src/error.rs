@@ -63,6 +63,9 @@ pub enum Error {
     /// Bytes that do not decode as a record (wrong checksum, truncated, bad field).
     #[error("corrupt record data: {0}")]
     Corrupt(String),
+    /// The offset asked for is no longer in the log (deleted by retention).
+    #[error("{0}")]
+    OffsetGone(String),
     /// The log cannot take writes right now (disk failure, brokers unreachable, shutting down).
     #[error("log unavailable: {0}")]
     Unavailable(String),

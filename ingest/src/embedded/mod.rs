@@ -36,6 +36,12 @@ pub struct EmbeddedLogConfig {
     pub segment_bytes: u64,
     /// A group commit takes queued appends until it holds about this many bytes.
     pub group_commit_bytes: usize,
+    /// Sealed segments are deleted, oldest first, while a partition holds more than this many
+    /// bytes (none: no limit). Never one whose events are not all in the shards.
+    pub retention_bytes: Option<u64>,
+    /// Sealed segments last written longer ago than this (milliseconds) are deleted (none: kept
+    /// forever). Never one whose events are not all in the shards.
+    pub retention_ms: Option<u64>,
 }
 
 impl Default for EmbeddedLogConfig {
@@ -43,6 +49,8 @@ impl Default for EmbeddedLogConfig {
         Self {
             segment_bytes: 64 << 20,
             group_commit_bytes: 8 << 20,
+            retention_bytes: None,
+            retention_ms: None,
         }
     }
 }
@@ -88,6 +96,44 @@ impl EmbeddedLog {
             catalog,
             create: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Whether any retention is configured.
+    pub fn has_retention(&self) -> bool {
+        self.config.retention_bytes.is_some() || self.config.retention_ms.is_some()
+    }
+
+    /// Applies retention to every partition. `stored` gives the offset below which a partition's
+    /// events are in the shards; nothing at or after it is deleted, however old or large. Returns
+    /// the segments deleted; partitions held back by the shards are logged and counted in
+    /// `strata_log_retention_held_partitions`.
+    pub fn enforce_retention(&self, stored: &dyn Fn(&StreamName, u32) -> u64) -> Result<usize> {
+        let (bytes, ms) = (self.config.retention_bytes, self.config.retention_ms);
+        let expired = |_: &segment::SegmentMeta, total: u64, age: Option<std::time::Duration>| {
+            bytes.is_some_and(|b| total > b)
+                || ms.is_some_and(|ms| age.is_some_and(|a| a.as_millis() > u128::from(ms)))
+        };
+        let all: Vec<(StreamName, Arc<Vec<PartitionLog>>)> = self
+            .partitions
+            .read()
+            .iter()
+            .map(|(s, l)| (s.clone(), l.clone()))
+            .collect();
+        let (mut deleted, mut held) = (0, 0u32);
+        for (stream, logs) in all {
+            for (p, log) in (0u32..).zip(logs.iter()) {
+                let (d, kept) = log.enforce_retention(stored(&stream, p), expired)?;
+                deleted += d;
+                if kept {
+                    held += 1;
+                    tracing::warn!(%stream, partition = p,
+                        "a log segment past retention is kept: its events are not all in the shards yet");
+                }
+            }
+        }
+        metrics::gauge!("strata_log_retention_held_partitions").set(f64::from(held));
+        metrics::counter!("strata_log_retention_deleted_segments_total").increment(deleted as u64);
+        Ok(deleted)
     }
 
     fn partition(&self, stream: &StreamName, partition: u32) -> Result<Arc<Vec<PartitionLog>>> {
@@ -227,7 +273,7 @@ impl Log for EmbeddedLog {
         from: u64,
     ) -> Result<Box<dyn LogReader>> {
         Ok(Box::new(
-            self.partition(stream, partition)?[partition as usize].reader(from),
+            self.partition(stream, partition)?[partition as usize].reader(from)?,
         ))
     }
 }
@@ -268,6 +314,7 @@ mod tests {
         let config = EmbeddedLogConfig {
             segment_bytes: 100,
             group_commit_bytes: 1 << 20,
+            ..EmbeddedLogConfig::default()
         };
         {
             let log = EmbeddedLog::open(dir.path(), config.clone()).unwrap();
@@ -351,6 +398,7 @@ mod tests {
         let config = EmbeddedLogConfig {
             segment_bytes: 100,
             group_commit_bytes: 1 << 20,
+            ..EmbeddedLogConfig::default()
         };
         {
             let log = EmbeddedLog::open(dir.path(), config.clone()).unwrap();
@@ -421,5 +469,53 @@ mod tests {
         assert_eq!(batch.len(), 1);
         assert_eq!(reader.position(), 1);
         writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn retention_never_deletes_what_the_shards_have_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StreamName::new("r").unwrap();
+        let config = EmbeddedLogConfig {
+            segment_bytes: 200,
+            retention_bytes: Some(1),
+            ..EmbeddedLogConfig::default()
+        };
+        let log = EmbeddedLog::open(dir.path(), config.clone()).unwrap();
+        log.create_stream(&s, 1, &[]).await.unwrap();
+        for i in 0..30 {
+            log.append(&s, 0, vec![ev(i)]).await.unwrap();
+        }
+        let segments = || segment::list_segments(&dir.path().join("r/0")).unwrap();
+        let before = segments();
+        assert!(before.len() > 3, "{before:?}");
+        // The shards hold nothing: nothing goes, however far past retention.
+        assert_eq!(log.enforce_retention(&|_, _| 0).unwrap(), 0);
+        assert_eq!(segments(), before);
+        // They hold offsets below 12: only segments that end at or before it go.
+        let deleted = log.enforce_retention(&|_, _| 12).unwrap();
+        assert!(deleted > 0);
+        let after = segments();
+        assert!(after[0] <= 12 && after[0] > 0, "{after:?}");
+        assert_eq!(
+            read_all(&log, &s, 0, after[0]).await.len() as u64,
+            30 - after[0]
+        );
+        let gone = match log.open_reader(&s, 0, 0).await {
+            Err(e) => e,
+            Ok(_) => panic!("a reader of a deleted offset"),
+        };
+        assert!(matches!(gone, Error::OffsetGone(_)), "{gone}");
+        assert!(
+            gone.to_string().contains("deleted by the log's retention"),
+            "{gone}"
+        );
+        // All stored: everything but the active segment goes; a reopened log starts there.
+        log.enforce_retention(&|_, _| 30).unwrap();
+        assert_eq!(segments().len(), 1);
+        drop(log);
+        let log = EmbeddedLog::open(dir.path(), config).unwrap();
+        assert_eq!(log.end_offset(&s, 0).await.unwrap(), 30);
+        let range = log.append(&s, 0, vec![ev(30)]).await.unwrap();
+        assert_eq!(range.first, 30);
     }
 }

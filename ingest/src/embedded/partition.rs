@@ -2,7 +2,7 @@
 
 use super::frame::{FrameHeader, HEADER_LEN, decode_payload, encode_frame};
 use super::segment::{
-    SegmentMeta, list_segments, read_index, scan_segment, segment_path, write_index,
+    SegmentMeta, index_path, list_segments, read_index, scan_segment, segment_path, write_index,
 };
 use parking_lot::{Mutex, RwLock};
 use std::fs::{File, OpenOptions};
@@ -164,8 +164,72 @@ impl PartitionLog {
         *self.shared.durable.borrow()
     }
 
-    /// A reader positioned at `from`.
-    pub fn reader(&self, from: u64) -> EmbeddedReader {
+    /// Deletes sealed segments, oldest first, while `expired` says a segment (its metadata,
+    /// the bytes of the partition from it on, its file's age) is past retention, but never one
+    /// holding an offset at or after `stored` (not yet in the shards). Returns the segments
+    /// deleted and whether one past retention was kept for the shards.
+    pub fn enforce_retention(
+        &self,
+        stored: u64,
+        expired: impl Fn(&SegmentMeta, u64, Option<Duration>) -> bool,
+    ) -> Result<(usize, bool)> {
+        let mut deleted = 0;
+        loop {
+            let (oldest, rest_bytes) = {
+                let segments = self.shared.segments.read();
+                if segments.len() < 2 {
+                    return Ok((deleted, false));
+                }
+                (
+                    segments[0].clone(),
+                    segments.iter().map(|s| s.len).sum::<u64>(),
+                )
+            };
+            let path = segment_path(&self.shared.dir, oldest.base);
+            let age = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok());
+            if !expired(&oldest, rest_bytes, age) {
+                return Ok((deleted, false));
+            }
+            if oldest.end > stored {
+                return Ok((deleted, true));
+            }
+            {
+                let mut segments = self.shared.segments.write();
+                if segments.first().map(|s| s.base) != Some(oldest.base) || segments.len() < 2 {
+                    return Ok((deleted, false));
+                }
+                segments.remove(0);
+            }
+            // Readers with the file open keep reading it; new ones start at the next segment.
+            for file in [path, index_path(&self.shared.dir, oldest.base)] {
+                match std::fs::remove_file(&file) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(file.display().to_string(), e)),
+                }
+            }
+            tracing::info!(segment = %segment_path(&self.shared.dir, oldest.base).display(),
+                offsets = %format!("{}..{}", oldest.base, oldest.end), "retention deleted a log segment");
+            deleted += 1;
+        }
+    }
+
+    /// A reader positioned at `from`; [`Error::OffsetGone`] when retention deleted `from`.
+    pub fn reader(&self, from: u64) -> Result<EmbeddedReader> {
+        let start = self.shared.segments.read().first().map_or(0, |s| s.base);
+        if from < start {
+            return Err(Error::OffsetGone(format!(
+                "offset {from} of partition {} was deleted by the log's retention; the log starts at offset {start}",
+                self.shared.partition
+            )));
+        }
+        Ok(self.reader_at(from))
+    }
+
+    fn reader_at(&self, from: u64) -> EmbeddedReader {
         EmbeddedReader {
             durable: self.shared.durable.subscribe(),
             position: from,
@@ -395,8 +459,10 @@ impl ReaderState {
                 let segments = self.shared.segments.read();
                 let i = segments.partition_point(|s| s.base <= *position);
                 let Some(s) = i.checked_sub(1).and_then(|i| segments.get(i)) else {
-                    return Err(Error::Corrupt(format!(
-                        "offset {position} is before the start of the log"
+                    let start = segments.first().map_or(0, |s| s.base);
+                    return Err(Error::OffsetGone(format!(
+                        "offset {position} of partition {} was deleted by the log's retention; the log starts at offset {start}",
+                        self.shared.partition
                     )));
                 };
                 (s.base, s.end, s.len, s.seek(*position))
