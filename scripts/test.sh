@@ -2,7 +2,8 @@
 # Runs every test of strata on a fresh machine: unit and property tests of each crate, and the
 # end-to-end suite (tests/main.rs) against the real `strata` binary on port 0 in temp dirs, once
 # on the embedded log and once on a Kafka-protocol broker (Tansu, started here on a free port and
-# stopped afterwards), including the benchmark harness in --quick mode. Needs a Rust toolchain and
+# stopped afterwards), including the benchmark harness in --quick mode, 3 rounds of the kill -9
+# fault harness and the fuzz targets at 256 cases each. Needs a Rust toolchain and
 # python3; installs the Python packages it needs into .venv (scripts/venv.sh). Extra arguments go
 # to `cargo test`.
 set -euo pipefail
@@ -28,5 +29,8 @@ cleanup() {
 trap cleanup EXIT
 echo "scripts/test.sh: Tansu (pid $tansu_pid) on $brokers, log $tansu_log" >&2
 export STRATA_TEST_KAFKA_BROKERS="$brokers" STRATA_TEST_REQUIRE_KAFKA=1
+# Bounded runs of the fault harness and the fuzz targets here; scripts/faults.sh and
+# scripts/fuzz.sh run them at full length.
+export STRATA_FAULT_ROUNDS="${STRATA_FAULT_ROUNDS:-3}" PROPTEST_CASES="${PROPTEST_CASES:-256}"
 
 cargo test --workspace --all-targets --locked "$@"

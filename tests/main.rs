@@ -10,6 +10,7 @@ mod corruption;
 mod crash;
 mod determinism;
 mod disk;
+mod faults;
 mod kafka;
 mod kafka_faults;
 mod limits;
