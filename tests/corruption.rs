@@ -98,12 +98,7 @@ fn a_segment_damaged_in_the_middle_stops_the_node_naming_file_and_byte() {
 fn a_damaged_shard_file_fails_reads_with_its_location_until_rebuilt_from_the_log() {
     let (_tmp, dir) = data_dir();
     let mut server = Server::start(Backend::Embedded, &dir, "");
-    let created = http()
-        .put(server.url("/v1/streams/s"))
-        .json(&json!({"partitions": 1}))
-        .send()
-        .unwrap();
-    assert!(created.status().is_success());
+    create_stream(&server, "s", 1);
     // Enough data (about 12 MB) that the shard's memtables are flushed to table files.
     let n = 60_000;
     for i in (0..n).step_by(10_000) {
@@ -143,12 +138,7 @@ fn a_damaged_shard_file_fails_reads_with_its_location_until_rebuilt_from_the_log
             && message.contains("ChecksumMismatch"),
         "{message}"
     );
-    let metrics = http()
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = metrics_text(&server);
     assert!(
         metrics.contains("strata_store_corruption_total"),
         "{metrics}"

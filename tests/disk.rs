@@ -57,12 +57,7 @@ fn a_full_disk_refuses_appends_with_507_loses_nothing_and_recovers() {
         return;
     };
     let mut server = Server::start(Backend::Embedded, &dir, "");
-    let created = http()
-        .put(server.url("/v1/streams/s"))
-        .json(&json!({"partitions": 1}))
-        .send()
-        .unwrap();
-    assert!(created.status().is_success());
+    create_stream(&server, "s", 1);
     // Most of the space goes to a filler file, so the log fills after a few appends.
     let filler = log_dir.join("filler");
     std::fs::write(&filler, vec![1u8; 6 << 20]).unwrap();

@@ -44,7 +44,8 @@ struct Figures {
     duplicated: usize,
     view_mismatches: usize,
     replay_gaps: usize,
-    /// Restart → healthy, and restart → every acknowledged event visible, per round.
+    /// Restart → healthy, and restart → every acknowledged append applied by the store and the
+    /// views (asked with their merged consistency token), per round.
     healthy: Vec<Duration>,
     recovered: Vec<Duration>,
 }
@@ -66,7 +67,7 @@ impl Figures {
         format!(
             "fault harness ({backend:?} log, seed {seed}): rounds {}, events acknowledged {}, lost {}, \
              duplicated {}, view mismatches {}, replay gaps {}, recovery to healthy p50 {} max {}, \
-             recovery to every acknowledged event visible p50 {} max {}",
+             recovery to every acknowledged append applied p50 {} max {}",
             self.rounds,
             self.acked,
             self.lost,
@@ -83,7 +84,13 @@ impl Figures {
 
 /// Appends from 4 clients until `stop` or until the server goes away: batches of 50 events with
 /// unique ids; a batch counts once its append is acknowledged.
-fn ingest(base: &str, round: usize, stop: &AtomicBool, acked: &Mutex<HashSet<String>>) {
+fn ingest(
+    base: &str,
+    round: usize,
+    stop: &AtomicBool,
+    acked: &Mutex<HashSet<String>>,
+    tokens: &Mutex<BTreeMap<u32, u64>>,
+) {
     std::thread::scope(|s| {
         for client in 0..4 {
             s.spawn(move || {
@@ -114,6 +121,8 @@ fn ingest(base: &str, round: usize, stop: &AtomicBool, acked: &Mutex<HashSet<Str
                         .send()
                     {
                         Ok(r) if r.status().is_success() => {
+                            let outcome: Value = r.json().unwrap_or_default();
+                            merge_token(&mut tokens.lock().unwrap(), &outcome["token"]);
                             acked.lock().unwrap().extend(ids);
                         }
                         // Not acknowledged (a log that cannot take it now): not counted.
@@ -126,6 +135,44 @@ fn ingest(base: &str, round: usize, stop: &AtomicBool, acked: &Mutex<HashSet<Str
             });
         }
     });
+}
+
+/// Merges a consistency token (`v1.h.P-N.P-N…`) into per-partition offsets.
+fn merge_token(into: &mut BTreeMap<u32, u64>, token: &Value) {
+    let Some(text) = token.as_str() else { return };
+    for pair in text.split('.').skip(2) {
+        if let Some((p, n)) = pair.split_once('-')
+            && let (Ok(p), Ok(n)) = (p.parse::<u32>(), n.parse::<u64>())
+        {
+            let at = into.entry(p).or_default();
+            *at = (*at).max(n);
+        }
+    }
+}
+
+/// Waits until the store (and the views) have applied every acknowledged append, asking with
+/// one merged consistency token; returns how long that took.
+fn wait_applied(server: &Server, tokens: &BTreeMap<u32, u64>) {
+    if tokens.is_empty() {
+        return;
+    }
+    let pairs: Vec<String> = tokens.iter().map(|(p, n)| format!("{p}-{n}")).collect();
+    let token = format!("v1.h.{}", pairs.join("."));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let resp = http()
+            .post(server.url("/v1/sql"))
+            .json(&json!({"sql": "SELECT 1", "after": token, "timeout_ms": 10_000}))
+            .send();
+        if resp.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged appends never applied"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn canonical(rows: Vec<Value>) -> Vec<String> {
@@ -195,12 +242,7 @@ fn run(backend: Backend, rounds: usize, seed: u64) -> Figures {
     let mut rng = Rng(seed | 1);
     let (_tmp, dir) = data_dir();
     let mut server = Server::start(backend, &dir, "[store]\nblock_rows = 256\n");
-    let created = http()
-        .put(server.url("/v1/streams/h"))
-        .json(&json!({"partitions": PARTITIONS}))
-        .send()
-        .unwrap();
-    assert!(created.status().is_success());
+    create_stream(&server, "h", PARTITIONS);
     for (name, definition) in [("h_by_key", BY_KEY), ("h_by_minute", BY_MINUTE)] {
         let (status, body) = sql(
             &server,
@@ -210,12 +252,13 @@ fn run(backend: Backend, rounds: usize, seed: u64) -> Figures {
     }
     let mut figures = Figures::default();
     let acked = Mutex::new(HashSet::new());
+    let tokens = Mutex::new(BTreeMap::new());
     for round in 0..rounds {
         let stop = AtomicBool::new(false);
         let base = server.base.clone();
         let kill_after = Duration::from_millis(rng.between(300, 2000));
         std::thread::scope(|s| {
-            s.spawn(|| ingest(&base, round, &stop, &acked));
+            s.spawn(|| ingest(&base, round, &stop, &acked, &tokens));
             std::thread::sleep(kill_after);
             server.kill9();
             stop.store(true, Ordering::Relaxed);
@@ -224,6 +267,8 @@ fn run(backend: Backend, rounds: usize, seed: u64) -> Figures {
         server.restart();
         figures.healthy.push(started.elapsed());
         let acked_now = acked.lock().unwrap().clone();
+        wait_applied(&server, &tokens.lock().unwrap());
+        figures.recovered.push(started.elapsed());
         // Every acknowledged event visible (bounded), then counted.
         let deadline = Instant::now() + Duration::from_secs(120);
         let stored: BTreeMap<String, u64> = loop {
@@ -250,7 +295,6 @@ fn run(backend: Backend, rounds: usize, seed: u64) -> Figures {
             );
             std::thread::sleep(Duration::from_millis(50));
         };
-        figures.recovered.push(started.elapsed());
         let lost = acked_now
             .iter()
             .filter(|id| !stored.contains_key(*id))

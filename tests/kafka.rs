@@ -175,12 +175,7 @@ fn events_from_a_plain_kafka_producer_are_stored_like_http_ones() {
         );
         assert_eq!(out["partitions"][0]["partition"], *partition, "{key}");
     }
-    let metrics = http()
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = metrics_text(&server);
     assert!(
         metrics
             .lines()

@@ -41,12 +41,7 @@ fn start_node(cluster: &Mock, dir: &std::path::Path, extra: &str) -> Server {
         cluster.bootstrap_servers()
     );
     let server = Server::start_with(Backend::Kafka, dir, &config, &[]);
-    let created = http()
-        .put(server.url("/v1/streams/f"))
-        .json(&json!({"partitions": PARTITIONS}))
-        .send()
-        .unwrap();
-    assert!(created.status().is_success(), "{:?}", created.text());
+    create_stream(&server, "f", PARTITIONS as u32);
     server
 }
 
@@ -393,12 +388,7 @@ fn records_that_are_not_events_go_to_the_dead_letter_topic_without_a_crash_loop(
             ),
         ]
     );
-    let metrics = http()
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = metrics_text(&server);
     assert!(
         metrics
             .lines()
@@ -478,12 +468,7 @@ fn a_log_whose_retention_ran_ahead_stalls_the_partition_loudly_or_skips_when_tol
             .filter(|s| *s > 0 && info["stalled"].is_null())
     });
     assert!(stored > 0);
-    let metrics = http()
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = metrics_text(&server);
     assert!(
         metrics.contains("strata_store_retention_skipped_events_total"),
         "{metrics}"

@@ -21,12 +21,7 @@ fn embedded_retention_deletes_only_what_the_shards_hold() {
         &dir,
         "[log.embedded]\nsegment_bytes = 20000\nretention_bytes = 1\n",
     );
-    let created = http()
-        .put(server.url("/v1/streams/s"))
-        .json(&json!({"partitions": 1}))
-        .send()
-        .unwrap();
-    assert!(created.status().is_success());
+    create_stream(&server, "s", 1);
     for batch in 0..20 {
         let body: String = (0..100)
             .map(|i| {

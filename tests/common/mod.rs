@@ -310,6 +310,27 @@ pub fn append_ok(server: &Server, stream: &str, body: &str) -> Value {
     v
 }
 
+/// Creates `stream` with `partitions` partitions, asserting success.
+pub fn create_stream(server: &Server, stream: &str, partitions: u32) {
+    let created = http()
+        .put(server.url(&format!("/v1/streams/{stream}")))
+        .json(&serde_json::json!({ "partitions": partitions }))
+        .send()
+        .unwrap();
+    let status = created.status();
+    assert!(status.is_success(), "{status}: {:?}", created.text());
+}
+
+/// The server's `/metrics` text.
+pub fn metrics_text(server: &Server) -> String {
+    http()
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
+}
+
 /// Runs SQL; returns status and JSON body (rows, or the error).
 pub fn sql(server: &Server, query: &str) -> (u16, Value) {
     let resp = http()
