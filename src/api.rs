@@ -14,7 +14,7 @@
 //! | `POST /v1/views/{name}/rebuild` | recompute a view; streams NDJSON progress lines |
 //! | `GET /v1/cluster` | the nodes, the partitions each holds, and their lag |
 
-use crate::auth::{Auth, Principal};
+use crate::auth::{Auth, Principal, Scope};
 use crate::config::{Limits, Role};
 use crate::{Error, Result};
 use arrow::array::RecordBatch;
@@ -405,8 +405,19 @@ async fn append(
         .catalog()
         .borrow()
         .get(&name)
-        .map(|info| info.fields.clone())
-        .unwrap_or_default();
+        .map(|info| info.fields.clone());
+    // A first append creates the stream: that takes `admin`, like creating it outright.
+    let fields = match fields {
+        Some(fields) => fields,
+        None => {
+            who.require(Scope::Admin).map_err(|_| {
+                Error::Forbidden(format!(
+                    "stream {name} does not exist, and creating it (by a first append) needs the `admin` scope"
+                ))
+            })?;
+            Vec::new()
+        }
+    };
     let events =
         tokio::task::spawn_blocking(move || decode_batch(&body, arrival, &limits, &fields))
             .await

@@ -113,6 +113,27 @@ fn tokens_scopes_and_stream_grants_guard_every_endpoint() {
         }
         assert_eq!(get("/metrics", Some("analyst-secret")).0, 200);
 
+        // Creating a stream, even by a first append, needs `admin`.
+        let (status, err) = post_events(
+            &server,
+            Some("producer-secret"),
+            "orders",
+            "{\"data\": 1}\n",
+        );
+        assert_eq!(status, 403, "{err}");
+        assert!(err["error"].as_str().unwrap().contains("`admin`"), "{err}");
+        assert_eq!(get("/v1/streams/orders", Some("ops-secret")).0, 404);
+        for stream in ["orders", "payments"] {
+            let (status, _, body) = call(
+                reqwest::Method::PUT,
+                &server,
+                &format!("/v1/streams/{stream}"),
+                Some("ops-secret"),
+                Some("{\"partitions\": 2}".into()),
+            );
+            assert_eq!(status, 201, "{body}");
+        }
+
         // Writes need `write`; nothing is written by a refused append.
         let event = "{\"id\": \"o1\", \"data\": {\"amount\": 5}}\n";
         assert_eq!(post_events(&server, None, "orders", event).0, 401);
