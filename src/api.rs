@@ -587,15 +587,54 @@ async fn replay_store(store: Arc<Store>, r: ReplayRequest, partitions: Vec<u32>)
 /// Replays straight from the log: up to the partition's end offset where the log's answer is
 /// exact, otherwise (Kafka) until the partition has been idle for a second.
 /// `from_time` starts at the first record at or after it; `key` keeps that key's records.
+/// A partition being replayed from the log: its end (where the log can say), its reader, and a
+/// batch read ahead.
+struct LogReplay {
+    end: Option<u64>,
+    reader: Box<dyn strata_proto::LogReader>,
+    ahead: Option<Vec<strata_proto::Record>>,
+}
+
+async fn open_log_replay(
+    log: &Arc<dyn Log>,
+    r: &ReplayRequest,
+    partition: u32,
+    exact_ends: bool,
+) -> strata_proto::Result<LogReplay> {
+    let end = if exact_ends {
+        Some(log.end_offset(&r.name, partition).await?)
+    } else {
+        None
+    };
+    let reader = log.open_reader(&r.name, partition, r.from).await?;
+    Ok(LogReplay {
+        end,
+        reader,
+        ahead: None,
+    })
+}
+
 async fn replay_log(state: &AppState, r: ReplayRequest, partitions: Vec<u32>) -> Result<Chunks> {
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
     let log = state.log.clone();
     let exact_ends = log.end_offsets_are_exact();
-    // The first partition's reader opens before answering, so that an offset the log no longer
-    // holds (410) or a log that cannot be read (503) gets its status instead of a broken body.
+    let first_wait = Duration::from_secs(if exact_ends { 1 } else { 5 });
+    // The first partition is opened and its first batch read before answering, so that offsets
+    // the log no longer holds (410) or a log that cannot be read (503) get their status instead
+    // of a broken body.
     let mut first = match partitions.first() {
-        Some(&p) => Some(log.open_reader(&r.name, p, r.from).await?),
-        None => None,
+        Some(&p) if r.limit > 0 => {
+            let mut opened = open_log_replay(&log, &r, p, exact_ends).await?;
+            if opened.end.is_none_or(|end| opened.reader.position() < end) {
+                let batch = opened
+                    .reader
+                    .next_batch(r.limit.min(10_000), first_wait)
+                    .await?;
+                opened.ahead = Some(batch);
+            }
+            Some(opened)
+        }
+        _ => None,
     };
     tokio::spawn(async move {
         let fail = |e: String| Err(std::io::Error::other(e));
@@ -604,37 +643,36 @@ async fn replay_log(state: &AppState, r: ReplayRequest, partitions: Vec<u32>) ->
             if remaining == 0 {
                 break;
             }
-            let end = if !exact_ends {
-                None
-            } else {
-                match log.end_offset(&r.name, p).await {
-                    Ok(end) => Some(end),
-                    Err(e) => {
-                        let _ = tx.send(fail(e.to_string())).await;
-                        return;
-                    }
-                }
-            };
             let opened = match first.take() {
-                Some(reader) => Ok(reader),
-                None => log.open_reader(&r.name, p, r.from).await,
+                Some(opened) => Ok(opened),
+                None => open_log_replay(&log, &r, p, exact_ends).await,
             };
-            let mut reader = match opened {
-                Ok(reader) => reader,
+            let LogReplay {
+                end,
+                mut reader,
+                mut ahead,
+            } = match opened {
+                Ok(opened) => opened,
                 Err(e) => {
                     let _ = tx.send(fail(e.to_string())).await;
                     return;
                 }
             };
             let mut started = r.from_time.is_none();
-            let mut wait = Duration::from_secs(if exact_ends { 1 } else { 5 });
-            while remaining > 0 && end.is_none_or(|end| reader.position() < end) {
-                let batch = match reader.next_batch(remaining.min(10_000), wait).await {
-                    Ok(batch) => batch,
-                    Err(e) => {
-                        let _ = tx.send(fail(e.to_string())).await;
-                        return;
+            let mut wait = first_wait;
+            loop {
+                let batch = match ahead.take() {
+                    Some(batch) => batch,
+                    None if remaining > 0 && end.is_none_or(|end| reader.position() < end) => {
+                        match reader.next_batch(remaining.min(10_000), wait).await {
+                            Ok(batch) => batch,
+                            Err(e) => {
+                                let _ = tx.send(fail(e.to_string())).await;
+                                return;
+                            }
+                        }
                     }
+                    None => break,
                 };
                 if batch.is_empty() {
                     break;

@@ -457,6 +457,15 @@ fn a_log_whose_retention_ran_ahead_stalls_the_partition_loudly_or_skips_when_tol
             .success()
     );
 
+    // Replay straight from the log says the same instead of starting later.
+    let resp = http()
+        .get(server.url("/v1/streams/f/events?partition=0&source=log"))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 410);
+    let body = resp.text().unwrap();
+    assert!(body.contains("deleted by the log's retention"), "{body}");
+
     // Told to skip, the node goes on from the log's start and counts what it skipped.
     assert!(server.stop());
     let (_tmp2, dir2) = data_dir();

@@ -11,6 +11,7 @@ use strata_proto::{Error, LogReader, Record, Result, StreamName};
 
 pub(crate) struct KafkaReader {
     config: KafkaConfig,
+    partition: u32,
     consumer: Option<BaseConsumer>,
     position: u64,
 }
@@ -24,6 +25,8 @@ impl KafkaReader {
     ) -> Result<Self> {
         let consumer: BaseConsumer = config
             .consumer_config("strata-reader")
+            // An offset retention deleted is an error to report, not a jump to the log's start.
+            .set("auto.offset.reset", "error")
             .create()
             .map_err(|e| Error::Unavailable(format!("cannot create a Kafka reader: {e}")))?;
         let mut tpl = TopicPartitionList::new();
@@ -38,6 +41,7 @@ impl KafkaReader {
             .map_err(|e| Error::Unavailable(format!("cannot read {stream}: {e}")))?;
         Ok(Self {
             config: config.clone(),
+            partition,
             consumer: Some(consumer),
             position: from,
         })
@@ -52,6 +56,7 @@ impl LogReader for KafkaReader {
             .take()
             .ok_or_else(|| Error::Unavailable("the Kafka reader failed earlier".into()))?;
         let config = self.config.clone();
+        let (position, partition) = (self.position, self.partition);
         let (consumer, result) = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let now = chrono::Utc::now().timestamp_millis();
@@ -76,6 +81,16 @@ impl LogReader for KafkaReader {
                         } else {
                             out.push(record);
                         }
+                    }
+                    Some(Err(e))
+                        if e.rdkafka_error_code()
+                            == Some(rdkafka::error::RDKafkaErrorCode::AutoOffsetReset) =>
+                    {
+                        error = Some(Error::OffsetGone(format!(
+                            "offset {position} of partition {partition} is no longer in the log \
+                             (deleted by the log's retention)"
+                        )));
+                        break;
                     }
                     Some(Err(e)) => {
                         error = Some(super::unavailable("reading the partition failed", &e));
