@@ -272,6 +272,18 @@ impl Store {
     /// entries, the new next offset, and what they change in every view over the stream. Then
     /// turns full blocks of the tail into columnar blocks. Blocking.
     pub fn commit(&self, stream: &StreamName, partition: u32, records: Vec<Record>) -> Result<u64> {
+        self.commit_through(stream, partition, records, 0)
+    }
+
+    /// [`Store::commit`], moving the shard's next offset to at least `through` even past the last
+    /// record (the log's records after it are not events); views move with it.
+    pub fn commit_through(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        records: Vec<Record>,
+        through: u64,
+    ) -> Result<u64> {
         let shard = self.shard(stream, partition)?;
         let info = self.stream(stream)?;
         let fields = info.fields.clone();
@@ -299,6 +311,7 @@ impl Store {
             }
             accepted.push((record.offset, record.event));
         }
+        next.next = next.next.max(through);
         if next == *state {
             return Ok(state.next);
         }
@@ -457,6 +470,18 @@ impl ShardSink for Store {
         records: Vec<Record>,
     ) -> strata_proto::Result<u64> {
         Ok(Store::commit(self, stream, partition, records)?)
+    }
+
+    fn commit_through(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        records: Vec<Record>,
+        through: u64,
+    ) -> strata_proto::Result<u64> {
+        Ok(Store::commit_through(
+            self, stream, partition, records, through,
+        )?)
     }
 }
 

@@ -108,8 +108,10 @@ struct Batch {
     binary: u64,
     /// Records set aside for the dead-letter topic, with why.
     dead: Vec<(OwnedMessage, &'static str)>,
-    /// The first offset read (to read again after a failure).
+    /// The first offset read (to read again after a failure), and the last (the shard moves
+    /// past it even when it is a control record or a dead letter).
     first: Option<u64>,
+    last: Option<u64>,
 }
 
 struct GroupContext {
@@ -165,7 +167,10 @@ impl GroupContext {
         partition: u32,
         batch: Batch,
     ) -> strata_proto::Result<u64> {
-        let next = self.sink.commit(stream, partition, batch.records)?;
+        let through = batch.last.map_or(0, |o| o + 1);
+        let next = self
+            .sink
+            .commit_through(stream, partition, batch.records, through)?;
         count_value(stream.as_str(), ValueKind::Text, batch.text);
         count_value(stream.as_str(), ValueKind::Binary, batch.binary);
         Ok(next)
@@ -562,7 +567,16 @@ fn consume(consumer: BaseConsumer<GroupContext>, max_batch: usize, stop: &Atomic
             };
             wait = Duration::ZERO;
             match message {
-                Ok(m) if is_control(&m) => {}
+                Ok(m) if is_control(&m) => {
+                    if let Ok(offset) = u64::try_from(m.offset()) {
+                        let mut buffers = shared.buffers.lock();
+                        let batch = buffers
+                            .entry((m.topic().to_owned(), m.partition()))
+                            .or_default();
+                        batch.first.get_or_insert(offset);
+                        batch.last = Some(offset);
+                    }
+                }
                 Ok(m) => {
                     let (record, kind) = record_from_message(&m, now);
                     let dead = dead_letter_reason(&m, kind, &consumer.context().config);
@@ -571,6 +585,7 @@ fn consume(consumer: BaseConsumer<GroupContext>, max_batch: usize, stop: &Atomic
                         .entry((m.topic().to_owned(), m.partition()))
                         .or_default();
                     batch.first.get_or_insert(record.offset);
+                    batch.last = Some(record.offset);
                     read += 1;
                     if let Some(reason) = dead {
                         batch.dead.push((m.detach(), reason));
