@@ -186,8 +186,16 @@ impl<S: futures::Stream + Unpin> futures::Stream for PermitStream<S> {
     }
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// `200` while the node works; `503` once its store can no longer write (the node is stopping).
+async fn healthz(State(state): Shared) -> Response {
+    match state.store.as_ref().and_then(|s| s.failure()) {
+        None => Json(serde_json::json!({ "status": "ok" })).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "failed", "error": reason })),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(state): Shared) -> Response {

@@ -54,6 +54,9 @@ pub enum Error {
     /// Too many requests at once (503 with `Retry-After`).
     #[error("{0}")]
     Busy(String),
+    /// The node had to stop: a part of it can no longer work until it is started again.
+    #[error("the node stopped: {0}")]
+    Fatal(String),
     /// A CLI request to a server failed.
     #[error("{0}")]
     Client(String),
@@ -71,7 +74,7 @@ impl Error {
     /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::Config(_) | Error::Io { .. } | Error::Client(_) => {
+            Error::Config(_) | Error::Io { .. } | Error::Client(_) | Error::Fatal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,

@@ -112,6 +112,23 @@ pub async fn run(
         }
         _ => None,
     };
+    // A store that can no longer write (fjall poisoned, e.g. by a full disk) only recovers when it
+    // is opened again: the node stops with an error so that its supervisor restarts it.
+    let fatal = store.as_ref().map(|store| {
+        let (mut failures, shutdown) = (store.failures(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Some(reason) = failures.borrow_and_update().clone() {
+                    tracing::error!("stopping: {reason}; a restart recovers the store from its journal and the log");
+                    shutdown.cancel();
+                    return Some(reason);
+                }
+                if failures.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+    });
     let mut consumers = None;
     let mut group = None;
     if let Some(store) = &store {
@@ -204,6 +221,12 @@ pub async fn run(
         let _ = tokio::task::spawn_blocking(move || group.stop()).await;
     }
     drop(state);
+    if let Some(reason) = store.as_ref().and_then(|s| s.failure()) {
+        return Err(Error::Fatal(reason));
+    }
+    if let Some(fatal) = fatal {
+        fatal.abort();
+    }
     if let Some(store) = store {
         store.persist()?;
     }

@@ -1,5 +1,8 @@
 //! A full disk: the embedded log's directory on a small tmpfs. Appends fail with 507 and a clear
 //! message once it is full, nothing acknowledged is lost, and appends resume when space returns.
+//! The store's directory on a small tmpfs: once fjall cannot write, the node stops with an error
+//! (fjall refuses all writes until reopened), and a restart once space returns recovers every
+//! acknowledged event from the log.
 //! Needs to mount a tmpfs (root, or CAP_SYS_ADMIN); set STRATA_TEST_NO_MOUNT=1 to skip it on a
 //! machine that cannot.
 
@@ -8,6 +11,7 @@ use serde_json::json;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// A tmpfs of `size` mounted at a directory, unmounted on drop.
 struct Tmpfs(PathBuf);
@@ -111,4 +115,64 @@ fn a_full_disk_refuses_appends_with_507_loses_nothing_and_recovers() {
         .collect();
     assert_eq!(offsets, (0..acked.len() as u64).collect::<Vec<_>>());
     drop(server);
+}
+
+#[test]
+fn a_full_store_disk_stops_the_node_and_a_restart_recovers_everything() {
+    let (_tmp, dir) = data_dir();
+    let store_dir = dir.join("store");
+    let Some(_tmpfs) = Tmpfs::mount(&store_dir, "96m") else {
+        return;
+    };
+    let mut server = Server::start(Backend::Embedded, &dir, "");
+    create_stream(&server, "s", 1);
+    let filler = store_dir.join("filler");
+    std::fs::write(&filler, vec![1u8; 80 << 20]).unwrap();
+
+    // Appends go on to the log (another disk) until the store runs out of space and the node
+    // stops by itself, with an error saying why.
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let mut acked = HashSet::new();
+    let mut next = 0;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = server.exited() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the node never stopped");
+        let sent = http
+            .post(server.url("/v1/streams/s/events"))
+            .body(batch(next, 2000))
+            .send();
+        match sent {
+            Ok(r) if r.status().is_success() => {
+                let outcome: serde_json::Value = r.json().unwrap();
+                server.note_append("s", &outcome);
+                acked.extend((next..next + 2000).map(|i| format!("e{i}")));
+                next += 2000;
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    assert!(!status.success());
+    let log = server.log();
+    assert!(
+        log.contains("refuses writes") && log.contains("is its disk full?"),
+        "{log}"
+    );
+    assert!(!acked.is_empty());
+
+    std::fs::remove_file(&filler).unwrap();
+    server.restart();
+    wait_stored(&server, "s");
+    assert_eq!(
+        rows(
+            &server,
+            "SELECT count(*) AS n, count(DISTINCT id) AS ids FROM s"
+        ),
+        vec![json!({"n": acked.len(), "ids": acked.len()})]
+    );
 }

@@ -141,6 +141,9 @@ pub struct Store {
     shards: RwLock<HashMap<(StreamName, u32), Arc<Shard>>>,
     catalog: RwLock<watch::Receiver<Catalog>>,
     pub(crate) views: RwLock<BTreeMap<String, ViewEntry>>,
+    /// Set once fjall refuses all writes (poisoned after a failed flush or journal write, e.g.
+    /// a full disk): only reopening the store recovers it.
+    failed: watch::Sender<Option<String>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -167,9 +170,34 @@ impl Store {
             shards: RwLock::new(HashMap::new()),
             catalog: RwLock::new(catalog),
             views: RwLock::new(BTreeMap::new()),
+            failed: watch::channel(None).0,
         };
         store.open_views()?;
         Ok(Arc::new(store))
+    }
+
+    /// Why the store can no longer write, once it cannot (see [`Store::failures`]).
+    pub fn failure(&self) -> Option<String> {
+        self.failed.borrow().clone()
+    }
+
+    /// Follows [`Store::failure`]: a store that failed this way stays failed until it is opened
+    /// again (fjall then recovers from its journal, and the log supplies the rest).
+    pub fn failures(&self) -> watch::Receiver<Option<String>> {
+        self.failed.subscribe()
+    }
+
+    /// Notes `e` if it means the database refuses all further writes.
+    fn note_fatal(&self, e: Error) -> Error {
+        if matches!(e, Error::Storage(fjall::Error::Poisoned)) && self.failed.borrow().is_none() {
+            let reason =
+                "the store's database refuses writes after a failed flush or journal write \
+                          (is its disk full?)"
+                    .to_owned();
+            tracing::error!("{reason}");
+            self.failed.send_replace(Some(reason));
+        }
+        e
     }
 
     /// The store's settings.
@@ -278,6 +306,17 @@ impl Store {
     /// [`Store::commit`], moving the shard's next offset to at least `through` even past the last
     /// record (the log's records after it are not events); views move with it.
     pub fn commit_through(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        records: Vec<Record>,
+        through: u64,
+    ) -> Result<u64> {
+        self.apply(stream, partition, records, through)
+            .map_err(|e| self.note_fatal(e))
+    }
+
+    fn apply(
         &self,
         stream: &StreamName,
         partition: u32,
