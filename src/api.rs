@@ -592,9 +592,6 @@ async fn replay_store(store: Arc<Store>, r: ReplayRequest, partitions: Vec<u32>)
     Ok(rx)
 }
 
-/// Replays straight from the log: up to the partition's end offset where the log's answer is
-/// exact, otherwise (Kafka) until the partition has been idle for a second.
-/// `from_time` starts at the first record at or after it; `key` keeps that key's records.
 /// A partition being replayed from the log: its end (where the log can say), its reader, and a
 /// batch read ahead.
 struct LogReplay {
@@ -622,6 +619,9 @@ async fn open_log_replay(
     })
 }
 
+/// Replays straight from the log: up to the partition's end offset where the log's answer is
+/// exact, otherwise (Kafka) until the partition has been idle for a second.
+/// `from_time` starts at the first record at or after it; `key` keeps that key's records.
 async fn replay_log(state: &AppState, r: ReplayRequest, partitions: Vec<u32>) -> Result<Chunks> {
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
     let log = state.log.clone();

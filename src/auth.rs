@@ -89,11 +89,10 @@ fn parse_hex(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// A configured token: the digest it is known by, and who it makes the caller.
 struct Known {
-    name: String,
     digest: [u8; 32],
-    scopes: BTreeSet<Scope>,
-    streams: Option<BTreeSet<String>>,
+    principal: Principal,
 }
 
 /// Who sent a request, and what it may do.
@@ -102,17 +101,30 @@ pub struct Principal {
     /// The token's name (`anonymous` with authentication off).
     pub name: String,
     scopes: BTreeSet<Scope>,
-    streams: Option<BTreeSet<String>>,
+    /// Its streams (and whether it is `admin`), as the SQL engine checks them.
+    access: Access,
 }
 
 impl Principal {
+    fn new(name: String, scopes: BTreeSet<Scope>, streams: Option<BTreeSet<String>>) -> Self {
+        let access = Access {
+            admin: scopes.contains(&Scope::Admin),
+            streams,
+        };
+        Self {
+            name,
+            scopes,
+            access,
+        }
+    }
+
     /// Everything allowed (authentication off).
     pub fn anyone() -> Self {
-        Self {
-            name: "anonymous".into(),
-            scopes: [Scope::Read, Scope::Write, Scope::Admin].into(),
-            streams: None,
-        }
+        Self::new(
+            "anonymous".into(),
+            [Scope::Read, Scope::Write, Scope::Admin].into(),
+            None,
+        )
     }
 
     /// Refuses with 403 unless the principal has `scope`.
@@ -130,7 +142,7 @@ impl Principal {
 
     /// Whether the principal may use `stream`.
     pub fn may_use(&self, stream: &str) -> bool {
-        self.streams.as_ref().is_none_or(|s| s.contains(stream))
+        self.access.may_read(stream)
     }
 
     /// Refuses with 403 unless the principal may use `stream`.
@@ -147,10 +159,7 @@ impl Principal {
 
     /// What the SQL engine lets this principal do.
     pub fn access(&self) -> Access {
-        Access {
-            admin: self.scopes.contains(&Scope::Admin),
-            streams: self.streams.clone(),
-        }
+        self.access.clone()
     }
 }
 
@@ -191,10 +200,12 @@ impl Auth {
                 return Err(Error::Config(format!("auth token {name}: no scopes")));
             }
             known.push(Known {
-                name,
                 digest,
-                scopes: t.scopes.iter().copied().collect(),
-                streams: t.streams.as_ref().map(|s| s.iter().cloned().collect()),
+                principal: Principal::new(
+                    name,
+                    t.scopes.iter().copied().collect(),
+                    t.streams.as_ref().map(|s| s.iter().cloned().collect()),
+                ),
             });
         }
         Ok(Self {
@@ -226,12 +237,9 @@ impl Auth {
                 found = Some(k);
             }
         }
-        let k = found.ok_or_else(|| Error::Unauthorized("the token is not valid".into()))?;
-        Ok(Principal {
-            name: k.name.clone(),
-            scopes: k.scopes.clone(),
-            streams: k.streams.clone(),
-        })
+        found
+            .map(|k| k.principal.clone())
+            .ok_or_else(|| Error::Unauthorized("the token is not valid".into()))
     }
 }
 

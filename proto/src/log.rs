@@ -151,21 +151,20 @@ pub trait IdLookup: Send + Sync + 'static {
 /// reads: implemented by store nodes. [`IdLookup::stored_next_offset`] says where each shard
 /// resumes (0 for a shard not yet written).
 pub trait ShardSink: IdLookup {
-    /// Applies consecutive reads of one partition atomically and returns the shard's next offset;
+    /// Applies consecutive reads of one partition atomically and returns the shard's next offset,
+    /// which moves to at least `through` (the reads may end with records that are not events —
+    /// control records, dead letters — which the shard then never asks for again);
     /// [`crate::Error::UnknownStream`] while the stream is not in the store's catalog yet.
-    fn commit(&self, stream: &StreamName, partition: u32, records: Vec<Record>) -> Result<u64>;
-
-    /// [`ShardSink::commit`], and the shard's next offset moves to at least `through`: the reads
-    /// ended with records that are not events (control records, dead letters), which the shard
-    /// then never asks for again.
     fn commit_through(
         &self,
         stream: &StreamName,
         partition: u32,
         records: Vec<Record>,
         through: u64,
-    ) -> Result<u64> {
-        let _ = through;
-        self.commit(stream, partition, records)
+    ) -> Result<u64>;
+
+    /// [`ShardSink::commit_through`] up to the last record.
+    fn commit(&self, stream: &StreamName, partition: u32, records: Vec<Record>) -> Result<u64> {
+        self.commit_through(stream, partition, records, 0)
     }
 }

@@ -502,15 +502,6 @@ impl IdLookup for Store {
 }
 
 impl ShardSink for Store {
-    fn commit(
-        &self,
-        stream: &StreamName,
-        partition: u32,
-        records: Vec<Record>,
-    ) -> strata_proto::Result<u64> {
-        Ok(Store::commit(self, stream, partition, records)?)
-    }
-
     fn commit_through(
         &self,
         stream: &StreamName,

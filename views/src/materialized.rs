@@ -363,7 +363,6 @@ pub struct ViewPlan {
     /// The definition's select list over the aggregate's output.
     projection: Vec<Arc<dyn PhysicalExpr>>,
     output: SchemaRef,
-    state: BTreeMap<Vec<u8>, Group>,
 }
 
 fn refuse(reason: impl Into<String>) -> Error {
@@ -510,7 +509,7 @@ impl ViewPlan {
         for k in 0..agg.group_expr.len() {
             check_storable(aggregate_schema.field(k).data_type())?;
         }
-        let mut plan = Self {
+        Ok(Self {
             stream: scan.table_name.table().to_owned(),
             input,
             filter,
@@ -519,37 +518,12 @@ impl ViewPlan {
             aggregate_schema,
             projection,
             output,
-            state: BTreeMap::new(),
-        };
-        if plan.groups.is_empty() {
-            // A global aggregate has its one row even before any event.
-            let accs = plan
-                .aggregates
-                .iter()
-                .map(Acc::new)
-                .collect::<Result<Vec<_>>>()?;
-            plan.state.insert(
-                vec![codec::VERSION],
-                Group {
-                    keys: Vec::new(),
-                    accs,
-                },
-            );
-        }
-        Ok(plan)
+        })
     }
 
     /// The schema of the view's rows.
     pub fn schema(&self) -> SchemaRef {
         self.output.clone()
-    }
-
-    /// Folds a batch of the stream's events (in the stream's table schema) into the view.
-    pub fn apply(&mut self, batch: &RecordBatch) -> Result<()> {
-        let mut state = std::mem::take(&mut self.state);
-        let folded = self.fold(&mut state, batch);
-        self.state = state;
-        folded
     }
 
     /// What a batch of the stream's events adds to the view, per group (stored key → delta);
@@ -601,14 +575,8 @@ impl ViewPlan {
         Ok(out)
     }
 
-    /// Replaces the view's state with stored groups (as [`ViewPlan::merge_stored`] wrote them).
-    pub fn load<'a>(&mut self, stored: impl IntoIterator<Item = &'a [u8]>) -> Result<()> {
-        self.state = self.decode_state(stored)?;
-        Ok(())
-    }
-
-    /// The view's rows made of stored groups (as [`ViewPlan::merge_stored`] wrote them), without
-    /// touching the plan's own state. A global aggregate has its one row even with no group stored.
+    /// The view's rows made of stored groups (as [`ViewPlan::merge_stored`] wrote them). A global
+    /// aggregate has its one row even with no group stored.
     pub fn rows_of<'a>(&self, stored: impl IntoIterator<Item = &'a [u8]>) -> Result<RecordBatch> {
         self.rows_from(&self.decode_state(stored)?)
     }
@@ -772,38 +740,6 @@ impl ViewPlan {
             .into_iter()
             .filter_map(|(key, at)| Some((key, groups.get_mut(at)?.take()?)))
             .collect())
-    }
-
-    /// The key values of a stored key.
-    fn decode_key(&self, key: &[u8]) -> Result<Vec<ScalarValue>> {
-        let mut input = key
-            .strip_prefix(&[codec::VERSION])
-            .ok_or_else(codec::corrupt)?;
-        (0..self.groups.len())
-            .map(|k| codec::get_scalar(&mut input, self.aggregate_schema.field(k).data_type()))
-            .collect()
-    }
-
-    fn fold(&self, state: &mut BTreeMap<Vec<u8>, Group>, batch: &RecordBatch) -> Result<()> {
-        for (key, accs) in self.fold_batch(batch)? {
-            match state.entry(key) {
-                std::collections::btree_map::Entry::Occupied(mut e) => {
-                    for (acc, d) in e.get_mut().accs.iter_mut().zip(&accs) {
-                        acc.merge(d)?;
-                    }
-                }
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    let keys = self.decode_key(e.key())?;
-                    e.insert(Group { keys, accs });
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The view's rows now.
-    pub fn rows(&self) -> Result<RecordBatch> {
-        self.rows_from(&self.state)
     }
 
     fn rows_from(&self, state: &BTreeMap<Vec<u8>, Group>) -> Result<RecordBatch> {

@@ -19,7 +19,7 @@ pub use partition::EmbeddedReader;
 
 use partition::{PartitionLog, WriterConfig};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use strata_proto::fields::merge_fields;
@@ -67,6 +67,8 @@ pub struct EmbeddedLog {
     partitions: parking_lot::RwLock<HashMap<StreamName, Arc<Vec<PartitionLog>>>>,
     catalog: watch::Sender<Catalog>,
     create: tokio::sync::Mutex<()>,
+    /// Partitions whose retention waits for the shards (logged once when that starts).
+    retention_held: parking_lot::Mutex<HashSet<(StreamName, u32)>>,
 }
 
 impl EmbeddedLog {
@@ -95,6 +97,7 @@ impl EmbeddedLog {
             partitions: parking_lot::RwLock::new(partitions),
             catalog,
             create: tokio::sync::Mutex::new(()),
+            retention_held: parking_lot::Mutex::new(HashSet::new()),
         })
     }
 
@@ -109,7 +112,7 @@ impl EmbeddedLog {
     /// `strata_log_retention_held_partitions`.
     pub fn enforce_retention(&self, stored: &dyn Fn(&StreamName, u32) -> u64) -> Result<usize> {
         let (bytes, ms) = (self.config.retention_bytes, self.config.retention_ms);
-        let expired = |_: &segment::SegmentMeta, total: u64, age: Option<std::time::Duration>| {
+        let expired = |total: u64, age: Option<std::time::Duration>| {
             bytes.is_some_and(|b| total > b)
                 || ms.is_some_and(|ms| age.is_some_and(|a| a.as_millis() > u128::from(ms)))
         };
@@ -119,19 +122,23 @@ impl EmbeddedLog {
             .iter()
             .map(|(s, l)| (s.clone(), l.clone()))
             .collect();
-        let (mut deleted, mut held) = (0, 0u32);
+        let mut deleted = 0;
+        let mut held = self.retention_held.lock();
         for (stream, logs) in all {
             for (p, log) in (0u32..).zip(logs.iter()) {
                 let (d, kept) = log.enforce_retention(stored(&stream, p), expired)?;
                 deleted += d;
-                if kept {
-                    held += 1;
+                let key = (stream.clone(), p);
+                if !kept {
+                    held.remove(&key);
+                } else if held.insert(key) {
+                    // Said once per episode; the gauge tells how many are held meanwhile.
                     tracing::warn!(%stream, partition = p,
                         "a log segment past retention is kept: its events are not all in the shards yet");
                 }
             }
         }
-        metrics::gauge!("strata_log_retention_held_partitions").set(f64::from(held));
+        metrics::gauge!("strata_log_retention_held_partitions").set(held.len() as f64);
         metrics::counter!("strata_log_retention_deleted_segments_total").increment(deleted as u64);
         Ok(deleted)
     }

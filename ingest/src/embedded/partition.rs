@@ -26,6 +26,16 @@ pub(crate) struct PartitionShared {
     failed: Mutex<Option<String>>,
 }
 
+impl PartitionShared {
+    /// The error for `offset`, deleted by retention now that the log starts at `start`.
+    fn gone(&self, offset: u64, start: u64) -> Error {
+        Error::OffsetGone(format!(
+            "offset {offset} of partition {} was deleted by the log's retention; the log starts at offset {start}",
+            self.partition
+        ))
+    }
+}
+
 struct AppendReq {
     events: Vec<Event>,
     reply: oneshot::Sender<Result<OffsetRange>>,
@@ -164,55 +174,53 @@ impl PartitionLog {
         *self.shared.durable.borrow()
     }
 
-    /// Deletes sealed segments, oldest first, while `expired` says a segment (its metadata,
-    /// the bytes of the partition from it on, its file's age) is past retention, but never one
-    /// holding an offset at or after `stored` (not yet in the shards). Returns the segments
-    /// deleted and whether one past retention was kept for the shards.
+    /// Deletes sealed segments, oldest first, while `expired` says the oldest is past retention
+    /// (given the partition's bytes and the segment file's age), but never one holding an offset
+    /// at or after `stored` (not yet in the shards). Returns the segments deleted and whether one
+    /// past retention was kept for the shards.
     pub fn enforce_retention(
         &self,
         stored: u64,
-        expired: impl Fn(&SegmentMeta, u64, Option<Duration>) -> bool,
+        expired: impl Fn(u64, Option<Duration>) -> bool,
     ) -> Result<(usize, bool)> {
         let mut deleted = 0;
         loop {
-            let (oldest, rest_bytes) = {
+            let (base, end, bytes) = {
                 let segments = self.shared.segments.read();
                 if segments.len() < 2 {
                     return Ok((deleted, false));
                 }
-                (
-                    segments[0].clone(),
-                    segments.iter().map(|s| s.len).sum::<u64>(),
-                )
+                let bytes = segments.iter().map(|s| s.len).sum::<u64>();
+                (segments[0].base, segments[0].end, bytes)
             };
-            let path = segment_path(&self.shared.dir, oldest.base);
+            let path = segment_path(&self.shared.dir, base);
             let age = std::fs::metadata(&path)
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.elapsed().ok());
-            if !expired(&oldest, rest_bytes, age) {
+            if !expired(bytes, age) {
                 return Ok((deleted, false));
             }
-            if oldest.end > stored {
+            if end > stored {
                 return Ok((deleted, true));
             }
             {
                 let mut segments = self.shared.segments.write();
-                if segments.first().map(|s| s.base) != Some(oldest.base) || segments.len() < 2 {
+                if segments.first().map(|s| s.base) != Some(base) || segments.len() < 2 {
                     return Ok((deleted, false));
                 }
                 segments.remove(0);
             }
             // Readers with the file open keep reading it; new ones start at the next segment.
-            for file in [path, index_path(&self.shared.dir, oldest.base)] {
+            for file in [path, index_path(&self.shared.dir, base)] {
                 match std::fs::remove_file(&file) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(Error::io(file.display().to_string(), e)),
                 }
             }
-            tracing::info!(segment = %segment_path(&self.shared.dir, oldest.base).display(),
-                offsets = %format!("{}..{}", oldest.base, oldest.end), "retention deleted a log segment");
+            tracing::info!(segment = %segment_path(&self.shared.dir, base).display(),
+                offsets = %format!("{}..{}", base, end), "retention deleted a log segment");
             deleted += 1;
         }
     }
@@ -221,10 +229,7 @@ impl PartitionLog {
     pub fn reader(&self, from: u64) -> Result<EmbeddedReader> {
         let start = self.shared.segments.read().first().map_or(0, |s| s.base);
         if from < start {
-            return Err(Error::OffsetGone(format!(
-                "offset {from} of partition {} was deleted by the log's retention; the log starts at offset {start}",
-                self.shared.partition
-            )));
+            return Err(self.shared.gone(from, start));
         }
         Ok(self.reader_at(from))
     }
@@ -460,10 +465,7 @@ impl ReaderState {
                 let i = segments.partition_point(|s| s.base <= *position);
                 let Some(s) = i.checked_sub(1).and_then(|i| segments.get(i)) else {
                     let start = segments.first().map_or(0, |s| s.base);
-                    return Err(Error::OffsetGone(format!(
-                        "offset {position} of partition {} was deleted by the log's retention; the log starts at offset {start}",
-                        self.shared.partition
-                    )));
+                    return Err(self.shared.gone(*position, start));
                 };
                 (s.base, s.end, s.len, s.seek(*position))
             };

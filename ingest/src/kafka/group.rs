@@ -194,14 +194,18 @@ impl GroupContext {
             if let Some(value) = message.payload() {
                 record = record.payload(value);
             }
-            let mut record = Some(record);
-            for _ in 0..100 {
-                let Some(r) = record.take() else { break };
-                match self.dead_letters.send(r) {
-                    Ok(()) => {}
-                    Err((e, r)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+            let mut full_for = 0;
+            loop {
+                match self.dead_letters.send(record) {
+                    Ok(()) => break,
+                    Err((e, r))
+                        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull)
+                            && full_for < 100 =>
+                    {
+                        // The queue drains as the brokers acknowledge; wait (bounded) for room.
+                        full_for += 1;
                         self.dead_letters.poll(Duration::from_millis(50));
-                        record = Some(r);
+                        record = r;
                     }
                     Err((e, _)) => {
                         return Err(super::unavailable(
@@ -455,10 +459,7 @@ impl StoreGroup {
     pub fn start(config: &KafkaConfig, sink: Arc<dyn ShardSink>, max_batch: usize) -> Result<Self> {
         let shared = Arc::new(Shared::default());
         let dead_letters: BaseProducer<DeadLetterContext> = config
-            .client_config()
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", config.delivery_timeout_ms.to_string())
+            .producer_config()
             .create_with_context(DeadLetterContext::default())
             .map_err(|e| {
                 Error::Unavailable(format!("cannot create the dead-letter producer: {e}"))
@@ -567,27 +568,20 @@ fn consume(consumer: BaseConsumer<GroupContext>, max_batch: usize, stop: &Atomic
             };
             wait = Duration::ZERO;
             match message {
-                Ok(m) if is_control(&m) => {
-                    if let Ok(offset) = u64::try_from(m.offset()) {
-                        let mut buffers = shared.buffers.lock();
-                        let batch = buffers
-                            .entry((m.topic().to_owned(), m.partition()))
-                            .or_default();
-                        batch.first.get_or_insert(offset);
-                        batch.last = Some(offset);
-                    }
-                }
                 Ok(m) => {
-                    let (record, kind) = record_from_message(&m, now);
-                    let dead = dead_letter_reason(&m, kind, &consumer.context().config);
                     let mut buffers = shared.buffers.lock();
                     let batch = buffers
                         .entry((m.topic().to_owned(), m.partition()))
                         .or_default();
-                    batch.first.get_or_insert(record.offset);
-                    batch.last = Some(record.offset);
+                    let offset = u64::try_from(m.offset()).unwrap_or(0);
+                    batch.first.get_or_insert(offset);
+                    batch.last = Some(offset);
+                    if is_control(&m) {
+                        continue;
+                    }
                     read += 1;
-                    if let Some(reason) = dead {
+                    let (record, kind) = record_from_message(&m, now);
+                    if let Some(reason) = dead_letter_reason(&m, kind, &consumer.context().config) {
                         batch.dead.push((m.detach(), reason));
                         continue;
                     }
