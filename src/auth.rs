@@ -1,23 +1,19 @@
-//! Authentication and authorization of HTTP requests: bearer tokens from the configuration, each
-//! with scopes (`read`, `write`, `admin`) and optionally limited to named streams.
+//! Authentication and authorization, the same for every front end: bearer tokens from the
+//! configuration, each with scopes (`read`, `write`, `admin`) and optionally limited to named
+//! streams. A front end authenticates ([`Auth::authenticate`]) and hands the [`Principal`] to the
+//! services, which check each [`Operation`] they carry out ([`Principal::authorize`]).
 //!
-//! With no token configured every request is let through (a single-user node on localhost). With
-//! tokens, a request without a valid `Authorization: Bearer …` header gets 401, one whose token
-//! lacks the scope of the endpoint (or the stream) gets 403. `/healthz` is always open; `/metrics`
-//! is open when `auth.public_metrics` says so and needs `read` otherwise.
+//! With no token configured everything is allowed (a single-user node on localhost). With tokens,
+//! a caller without a valid token is refused as unauthenticated, one whose token lacks the scope of
+//! the operation (or a grant on its stream) as forbidden.
 //!
 //! Tokens are kept as SHA-256 digests (`sha256 = "hex"` in the configuration; `strata hash-token`
 //! prints one); a plain `token = "…"` is accepted too, for tests and quick set-ups.
 
-use crate::{Error, Result};
-use axum::extract::{Request, State};
-use axum::http::{Method, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use crate::service::{Error, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use strata_views::Access;
 use subtle::ConstantTimeEq;
 
@@ -39,6 +35,30 @@ impl Scope {
             Scope::Read => "read",
             Scope::Write => "write",
             Scope::Admin => "admin",
+        }
+    }
+}
+
+/// What a caller asks to do; each needs a scope and, where it names a stream, a grant on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation<'a> {
+    /// Reading a stream: its description, replay (needs `read`).
+    Read(&'a str),
+    /// Appending to a stream (needs `write`).
+    Write(&'a str),
+    /// Creating a stream or declaring its fields, rebuilding one of its views (needs `admin`).
+    Admin(&'a str),
+    /// Listings and SQL, whose rows are then limited to the granted streams (needs `read`).
+    Browse,
+}
+
+impl Operation<'_> {
+    /// The scope the operation needs.
+    pub fn scope(self) -> Scope {
+        match self {
+            Operation::Read(_) | Operation::Browse => Scope::Read,
+            Operation::Write(_) => Scope::Write,
+            Operation::Admin(_) => Scope::Admin,
         }
     }
 }
@@ -127,7 +147,22 @@ impl Principal {
         )
     }
 
-    /// Refuses with 403 unless the principal has `scope`.
+    /// Refuses ([`Error::Forbidden`]) unless the principal may carry out `op`: it has the scope
+    /// and, where `op` names a stream, a grant on that stream.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] naming the missing scope or stream.
+    pub fn authorize(&self, op: Operation<'_>) -> Result<()> {
+        self.require(op.scope())?;
+        match op {
+            Operation::Read(s) | Operation::Write(s) | Operation::Admin(s) => {
+                self.require_stream(s)
+            }
+            Operation::Browse => Ok(()),
+        }
+    }
+
+    /// Refuses with [`Error::Forbidden`] unless the principal has `scope`.
     pub fn require(&self, scope: Scope) -> Result<()> {
         if self.scopes.contains(&scope) {
             Ok(())
@@ -145,7 +180,7 @@ impl Principal {
         self.access.may_read(stream)
     }
 
-    /// Refuses with 403 unless the principal may use `stream`.
+    /// Refuses with [`Error::Forbidden`] unless the principal may use `stream`.
     pub fn require_stream(&self, stream: &str) -> Result<()> {
         if self.may_use(stream) {
             Ok(())
@@ -171,7 +206,10 @@ pub struct Auth {
 
 impl Auth {
     /// Checks and loads `config`.
-    pub fn new(config: &AuthConfig) -> Result<Self> {
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] for a token without scopes or without exactly one secret.
+    pub fn new(config: &AuthConfig) -> crate::Result<Self> {
         let mut known = Vec::new();
         for (i, t) in config.tokens.iter().enumerate() {
             let name = if t.name.is_empty() {
@@ -181,7 +219,7 @@ impl Auth {
             };
             let digest = match (&t.sha256, &t.token) {
                 (Some(hex), None) => parse_hex(hex).ok_or_else(|| {
-                    Error::Config(format!(
+                    crate::Error::Config(format!(
                         "auth token {name}: sha256 must be 64 hex digits (see `strata hash-token`)"
                     ))
                 })?,
@@ -191,13 +229,15 @@ impl Auth {
                     d
                 }
                 _ => {
-                    return Err(Error::Config(format!(
+                    return Err(crate::Error::Config(format!(
                         "auth token {name}: give exactly one of `sha256` or `token`"
                     )));
                 }
             };
             if t.scopes.is_empty() {
-                return Err(Error::Config(format!("auth token {name}: no scopes")));
+                return Err(crate::Error::Config(format!(
+                    "auth token {name}: no scopes"
+                )));
             }
             known.push(Known {
                 digest,
@@ -214,12 +254,20 @@ impl Auth {
         })
     }
 
+    /// Whether `/metrics` answers without a token.
+    pub fn public_metrics(&self) -> bool {
+        self.public_metrics
+    }
+
     /// Whether any token is configured.
     pub fn enabled(&self) -> bool {
         !self.known.is_empty()
     }
 
-    /// The principal a bearer token names, or 401.
+    /// The principal a bearer token names.
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] without a token, or for one that is not configured.
     pub fn authenticate(&self, bearer: Option<&str>) -> Result<Principal> {
         if !self.enabled() {
             return Ok(Principal::anyone());
@@ -241,51 +289,6 @@ impl Auth {
             .map(|k| k.principal.clone())
             .ok_or_else(|| Error::Unauthorized("the token is not valid".into()))
     }
-}
-
-/// The scope an endpoint needs (`None`: open to all).
-fn scope_of(auth: &Auth, method: &Method, path: &str) -> Option<Scope> {
-    match path {
-        "/healthz" => None,
-        "/metrics" if auth.public_metrics => None,
-        _ if path.starts_with("/v1/streams/") && path.ends_with("/events") => {
-            Some(if method == Method::POST {
-                Scope::Write
-            } else {
-                Scope::Read
-            })
-        }
-        _ if path.starts_with("/v1/streams/") && method == Method::PUT => Some(Scope::Admin),
-        _ if path.starts_with("/v1/views/") && method == Method::POST => Some(Scope::Admin),
-        _ => Some(Scope::Read),
-    }
-}
-
-fn bearer(request: &Request) -> Option<&str> {
-    let value = request
-        .headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (kind, token) = value.trim().split_once(' ')?;
-    kind.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// Middleware: authenticates the request, checks the endpoint's scope, and hands the
-/// [`Principal`] to the handler as an extension.
-pub async fn layer(State(auth): State<Arc<Auth>>, mut request: Request, next: Next) -> Response {
-    let principal = match scope_of(&auth, request.method(), request.uri().path()) {
-        None => Principal::anyone(),
-        Some(scope) => match auth
-            .authenticate(bearer(&request))
-            .and_then(|p| p.require(scope).map(|()| p))
-        {
-            Ok(p) => p,
-            Err(e) => return e.into_response(),
-        },
-    };
-    request.extensions_mut().insert(principal);
-    next.run(request).await
 }
 
 #[cfg(test)]
@@ -335,20 +338,21 @@ mod tests {
         assert!(reader.may_use("orders") && !reader.may_use("payments"));
         let ops = auth.authenticate(Some("o-secret")).unwrap();
         assert!(ops.require(Scope::Admin).is_ok() && ops.may_use("payments"));
-        assert_eq!(
-            scope_of(&auth, &Method::POST, "/v1/streams/a/events"),
-            Some(Scope::Write)
-        );
-        assert_eq!(
-            scope_of(&auth, &Method::GET, "/v1/streams/a/events"),
-            Some(Scope::Read)
-        );
-        assert_eq!(
-            scope_of(&auth, &Method::PUT, "/v1/streams/a"),
-            Some(Scope::Admin)
-        );
-        assert_eq!(scope_of(&auth, &Method::GET, "/healthz"), None);
-        assert_eq!(scope_of(&auth, &Method::GET, "/metrics"), Some(Scope::Read));
+        assert!(reader.authorize(Operation::Read("orders")).is_ok());
+        assert!(reader.authorize(Operation::Browse).is_ok());
+        for refused in [
+            Operation::Read("payments"),
+            Operation::Write("orders"),
+            Operation::Admin("orders"),
+        ] {
+            assert!(
+                matches!(reader.authorize(refused), Err(Error::Forbidden(_))),
+                "{refused:?}"
+            );
+        }
+        assert!(ops.authorize(Operation::Admin("payments")).is_ok());
+        assert_eq!(Operation::Write("a").scope(), Scope::Write);
+        assert_eq!(Operation::Admin("a").scope(), Scope::Admin);
     }
 
     #[test]

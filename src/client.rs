@@ -1,9 +1,38 @@
 //! The CLI clients: `strata produce`, `sql`, `replay` and `streams`, talking to a server's HTTP API.
 
-use crate::api::ARROW_STREAM;
-use crate::{Error, Result};
+use crate::http::ARROW_STREAM;
 use std::io::{BufRead, Write};
 use strata_proto::ConsistencyToken;
+
+/// Errors of the CLI clients.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request failed, or the server refused it (its message and status).
+    #[error("{0}")]
+    Request(String),
+    /// Reading input or writing output failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// Result alias of the clients.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Output formats of `strata sql`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -65,7 +94,7 @@ pub struct Client {
 }
 
 fn client_error(e: reqwest::Error) -> Error {
-    Error::Client(format!("request failed: {e}"))
+    Error::Request(format!("request failed: {e}"))
 }
 
 impl Client {
@@ -88,7 +117,7 @@ impl Client {
         if let Some(token) = token {
             let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
                 .map_err(|_| {
-                    Error::Client("the token has characters a header cannot carry".into())
+                    Error::Request("the token has characters a header cannot carry".into())
                 })?;
             value.set_sensitive(true);
             builder = builder.default_headers(
@@ -99,9 +128,9 @@ impl Client {
         }
         if let Some(path) = ca_cert {
             let pem = std::fs::read(path)
-                .map_err(|e| Error::Client(format!("cannot read {}: {e}", path.display())))?;
+                .map_err(|e| Error::Request(format!("cannot read {}: {e}", path.display())))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| Error::Client(format!("{}: {e}", path.display())))?;
+                .map_err(|e| Error::Request(format!("{}: {e}", path.display())))?;
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
@@ -127,7 +156,7 @@ impl Client {
             .ok()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
             .unwrap_or(text);
-        Err(Error::Client(format!("{} ({})", message, status.as_u16())))
+        Err(Error::Request(format!("{} ({})", message, status.as_u16())))
     }
 
     /// Appends NDJSON from `input` to `stream` in requests of `batch` events. A bad line is reported
@@ -174,8 +203,8 @@ impl Client {
                 .map_err(client_error)?;
             let resp = match Self::check(resp).await {
                 Ok(resp) => resp,
-                Err(Error::Client(msg)) => {
-                    return Err(Error::Client(renumber(&msg, &line_numbers)));
+                Err(Error::Request(msg)) => {
+                    return Err(Error::Request(renumber(&msg, &line_numbers)));
                 }
                 Err(e) => return Err(e),
             };
@@ -234,11 +263,11 @@ impl Client {
         }
         let reader =
             arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
-                .map_err(|e| Error::Client(format!("bad Arrow stream from the server: {e}")))?;
+                .map_err(|e| Error::Request(format!("bad Arrow stream from the server: {e}")))?;
         let schema = reader.schema();
         let batches: Vec<_> = reader
             .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::Client(format!("bad Arrow stream from the server: {e}")))?;
+            .map_err(|e| Error::Request(format!("bad Arrow stream from the server: {e}")))?;
         let rows: usize = batches
             .iter()
             .map(|b: &arrow::array::RecordBatch| b.num_rows())
@@ -250,10 +279,10 @@ impl Client {
                     .build(&mut *out);
                 if batches.is_empty() {
                     let empty = arrow::array::RecordBatch::new_empty(schema);
-                    w.write(&empty).map_err(|e| Error::Client(e.to_string()))?;
+                    w.write(&empty).map_err(|e| Error::Request(e.to_string()))?;
                 }
                 for b in &batches {
-                    w.write(b).map_err(|e| Error::Client(e.to_string()))?;
+                    w.write(b).map_err(|e| Error::Request(e.to_string()))?;
                 }
             }
             _ => {
@@ -264,7 +293,7 @@ impl Client {
                 } else {
                     arrow::util::pretty::pretty_format_batches(&batches)
                 }
-                .map_err(|e| Error::Client(e.to_string()))?;
+                .map_err(|e| Error::Request(e.to_string()))?;
                 writeln!(out, "{table}").map_err(write_err)?;
                 writeln!(out, "({rows} row{})", if rows == 1 { "" } else { "s" })
                     .map_err(write_err)?;
@@ -442,11 +471,11 @@ impl Client {
             while let Some(end) = pending.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
                 let v: serde_json::Value = serde_json::from_slice(&line).map_err(|e| {
-                    Error::Client(format!("bad progress line from the server: {e}"))
+                    Error::Request(format!("bad progress line from the server: {e}"))
                 })?;
                 if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
                     let _ = writeln!(progress);
-                    return Err(Error::Client(format!("rebuild of {name} failed: {e}")));
+                    return Err(Error::Request(format!("rebuild of {name} failed: {e}")));
                 }
                 let _ = write!(progress, "\r{}", progress_bar(&v));
                 let _ = progress.flush();
@@ -456,7 +485,7 @@ impl Client {
         let _ = writeln!(progress);
         match last {
             Some(v) if v["finished"].as_bool() == Some(true) => Ok(v),
-            _ => Err(Error::Client(format!(
+            _ => Err(Error::Request(format!(
                 "the server ended the rebuild of {name} without a result"
             ))),
         }

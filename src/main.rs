@@ -107,31 +107,37 @@ enum StreamsAction {
 /// keeps an allocator arena of its own, so a bound keeps memory in check under load.
 const MAX_BLOCKING_THREADS: usize = 64;
 
+/// A failure of the command: of the node (`serve`) or of a client command.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Node(#[from] strata::Error),
+    #[error(transparent)]
+    Client(#[from] strata::client::Error),
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build();
-    let result = match runtime {
+    let result: Result<(), Failure> = match runtime {
         Ok(runtime) => runtime.block_on(async move {
             match cli.command {
-                Command::Serve(overrides) => serve(overrides).await,
-                Command::HashToken => hash_token(),
+                Command::Serve(overrides) => Ok(serve(overrides).await?),
+                Command::HashToken => Ok(hash_token()?),
                 command => {
                     let client = Client::with_options(
                         &cli.server,
                         cli.token.as_deref(),
                         cli.ca_cert.as_deref(),
-                    );
-                    match client {
-                        Ok(client) => run_client(client, command).await,
-                        Err(e) => Err(e),
-                    }
+                    )?;
+                    Ok(run_client(client, command).await?)
                 }
             }
         }),
-        Err(e) => Err(strata::Error::io("cannot start the async runtime", e)),
+        Err(e) => Err(strata::Error::io("cannot start the async runtime", e).into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -216,14 +222,14 @@ async fn wait_for_signal() {
 }
 
 /// Reads a token from standard input and prints its SHA-256.
-fn hash_token() -> strata::Result<()> {
+fn hash_token() -> strata::client::Result<()> {
     let mut token = String::new();
     std::io::stdin()
         .read_line(&mut token)
-        .map_err(|e| strata::Error::io("cannot read the token", e))?;
+        .map_err(|e| strata::client::Error::io("cannot read the token", e))?;
     let token = token.trim_end_matches(['\r', '\n']);
     if token.is_empty() {
-        return Err(strata::Error::BadRequest(
+        return Err(strata::client::Error::Request(
             "give the token on standard input".into(),
         ));
     }
@@ -231,7 +237,7 @@ fn hash_token() -> strata::Result<()> {
     Ok(())
 }
 
-async fn run_client(client: Client, command: Command) -> strata::Result<()> {
+async fn run_client(client: Client, command: Command) -> strata::client::Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match command {
@@ -247,7 +253,7 @@ async fn run_client(client: Client, command: Command) -> strata::Result<()> {
                     .await?
             } else {
                 let f = std::fs::File::open(&file)
-                    .map_err(|e| strata::Error::io(format!("cannot open {file}"), e))?;
+                    .map_err(|e| strata::client::Error::io(format!("cannot open {file}"), e))?;
                 client
                     .produce(&stream, std::io::BufReader::new(f), batch)
                     .await?
@@ -256,12 +262,11 @@ async fn run_client(client: Client, command: Command) -> strata::Result<()> {
                 out,
                 "appended {appended} events to {stream} ({duplicates} duplicates skipped)"
             )
-            .map_err(|e| strata::Error::io("stdout", e))?;
+            .map_err(|e| strata::client::Error::io("stdout", e))?;
             match token {
                 // For `strata sql --after TOKEN`: reads that see these events.
-                Some(token) if !token.offsets.is_empty() => {
-                    writeln!(out, "token: {token}").map_err(|e| strata::Error::io("stdout", e))
-                }
+                Some(token) if !token.offsets.is_empty() => writeln!(out, "token: {token}")
+                    .map_err(|e| strata::client::Error::io("stdout", e)),
                 _ => Ok(()),
             }
         }
@@ -289,13 +294,13 @@ async fn run_client(client: Client, command: Command) -> strata::Result<()> {
                 "rebuilt {name}: {} rows from {} events in {} ms",
                 done["rows"], done["done"], done["elapsed_ms"]
             )
-            .map_err(|e| strata::Error::io("stdout", e))
+            .map_err(|e| strata::client::Error::io("stdout", e))
         }
         Command::Streams {
             action: Some(StreamsAction::Create { name, partitions }),
         } => {
             let created = client.create_stream(&name, partitions).await?;
-            writeln!(out, "{created}").map_err(|e| strata::Error::io("stdout", e))
+            writeln!(out, "{created}").map_err(|e| strata::client::Error::io("stdout", e))
         }
     }
 }

@@ -17,7 +17,7 @@ mod name;
 mod partition;
 mod token;
 
-pub use cluster::{HeldPartition, NodeStatus};
+pub use cluster::{Feed, Held, HeldPartition, Membership, NodeStatus, Stall};
 pub use error::{Error, Result};
 pub use event::{Event, Record, format_time_ms, write_ndjson_fields, write_time_ms};
 pub use fields::{FieldDef, FieldSpec, FieldType, FieldValue};

@@ -113,6 +113,29 @@ pub trait Log: Send + Sync + 'static {
         true
     }
 
+    /// Whether the write path should read, on first use of a partition, the ids of records the
+    /// store has not applied yet, to drop retried ids (cheap on a local log; on Kafka the store
+    /// drops them at commit instead).
+    fn preload_ids(&self) -> bool {
+        false
+    }
+
+    /// Whether the log deletes old records by its own retention settings (see
+    /// [`Log::enforce_retention`]).
+    fn has_retention(&self) -> bool {
+        false
+    }
+
+    /// Deletes what retention allows, never a record at or after `stored(stream, partition)` (the
+    /// next offset the shards have not applied); returns how many segments went. Blocking. Logs
+    /// whose retention is the brokers' do nothing.
+    ///
+    /// # Errors
+    /// Deleting failed.
+    fn enforce_retention(&self, _stored: &dyn Fn(&StreamName, u32) -> u64) -> Result<usize> {
+        Ok(0)
+    }
+
     /// Opens a reader of one partition positioned at `from`.
     async fn open_reader(
         &self,

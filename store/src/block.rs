@@ -114,14 +114,6 @@ pub(crate) fn stored_offsets(batch: &RecordBatch) -> Result<&[i64]> {
         })
 }
 
-/// Key of column `column` (a table column index, ≥ 1) of the block starting at `first`.
-pub(crate) fn column_key(first: u64, column: usize) -> [u8; 10] {
-    let mut key = [0u8; 10];
-    key[..8].copy_from_slice(&first.to_be_bytes());
-    key[8..].copy_from_slice(&(column as u16).to_be_bytes());
-    key
-}
-
 /// The schema of stored batches of a stream with `fields`: table columns 1.. (no `partition`).
 pub(crate) fn stored_schema(fields: &[FieldDef]) -> SchemaRef {
     let base = schema::table_schema();
@@ -513,7 +505,6 @@ mod tests {
         let wide = widen(narrow, &fields).unwrap();
         assert_eq!(wide.num_columns(), 8);
         assert_eq!(wide.column(7).null_count(), 10);
-        assert_eq!(column_key(1, 7)[8..], [0, 7]);
     }
 
     #[test]

@@ -1,12 +1,54 @@
 //! Store consumers: one task per partition applies the log to its shard.
 
 use crate::Store;
+use async_trait::async_trait;
+use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use strata_proto::{Log, StreamName};
-use tokio::task::JoinSet;
+use strata_proto::{Feed, Held, Log, Stall, StreamName};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
+
+/// A store's consumers of every partition of a log it reads whole (the embedded log), as a
+/// [`Feed`]: [`run_consumers`] on a task of its own.
+pub struct Consumers {
+    task: Mutex<Option<JoinHandle<()>>>,
+    stop: CancellationToken,
+}
+
+impl Consumers {
+    /// Starts consuming `log` into `store`.
+    pub fn start(store: Arc<Store>, log: Arc<dyn Log>) -> Self {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_consumers(store, log, stop.clone()));
+        Self {
+            task: Mutex::new(Some(task)),
+            stop,
+        }
+    }
+}
+
+#[async_trait]
+impl Feed for Consumers {
+    fn held(&self) -> Option<Vec<Held>> {
+        None
+    }
+
+    fn stalled(&self) -> Vec<Stall> {
+        Vec::new()
+    }
+
+    async fn stop(&self, limit: Duration) {
+        self.stop.cancel();
+        let task = self.task.lock().take();
+        if let Some(task) = task
+            && tokio::time::timeout(limit, task).await.is_err()
+        {
+            tracing::warn!("store consumers did not stop in time");
+        }
+    }
+}
 
 /// Makes the store follow the log's catalog and runs one consumer per partition of every stream until `shutdown` is cancelled; returns once every consumer has finished its commit.
 pub async fn run_consumers(store: Arc<Store>, log: Arc<dyn Log>, shutdown: CancellationToken) {

@@ -24,14 +24,14 @@ pub enum Error {
     #[error("a view named {0} exists already")]
     ViewExists(String),
     /// No view of that name.
-    #[error("no view named {0}")]
+    #[error("no materialized view named {0}")]
     UnknownView(String),
     /// A view's maintenance failed.
     #[error("view maintenance failed: {0}")]
     View(String),
-    /// A blocking task of the store did not finish.
-    #[error("store task failed: {0}")]
-    Task(String),
+    /// A state the store's own logic should never reach (a bug), with what was found.
+    #[error("store invariant broken: {0}")]
+    Invariant(String),
 }
 
 impl Error {

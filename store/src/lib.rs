@@ -22,17 +22,20 @@
 mod block;
 mod consumer;
 mod error;
+mod keys;
 pub mod ndjson;
 mod scan;
 pub mod schema;
 mod shard;
+mod store;
 mod views;
 
-pub use consumer::run_consumers;
+pub use consumer::{Consumers, run_consumers};
 pub use error::{Error, Result};
 pub use scan::{ScanRequest, ShardScan};
-pub use shard::{ShardStatus, Store, StoreConfig};
-pub use views::{ReadGroup, ViewDef, ViewFold, ViewPartition, ViewStatus};
+pub use shard::ShardStatus;
+pub use store::{Store, StoreConfig};
+pub use views::{ReadGroup, ViewDef, ViewFold, ViewPartition, ViewSet, ViewStatus};
 
 #[cfg(test)]
 mod tests;

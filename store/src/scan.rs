@@ -1,8 +1,9 @@
 //! Shard scans: the only read interface the query layer and replay use.
 
-use crate::block::{BlockMeta, as_table_type, column_key, decode_column, decode_tail, tail_meta};
+use crate::block::{BlockMeta, as_table_type, decode_column, decode_tail, tail_meta};
+use crate::keys::{column_key, key_index_prefix, offset_key};
 use crate::schema::{self, field_type, stream_schema, table_schema};
-use crate::shard::{Shard, ShardState, block_metas, key_index_prefix, offset_key};
+use crate::shard::{Shard, ShardState, block_metas};
 use crate::{Error, Result};
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int32Array, RecordBatch, RecordBatchOptions,

@@ -1,6 +1,7 @@
 //! The read-only SQL engine.
 
 use crate::materialized::view_statement;
+use crate::source::ShardSource;
 use crate::table::StreamTable;
 use crate::view_table::ViewTable;
 use crate::{Error, Result, ViewPlan};
@@ -37,9 +38,9 @@ impl ViewRegistry {
     }
 }
 
-/// Every stream of the store and every materialized view, as tables.
+/// Every stream of the shards and every materialized view, as tables.
 struct StreamSchema {
-    store: Arc<Store>,
+    source: Arc<dyn ShardSource>,
     views: Arc<ViewRegistry>,
 }
 
@@ -52,7 +53,12 @@ impl std::fmt::Debug for StreamSchema {
 #[async_trait]
 impl SchemaProvider for StreamSchema {
     fn table_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.store.catalog().keys().map(|n| n.to_string()).collect();
+        let mut names: Vec<String> = self
+            .source
+            .catalog()
+            .keys()
+            .map(|n| n.to_string())
+            .collect();
         names.extend(self.views.plans.read().keys().cloned());
         names
     }
@@ -60,7 +66,7 @@ impl SchemaProvider for StreamSchema {
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
         if let Some(plan) = self.views.get(name) {
             return Ok(Some(Arc::new(ViewTable::new(
-                self.store.clone(),
+                self.source.clone(),
                 name.to_owned(),
                 plan,
             ))));
@@ -68,14 +74,14 @@ impl SchemaProvider for StreamSchema {
         let Ok(stream) = StreamName::new(name) else {
             return Ok(None);
         };
-        Ok(self.store.catalog().get(&stream).map(|info| {
-            Arc::new(StreamTable::new(self.store.clone(), info)) as Arc<dyn TableProvider>
+        Ok(self.source.catalog().get(&stream).map(|info| {
+            Arc::new(StreamTable::new(self.source.clone(), info)) as Arc<dyn TableProvider>
         }))
     }
 
     fn table_exist(&self, name: &str) -> bool {
         self.views.get(name).is_some()
-            || StreamName::new(name).is_ok_and(|s| self.store.catalog().contains_key(&s))
+            || StreamName::new(name).is_ok_and(|s| self.source.catalog().contains_key(&s))
     }
 }
 
@@ -176,7 +182,7 @@ impl SqlEngine {
             catalog.as_ref(),
             "public",
             Arc::new(StreamSchema {
-                store: store.clone(),
+                source: store.clone(),
                 views: views.clone(),
             }),
         )?;

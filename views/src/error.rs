@@ -20,9 +20,9 @@ pub enum Error {
     /// The caller may not do this (a statement needing `admin`, a stream it has no grant for).
     #[error("{0}")]
     Forbidden(String),
-    /// No materialized view of that name.
-    #[error("no materialized view named {0}")]
-    UnknownView(String),
+    /// Stored view state that does not decode.
+    #[error("corrupt view state: {0}")]
+    Corrupt(String),
     /// The request conflicts with the state (a name taken, a rebuild running).
     #[error("{0}")]
     Conflict(String),

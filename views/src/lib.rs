@@ -10,16 +10,18 @@ mod error;
 mod filters;
 mod manage;
 pub mod materialized;
+mod source;
 mod table;
 mod view_table;
 
 pub use engine::{Access, QueryOutput, SqlEngine};
 pub use error::{Error, Result};
 pub use filters::ScanBounds;
-pub use manage::{RebuildProgress, ViewListing, ViewPartitionLag};
+pub use manage::{Rebuild, RebuildProgress, ViewListing, ViewPartitionLag};
 pub use materialized::ViewPlan;
-pub use table::StreamTable;
-pub use view_table::ViewTable;
+pub use source::{Batches, ShardSource};
+pub use table::{StreamScanExec, StreamTable};
+pub use view_table::{ViewScanExec, ViewTable};
 
 #[cfg(test)]
 mod materialized_tests;

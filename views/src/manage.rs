@@ -107,7 +107,7 @@ impl SqlEngine {
                 if_not_exists,
             } => {
                 access.require_admin("CREATE MATERIALIZED VIEW")?;
-                if self.store.view_def(&name).is_some() {
+                if self.store.views().def(&name).is_some() {
                     if if_not_exists {
                         return message(format!("materialized view {name} exists already"));
                     }
@@ -122,18 +122,18 @@ impl SqlEngine {
             }
             ViewStatement::Drop { name, if_exists } => {
                 access.require_admin("DROP MATERIALIZED VIEW")?;
-                if let Some(def) = self.store.view_def(&name) {
+                if let Some(def) = self.store.views().def(&name) {
                     access.require_stream(def.stream.as_str(), &format!("view {name}"))?;
                 }
                 let store = self.store.clone();
                 let n = name.clone();
-                let dropped = blocking(move || store.drop_view(&n)).await?;
+                let dropped = blocking(move || store.views().remove(&n)).await?;
                 self.views.plans.write().remove(&name);
                 self.unloaded.lock().remove(&name);
                 match (dropped, if_exists) {
                     (true, _) => message(format!("dropped materialized view {name}")),
                     (false, true) => message(format!("no materialized view named {name}")),
-                    (false, false) => Err(Error::UnknownView(name)),
+                    (false, false) => Err(strata_store::Error::UnknownView(name).into()),
                 }
             }
             ViewStatement::Show => {
@@ -214,13 +214,12 @@ impl SqlEngine {
     /// Every view with its size, progress and lag behind the log.
     pub async fn view_listing(&self) -> Result<Vec<ViewListing>> {
         let mut out = Vec::new();
-        for def in self.store.view_defs() {
+        for def in self.store.views().defs() {
             let store = self.store.clone();
             let name = def.name.clone();
             let status: ViewStatus = match blocking(move || store.view_status(&name)).await {
                 Ok(status) => status,
-                Err(Error::UnknownView(_))
-                | Err(Error::Store(strata_store::Error::UnknownView(_))) => continue,
+                Err(Error::Store(strata_store::Error::UnknownView(_))) => continue,
                 Err(e) => return Err(e),
             };
             let mut partitions = Vec::new();
@@ -269,15 +268,16 @@ impl SqlEngine {
     /// Compiles and attaches every stored view that is not maintained yet (after a restart).
     /// A definition that does not compile (its stream not known yet) is retried later.
     pub async fn attach_views(&self) {
-        for def in self.store.view_defs() {
-            if self.views.get(&def.name).is_some() && self.store.view_attached(&def.name) {
+        for def in self.store.views().defs() {
+            if self.views.get(&def.name).is_some() && self.store.views().attached(&def.name) {
                 continue;
             }
             match ViewPlan::new(&self.ctx, &def.query).await {
                 Ok(plan) => {
                     let plan = Arc::new(plan);
                     self.store
-                        .attach_view(&def.name, Arc::new(Maintainer(plan.clone())));
+                        .views()
+                        .attach(&def.name, Arc::new(Maintainer(plan.clone())));
                     self.views.plans.write().insert(def.name.clone(), plan);
                     self.unloaded.lock().remove(&def.name);
                 }
@@ -293,7 +293,7 @@ impl SqlEngine {
 
     /// Folds into each view what it has not applied yet, for every view behind its shards.
     pub(crate) async fn catch_up_views(&self) {
-        for def in self.store.view_defs() {
+        for def in self.store.views().defs() {
             let (store, name) = (self.store.clone(), def.name.clone());
             let backlog = match blocking(move || store.view_backlog(&name, false)).await {
                 Ok(b) => b,
@@ -334,36 +334,68 @@ impl SqlEngine {
         }
     }
 
-    /// Recomputes view `name` from the stored events into a new generation, reporting progress
-    /// on `progress`, then swaps it in. Memory stays bounded: the stored events are folded one
-    /// block at a time.
-    pub async fn rebuild_view(
-        &self,
-        name: &str,
-        progress: watch::Sender<RebuildProgress>,
-    ) -> Result<RebuildProgress> {
-        if self.store.view_def(name).is_none() {
-            return Err(Error::UnknownView(name.to_owned()));
+    /// Starts a rebuild of view `name` (see [`Rebuild::run`]), refusing at once when it cannot
+    /// run: an unknown view, one that is not loaded, a rebuild of it running already.
+    ///
+    /// # Errors
+    /// [`strata_store::Error::UnknownView`], [`Error::Conflict`], or a view not attached yet.
+    pub fn begin_rebuild(self: &Arc<Self>, name: &str) -> Result<Rebuild> {
+        if self.store.views().def(name).is_none() {
+            return Err(strata_store::Error::UnknownView(name.to_owned()).into());
         }
         if let Some(why) = self.unloaded.lock().get(name) {
             return Err(Error::Conflict(format!(
                 "view {name} is not loaded, so it cannot be rebuilt: {why}"
             )));
         }
+        if !self.store.views().attached(name) {
+            return Err(strata_store::Error::View(format!(
+                "view {name} is not loaded yet; try again"
+            ))
+            .into());
+        }
         if !self.rebuilding.lock().insert(name.to_owned()) {
             return Err(Error::Conflict(format!(
                 "a rebuild of view {name} is running already"
             )));
         }
-        let (store, n) = (self.store.clone(), name.to_owned());
+        Ok(Rebuild {
+            engine: self.clone(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// Recomputes view `name`: [`SqlEngine::begin_rebuild`], then [`Rebuild::run`].
+    ///
+    /// # Errors
+    /// As those two.
+    pub async fn rebuild_view(
+        self: &Arc<Self>,
+        name: &str,
+        progress: watch::Sender<RebuildProgress>,
+    ) -> Result<RebuildProgress> {
+        self.begin_rebuild(name)?.run(progress).await
+    }
+}
+
+/// A rebuild that may run (no other rebuild of the view runs until it is dropped).
+pub struct Rebuild {
+    engine: Arc<SqlEngine>,
+    name: String,
+}
+
+impl Rebuild {
+    /// Recomputes the view from the stored events into a new generation, reporting progress on
+    /// `progress`, then swaps it in. Memory stays bounded: the stored events are folded one
+    /// block at a time. A failed rebuild is cleaned up and the old generation stays.
+    ///
+    /// # Errors
+    /// Store failures while folding or swapping.
+    pub async fn run(self, progress: watch::Sender<RebuildProgress>) -> Result<RebuildProgress> {
+        let (store, n) = (self.engine.store.clone(), self.name.clone());
         let started = Instant::now();
         let result = blocking(move || -> strata_store::Result<RebuildProgress> {
-            if !store.view_attached(&n) {
-                return Err(strata_store::Error::View(format!(
-                    "view {n} is not loaded yet; try again"
-                )));
-            }
-            store.start_rebuild(&n)?;
+            store.views().start_rebuild(&n)?;
             let backlog = store.view_backlog(&n, true)?;
             let mut state = RebuildProgress {
                 total: backlog.iter().map(|(_, b)| b).sum(),
@@ -383,7 +415,7 @@ impl SqlEngine {
                     state.done += rows;
                 })?;
             }
-            store.finish_rebuild(&n)?;
+            store.views().finish_rebuild(&n)?;
             state.total = state.total.max(state.done);
             state.rows = Some(store.view_status(&n)?.rows);
             state.elapsed_ms = started.elapsed().as_millis() as u64;
@@ -393,12 +425,17 @@ impl SqlEngine {
         })
         .await;
         if result.is_err() {
-            let (store, n) = (self.store.clone(), name.to_owned());
-            if let Err(e) = blocking(move || store.abort_rebuild(&n)).await {
-                tracing::warn!(view = name, error = %e, "cannot clean up a failed rebuild");
+            let (store, n) = (self.engine.store.clone(), self.name.clone());
+            if let Err(e) = blocking(move || store.views().abort_rebuild(&n)).await {
+                tracing::warn!(view = %self.name, error = %e, "cannot clean up a failed rebuild");
             }
         }
-        self.rebuilding.lock().remove(name);
         result
+    }
+}
+
+impl Drop for Rebuild {
+    fn drop(&mut self) {
+        self.engine.rebuilding.lock().remove(&self.name);
     }
 }

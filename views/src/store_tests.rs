@@ -4,16 +4,18 @@
 //! before the view is loaded again); after every run the view equals the same SELECT computed by
 //! DataFusion over the stream table.
 
+use crate::ShardSource;
 use crate::SqlEngine;
 use crate::materialized_tests::{Ev, VIEWS, event, rows_text};
 use futures::TryStreamExt;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use strata_proto::{Event, Record, StreamInfo, StreamName};
 use strata_store::{Store, StoreConfig};
 
-fn open(dir: &std::path::Path) -> (Arc<Store>, SqlEngine) {
+fn open(dir: &std::path::Path) -> (Arc<Store>, Arc<SqlEngine>) {
     let store = Store::open(
         dir,
         StoreConfig {
@@ -29,7 +31,7 @@ fn open(dir: &std::path::Path) -> (Arc<Store>, SqlEngine) {
         fields: vec![],
     };
     store.set_catalog(Arc::new(BTreeMap::from([(name, info)])));
-    let engine = SqlEngine::new(store.clone(), None).unwrap();
+    let engine = Arc::new(SqlEngine::new(store.clone(), None).unwrap());
     (store, engine)
 }
 
@@ -226,5 +228,82 @@ async fn a_key_lookup_reads_one_group_and_agrees_with_a_scan() {
             .unwrap();
         let n: usize = batches.iter().map(|b| b.num_rows()).sum();
         assert_eq!(n, read, "{filter}");
+    }
+    // Planning reads nothing; running the plan reads the view once.
+    let counting = Arc::new(CountingSource {
+        store: store.clone(),
+        reads: AtomicUsize::new(0),
+    });
+    let table = crate::ViewTable::new(
+        counting.clone(),
+        "by_key".into(),
+        engine.views.get("by_key").unwrap(),
+    );
+    let exec = table.scan(&state, None, &[], None).await.unwrap();
+    assert_eq!(counting.reads.load(Ordering::Relaxed), 0);
+    datafusion::physical_plan::collect(exec, engine.ctx.task_ctx())
+        .await
+        .unwrap();
+    assert_eq!(counting.reads.load(Ordering::Relaxed), 1);
+    // EXPLAIN shows the read and its lookup.
+    let explained = rows(&engine, "EXPLAIN SELECT * FROM by_key WHERE key = 'k3'")
+        .await
+        .join("\n");
+    assert!(
+        explained.contains("ViewScanExec: view=by_key, lookup=1 groups"),
+        "{explained}"
+    );
+}
+
+/// The store as a [`ShardSource`], counting the view reads.
+#[derive(Debug)]
+struct CountingSource {
+    store: Arc<Store>,
+    reads: AtomicUsize,
+}
+
+impl ShardSource for CountingSource {
+    fn catalog(&self) -> strata_proto::Catalog {
+        ShardSource::catalog(self.store.as_ref())
+    }
+
+    fn scan(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        request: strata_store::ScanRequest,
+    ) -> crate::Result<crate::Batches> {
+        ShardSource::scan(self.store.as_ref(), stream, partition, request)
+    }
+
+    fn status(&self, stream: &StreamName) -> crate::Result<Vec<strata_store::ShardStatus>> {
+        ShardSource::status(self.store.as_ref(), stream)
+    }
+
+    fn view_groups(&self, name: &str) -> crate::Result<Vec<Vec<u8>>> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        ShardSource::view_groups(self.store.as_ref(), name)
+    }
+
+    fn view_get(&self, name: &str, keys: &[Vec<u8>]) -> crate::Result<Vec<Vec<u8>>> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        ShardSource::view_get(self.store.as_ref(), name, keys)
+    }
+
+    fn progress(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+    ) -> crate::Result<tokio::sync::watch::Receiver<u64>> {
+        ShardSource::progress(self.store.as_ref(), stream, partition)
+    }
+
+    fn views_behind(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        offset: u64,
+    ) -> Option<(String, u64)> {
+        ShardSource::views_behind(self.store.as_ref(), stream, partition, offset)
     }
 }

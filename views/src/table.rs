@@ -1,6 +1,7 @@
 //! The table provider of a stream: one DataFusion partition per store shard.
 
 use crate::filters::ScanBounds;
+use crate::source::ShardSource;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
@@ -21,13 +22,13 @@ use datafusion::physical_plan::{
 };
 use std::sync::Arc;
 use strata_proto::{StreamInfo, StreamName};
+use strata_store::ScanRequest;
 use strata_store::schema::stream_schema;
-use strata_store::{ScanRequest, Store};
 
 /// A stream as a SQL table.
 #[derive(Debug)]
 pub struct StreamTable {
-    store: Arc<Store>,
+    source: Arc<dyn ShardSource>,
     stream: StreamName,
     partitions: u32,
     schema: SchemaRef,
@@ -35,9 +36,9 @@ pub struct StreamTable {
 
 impl StreamTable {
     /// The table of `stream` (its shards, and its columns with the declared fields).
-    pub fn new(store: Arc<Store>, info: &StreamInfo) -> Self {
+    pub fn new(source: Arc<dyn ShardSource>, info: &StreamInfo) -> Self {
         Self {
-            store,
+            source,
             stream: info.name.clone(),
             partitions: info.partitions,
             schema: stream_schema(info),
@@ -48,7 +49,7 @@ impl StreamTable {
 /// The physical scan of a stream: one output partition per shard that may hold matching rows.
 #[derive(Debug)]
 pub struct StreamScanExec {
-    store: Arc<Store>,
+    source: Arc<dyn ShardSource>,
     stream: StreamName,
     shards: Vec<u32>,
     request: ScanRequest,
@@ -61,7 +62,7 @@ pub struct StreamScanExec {
 
 impl StreamScanExec {
     fn new(
-        store: Arc<Store>,
+        source: Arc<dyn ShardSource>,
         stream: StreamName,
         shards: Vec<u32>,
         request: ScanRequest,
@@ -70,7 +71,7 @@ impl StreamScanExec {
     ) -> Self {
         let unbounded = bounds == ScanBounds::default() && request.limit.is_none();
         let rows = unbounded
-            .then(|| store.status(&stream).ok())
+            .then(|| source.status(&stream).ok())
             .flatten()
             .map(|status| {
                 shards
@@ -86,7 +87,7 @@ impl StreamScanExec {
         );
         Self {
             rows,
-            store,
+            source,
             stream,
             shards,
             request,
@@ -194,13 +195,13 @@ impl ExecutionPlan for StreamScanExec {
         })?;
         let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema.clone(), 2);
         let tx = builder.tx();
-        let (store, stream, request) = (
-            self.store.clone(),
+        let (source, stream, request) = (
+            self.source.clone(),
             self.stream.clone(),
             self.request.clone(),
         );
         builder.spawn_blocking(move || {
-            let scan = store
+            let scan = source
                 .scan(&stream, shard, request)
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
             for batch in scan {
@@ -271,7 +272,7 @@ impl TableProvider for StreamTable {
             limit,
         };
         Ok(Arc::new(StreamScanExec::new(
-            self.store.clone(),
+            self.source.clone(),
             self.stream.clone(),
             shards,
             request,

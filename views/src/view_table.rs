@@ -1,24 +1,32 @@
 //! The table provider of a materialized view: reads the view's stored groups, never the events.
+//! Planning reads nothing: [`ViewScanExec`] reads the groups when it runs.
 
 use crate::materialized::ViewPlan;
+use crate::source::ShardSource;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::ScalarValue;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::TableType;
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    ReplaceChildrenOptions, SendableRecordBatchStream,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
-use strata_store::Store;
 
 /// A materialized view as a SQL table. Equality filters on every group column of the view
 /// (`country = 'NL'`, `country IN ('NL', 'DE')`) become point reads of those groups; anything else
 /// reads the view's groups in full. Filters stay applied by DataFusion after the read.
 pub struct ViewTable {
-    store: Arc<Store>,
+    source: Arc<dyn ShardSource>,
     name: String,
     plan: Arc<ViewPlan>,
 }
@@ -33,8 +41,8 @@ impl std::fmt::Debug for ViewTable {
 
 impl ViewTable {
     /// The view `name`, maintained by `plan`.
-    pub fn new(store: Arc<Store>, name: String, plan: Arc<ViewPlan>) -> Self {
-        Self { store, name, plan }
+    pub fn new(source: Arc<dyn ShardSource>, name: String, plan: Arc<ViewPlan>) -> Self {
+        Self { source, name, plan }
     }
 
     /// The literal values `expr` allows for an output column: `col = v`, `v = col` or
@@ -134,33 +142,130 @@ impl TableProvider for ViewTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let keys = self.lookup_keys(filters);
-        let (store, name) = (self.store.clone(), self.name.clone());
-        let mode = if keys.is_some() { "lookup" } else { "scan" };
-        let values = tokio::task::spawn_blocking(move || match keys {
-            Some(keys) => store.view_get(&name, &keys),
-            None => Ok(store
-                .view_groups(&name)?
-                .into_iter()
-                .map(|(_, v)| v)
-                .collect()),
-        })
-        .await
-        .map_err(|e| DataFusionError::External(Box::new(e)))?
-        .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        metrics::counter!("strata_view_reads_total", "view" => self.name.clone(), "mode" => mode)
-            .increment(1);
-        metrics::counter!("strata_view_groups_read_total", "view" => self.name.clone(), "mode" => mode)
-            .increment(values.len() as u64);
-        let batch = self
-            .plan
-            .rows_of(values.iter().map(Vec::as_slice))
+        let schema = match projection {
+            Some(p) => Arc::new(self.plan.schema().project(p)?),
+            None => self.plan.schema(),
+        };
+        Ok(Arc::new(ViewScanExec {
+            source: self.source.clone(),
+            name: self.name.clone(),
+            plan: self.plan.clone(),
+            keys: self.lookup_keys(filters),
+            projection: projection.cloned(),
+            properties: Arc::new(PlanProperties::new(
+                EquivalenceProperties::new(schema.clone()),
+                Partitioning::UnknownPartitioning(1),
+                EmissionType::Final,
+                Boundedness::Bounded,
+            )),
+            schema,
+        }))
+    }
+}
+
+/// The physical read of a view: the groups the filters pinned (point reads), or all of them, read
+/// when the plan runs.
+#[derive(Debug)]
+pub struct ViewScanExec {
+    source: Arc<dyn ShardSource>,
+    name: String,
+    plan: Arc<ViewPlan>,
+    /// The encoded keys of the groups to read; `None` reads every group.
+    keys: Option<Vec<Vec<u8>>>,
+    projection: Option<Vec<usize>>,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+}
+
+impl DisplayAs for ViewScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "ViewScanExec: view={}", self.name)?;
+        match &self.keys {
+            Some(keys) => write!(f, ", lookup={} groups", keys.len())?,
+            None => write!(f, ", scan")?,
+        }
+        let names: Vec<&str> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        write!(f, ", projection=[{}]", names.join(", "))
+    }
+}
+
+impl ExecutionPlan for ViewScanExec {
+    fn name(&self) -> &str {
+        "ViewScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "ViewScanExec has no partition {partition}"
+            )));
+        }
+        let (source, name, plan) = (self.source.clone(), self.name.clone(), self.plan.clone());
+        let (keys, projection) = (self.keys.clone(), self.projection.clone());
+        let read = async move {
+            let mode = if keys.is_some() { "lookup" } else { "scan" };
+            let n = name.clone();
+            let values = tokio::task::spawn_blocking(move || match keys {
+                Some(keys) => source.view_get(&n, &keys),
+                None => source.view_groups(&n),
+            })
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let exec: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            self.plan.schema(),
-            projection.cloned(),
-        )?;
-        Ok(exec)
+            metrics::counter!("strata_view_reads_total", "view" => name.clone(), "mode" => mode)
+                .increment(1);
+            metrics::counter!("strata_view_groups_read_total", "view" => name, "mode" => mode)
+                .increment(values.len() as u64);
+            let batch = plan
+                .rows_of(values.iter().map(Vec::as_slice))
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            match projection {
+                Some(p) => Ok(batch.project(&p)?),
+                None => Ok(batch),
+            }
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            futures::stream::once(read),
+        )))
     }
 }

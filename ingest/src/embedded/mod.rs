@@ -208,6 +208,18 @@ fn open_partitions(
 
 #[async_trait::async_trait]
 impl Log for EmbeddedLog {
+    fn preload_ids(&self) -> bool {
+        true
+    }
+
+    fn has_retention(&self) -> bool {
+        EmbeddedLog::has_retention(self)
+    }
+
+    fn enforce_retention(&self, stored: &dyn Fn(&StreamName, u32) -> u64) -> Result<usize> {
+        EmbeddedLog::enforce_retention(self, stored)
+    }
+
     async fn create_stream(
         &self,
         name: &StreamName,

@@ -408,6 +408,29 @@ fn to_proto(e: crate::Error) -> Error {
     }
 }
 
+/// The other nodes, as they publish themselves in `<prefix>__nodes`.
+#[async_trait::async_trait]
+impl strata_proto::Membership for KafkaLog {
+    fn peers(&self) -> BTreeMap<String, NodeStatus> {
+        self.nodes()
+    }
+
+    fn publish_every(&self) -> Duration {
+        Duration::from_millis(self.config.refresh_ms.max(200))
+    }
+
+    fn stale_after(&self) -> Duration {
+        Duration::from_millis((self.config.refresh_ms.max(200) * 3).max(10_000))
+    }
+
+    async fn publish(&self, status: &NodeStatus) -> strata_proto::Result<()> {
+        self.publish_status(status).await.map_err(|e| match e {
+            crate::Error::Log(e) => e,
+            other => strata_proto::Error::Unavailable(other.to_string()),
+        })
+    }
+}
+
 #[async_trait]
 impl Log for KafkaLog {
     async fn create_stream(

@@ -1,0 +1,87 @@
+//! Appends: decoding and validating a batch of events, then appending it durably.
+
+use super::{Error, Parts, Result, stream_name};
+use crate::auth::{Operation, Principal, Scope};
+use bytes::Bytes;
+use std::sync::Arc;
+use strata_ingest::AppendOutcome;
+use strata_ingest::decode::{DecodeLimits, decode_batch};
+use strata_proto::{FieldDef, StreamName};
+
+/// A stream the caller may append to, checked by [`AppendService::target`] before the front end
+/// reads the events, so that a refused append reads no body.
+pub struct WriteTarget {
+    name: StreamName,
+    /// The stream's declared fields; `None` if the append creates the stream.
+    fields: Option<Vec<FieldDef>>,
+}
+
+impl WriteTarget {
+    /// The stream.
+    pub fn name(&self) -> &StreamName {
+        &self.name
+    }
+}
+
+/// Appends events.
+#[derive(Clone)]
+pub struct AppendService {
+    parts: Arc<Parts>,
+}
+
+impl AppendService {
+    pub(super) fn new(parts: Arc<Parts>) -> Self {
+        Self { parts }
+    }
+
+    /// The largest request body a front end should read for an append.
+    pub fn max_body_bytes(&self) -> usize {
+        self.parts.limits.max_body_bytes
+    }
+
+    /// Checks that `who` may append to `stream` on this node: the `write` scope and a grant, an
+    /// ingest role, and `admin` too when the append would create the stream.
+    ///
+    /// # Errors
+    /// Forbidden, a bad name, or the wrong role.
+    pub fn target(&self, who: &Principal, stream: &str) -> Result<WriteTarget> {
+        who.authorize(Operation::Write(stream))?;
+        let name = stream_name(stream)?;
+        self.parts.ingest()?;
+        let fields = self
+            .parts
+            .log
+            .catalog()
+            .borrow()
+            .get(&name)
+            .map(|info| info.fields.clone());
+        // A first append creates the stream: that takes `admin`, like creating it outright.
+        if fields.is_none() {
+            who.require(Scope::Admin).map_err(|_| {
+                Error::Forbidden(format!(
+                    "stream {name} does not exist, and creating it (by a first append) needs the `admin` scope"
+                ))
+            })?;
+        }
+        Ok(WriteTarget { name, fields })
+    }
+
+    /// Decodes `body` (NDJSON, or a JSON array) and appends its events to `target`; answers once
+    /// they are durable. The batch is all or nothing.
+    ///
+    /// # Errors
+    /// A bad event (with its line), limits, a log that refuses or cannot be reached.
+    pub async fn append(&self, target: WriteTarget, body: Bytes) -> Result<AppendOutcome> {
+        let arrival = chrono::Utc::now().timestamp_millis();
+        let limits = DecodeLimits {
+            max_event_bytes: self.parts.limits.max_event_bytes,
+            max_events: self.parts.limits.max_batch_events,
+        };
+        let fields = target.fields.unwrap_or_default();
+        let events =
+            tokio::task::spawn_blocking(move || decode_batch(&body, arrival, &limits, &fields))
+                .await
+                .map_err(|e| Error::BadRequest(format!("decoding failed: {e}")))??;
+        Ok(self.parts.ingest()?.append(&target.name, events).await?)
+    }
+}

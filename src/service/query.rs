@@ -1,0 +1,248 @@
+//! SQL: read-your-writes (`after` tokens), the query's time limit, grants checked on the plan.
+
+use super::{Error, Parts, Result};
+use crate::auth::{Operation, Principal};
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strata_proto::ConsistencyToken;
+use strata_views::ShardSource;
+
+/// The most tokens one query may wait for.
+const MAX_TOKENS: usize = 1000;
+/// How long a query waits for its tokens by default.
+const DEFAULT_AFTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a query may ask to wait for its tokens.
+const MAX_AFTER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A query and what it waits for.
+#[derive(Clone, Debug, Default)]
+pub struct QueryRequest {
+    /// The SQL text.
+    pub sql: String,
+    /// Consistency tokens from appends: the query runs once the store has applied them.
+    pub after: Vec<String>,
+    /// How long to wait for `after`, in milliseconds (default 10 s, at most 5 min).
+    pub timeout_ms: Option<u64>,
+}
+
+/// A running query: its columns and its rows as they are computed. The first batch has been
+/// computed already, so a query that fails early fails in [`QueryService::query`]; the stream
+/// ends with an error if the query fails or runs out of time later.
+pub struct QueryResult {
+    /// Columns of the result.
+    pub schema: SchemaRef,
+    /// The rows.
+    pub batches: BoxStream<'static, Result<RecordBatch>>,
+}
+
+/// Records a query's duration when its result has been consumed (or dropped).
+struct QueryTimer(Instant);
+
+impl Drop for QueryTimer {
+    fn drop(&mut self) {
+        metrics::histogram!("strata_query_seconds").record(self.0.elapsed().as_secs_f64());
+    }
+}
+
+/// Answers SQL.
+#[derive(Clone)]
+pub struct QueryService {
+    parts: Arc<Parts>,
+}
+
+impl QueryService {
+    pub(super) fn new(parts: Arc<Parts>) -> Self {
+        Self { parts }
+    }
+
+    /// The largest request body a front end should read for a query.
+    pub fn max_body_bytes(&self) -> usize {
+        self.parts.limits.max_body_bytes
+    }
+
+    /// Plans and starts `request.sql` for `who` (read-only SQL and view DDL; every table the plan
+    /// reads must be granted), once the tokens of `request.after` are applied. The time limit
+    /// (`limits.query_timeout_ms`) covers planning, the first batch and the rest of the rows.
+    ///
+    /// # Errors
+    /// Forbidden, bad SQL or tokens, a timeout waiting for the tokens, a query over its time or
+    /// memory limit, the wrong role.
+    pub async fn query(&self, who: &Principal, request: QueryRequest) -> Result<QueryResult> {
+        who.authorize(Operation::Browse)?;
+        let timer = QueryTimer(Instant::now());
+        let engine = self.parts.sql()?;
+        if !request.after.is_empty() {
+            let tokens = parse_tokens(&request.after)?;
+            let timeout = request
+                .timeout_ms
+                .map_or(DEFAULT_AFTER_TIMEOUT, Duration::from_millis)
+                .min(MAX_AFTER_TIMEOUT);
+            wait_applied(self.parts.store()?.as_ref(), &tokens, timeout).await?;
+        }
+        let limit_ms = self.parts.limits.query_timeout_ms;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(limit_ms);
+        let too_long = move || {
+            metrics::counter!("strata_queries_refused_total", "reason" => "time").increment(1);
+            Error::Sql(strata_views::Error::ResourcesExhausted(format!(
+                "the query ran longer than its limit of {limit_ms} ms (limits.query_timeout_ms)"
+            )))
+        };
+        let output =
+            tokio::time::timeout_at(deadline, engine.query_as(&request.sql, &who.access()))
+                .await
+                .map_err(|_| too_long())??;
+        let mut batches = output.batches;
+        // Run the query up to its first batch before answering, so that a failing query gets an
+        // error status rather than a broken answer.
+        let first = tokio::time::timeout_at(deadline, batches.next())
+            .await
+            .map_err(|_| too_long())?
+            .transpose()
+            .map_err(strata_views::Error::from)?;
+        let rest = futures::stream::unfold(
+            (batches, false, timer),
+            move |(mut batches, failed, timer)| async move {
+                if failed {
+                    return None;
+                }
+                let next = match tokio::time::timeout_at(deadline, batches.next()).await {
+                    Ok(Some(batch)) => batch.map_err(|e| Error::Sql(e.into())),
+                    Ok(None) => return None,
+                    Err(_) => Err(too_long()),
+                };
+                let failed = next.is_err();
+                Some((next, (batches, failed, timer)))
+            },
+        );
+        Ok(QueryResult {
+            schema: output.schema,
+            batches: futures::stream::iter(first.map(Ok)).chain(rest).boxed(),
+        })
+    }
+}
+
+fn parse_tokens(list: &[String]) -> Result<Vec<ConsistencyToken>> {
+    if list.len() > MAX_TOKENS {
+        return Err(Error::BadRequest(format!(
+            "`after` holds more than {MAX_TOKENS} tokens"
+        )));
+    }
+    list.iter()
+        .map(|t| t.parse::<ConsistencyToken>().map_err(Error::from))
+        .collect()
+}
+
+/// Waits until the shards of `source` (and the views of the tokens' streams) have applied every
+/// offset of `tokens`, for at most `timeout`.
+///
+/// # Errors
+/// [`Error::Timeout`] naming the partition (or view) that is behind; an unknown stream.
+pub async fn wait_applied(
+    source: &dyn ShardSource,
+    tokens: &[ConsistencyToken],
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    for token in tokens {
+        for (&partition, &offset) in &token.offsets {
+            let mut progress = source.progress(&token.stream, partition)?;
+            let reached = tokio::time::timeout_at(deadline, progress.wait_for(|n| *n >= offset));
+            if !matches!(reached.await, Ok(Ok(_))) {
+                let applied = *progress.borrow();
+                return Err(Error::Timeout(format!(
+                    "waited {} ms for `after`: partition {partition} of {} is applied up to offset {applied}, not yet {offset} (is this node holding that partition? see /v1/cluster)",
+                    timeout.as_millis(),
+                    token.stream
+                )));
+            }
+            // Views caught up with the shard move in its commits; one catching up gets there
+            // by itself.
+            let mut poll = Duration::from_millis(1);
+            while let Some((view, applied)) = source.views_behind(&token.stream, partition, offset)
+            {
+                if tokio::time::Instant::now() + poll > deadline {
+                    return Err(Error::Timeout(format!(
+                        "waited {} ms for `after`: view {view} has applied partition {partition} of {} up to offset {applied}, not yet {offset} (see SHOW VIEWS)",
+                        timeout.as_millis(),
+                        token.stream
+                    )));
+                }
+                tokio::time::sleep(poll).await;
+                poll = (poll * 2).min(Duration::from_millis(50));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_proto::{Record, ShardSink, StreamInfo, StreamName};
+    use strata_store::{Store, StoreConfig};
+
+    fn record(offset: u64) -> Record {
+        Record {
+            partition: 1,
+            offset,
+            event: strata_proto::Event {
+                time_ms: 1,
+                key: None,
+                id: Some(format!("e-{offset}")),
+                event_type: None,
+                data: "{}".into(),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn after_waits_for_the_store_and_times_out_naming_the_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let name = StreamName::new("orders").unwrap();
+        let info = StreamInfo {
+            name: name.clone(),
+            partitions: 2,
+            fields: Vec::new(),
+        };
+        store.set_catalog(Arc::new([(name.clone(), info)].into_iter().collect()));
+        let token: ConsistencyToken = "v1.orders.1-3".parse().unwrap();
+        // Nothing applied yet: a short wait times out, naming partition 1 and its progress.
+        let err = wait_applied(
+            store.as_ref(),
+            std::slice::from_ref(&token),
+            Duration::from_millis(50),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::Timeout(m) if m.contains("partition 1 of orders is applied up to offset 0, not yet 3")),
+            "{err}"
+        );
+        // A commit that arrives while waiting releases the wait.
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let sink: &dyn ShardSink = store.as_ref();
+                sink.commit(
+                    &StreamName::new("orders").unwrap(),
+                    1,
+                    (0..3).map(record).collect(),
+                )
+                .unwrap();
+            })
+        };
+        wait_applied(store.as_ref(), &[token], Duration::from_secs(10))
+            .await
+            .unwrap();
+        writer.await.unwrap();
+        // Too many tokens are refused before any wait.
+        let many = vec!["v1.orders.0-1".to_owned(); MAX_TOKENS + 1];
+        assert!(matches!(parse_tokens(&many), Err(Error::BadRequest(_))));
+    }
+}

@@ -1,0 +1,374 @@
+//! Replay: stored events from the shards (columnar scans), or straight from the log, as NDJSON.
+
+use super::{Error, Parts, Result, stream_name};
+use crate::auth::{Operation, Principal};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+use strata_proto::{Log, StreamInfo, StreamName, partition_for_key};
+use strata_store::{ScanRequest, Store};
+use tokio::sync::mpsc;
+
+/// Where a replay reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Source {
+    /// The store's shards (what SQL sees).
+    #[default]
+    Store,
+    /// The log itself.
+    Log,
+}
+
+/// What a replay asks for.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayRequest {
+    /// The stream.
+    pub stream: String,
+    /// One partition (default: every partition, one after the other).
+    pub partition: Option<u32>,
+    /// The first offset (needs `partition` on a stream with several partitions).
+    pub from: Option<u64>,
+    /// Start at the first event at or after this time (epoch ms).
+    pub from_time: Option<i64>,
+    /// Only events with this key (and, without `partition`, only the key's partition).
+    pub key: Option<String>,
+    /// At most this many events.
+    pub limit: Option<usize>,
+    /// Where to read.
+    pub source: Source,
+}
+
+/// NDJSON chunks of replayed events, as they are read; an error ends the stream.
+pub type Chunks = mpsc::Receiver<std::io::Result<Bytes>>;
+
+/// A checked replay: the partitions to read, in order, and from where.
+#[derive(Debug, PartialEq, Eq)]
+struct Plan {
+    name: StreamName,
+    partitions: Vec<u32>,
+    from: u64,
+    from_time: Option<i64>,
+    key: Option<String>,
+    limit: usize,
+}
+
+impl Plan {
+    /// Checks `r` against the stream it names.
+    fn new(r: ReplayRequest, name: StreamName, info: &StreamInfo) -> Result<Self> {
+        let partitions: Vec<u32> = match (r.partition, &r.key) {
+            (Some(p), _) => {
+                info.check_partition(p)?;
+                vec![p]
+            }
+            (None, Some(k)) => vec![partition_for_key(k.as_bytes(), info.partitions)],
+            (None, None) if r.from.is_some() && info.partitions > 1 => {
+                return Err(Error::BadRequest(format!(
+                    "`from` is an offset within one partition; add `partition` (the stream has {} partitions)",
+                    info.partitions
+                )));
+            }
+            (None, None) => (0..info.partitions).collect(),
+        };
+        Ok(Self {
+            name,
+            partitions,
+            from: r.from.unwrap_or(0),
+            from_time: r.from_time,
+            key: r.key,
+            limit: r.limit.unwrap_or(usize::MAX),
+        })
+    }
+}
+
+/// Replays events.
+#[derive(Clone)]
+pub struct ReplayService {
+    parts: Arc<Parts>,
+}
+
+impl ReplayService {
+    pub(super) fn new(parts: Arc<Parts>) -> Self {
+        Self { parts }
+    }
+
+    /// Starts a replay. Errors that can be known before the first event (a bad request, offsets
+    /// the log's retention deleted, a log that cannot be read) are returned here, not in the
+    /// stream.
+    ///
+    /// # Errors
+    /// Forbidden, a bad name or partition, `from` without `partition`, an unknown stream,
+    /// [`strata_proto::Error::OffsetGone`] for deleted offsets, the wrong role.
+    pub async fn replay(&self, who: &Principal, r: ReplayRequest) -> Result<Chunks> {
+        who.authorize(Operation::Read(&r.stream))?;
+        let name = stream_name(&r.stream)?;
+        let source = r.source;
+        let info = match source {
+            Source::Log => self.parts.stream_info(&name)?,
+            Source::Store => self.parts.store()?.stream(&name)?,
+        };
+        let plan = Plan::new(r, name, &info)?;
+        match source {
+            Source::Log => replay_log(self.parts.log.clone(), plan).await,
+            Source::Store => replay_store(self.parts.store()?.clone(), plan).await,
+        }
+    }
+}
+
+/// Replays from the shards: columnar scans, written as NDJSON.
+async fn replay_store(store: Arc<Store>, r: Plan) -> Result<Chunks> {
+    let mut starts = Vec::with_capacity(r.partitions.len());
+    for &p in &r.partitions {
+        let mut start = r.from;
+        if let Some(t) = r.from_time {
+            let (store, name) = (store.clone(), r.name.clone());
+            let at = tokio::task::spawn_blocking(move || store.offset_for_time(&name, p, t))
+                .await
+                .map_err(|e| Error::BadRequest(format!("replay failed: {e}")))??;
+            start = start.max(at);
+        }
+        starts.push((p, start));
+    }
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let fail = |e: strata_store::Error| Err(std::io::Error::other(e.to_string()));
+        let mut remaining = r.limit;
+        for (p, start) in starts {
+            if remaining == 0 {
+                break;
+            }
+            let request = ScanRequest {
+                offsets: start..u64::MAX,
+                key: r.key.clone(),
+                limit: Some(remaining),
+                ..ScanRequest::all()
+            };
+            let scan = match store.scan(&r.name, p, request) {
+                Ok(scan) => scan,
+                Err(e) => {
+                    let _ = tx.blocking_send(fail(e));
+                    return;
+                }
+            };
+            for batch in scan {
+                let batch = match batch {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.blocking_send(fail(e));
+                        return;
+                    }
+                };
+                remaining = remaining.saturating_sub(batch.num_rows());
+                let mut out = Vec::with_capacity(batch.num_rows() * 384);
+                strata_store::ndjson::write_batch(&batch, &mut out);
+                if tx.blocking_send(Ok(Bytes::from(out))).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// A partition being replayed from the log: its end (where the log can say), its reader, and a
+/// batch read ahead.
+struct LogReplay {
+    end: Option<u64>,
+    reader: Box<dyn strata_proto::LogReader>,
+    ahead: Option<Vec<strata_proto::Record>>,
+}
+
+async fn open_log_replay(
+    log: &Arc<dyn Log>,
+    r: &Plan,
+    partition: u32,
+    exact_ends: bool,
+) -> strata_proto::Result<LogReplay> {
+    let end = if exact_ends {
+        Some(log.end_offset(&r.name, partition).await?)
+    } else {
+        None
+    };
+    let reader = log.open_reader(&r.name, partition, r.from).await?;
+    Ok(LogReplay {
+        end,
+        reader,
+        ahead: None,
+    })
+}
+
+/// Replays straight from the log: up to the partition's end offset where the log's answer is
+/// exact, otherwise (Kafka) until the partition has been idle for a second.
+/// `from_time` starts at the first record at or after it; `key` keeps that key's records.
+async fn replay_log(log: Arc<dyn Log>, r: Plan) -> Result<Chunks> {
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+    let exact_ends = log.end_offsets_are_exact();
+    let first_wait = Duration::from_secs(if exact_ends { 1 } else { 5 });
+    // The first partition is opened and its first batch read before answering, so that offsets
+    // the log no longer holds (410) or a log that cannot be read (503) get their status instead
+    // of a broken body.
+    let mut first = match r.partitions.first() {
+        Some(&p) if r.limit > 0 => {
+            let mut opened = open_log_replay(&log, &r, p, exact_ends).await?;
+            if opened.end.is_none_or(|end| opened.reader.position() < end) {
+                let batch = opened
+                    .reader
+                    .next_batch(r.limit.min(10_000), first_wait)
+                    .await?;
+                opened.ahead = Some(batch);
+            }
+            Some(opened)
+        }
+        _ => None,
+    };
+    tokio::spawn(async move {
+        let fail = |e: String| Err(std::io::Error::other(e));
+        let mut remaining = r.limit;
+        for &p in &r.partitions {
+            if remaining == 0 {
+                break;
+            }
+            let opened = match first.take() {
+                Some(opened) => Ok(opened),
+                None => open_log_replay(&log, &r, p, exact_ends).await,
+            };
+            let LogReplay {
+                end,
+                mut reader,
+                mut ahead,
+            } = match opened {
+                Ok(opened) => opened,
+                Err(e) => {
+                    let _ = tx.send(fail(e.to_string())).await;
+                    return;
+                }
+            };
+            let mut started = r.from_time.is_none();
+            let mut wait = first_wait;
+            loop {
+                let batch = match ahead.take() {
+                    Some(batch) => batch,
+                    None if remaining > 0 && end.is_none_or(|end| reader.position() < end) => {
+                        match reader.next_batch(remaining.min(10_000), wait).await {
+                            Ok(batch) => batch,
+                            Err(e) => {
+                                let _ = tx.send(fail(e.to_string())).await;
+                                return;
+                            }
+                        }
+                    }
+                    None => break,
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                wait = Duration::from_secs(1);
+                let mut out = Vec::with_capacity(batch.len() * 256);
+                for record in batch {
+                    if end.is_some_and(|end| record.offset >= end) || remaining == 0 {
+                        break;
+                    }
+                    if !started {
+                        match r.from_time {
+                            Some(t) if record.event.time_ms < t => continue,
+                            _ => started = true,
+                        }
+                    }
+                    if r.key.is_some() && record.event.key != r.key {
+                        continue;
+                    }
+                    record.write_ndjson(&mut out);
+                    remaining -= 1;
+                }
+                if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(partitions: u32) -> StreamInfo {
+        StreamInfo {
+            name: StreamName::new("orders").unwrap(),
+            partitions,
+            fields: Vec::new(),
+        }
+    }
+
+    fn plan(r: ReplayRequest, partitions: u32) -> Result<Plan> {
+        Plan::new(r, StreamName::new("orders").unwrap(), &info(partitions))
+    }
+
+    #[test]
+    fn offsets_and_partitions_are_checked() {
+        // Every partition in order, from the start, without a limit.
+        let all = plan(ReplayRequest::default(), 3).unwrap();
+        assert_eq!(
+            (all.partitions, all.from, all.limit),
+            (vec![0, 1, 2], 0, usize::MAX)
+        );
+        // `from` is an offset within one partition.
+        let err = plan(
+            ReplayRequest {
+                from: Some(5),
+                ..ReplayRequest::default()
+            },
+            3,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::BadRequest(m) if m.contains("add `partition`")),
+            "{err}"
+        );
+        // ... which a single-partition stream does not need.
+        assert_eq!(
+            plan(
+                ReplayRequest {
+                    from: Some(5),
+                    ..ReplayRequest::default()
+                },
+                1
+            )
+            .unwrap()
+            .from,
+            5
+        );
+        // A partition the stream does not have.
+        let err = plan(
+            ReplayRequest {
+                partition: Some(3),
+                ..ReplayRequest::default()
+            },
+            3,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), super::super::Kind::Invalid, "{err}");
+        // A key reads its own partition only; an explicit partition wins.
+        let keyed = plan(
+            ReplayRequest {
+                key: Some("c-17".into()),
+                ..ReplayRequest::default()
+            },
+            4,
+        )
+        .unwrap();
+        assert_eq!(keyed.partitions, vec![partition_for_key(b"c-17", 4)]);
+        let both = plan(
+            ReplayRequest {
+                key: Some("c-17".into()),
+                partition: Some(0),
+                from: Some(2),
+                limit: Some(10),
+                ..ReplayRequest::default()
+            },
+            4,
+        )
+        .unwrap();
+        assert_eq!((both.partitions, both.from, both.limit), (vec![0], 2, 10));
+    }
+}

@@ -1,0 +1,537 @@
+//! The store: one fjall database holding a shard per stream partition and the materialized views
+//! over them ([`ViewSet`]). Commits and view catch-up take the shard's lock here; the view set
+//! takes each view's lock after it.
+
+use crate::block::{
+    decode_tail, encode_block, encode_tail, rows_to_stored, stored_offsets, stored_schema, widen,
+};
+use crate::keys::{column_key, key_index_key, offset_key, state_key};
+use crate::scan::{ScanRequest, ShardScan};
+use crate::schema::{self, stream_schema};
+use crate::shard::{Shard, ShardState, ShardStatus};
+use crate::views::{ViewDef, ViewFold, ViewPartition, ViewSet, ViewStatus, commit_views};
+use crate::{Error, Result};
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use strata_proto::{Catalog, FieldDef, IdLookup, Record, ShardSink, StreamInfo, StreamName};
+use tokio::sync::watch;
+
+/// Settings of a store node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Events per columnar block.
+    pub block_rows: usize,
+    /// Most events applied in one store commit.
+    pub commit_max_events: usize,
+    /// fjall block cache, in bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            block_rows: 16_384,
+            commit_max_events: 8_192,
+            cache_bytes: 128 << 20,
+        }
+    }
+}
+
+/// A store node's data: every shard it holds, in one fjall database.
+pub struct Store {
+    pub(crate) db: Database,
+    pub(crate) meta: Keyspace,
+    config: StoreConfig,
+    shards: RwLock<HashMap<(StreamName, u32), Arc<Shard>>>,
+    catalog: RwLock<watch::Receiver<Catalog>>,
+    views: ViewSet,
+    /// Set once fjall refuses all writes (poisoned after a failed flush or journal write, e.g.
+    /// a full disk): only reopening the store recovers it.
+    failed: watch::Sender<Option<String>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("shards", &self.shards.read().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path, config: StoreConfig) -> Result<Arc<Self>> {
+        let db = Database::builder(dir)
+            .cache_size(config.cache_bytes)
+            .max_journaling_size(64 << 20)
+            .open()?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
+        let (_, catalog) = watch::channel(Catalog::default());
+        let views = ViewSet::open(&db, &meta)?;
+        Ok(Arc::new(Self {
+            db,
+            meta,
+            config,
+            shards: RwLock::new(HashMap::new()),
+            catalog: RwLock::new(catalog),
+            views,
+            failed: watch::channel(None).0,
+        }))
+    }
+
+    /// Why the store can no longer write, once it cannot (see [`Store::failures`]).
+    pub fn failure(&self) -> Option<String> {
+        self.failed.borrow().clone()
+    }
+
+    /// Follows [`Store::failure`]: a store that failed this way stays failed until it is opened
+    /// again (fjall then recovers from its journal, and the log supplies the rest).
+    pub fn failures(&self) -> watch::Receiver<Option<String>> {
+        self.failed.subscribe()
+    }
+
+    /// Notes `e` if it means the database refuses all further writes.
+    fn note_fatal(&self, e: Error) -> Error {
+        if matches!(e, Error::Storage(fjall::Error::Poisoned)) && self.failed.borrow().is_none() {
+            let reason =
+                "the store's database refuses writes after a failed flush or journal write \
+                          (is its disk full?)"
+                    .to_owned();
+            tracing::error!("{reason}");
+            self.failed.send_replace(Some(reason));
+        }
+        e
+    }
+
+    /// The store's settings.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Follows the log's catalog: the streams this store serves are the log's, as soon as the log
+    /// has them.
+    pub fn follow_catalog(&self, catalog: watch::Receiver<Catalog>) {
+        *self.catalog.write() = catalog;
+    }
+
+    /// Serves a fixed catalog (for tools and tests that have no log).
+    pub fn set_catalog(&self, catalog: Catalog) {
+        let (_, rx) = watch::channel(catalog);
+        self.follow_catalog(rx);
+    }
+
+    /// Every stream this store knows.
+    pub fn catalog(&self) -> Catalog {
+        self.catalog.read().borrow().clone()
+    }
+
+    /// The stream `name`, or [`strata_proto::Error::UnknownStream`].
+    pub fn stream(&self, name: &StreamName) -> Result<StreamInfo> {
+        self.catalog()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| strata_proto::Error::UnknownStream(name.to_string()).into())
+    }
+
+    pub(crate) fn shard(&self, stream: &StreamName, partition: u32) -> Result<Arc<Shard>> {
+        if let Some(shard) = self.shards.read().get(&(stream.clone(), partition)) {
+            return Ok(shard.clone());
+        }
+        self.stream(stream)?.check_partition(partition)?;
+        let mut shards = self.shards.write();
+        if let Some(shard) = shards.get(&(stream.clone(), partition)) {
+            return Ok(shard.clone());
+        }
+        let shard = Arc::new(Shard::open(&self.db, &self.meta, stream, partition)?);
+        shards.insert((stream.clone(), partition), shard.clone());
+        Ok(shard)
+    }
+
+    /// The next offset the shard of `stream`/`partition` has not applied.
+    pub fn next_offset(&self, stream: &StreamName, partition: u32) -> Result<u64> {
+        Ok(self.shard(stream, partition)?.state.lock().next)
+    }
+
+    /// Status of every shard of `stream`.
+    pub fn status(&self, stream: &StreamName) -> Result<Vec<ShardStatus>> {
+        let info = self.stream(stream)?;
+        (0..info.partitions)
+            .map(|p| {
+                let state = *self.shard(stream, p)?.state.lock();
+                Ok(ShardStatus {
+                    partition: p,
+                    stored_offset: state.next,
+                    tail_rows: state.tail_rows,
+                    rows: state.rows,
+                })
+            })
+            .collect()
+    }
+
+    /// Follows the shard's next offset as commits advance it.
+    pub fn subscribe(&self, stream: &StreamName, partition: u32) -> Result<watch::Receiver<u64>> {
+        Ok(self.shard(stream, partition)?.progress.subscribe())
+    }
+
+    /// Applies `records` (consecutive reads of the partition) in one atomic write batch: events
+    /// not yet stored and whose id the shard does not hold become one tail chunk, with their index
+    /// entries, the new next offset, and what they change in every view over the stream. Then
+    /// turns full blocks of the tail into columnar blocks. Blocking.
+    pub fn commit(&self, stream: &StreamName, partition: u32, records: Vec<Record>) -> Result<u64> {
+        self.commit_through(stream, partition, records, 0)
+    }
+
+    /// [`Store::commit`], moving the shard's next offset to at least `through` even past the last
+    /// record (the log's records after it are not events); views move with it.
+    pub fn commit_through(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        records: Vec<Record>,
+        through: u64,
+    ) -> Result<u64> {
+        self.apply(stream, partition, records, through)
+            .map_err(|e| self.note_fatal(e))
+    }
+
+    fn apply(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        records: Vec<Record>,
+        through: u64,
+    ) -> Result<u64> {
+        let shard = self.shard(stream, partition)?;
+        let info = self.stream(stream)?;
+        let fields = info.fields.clone();
+        let slots = self.views.slots_of(stream);
+        let mut state = shard.state.lock();
+        let mut next = *state;
+        let mut batch = self.db.batch();
+        let mut seen = HashSet::new();
+        let mut accepted = Vec::with_capacity(records.len());
+        let mut skipped = 0u64;
+        for record in records {
+            if record.offset < next.next {
+                continue;
+            }
+            next.next = record.offset + 1;
+            if let Some(id) = &record.event.id {
+                if !seen.insert(id.clone()) || shard.ids.contains_key(id.as_bytes())? {
+                    skipped += 1;
+                    continue;
+                }
+                batch.insert(&shard.ids, id.as_bytes(), offset_key(record.offset));
+            }
+            if let Some(key) = &record.event.key {
+                batch.insert(&shard.keys, key_index_key(key, record.offset), b"");
+            }
+            accepted.push((record.offset, record.event));
+        }
+        next.next = next.next.max(through);
+        if next == *state {
+            return Ok(state.next);
+        }
+        let mut chunk = None;
+        if let Some((first, _)) = accepted.first() {
+            let rows = rows_to_stored(&accepted, partition, &fields)?;
+            batch.insert(&shard.tail, offset_key(*first), encode_tail(&rows)?);
+            next.tail_rows += accepted.len() as u64;
+            next.rows += accepted.len() as u64;
+            chunk = Some(rows);
+        }
+        let views = self.views.fold_into(
+            &slots,
+            &info,
+            partition,
+            (state.next, next.next),
+            chunk.as_ref(),
+            &mut batch,
+        )?;
+        batch.insert(&self.meta, state_key(stream, partition), next.encode());
+        batch.commit()?;
+        commit_views(views, partition, next.next);
+        *state = next;
+        if skipped > 0 {
+            metrics::counter!("strata_store_duplicates_skipped_total", "stream" => stream.to_string())
+                .increment(skipped);
+        }
+        if state.tail_rows >= self.config.block_rows as u64 {
+            self.compact(&shard, &fields, &mut state)?;
+        }
+        shard.progress.send_replace(state.next);
+        Ok(state.next)
+    }
+
+    /// Turns the oldest `block_rows` tail rows into a columnar block (and the rest of the tail into
+    /// one chunk), while the tail holds that many. Block boundaries depend only on the stored
+    /// events, so a rebuild from the log makes the same blocks.
+    fn compact(&self, shard: &Shard, fields: &[FieldDef], state: &mut ShardState) -> Result<()> {
+        let block_rows = self.config.block_rows.max(1);
+        while state.tail_rows >= block_rows as u64 {
+            let mut keys = Vec::new();
+            let mut chunks = Vec::new();
+            for item in shard.tail.range(offset_key(state.tail_start)..) {
+                let (k, v) = item.into_inner()?;
+                let label = || format!("{} tail chunk {:?}", shard.label(), &*k);
+                chunks.push(widen(decode_tail(&v, None, label)?, fields)?);
+                keys.push(k);
+            }
+            let all = arrow::compute::concat_batches(&stored_schema(fields), &chunks)?;
+            let mut next = *state;
+            if all.num_rows() < block_rows {
+                // The counter ran ahead of the rows (it cannot, but never loop on it).
+                next.tail_rows = all.num_rows() as u64;
+                self.meta
+                    .insert(state_key(&shard.stream, shard.partition), next.encode())?;
+                *state = next;
+                break;
+            }
+            let (columns, meta) = encode_block(&all.slice(0, block_rows))?;
+            let rest = all.slice(block_rows, all.num_rows() - block_rows);
+            let mut batch = self.db.batch();
+            for (column, value) in columns {
+                batch.insert(&shard.blocks, column_key(meta.first, column), value);
+            }
+            batch.insert(&shard.bmeta, offset_key(meta.first), meta.encode());
+            for k in keys {
+                batch.remove(&shard.tail, k);
+            }
+            if let Some(first) = stored_offsets(&rest)?.first() {
+                batch.insert(&shard.tail, offset_key(*first as u64), encode_tail(&rest)?);
+            }
+            next.tail_rows -= block_rows as u64;
+            next.tail_start = meta.last + 1;
+            batch.insert(
+                &self.meta,
+                state_key(&shard.stream, shard.partition),
+                next.encode(),
+            );
+            batch.commit()?;
+            *state = next;
+            metrics::counter!("strata_store_blocks_written_total").increment(1);
+        }
+        Ok(())
+    }
+
+    /// Opens a scan of one shard (see [`ScanRequest`]). The scan reads a consistent snapshot.
+    pub fn scan(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        request: ScanRequest,
+    ) -> Result<ShardScan> {
+        let shard = self.shard(stream, partition)?;
+        let (state, snapshot) = {
+            let state = shard.state.lock();
+            (*state, self.db.snapshot())
+        };
+        let info = self.stream(stream)?;
+        ShardScan::new(shard, &info, snapshot, state, request)
+    }
+
+    /// The first offset of the partition whose event time is at or after `time_ms` (the end of
+    /// the shard when there is none), as Kafka's offsets-for-times answers it.
+    pub fn offset_for_time(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        time_ms: i64,
+    ) -> Result<u64> {
+        let shard = self.shard(stream, partition)?;
+        let (state, snapshot) = {
+            let state = shard.state.lock();
+            (*state, self.db.snapshot())
+        };
+        crate::scan::offset_for_time(&shard, &snapshot, state, time_ms)
+    }
+
+    /// The materialized views of this store.
+    pub fn views(&self) -> &ViewSet {
+        &self.views
+    }
+
+    /// Creates view `name` over `stream`, maintained by `fold` from now on; its past is folded by
+    /// [`Store::catch_up_view`]. Refuses a name a view or stream already has.
+    ///
+    /// # Errors
+    /// [`Error::ViewExists`], an unknown stream, storage failures.
+    pub fn create_view(
+        &self,
+        name: &str,
+        stream: &StreamName,
+        query: &str,
+        fold: Arc<dyn ViewFold>,
+    ) -> Result<ViewDef> {
+        if StreamName::new(name).is_ok_and(|n| self.catalog().contains_key(&n)) {
+            return Err(Error::ViewExists(format!(
+                "{name} (a stream has that name)"
+            )));
+        }
+        self.stream(stream)?;
+        self.views.create(name, stream, query, fold)
+    }
+
+    /// Folds the stored rows of `partition` that view `name` (or its rebuild) has not applied yet
+    /// (see the `views` module); `progress` hears the rows folded. Blocking. Returns without
+    /// error when the view is dropped meanwhile.
+    ///
+    /// # Errors
+    /// Storage failures; the view moving under the catch-up (a bug).
+    pub fn catch_up_view(
+        &self,
+        name: &str,
+        rebuild: bool,
+        partition: u32,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<()> {
+        let Some(slot) = self.views.slot(name, rebuild) else {
+            return Ok(());
+        };
+        let stream = slot.def.stream.clone();
+        let shard = self.shard(&stream, partition)?;
+        let info = self.stream(&stream)?;
+        let projection: Vec<usize> = (0..stream_schema(&info).fields().len()).collect();
+        // First without the shard's lock (commits go on, and skip the view), then the rest under it.
+        for locked in [false, true] {
+            let held = locked.then(|| shard.state.lock());
+            let (state, snapshot) = match &held {
+                Some(state) => (**state, self.db.snapshot()),
+                None => {
+                    let state = shard.state.lock();
+                    (*state, self.db.snapshot())
+                }
+            };
+            let from = slot.applied(partition);
+            if from >= state.next {
+                continue;
+            }
+            let request = ScanRequest {
+                projection: projection.clone(),
+                offsets: from..state.next,
+                time: None,
+                key: None,
+                limit: None,
+            };
+            let scan = ShardScan::new(shard.clone(), &info, snapshot, state, request)?;
+            let mut at = from;
+            for rows in scan {
+                let rows: RecordBatch = rows?;
+                let offsets = rows.column(schema::OFFSET).as_primitive::<Int64Type>();
+                let end = offsets.iter().flatten().max().map_or(at, |o| o as u64 + 1);
+                if !self
+                    .views
+                    .fold_step(&slot, partition, at, end, Some(&rows))?
+                {
+                    return Ok(());
+                }
+                progress(rows.num_rows() as u64);
+                at = end;
+            }
+            // Offsets after the last stored row (duplicates skipped) hold no rows.
+            if !self
+                .views
+                .fold_step(&slot, partition, at, state.next, None)?
+            {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// The partitions on which view `name` (or its rebuild) is behind the shard, with how many
+    /// offsets it is behind.
+    ///
+    /// # Errors
+    /// An unknown stream.
+    pub fn view_backlog(&self, name: &str, rebuild: bool) -> Result<Vec<(u32, u64)>> {
+        let Some(slot) = self.views.slot(name, rebuild) else {
+            return Ok(Vec::new());
+        };
+        let info = self.stream(&slot.def.stream)?;
+        let mut out = Vec::new();
+        for p in 0..info.partitions {
+            let stored = self.next_offset(&slot.def.stream, p)?;
+            if let Some(applied) = slot.maintained_applied(p)
+                && applied < stored
+            {
+                out.push((p, stored - applied));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Progress and size of view `name`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownView`], an unknown stream, storage failures.
+    pub fn view_status(&self, name: &str) -> Result<ViewStatus> {
+        let (slot, rebuilding) = self.views.entry(name)?;
+        let info = self.stream(&slot.def.stream)?;
+        let mut partitions = Vec::new();
+        for p in 0..info.partitions {
+            let stored = self.next_offset(&slot.def.stream, p)?;
+            partitions.push(ViewPartition {
+                partition: p,
+                applied: slot.applied(p),
+                stored,
+            });
+        }
+        Ok(ViewStatus {
+            def: slot.def.clone(),
+            rows: self.views.rows(&slot),
+            partitions,
+            error: slot.error(),
+            rebuilding,
+        })
+    }
+
+    /// Flushes the store's journal to disk.
+    pub fn persist(&self) -> Result<()> {
+        Ok(self.db.persist(fjall::PersistMode::SyncAll)?)
+    }
+}
+
+impl IdLookup for Store {
+    fn stored_next_offset(&self, stream: &StreamName, partition: u32) -> strata_proto::Result<u64> {
+        Ok(self.next_offset(stream, partition)?)
+    }
+
+    fn lookup_ids(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        ids: &[&str],
+    ) -> strata_proto::Result<Vec<Option<u64>>> {
+        let shard = self.shard(stream, partition)?;
+        ids.iter()
+            .map(|id| {
+                let found = shard.ids.get(id.as_bytes()).map_err(Error::from)?;
+                Ok(found
+                    .and_then(|v| <[u8; 8]>::try_from(&*v).ok())
+                    .map(u64::from_be_bytes))
+            })
+            .collect()
+    }
+}
+
+impl ShardSink for Store {
+    fn commit_through(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        records: Vec<Record>,
+        through: u64,
+    ) -> strata_proto::Result<u64> {
+        Ok(Store::commit_through(
+            self, stream, partition, records, through,
+        )?)
+    }
+}
