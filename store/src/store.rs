@@ -321,6 +321,13 @@ impl Store {
         Ok(())
     }
 
+    /// The shard's state and a snapshot of the database that holds exactly that state (taken
+    /// under the shard's lock, so no commit of the shard falls between them).
+    fn pinned(&self, shard: &Shard) -> (ShardState, fjall::Snapshot) {
+        let state = shard.state.lock();
+        (*state, self.db.snapshot())
+    }
+
     /// Opens a scan of one shard (see [`ScanRequest`]). The scan reads a consistent snapshot.
     pub fn scan(
         &self,
@@ -329,10 +336,7 @@ impl Store {
         request: ScanRequest,
     ) -> Result<ShardScan> {
         let shard = self.shard(stream, partition)?;
-        let (state, snapshot) = {
-            let state = shard.state.lock();
-            (*state, self.db.snapshot())
-        };
+        let (state, snapshot) = self.pinned(&shard);
         let info = self.stream(stream)?;
         ShardScan::new(shard, &info, snapshot, state, request)
     }
@@ -346,10 +350,7 @@ impl Store {
         time_ms: i64,
     ) -> Result<u64> {
         let shard = self.shard(stream, partition)?;
-        let (state, snapshot) = {
-            let state = shard.state.lock();
-            (*state, self.db.snapshot())
-        };
+        let (state, snapshot) = self.pinned(&shard);
         crate::scan::offset_for_time(&shard, &snapshot, state, time_ms)
     }
 
@@ -404,10 +405,7 @@ impl Store {
             let held = locked.then(|| shard.state.lock());
             let (state, snapshot) = match &held {
                 Some(state) => (**state, self.db.snapshot()),
-                None => {
-                    let state = shard.state.lock();
-                    (*state, self.db.snapshot())
-                }
+                None => self.pinned(&shard),
             };
             let from = slot.applied(partition);
             if from >= state.next {
