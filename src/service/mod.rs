@@ -158,3 +158,6 @@ impl Services {
 fn stream_name(name: &str) -> Result<strata_proto::StreamName> {
     Ok(strata_proto::StreamName::new(name)?)
 }
+
+#[cfg(test)]
+mod tests;
