@@ -16,13 +16,6 @@ pub struct WriteTarget {
     fields: Option<Vec<FieldDef>>,
 }
 
-impl WriteTarget {
-    /// The stream.
-    pub fn name(&self) -> &StreamName {
-        &self.name
-    }
-}
-
 /// Appends events.
 #[derive(Clone)]
 pub struct AppendService {
