@@ -111,6 +111,29 @@ impl TlsConfig {
     }
 }
 
+/// Cluster-wide queries (Kafka): where this node takes node-to-node calls, and their secret.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Address of the node-to-node listener (`127.0.0.1:0` picks a free port); unset: this node
+    /// answers SQL from its own partitions only.
+    pub listen: Option<String>,
+    /// `host:port` other nodes reach that listener at [default: the listener's address].
+    pub advertise: Option<String>,
+    /// Shared by every node; node-to-node calls without it are refused.
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("listen", &self.listen)
+            .field("advertise", &self.advertise)
+            .field("secret", &self.secret.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
 /// Everything a node needs to run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -131,6 +154,8 @@ pub struct Config {
     pub auth: crate::auth::AuthConfig,
     /// TLS for the HTTP listener (off unless both files are given).
     pub tls: TlsConfig,
+    /// Cluster-wide queries.
+    pub cluster: ClusterConfig,
     /// The log.
     pub log: LogSettings,
     /// The store.
@@ -148,6 +173,7 @@ impl Default for Config {
             limits: Limits::default(),
             auth: crate::auth::AuthConfig::default(),
             tls: TlsConfig::default(),
+            cluster: ClusterConfig::default(),
             log: LogSettings::default(),
             store: StoreConfig::default(),
         }
@@ -187,6 +213,15 @@ pub struct Overrides {
     /// This node's id in the cluster view [default: host name and HTTP address].
     #[arg(long, env = "STRATA_NODE_ID")]
     pub node_id: Option<String>,
+    /// Node-to-node listen address for cluster-wide SQL (with --log kafka).
+    #[arg(long, env = "STRATA_CLUSTER_LISTEN")]
+    pub cluster_listen: Option<String>,
+    /// HOST:PORT other nodes reach the node-to-node listener at [default: its address].
+    #[arg(long, env = "STRATA_CLUSTER_ADVERTISE")]
+    pub cluster_advertise: Option<String>,
+    /// Secret shared by the nodes of a cluster (node-to-node calls without it are refused).
+    #[arg(long, env = "STRATA_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
     /// Kafka bootstrap brokers, HOST:PORT[,…] (with --log kafka).
     #[arg(long, env = "STRATA_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
@@ -245,6 +280,15 @@ impl Config {
         }
         if let Some(v) = &overrides.node_id {
             config.node_id = Some(v.clone());
+        }
+        if let Some(v) = &overrides.cluster_listen {
+            config.cluster.listen = Some(v.clone());
+        }
+        if let Some(v) = &overrides.cluster_advertise {
+            config.cluster.advertise = Some(v.clone());
+        }
+        if let Some(v) = &overrides.cluster_secret {
+            config.cluster.secret = Some(v.clone());
         }
         let kafka = &mut config.log.kafka;
         if let Some(v) = &overrides.kafka_brokers {
@@ -318,6 +362,18 @@ impl Config {
             return Err(crate::Error::Config(
                 "tls needs both `cert` and `key` (or neither)".into(),
             ));
+        }
+        if self.cluster.listen.is_some() {
+            if self.log.backend != LogBackend::Kafka {
+                return Err(crate::Error::Config(
+                    "cluster.listen needs the Kafka log (--log kafka): an embedded node holds every partition itself".into(),
+                ));
+            }
+            if self.cluster.secret.as_deref().is_none_or(|s| s.len() < 16) {
+                return Err(crate::Error::Config(
+                    "cluster.listen needs cluster.secret (STRATA_CLUSTER_SECRET), at least 16 characters, the same on every node".into(),
+                ));
+            }
         }
         crate::auth::Auth::new(&self.auth)?;
         Ok(())

@@ -19,6 +19,9 @@ pub enum Error {
     /// A part of the node (log, store, SQL engine) failed to open or to close.
     #[error(transparent)]
     Part(#[from] crate::service::Error),
+    /// The node-to-node service of cluster queries failed to start or to serve.
+    #[error(transparent)]
+    Cluster(#[from] strata_cluster::Error),
     /// The node had to stop: a part of it can no longer work until it is started again.
     #[error("the node stopped: {0}")]
     Fatal(String),

@@ -5,6 +5,7 @@ mod common;
 mod api;
 mod bench;
 mod cli;
+mod cluster;
 mod compose;
 mod corruption;
 mod crash;

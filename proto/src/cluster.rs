@@ -21,6 +21,14 @@ pub struct HeldPartition {
     pub log_end_offset: Option<u64>,
     /// `log_end_offset - stored_offset`, if the end is known.
     pub lag: Option<u64>,
+    /// Whether the node answers queries for it (false while its shard catches up after the node
+    /// got the partition).
+    #[serde(default = "yes")]
+    pub serving: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A node's status, as it last published it.
@@ -32,6 +40,9 @@ pub struct NodeStatus {
     pub role: String,
     /// The node's HTTP address.
     pub http: String,
+    /// Where other nodes reach it for node-to-node calls (cluster queries), if it takes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
     /// When it published this, milliseconds since the Unix epoch.
     pub updated_ms: i64,
     /// The partitions it holds (store nodes), ascending.
@@ -83,6 +94,12 @@ pub trait Feed: Send + Sync {
 
     /// Held partitions the feed stopped consuming.
     fn stalled(&self) -> Vec<Stall>;
+
+    /// Whether this node serves queries for a partition it holds: its shard has caught up with
+    /// the log as it was when the node got the partition.
+    fn serving(&self, _stream: &StreamName, _partition: u32) -> bool {
+        true
+    }
 
     /// Stops after the current commit (on Kafka, leaving the group so its partitions move at
     /// once), waiting at most `limit`.

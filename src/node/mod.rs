@@ -1,6 +1,7 @@
 //! Building a node from its configuration and running it until shutdown.
 
 mod backend;
+mod cluster;
 mod serve;
 
 use crate::http::{AppState, router};
@@ -12,7 +13,6 @@ use std::time::Duration;
 use strata_ingest::{Ingest, IngestConfig};
 use strata_proto::{IdLookup, Log, Membership};
 use strata_store::Store;
-use strata_views::SqlEngine;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -66,14 +66,25 @@ pub async fn run(
     } else {
         None
     };
-    let sql = match &store {
-        Some(store) => Some(Arc::new(SqlEngine::with_memory_limit(
-            store.clone(),
-            Some(log.clone()),
-            Some(config.limits.query_memory_bytes),
-        )?)),
-        None => None,
-    };
+    let runtime = strata_views::runtime_env(Some(config.limits.query_memory_bytes))?;
+    let cluster = cluster::open(
+        &config,
+        &node_id,
+        backend.membership.as_ref(),
+        &log,
+        store.as_ref(),
+        runtime.clone(),
+    )
+    .await?;
+    let sql = cluster::engine(
+        cluster
+            .as_ref()
+            .map(|(part, source)| (part, source.clone())),
+        store.as_ref(),
+        &log,
+        runtime,
+    )?;
+    let cluster = cluster.map(|(part, _)| part);
     let background_stop = CancellationToken::new();
     if let Some(engine) = &sql {
         // Views load before the consumers start, so that their commits maintain them at once.
@@ -111,6 +122,9 @@ pub async fn run(
         Some(store) => Some((backend.start_feed)(store.clone())?),
         None => None,
     };
+    if let (Some(part), Some(feed)) = (&cluster, &feed) {
+        part.cluster.map().set_feed(feed.clone());
+    }
     let ingest = config.role.ingests().then(|| {
         let ids = store.clone().map(|s| -> Arc<dyn IdLookup> { s });
         Arc::new(Ingest::new(
@@ -133,6 +147,7 @@ pub async fn run(
             id: node_id,
             role: config.role,
             http,
+            cluster: cluster.as_ref().map(|c| c.advertise.clone()),
             membership: backend.membership.clone(),
             feed: feed.clone(),
         },
@@ -145,6 +160,15 @@ pub async fn run(
             config.limits.max_concurrent_requests,
         )),
     });
+    let peers = cluster.map(|part| {
+        let stop = background_stop.clone();
+        tokio::spawn(async move {
+            let stopped = async move { stop.cancelled().await };
+            if let Err(e) = part.cluster.serve(part.listener, stopped).await {
+                tracing::error!(error = %e, "the node-to-node service failed");
+            }
+        })
+    });
     let publisher = backend
         .membership
         .map(|m| spawn_publisher(m, services.clone(), background_stop.clone()));
@@ -156,7 +180,7 @@ pub async fn run(
     if let Some(views) = views {
         let _ = tokio::time::timeout(DRAIN, views).await;
     }
-    for task in [publisher, retention].into_iter().flatten() {
+    for task in [publisher, retention, peers].into_iter().flatten() {
         let _ = task.await;
     }
     if let Some(feed) = feed {

@@ -81,6 +81,11 @@ impl ClusterService {
                     stored_offset,
                     log_end_offset: end,
                     lag: end.map(|e| e.saturating_sub(stored_offset)),
+                    serving: parts
+                        .node
+                        .feed
+                        .as_ref()
+                        .is_none_or(|f| f.serving(&stream, partition)),
                 });
             }
         }
@@ -88,6 +93,7 @@ impl ClusterService {
             node: parts.node.id.clone(),
             role: parts.node.role.name().to_owned(),
             http: parts.node.http.clone(),
+            cluster: parts.node.cluster.clone(),
             updated_ms: chrono::Utc::now().timestamp_millis(),
             partitions,
         }

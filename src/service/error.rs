@@ -102,6 +102,9 @@ impl Error {
                 strata_views::Error::ResourcesExhausted(_) => Kind::ResourcesExhausted,
                 strata_views::Error::Forbidden(_) => Kind::Forbidden,
                 strata_views::Error::Conflict(_) => Kind::Conflict,
+                strata_views::Error::Unavailable(_) => Kind::Unavailable,
+                strata_views::Error::Timeout(_) => Kind::Timeout,
+                strata_views::Error::WrongRole(_) => Kind::WrongRole,
                 strata_views::Error::Execution(_) | strata_views::Error::Corrupt(_) => {
                     Kind::Internal
                 }

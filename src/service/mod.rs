@@ -46,6 +46,8 @@ pub struct NodeInfo {
     pub role: Role,
     /// Its HTTP address.
     pub http: String,
+    /// Its node-to-node address, when it takes part in cluster queries.
+    pub cluster: Option<String>,
     /// The other nodes, on a log that spans machines.
     pub membership: Option<Arc<dyn Membership>>,
     /// How the partitions this node holds reach its store (store nodes).

@@ -6,10 +6,11 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_proto::ConsistencyToken;
-use strata_views::ShardSource;
+use strata_views::{ReadAfter, ShardSource};
 
 /// The most tokens one query may wait for.
 const MAX_TOKENS: usize = 1000;
@@ -75,13 +76,20 @@ impl QueryService {
         who.authorize(Operation::Browse)?;
         let timer = QueryTimer(Instant::now());
         let engine = self.parts.sql()?;
+        let clustered = self.parts.node.cluster.is_some();
+        let mut after = None;
         if !request.after.is_empty() {
             let tokens = parse_tokens(&request.after)?;
             let timeout = request
                 .timeout_ms
                 .map_or(DEFAULT_AFTER_TIMEOUT, Duration::from_millis)
                 .min(MAX_AFTER_TIMEOUT);
-            wait_applied(self.parts.store()?.as_ref(), &tokens, timeout).await?;
+            if clustered {
+                // Each holder waits for its own partitions as the scans start there.
+                after = Some(read_after(&tokens, timeout));
+            } else {
+                wait_applied(self.parts.store()?.as_ref(), &tokens, timeout).await?;
+            }
         }
         let limit_ms = self.parts.limits.query_timeout_ms;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(limit_ms);
@@ -91,18 +99,39 @@ impl QueryService {
                 "the query ran longer than its limit of {limit_ms} ms (limits.query_timeout_ms)"
             )))
         };
-        let output =
-            tokio::time::timeout_at(deadline, engine.query_as(&request.sql, &who.access()))
-                .await
-                .map_err(|_| too_long())??;
-        let mut batches = output.batches;
-        // Run the query up to its first batch before answering, so that a failing query gets an
-        // error status rather than a broken answer.
-        let first = tokio::time::timeout_at(deadline, batches.next())
-            .await
-            .map_err(|_| too_long())?
-            .transpose()
-            .map_err(strata_views::Error::from)?;
+        // A cluster query whose partitions moved is planned again once, on a fresh map.
+        let attempts = if clustered { 2 } else { 1 };
+        let mut attempt = 0;
+        let (schema, batches, first) = loop {
+            attempt += 1;
+            let started = async {
+                let output = engine
+                    .query_after(&request.sql, &who.access(), after.clone())
+                    .await?;
+                let mut batches = output.batches;
+                // Run the query up to its first batch before answering, so that a failing query
+                // gets an error status rather than a broken answer.
+                let first = batches
+                    .next()
+                    .await
+                    .transpose()
+                    .map_err(strata_views::Error::from)?;
+                Ok::<_, strata_views::Error>((output.schema, batches, first))
+            };
+            match tokio::time::timeout_at(deadline, started).await {
+                Err(_) => return Err(too_long()),
+                Ok(Ok(started)) => break started,
+                Ok(Err(e)) => {
+                    let e = if clustered { unreachable_peer(e) } else { e };
+                    if matches!(e, strata_views::Error::Unavailable(_)) && attempt < attempts {
+                        metrics::counter!("strata_cluster_query_retries_total").increment(1);
+                        tracing::info!(error = %e, "retrying a cluster query on a fresh map");
+                        continue;
+                    }
+                    return Err(e.into());
+                }
+            }
+        };
         let rest = futures::stream::unfold(
             (batches, false, timer),
             move |(mut batches, failed, timer)| async move {
@@ -110,7 +139,10 @@ impl QueryService {
                     return None;
                 }
                 let next = match tokio::time::timeout_at(deadline, batches.next()).await {
-                    Ok(Some(batch)) => batch.map_err(|e| Error::Sql(e.into())),
+                    Ok(Some(batch)) => batch.map_err(|e| {
+                        let e = strata_views::Error::from(e);
+                        Error::Sql(if clustered { unreachable_peer(e) } else { e })
+                    }),
                     Ok(None) => return None,
                     Err(_) => Err(too_long()),
                 };
@@ -119,9 +151,46 @@ impl QueryService {
             },
         );
         Ok(QueryResult {
-            schema: output.schema,
+            schema,
             batches: futures::stream::iter(first.map(Ok)).chain(rest).boxed(),
         })
+    }
+}
+
+/// The offsets of `tokens` as the scans of a cluster query wait for them.
+fn read_after(tokens: &[ConsistencyToken], wait: Duration) -> ReadAfter {
+    let mut offsets = HashMap::new();
+    for token in tokens {
+        for (&partition, &offset) in &token.offsets {
+            let slot = offsets
+                .entry((token.stream.to_string(), partition))
+                .or_insert(0);
+            *slot = offset.max(*slot);
+        }
+    }
+    ReadAfter { offsets, wait }
+}
+
+/// A failure to reach another node during a cluster query (it died, or its connection broke) is
+/// as retryable as a partition that moved.
+fn unreachable_peer(e: strata_views::Error) -> strata_views::Error {
+    match e {
+        strata_views::Error::Execution(text)
+            if [
+                "transport error",
+                "tcp connect",
+                "connection",
+                "broken pipe",
+                "h2 protocol",
+            ]
+            .iter()
+            .any(|m| text.to_ascii_lowercase().contains(m)) =>
+        {
+            strata_views::Error::Unavailable(format!(
+                "a node this query reads from failed while it ran ({text}); retry shortly"
+            ))
+        }
+        e => e,
     }
 }
 

@@ -26,6 +26,7 @@ fn services(dir: &std::path::Path) -> Services {
             id: "n1".into(),
             role: Role::Ingest,
             http: "127.0.0.1:0".into(),
+            cluster: None,
             membership: None,
             feed: None,
         },

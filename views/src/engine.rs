@@ -2,18 +2,23 @@
 
 use crate::materialized::view_statement;
 use crate::source::ShardSource;
-use crate::table::StreamTable;
+use crate::table::{ReadAfter, StreamTable};
 use crate::view_table::ViewTable;
 use crate::{Error, Result, ViewPlan};
+use arrow::array::{RecordBatch, StringArray};
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::SessionState;
 use datafusion::execution::context::{SQLOptions, SessionContext};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement;
@@ -138,10 +143,53 @@ pub struct QueryOutput {
     pub batches: SendableRecordBatchStream,
 }
 
+/// Changes a session (state) builder: how a cluster makes queries span nodes.
+pub type StateHook = Arc<dyn Fn(SessionStateBuilder) -> SessionStateBuilder + Send + Sync>;
+
+/// Renders a physical plan that spans nodes (its stages and which node runs each task), or
+/// `None` for a plan that runs on one node.
+pub type ExplainHook =
+    Arc<dyn Fn(&Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> Option<String> + Send + Sync>;
+
+/// The parts of a [`SqlEngine`].
+pub struct EngineParts {
+    /// The local store, which keeps the materialized views (`None`: a node without shards, which
+    /// answers queries over streams only).
+    pub store: Option<Arc<Store>>,
+    /// Where stream tables read (the store itself, or a source spanning the cluster).
+    pub tables: Arc<dyn ShardSource>,
+    /// The log, to measure how far views lag behind it.
+    pub log: Option<Arc<dyn Log>>,
+    /// Memory and disk of queries, from [`runtime_env`].
+    pub runtime: Arc<RuntimeEnv>,
+    /// Applied to the session that plans queries (not the one compiling views).
+    pub distribute: Option<StateHook>,
+    /// Adds a `distributed_plan` row to `EXPLAIN` of a query that spans nodes.
+    pub explain: Option<ExplainHook>,
+}
+
+/// The runtime of queries: together they may hold at most `memory_bytes` (sorts, joins,
+/// aggregations; `None`: no limit), and nothing spills to disk (queries never create files).
+///
+/// # Errors
+/// DataFusion refusing the configuration.
+pub fn runtime_env(memory_bytes: Option<usize>) -> Result<Arc<RuntimeEnv>> {
+    let mut runtime = RuntimeEnvBuilder::new().with_disk_manager_builder(
+        DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+    );
+    if let Some(bytes) = memory_bytes {
+        runtime = runtime.with_memory_limit(bytes, 1.0);
+    }
+    Ok(runtime.build_arc()?)
+}
+
 /// Answers read-only SQL over the store's streams, and keeps its materialized views.
 pub struct SqlEngine {
     pub(crate) ctx: SessionContext,
-    pub(crate) store: Arc<Store>,
+    /// The session queries are planned in (`ctx`'s, with the cluster's planner when distributed).
+    query_state: SessionState,
+    explain: Option<ExplainHook>,
+    store: Option<Arc<Store>>,
     pub(crate) log: Option<Arc<dyn Log>>,
     pub(crate) views: Arc<ViewRegistry>,
     /// Views whose definition did not compile, with why (reported once, shown in listings).
@@ -165,16 +213,25 @@ impl SqlEngine {
         log: Option<Arc<dyn Log>>,
         memory_bytes: Option<usize>,
     ) -> Result<Self> {
+        Self::open(EngineParts {
+            tables: store.clone(),
+            store: Some(store),
+            log,
+            runtime: runtime_env(memory_bytes)?,
+            distribute: None,
+            explain: None,
+        })
+    }
+
+    /// An engine made of `parts`.
+    ///
+    /// # Errors
+    /// DataFusion refusing the configuration.
+    pub fn open(parts: EngineParts) -> Result<Self> {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema("strata", "public");
-        let mut runtime = RuntimeEnvBuilder::new().with_disk_manager_builder(
-            DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
-        );
-        if let Some(bytes) = memory_bytes {
-            runtime = runtime.with_memory_limit(bytes, 1.0);
-        }
-        let mut ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
+        let mut ctx = SessionContext::new_with_config_rt(config, parts.runtime);
         datafusion_functions_json::register_all(&mut ctx)?;
         let catalog = Arc::new(datafusion::catalog::MemoryCatalogProvider::new());
         let views = Arc::new(ViewRegistry::default());
@@ -182,20 +239,40 @@ impl SqlEngine {
             catalog.as_ref(),
             "public",
             Arc::new(StreamSchema {
-                source: store.clone(),
+                source: parts.tables,
                 views: views.clone(),
             }),
         )?;
         ctx.register_catalog("strata", catalog);
+        let query_state = match parts.distribute {
+            Some(hook) => hook(SessionStateBuilder::new_from_existing(ctx.state())).build(),
+            None => ctx.state(),
+        };
         Ok(Self {
             ctx,
-            store,
-            log,
+            query_state,
+            explain: parts.explain,
+            store: parts.store,
+            log: parts.log,
             views,
             unloaded: Mutex::new(HashMap::new()),
             rebuilding: Mutex::new(HashSet::new()),
             wake: Notify::new(),
         })
+    }
+
+    /// The store keeping the views, or why there is none.
+    pub(crate) fn store(&self) -> Result<&Arc<Store>> {
+        self.store.as_ref().ok_or_else(|| {
+            Error::WrongRole(
+                "this node keeps no shards, so it keeps no materialized views; send view statements to a store node".into(),
+            )
+        })
+    }
+
+    /// The store keeping the views, if this node has one.
+    pub(crate) fn local_store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
     }
 
     /// Plans and starts `sql`. Queries (`SELECT`, `WITH`, `VALUES`), `EXPLAIN` of a query,
@@ -210,8 +287,18 @@ impl SqlEngine {
     /// included) must be one it may read, and view DDL needs `admin`; otherwise
     /// [`Error::Forbidden`].
     pub async fn query_as(&self, sql: &str, access: &Access) -> Result<QueryOutput> {
+        self.query_after(sql, access, None).await
+    }
+
+    /// [`SqlEngine::query_as`] whose stream scans first wait for the offsets of `after`.
+    pub async fn query_after(
+        &self,
+        sql: &str,
+        access: &Access,
+        after: Option<ReadAfter>,
+    ) -> Result<QueryOutput> {
         let started = Instant::now();
-        let result = self.plan_and_run(sql, access).await;
+        let result = self.plan_and_run(sql, access, after).await;
         metrics::counter!("strata_queries_total", "outcome" => if result.is_ok() { "ok" } else { "error" })
             .increment(1);
         metrics::histogram!("strata_query_planning_seconds")
@@ -219,8 +306,16 @@ impl SqlEngine {
         result
     }
 
-    async fn plan_and_run(&self, sql: &str, access: &Access) -> Result<QueryOutput> {
-        let state = self.ctx.state();
+    async fn plan_and_run(
+        &self,
+        sql: &str,
+        access: &Access,
+        after: Option<ReadAfter>,
+    ) -> Result<QueryOutput> {
+        let mut state = self.query_state.clone();
+        if let Some(after) = after {
+            state.config_mut().set_extension(Arc::new(after));
+        }
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(sql, &dialect)?;
         if let Some(view) = view_statement(&statement)? {
@@ -235,11 +330,44 @@ impl SqlEngine {
             .verify_plan(&plan)
             .map_err(|e| Error::ReadOnly(e.strip_backtrace()))?;
         self.check_tables(&plan, access)?;
-        let df = self.ctx.execute_logical_plan(plan).await?;
+        let distributed = match (&plan, &self.explain) {
+            (LogicalPlan::Explain(e), Some(render)) if !e.verbose => {
+                let physical = state.create_physical_plan(&e.plan).await?;
+                render(&physical)
+            }
+            _ => None,
+        };
+        let df = DataFrame::new(state, plan);
         let schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.execute_stream().await?;
-        Ok(QueryOutput { schema, batches })
+        match distributed {
+            None => Ok(QueryOutput { schema, batches }),
+            Some(text) => explain_with(schema, batches, text).await,
+        }
     }
+}
+
+/// The rows of an `EXPLAIN`, and one more: the plan as it runs across nodes.
+async fn explain_with(
+    schema: SchemaRef,
+    batches: SendableRecordBatchStream,
+    distributed: String,
+) -> Result<QueryOutput> {
+    use futures::TryStreamExt;
+    let mut all: Vec<RecordBatch> = batches.try_collect().await?;
+    let row = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec!["distributed_plan"])),
+            Arc::new(StringArray::from(vec![distributed])),
+        ],
+    )?;
+    all.push(row);
+    let stream = futures::stream::iter(all.into_iter().map(Ok));
+    Ok(QueryOutput {
+        schema: schema.clone(),
+        batches: Box::pin(RecordBatchStreamAdapter::new(schema, stream)),
+    })
 }
 
 impl SqlEngine {

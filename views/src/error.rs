@@ -26,6 +26,15 @@ pub enum Error {
     /// The request conflicts with the state (a name taken, a rebuild running).
     #[error("{0}")]
     Conflict(String),
+    /// A partition's holder cannot be reached, or the partition moved while the query ran: retry.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A read waited longer than allowed for offsets to be stored.
+    #[error("timeout: {0}")]
+    Timeout(String),
+    /// This node has no part that the statement needs (view DDL on a node without a store).
+    #[error("{0}")]
+    WrongRole(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] strata_store::Error),
@@ -56,6 +65,17 @@ impl From<DataFusionError> for Error {
                 Error::Invalid(text)
             }
             D::ResourcesExhausted(_) => Error::ResourcesExhausted(text),
+            // Raised by a scan, here or on another node (where only the text crosses the wire).
+            D::External(inner) => {
+                let inner = inner.to_string();
+                if let Some(m) = inner.strip_prefix("unavailable: ") {
+                    Error::Unavailable(m.to_owned())
+                } else if let Some(m) = inner.strip_prefix("timeout: ") {
+                    Error::Timeout(m.to_owned())
+                } else {
+                    Error::Execution(text)
+                }
+            }
             _ => Error::Execution(text),
         }
     }

@@ -52,13 +52,15 @@ mod source;
 mod table;
 mod view_table;
 
-pub use engine::{Access, QueryOutput, SqlEngine};
+pub use engine::{
+    Access, EngineParts, ExplainHook, QueryOutput, SqlEngine, StateHook, runtime_env,
+};
 pub use error::{Error, Result};
 pub use filters::ScanBounds;
 pub use manage::{Rebuild, RebuildProgress, ViewListing, ViewPartitionLag};
 pub use materialized::ViewPlan;
-pub use source::{Batches, ShardSource};
-pub use table::{StreamScanExec, StreamTable};
+pub use source::{Batches, ShardSource, wait_stored};
+pub use table::{ReadAfter, ScanSpec, StreamScanExec, StreamTable};
 pub use view_table::{ViewScanExec, ViewTable};
 
 #[cfg(test)]

@@ -107,7 +107,7 @@ impl SqlEngine {
                 if_not_exists,
             } => {
                 access.require_admin("CREATE MATERIALIZED VIEW")?;
-                if self.store.views().def(&name).is_some() {
+                if self.store()?.views().def(&name).is_some() {
                     if if_not_exists {
                         return message(format!("materialized view {name} exists already"));
                     }
@@ -122,10 +122,10 @@ impl SqlEngine {
             }
             ViewStatement::Drop { name, if_exists } => {
                 access.require_admin("DROP MATERIALIZED VIEW")?;
-                if let Some(def) = self.store.views().def(&name) {
+                if let Some(def) = self.store()?.views().def(&name) {
                     access.require_stream(def.stream.as_str(), &format!("view {name}"))?;
                 }
-                let store = self.store.clone();
+                let store = self.store()?.clone();
                 let n = name.clone();
                 let dropped = blocking(move || store.views().remove(&n)).await?;
                 self.views.plans.write().remove(&name);
@@ -182,7 +182,8 @@ impl SqlEngine {
 
     /// Checks `query` and creates view `name` over its stream.
     async fn create_view(&self, name: &str, query: &str, access: &Access) -> Result<()> {
-        if StreamName::new(name).is_ok_and(|n| self.store.catalog().contains_key(&n)) {
+        let own = self.store()?;
+        if StreamName::new(name).is_ok_and(|n| own.catalog().contains_key(&n)) {
             return Err(Error::Conflict(format!(
                 "a stream is named {name}; a view needs a name of its own"
             )));
@@ -190,7 +191,7 @@ impl SqlEngine {
         let plan = ViewPlan::new(&self.ctx, query).await?;
         let stream = StreamName::new(&plan.stream)
             .ok()
-            .filter(|s| self.store.catalog().contains_key(s))
+            .filter(|s| own.catalog().contains_key(s))
             .ok_or_else(|| {
                 Error::Invalid(format!(
                     "this view cannot be maintained incrementally: it reads {}, which is not a stream (views read streams only)",
@@ -200,7 +201,7 @@ impl SqlEngine {
         access.require_stream(stream.as_str(), &format!("view {name}"))?;
         let plan = Arc::new(plan);
         let (store, n, q, fold) = (
-            self.store.clone(),
+            own.clone(),
             name.to_owned(),
             query.to_owned(),
             Arc::new(Maintainer(plan.clone())),
@@ -214,8 +215,11 @@ impl SqlEngine {
     /// Every view with its size, progress and lag behind the log.
     pub async fn view_listing(&self) -> Result<Vec<ViewListing>> {
         let mut out = Vec::new();
-        for def in self.store.views().defs() {
-            let store = self.store.clone();
+        let Some(own) = self.local_store() else {
+            return Ok(Vec::new());
+        };
+        for def in own.views().defs() {
+            let store = own.clone();
             let name = def.name.clone();
             let status: ViewStatus = match blocking(move || store.view_status(&name)).await {
                 Ok(status) => status,
@@ -268,15 +272,17 @@ impl SqlEngine {
     /// Compiles and attaches every stored view that is not maintained yet (after a restart).
     /// A definition that does not compile (its stream not known yet) is retried later.
     pub async fn attach_views(&self) {
-        for def in self.store.views().defs() {
-            if self.views.get(&def.name).is_some() && self.store.views().attached(&def.name) {
+        let Some(own) = self.local_store() else {
+            return;
+        };
+        for def in own.views().defs() {
+            if self.views.get(&def.name).is_some() && own.views().attached(&def.name) {
                 continue;
             }
             match ViewPlan::new(&self.ctx, &def.query).await {
                 Ok(plan) => {
                     let plan = Arc::new(plan);
-                    self.store
-                        .views()
+                    own.views()
                         .attach(&def.name, Arc::new(Maintainer(plan.clone())));
                     self.views.plans.write().insert(def.name.clone(), plan);
                     self.unloaded.lock().remove(&def.name);
@@ -293,8 +299,11 @@ impl SqlEngine {
 
     /// Folds into each view what it has not applied yet, for every view behind its shards.
     pub(crate) async fn catch_up_views(&self) {
-        for def in self.store.views().defs() {
-            let (store, name) = (self.store.clone(), def.name.clone());
+        let Some(own) = self.local_store() else {
+            return;
+        };
+        for def in own.views().defs() {
+            let (store, name) = (own.clone(), def.name.clone());
             let backlog = match blocking(move || store.view_backlog(&name, false)).await {
                 Ok(b) => b,
                 Err(e) => {
@@ -303,7 +312,7 @@ impl SqlEngine {
                 }
             };
             for (partition, behind) in backlog {
-                let (store, name) = (self.store.clone(), def.name.clone());
+                let (store, name) = (own.clone(), def.name.clone());
                 let started = Instant::now();
                 let done =
                     blocking(move || store.catch_up_view(&name, false, partition, &mut |_| {}))
@@ -340,7 +349,7 @@ impl SqlEngine {
     /// # Errors
     /// [`strata_store::Error::UnknownView`], [`Error::Conflict`], or a view not attached yet.
     pub fn begin_rebuild(self: &Arc<Self>, name: &str) -> Result<Rebuild> {
-        if self.store.views().def(name).is_none() {
+        if self.store()?.views().def(name).is_none() {
             return Err(strata_store::Error::UnknownView(name.to_owned()).into());
         }
         if let Some(why) = self.unloaded.lock().get(name) {
@@ -348,7 +357,7 @@ impl SqlEngine {
                 "view {name} is not loaded, so it cannot be rebuilt: {why}"
             )));
         }
-        if !self.store.views().attached(name) {
+        if !self.store()?.views().attached(name) {
             return Err(strata_store::Error::View(format!(
                 "view {name} is not loaded yet; try again"
             ))
@@ -392,7 +401,7 @@ impl Rebuild {
     /// # Errors
     /// Store failures while folding or swapping.
     pub async fn run(self, progress: watch::Sender<RebuildProgress>) -> Result<RebuildProgress> {
-        let (store, n) = (self.engine.store.clone(), self.name.clone());
+        let (store, n) = (self.engine.store()?.clone(), self.name.clone());
         let started = Instant::now();
         let result = blocking(move || -> strata_store::Result<RebuildProgress> {
             store.views().start_rebuild(&n)?;
@@ -424,8 +433,10 @@ impl Rebuild {
             Ok(state)
         })
         .await;
-        if result.is_err() {
-            let (store, n) = (self.engine.store.clone(), self.name.clone());
+        if result.is_err()
+            && let Some(store) = self.engine.local_store().cloned()
+        {
+            let n = self.name.clone();
             if let Err(e) = blocking(move || store.views().abort_rebuild(&n)).await {
                 tracing::warn!(view = %self.name, error = %e, "cannot clean up a failed rebuild");
             }

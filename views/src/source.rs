@@ -4,6 +4,7 @@
 use crate::Result;
 use arrow::array::RecordBatch;
 use std::fmt::Debug;
+use std::time::Duration;
 use strata_proto::{Catalog, StreamName};
 use strata_store::{ScanRequest, ShardStatus, Store};
 use tokio::sync::watch;
@@ -97,4 +98,31 @@ impl ShardSource for Store {
     ) -> Option<(String, u64)> {
         self.views().behind(stream, partition, offset)
     }
+}
+
+/// Waits until `source` has stored partition `partition` of `stream` up to `offset` (exclusive),
+/// for at most `wait`.
+///
+/// # Errors
+/// [`crate::Error::Timeout`] naming the partition and how far it is stored; an unknown stream or
+/// partition.
+pub async fn wait_stored(
+    source: &dyn ShardSource,
+    stream: &StreamName,
+    partition: u32,
+    offset: u64,
+    wait: Duration,
+) -> Result<()> {
+    let mut progress = source.progress(stream, partition)?;
+    let reached = tokio::time::timeout(wait, progress.wait_for(|n| *n >= offset))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if reached {
+        return Ok(());
+    }
+    let applied = *progress.borrow();
+    Err(crate::Error::Timeout(format!(
+        "waited {} ms for `after`: partition {partition} of {stream} is applied up to offset {applied}, not yet {offset} (is this node holding that partition? see /v1/cluster)",
+        wait.as_millis()
+    )))
 }

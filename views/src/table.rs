@@ -19,7 +19,10 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream, StatisticsArgs,
 };
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use strata_proto::{StreamInfo, StreamName};
 use strata_store::ScanRequest;
 use strata_store::schema::stream_schema;
@@ -45,14 +48,71 @@ impl StreamTable {
     }
 }
 
+/// Offsets a query must see, by stream and partition: a scan of such a partition waits (at most
+/// `wait`) until its shard has stored them. Set as a session extension by the query layer.
+#[derive(Clone, Debug, Default)]
+pub struct ReadAfter {
+    /// Per (stream, partition), the next offset that must be stored.
+    pub offsets: HashMap<(String, u32), u64>,
+    /// How long a scan may wait.
+    pub wait: Duration,
+}
+
+/// What one stream scan reads — everything a node needs to run it, so that it can travel between
+/// nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScanSpec {
+    /// The stream.
+    pub stream: String,
+    /// The shards (partitions) read, one output partition each.
+    pub shards: Vec<u32>,
+    /// Output partitions: at least `shards.len()`; the ones past the shards are empty (so that
+    /// the scans of several nodes can have the same width).
+    pub width: usize,
+    /// Table columns returned (indexes into the stream's schema).
+    pub projection: Vec<usize>,
+    /// Offsets returned (half-open).
+    pub offsets: (u64, u64),
+    /// Inclusive event-time bounds in epoch ms.
+    pub time: Option<(i64, i64)>,
+    /// The one key returned.
+    pub key: Option<String>,
+    /// Stop after this many rows per shard.
+    pub limit: Option<usize>,
+    /// The node meant to run this scan (set when a cluster query spreads the shards).
+    pub holder: Option<String>,
+    /// Per shard, the next offset it must have stored before it is read.
+    pub after: Vec<(u32, u64)>,
+    /// How long to wait for `after`, in milliseconds.
+    pub wait_ms: u64,
+}
+
+impl ScanSpec {
+    fn request(&self) -> ScanRequest {
+        ScanRequest {
+            projection: self.projection.clone(),
+            offsets: self.offsets.0..self.offsets.1,
+            time: self.time,
+            key: self.key.clone(),
+            limit: self.limit,
+        }
+    }
+
+    /// Whether the scan returns every row of its shards.
+    fn unbounded(&self) -> bool {
+        self.offsets == (0, u64::MAX)
+            && self.time.is_none()
+            && self.key.is_none()
+            && self.limit.is_none()
+    }
+}
+
 /// The physical scan of a stream: one output partition per shard that may hold matching rows.
 #[derive(Debug)]
 pub struct StreamScanExec {
     source: Arc<dyn ShardSource>,
+    spec: ScanSpec,
     stream: StreamName,
-    shards: Vec<u32>,
-    request: ScanRequest,
-    bounds: ScanBounds,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
     /// Exact rows per output partition, when the scan returns every row of its shards.
@@ -60,50 +120,107 @@ pub struct StreamScanExec {
 }
 
 impl StreamScanExec {
+    /// The scan `spec` over `source`, whose catalog gives the stream's columns.
+    ///
+    /// # Errors
+    /// An unknown stream, a projection outside its columns, fewer output partitions than shards.
+    pub fn from_spec(source: Arc<dyn ShardSource>, spec: ScanSpec) -> Result<Self> {
+        let stream =
+            StreamName::new(&spec.stream).map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        let catalog = source.catalog();
+        let info = catalog.get(&stream).ok_or_else(|| {
+            DataFusionError::Plan(format!("stream {stream} is not in this node's catalog"))
+        })?;
+        let schema = Arc::new(stream_schema(info).project(&spec.projection)?);
+        Self::new(source, stream, spec, schema)
+    }
+
     fn new(
         source: Arc<dyn ShardSource>,
         stream: StreamName,
-        shards: Vec<u32>,
-        request: ScanRequest,
-        bounds: ScanBounds,
+        spec: ScanSpec,
         schema: SchemaRef,
-    ) -> Self {
-        let unbounded = bounds == ScanBounds::default() && request.limit.is_none();
-        let rows = unbounded
+    ) -> Result<Self> {
+        if spec.width < spec.shards.len() {
+            return Err(DataFusionError::Internal(format!(
+                "a scan of {} shards cannot have {} partitions",
+                spec.shards.len(),
+                spec.width
+            )));
+        }
+        let rows = spec
+            .unbounded()
             .then(|| source.status(&stream).ok())
             .flatten()
             .map(|status| {
-                shards
+                let mut rows: Vec<u64> = spec
+                    .shards
                     .iter()
                     .map(|&p| status.get(p as usize).map_or(0, |s| s.rows))
-                    .collect()
+                    .collect();
+                rows.resize(spec.width, 0);
+                rows
             });
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(shards.len()),
+            Partitioning::UnknownPartitioning(spec.width),
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
-        Self {
+        Ok(Self {
             rows,
             source,
+            spec,
             stream,
-            shards,
-            request,
-            bounds,
             schema,
             properties: Arc::new(properties),
-        }
+        })
+    }
+
+    /// What this scan reads.
+    pub fn spec(&self) -> &ScanSpec {
+        &self.spec
+    }
+
+    /// The same scan over `shards` only, with `width` output partitions, meant for `holder`
+    /// (one node's share of a cluster query). Row counts are left unknown.
+    pub fn share(&self, shards: Vec<u32>, width: usize, holder: Option<String>) -> Result<Self> {
+        let after = self
+            .spec
+            .after
+            .iter()
+            .filter(|(p, _)| shards.contains(p))
+            .copied()
+            .collect();
+        let spec = ScanSpec {
+            shards,
+            width,
+            holder,
+            after,
+            ..self.spec.clone()
+        };
+        let mut share = Self::new(
+            self.source.clone(),
+            self.stream.clone(),
+            spec,
+            self.schema.clone(),
+        )?;
+        share.rows = None;
+        Ok(share)
     }
 }
 
 impl DisplayAs for StreamScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let s = &self.spec;
         write!(
             f,
             "StreamScanExec: stream={}, shards={:?}",
-            self.stream, self.shards
+            s.stream, s.shards
         )?;
+        if let Some(holder) = &s.holder {
+            write!(f, ", node={holder}")?;
+        }
         let names: Vec<&str> = self
             .schema
             .fields()
@@ -111,21 +228,20 @@ impl DisplayAs for StreamScanExec {
             .map(|f| f.name().as_str())
             .collect();
         write!(f, ", projection=[{}]", names.join(", "))?;
-        let b = &self.bounds;
-        if b.offsets != (0..u64::MAX) {
-            write!(f, ", offsets={}..{}", b.offsets.start, b.offsets.end)?;
+        if s.offsets != (0, u64::MAX) {
+            write!(f, ", offsets={}..{}", s.offsets.0, s.offsets.1)?;
         }
-        if let Some((lo, hi)) = b.time {
+        if let Some((lo, hi)) = s.time {
             let show = |ms: i64| match ms {
                 i64::MIN | i64::MAX => String::new(),
                 ms => strata_proto::format_time_ms(ms),
             };
             write!(f, ", time=[{}, {}]", show(lo), show(hi))?;
         }
-        if let Some(key) = &b.key {
+        if let Some(key) = &s.key {
             write!(f, ", key={key:?}")?;
         }
-        if let Some(limit) = self.request.limit {
+        if let Some(limit) = s.limit {
             write!(f, ", limit={limit}")?;
         }
         Ok(())
@@ -165,29 +281,50 @@ impl ExecutionPlan for StreamScanExec {
         partition: usize,
         _context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let shard = *self.shards.get(partition).ok_or_else(|| {
-            DataFusionError::Internal(format!("StreamScanExec has no partition {partition}"))
-        })?;
+        if partition >= self.spec.width {
+            return Err(DataFusionError::Internal(format!(
+                "StreamScanExec has no partition {partition}"
+            )));
+        }
         let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema.clone(), 2);
+        let Some(&shard) = self.spec.shards.get(partition) else {
+            // Padding of a share narrower than the others: no rows.
+            return Ok(builder.build());
+        };
         let tx = builder.tx();
         let (source, stream, request) = (
             self.source.clone(),
             self.stream.clone(),
-            self.request.clone(),
+            self.spec.request(),
         );
-        builder.spawn_blocking(move || {
-            let scan = source
-                .scan(&stream, shard, request)
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            for batch in scan {
-                let batch = batch.map_err(|e| DataFusionError::External(Box::new(e)));
-                let failed = batch.is_err();
-                if tx.blocking_send(batch).is_err() || failed {
-                    // The query was cancelled (or this shard failed): stop reading.
-                    break;
-                }
+        let after = self
+            .spec
+            .after
+            .iter()
+            .find(|(p, _)| *p == shard)
+            .map(|&(_, offset)| (offset, Duration::from_millis(self.spec.wait_ms)));
+        builder.spawn(async move {
+            if let Some((offset, wait)) = after {
+                crate::source::wait_stored(source.as_ref(), &stream, shard, offset, wait)
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
             }
-            Ok(())
+            let read = tokio::task::spawn_blocking(move || {
+                let scan = source
+                    .scan(&stream, shard, request)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                for batch in scan {
+                    let batch = batch.map_err(|e| DataFusionError::External(Box::new(e)));
+                    let failed = batch.is_err();
+                    if tx.blocking_send(batch).is_err() || failed {
+                        // The query was cancelled (or this shard failed): stop reading.
+                        break;
+                    }
+                }
+                Ok(())
+            });
+            read.await
+                .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?
         });
         Ok(builder.build())
     }
@@ -221,7 +358,7 @@ impl TableProvider for StreamTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
@@ -238,21 +375,39 @@ impl TableProvider for StreamTable {
         if shards.is_empty() {
             return Ok(Arc::new(EmptyExec::new(schema)));
         }
-        let request = ScanRequest {
+        let read_after = state.config().get_extension::<ReadAfter>();
+        let after = read_after
+            .as_ref()
+            .map(|r| {
+                shards
+                    .iter()
+                    .filter_map(|&p| {
+                        r.offsets
+                            .get(&(self.stream.to_string(), p))
+                            .map(|&offset| (p, offset))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let spec = ScanSpec {
+            stream: self.stream.to_string(),
+            width: shards.len(),
+            shards,
             projection,
-            offsets: bounds.offsets.clone(),
+            offsets: (bounds.offsets.start, bounds.offsets.end),
             time: bounds.time,
             key: bounds.key.clone(),
             // Every pushed filter is applied exactly, so the limit holds after them.
             limit,
+            holder: None,
+            after,
+            wait_ms: read_after.map_or(0, |r| r.wait.as_millis() as u64),
         };
         Ok(Arc::new(StreamScanExec::new(
             self.source.clone(),
             self.stream.clone(),
-            shards,
-            request,
-            bounds,
+            spec,
             schema,
-        )))
+        )?))
     }
 }

@@ -24,7 +24,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -40,6 +40,13 @@ struct Shared {
     buffers: Mutex<HashMap<(String, i32), Batch>>,
     /// Assigned partitions stalled because the log no longer holds their next offset.
     gaps: Mutex<BTreeMap<(StreamName, u32), RetentionGapInfo>>,
+    /// Assigned partitions whose shard has caught up with the log's end as it was when this node
+    /// got them: only those are served to cluster queries (a shard still catching up would give
+    /// partial answers).
+    ready: Mutex<HashSet<(StreamName, u32)>>,
+    /// Assigned partitions not ready yet → the end offset to reach (known at the first statistics
+    /// after the assignment).
+    catching_up: Mutex<HashMap<(StreamName, u32), Option<u64>>>,
 }
 
 /// A partition whose next offset the log no longer holds (deleted by retention, or the topic
@@ -150,6 +157,7 @@ impl ClientContext for GroupContext {
                 {
                     let hi = stats.hi_offset as u64;
                     *end = Some(hi);
+                    self.note_progress(&stream, p, hi);
                     // The same gauge the embedded log's consumers keep.
                     if let Ok(stored) = self.sink.stored_next_offset(&stream, p) {
                         metrics::gauge!("strata_store_lag_events", "stream" => stream.to_string(), "partition" => p.to_string())
@@ -162,6 +170,22 @@ impl ClientContext for GroupContext {
 }
 
 impl GroupContext {
+    /// Marks an assigned partition ready once its shard has reached the log's end as first seen
+    /// after the assignment.
+    fn note_progress(&self, stream: &StreamName, p: u32, hi: u64) {
+        let key = (stream.clone(), p);
+        let mut catching_up = self.shared.catching_up.lock();
+        let Some(target) = catching_up.get_mut(&key) else {
+            return;
+        };
+        let target = *target.get_or_insert(hi);
+        if self.sink.stored_next_offset(stream, p).unwrap_or(0) >= target {
+            catching_up.remove(&key);
+            tracing::info!(%stream, partition = p, "partition caught up; serving it");
+            self.shared.ready.lock().insert(key);
+        }
+    }
+
     /// Stores `batch` in its shard; counts its non-JSON values once stored.
     fn store(
         &self,
@@ -397,6 +421,18 @@ impl ConsumerContext for GroupContext {
                     tracing::info!(%stream, partition = p, ?offset, "partition assigned");
                     assigned.insert((stream, p), None);
                 }
+                // A partition kept through the rebalance stays ready; one that is new here
+                // catches up first.
+                let mut ready = self.shared.ready.lock();
+                ready.retain(|k| assigned.contains_key(k));
+                let mut catching_up = self.shared.catching_up.lock();
+                catching_up.clear();
+                for key in assigned.keys() {
+                    if !ready.contains(key) {
+                        catching_up.insert(key.clone(), None);
+                    }
+                }
+                drop((ready, catching_up));
                 drop(assigned);
                 if let Err(e) = consumer.assign(tpl) {
                     tracing::error!(error = %e, "cannot take the assigned partitions");
@@ -535,6 +571,13 @@ impl StoreGroup {
 impl strata_proto::Feed for StoreGroup {
     fn held(&self) -> Option<Vec<strata_proto::Held>> {
         Some(self.assignment())
+    }
+
+    fn serving(&self, stream: &StreamName, partition: u32) -> bool {
+        self.shared
+            .ready
+            .lock()
+            .contains(&(stream.clone(), partition))
     }
 
     fn stalled(&self) -> Vec<strata_proto::Stall> {

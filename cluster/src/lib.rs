@@ -1,0 +1,136 @@
+//! Cluster-wide SQL: a query sent to any node runs over every partition of the streams it reads.
+//!
+//! The node receiving a query plans it once with DataFusion; [datafusion-distributed] cuts the
+//! plan into stages. Each stream scan becomes one task per node holding some of its partitions
+//! ([`plan`]): that task — the scan with its filters and projection, and whatever DataFusion runs
+//! above it before the next exchange (partial aggregates, partial sorts and limits) — runs on the
+//! holder, which checks as it starts that it still holds those partitions. Results stream back
+//! over Arrow Flight and are merged on the receiving node; tasks for this node run in process.
+//!
+//! Nodes find each other in the statuses they publish ([`ClusterMap`]). Node-to-node calls carry
+//! the cluster secret and are refused without it; they carry plan fragments, never SQL text.
+//!
+//! datafusion-distributed's API moves fast: it is pinned exactly and used only in this crate.
+//!
+//! [datafusion-distributed]: https://github.com/datafusion-contrib/datafusion-distributed
+
+mod codec;
+mod error;
+mod map;
+mod plan;
+mod source;
+mod worker;
+
+pub use codec::ScanCodec;
+pub use error::{Error, Result};
+pub use map::{ClusterMap, LocalNode, node_url};
+pub use source::ClusterSource;
+pub use worker::SECRET_HEADER;
+
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion_distributed::{
+    DistributedExec, DistributedExt, SessionStateBuilderExt, Worker, display_plan_ascii,
+};
+use std::future::Future;
+use std::sync::Arc;
+use strata_views::{ExplainHook, StateHook};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use worker::{Channels, SecretCheck, Sessions};
+
+/// This node's part in cluster queries: the planner's hooks and the node-to-node worker.
+#[derive(Clone)]
+pub struct Cluster {
+    map: Arc<ClusterMap>,
+    worker: Worker,
+    codec: Arc<ScanCodec>,
+    channels: Channels,
+    secret: Arc<str>,
+}
+
+impl Cluster {
+    /// This node's part, reading its own shards through `source`, running fragments in `runtime`
+    /// (the same memory limit as local queries), with `secret` on every node-to-node call.
+    ///
+    /// # Errors
+    /// A secret that cannot travel in a header.
+    pub fn new(
+        map: Arc<ClusterMap>,
+        source: Arc<ClusterSource>,
+        runtime: Arc<RuntimeEnv>,
+        secret: &str,
+    ) -> Result<Self> {
+        let codec = Arc::new(ScanCodec::new(source));
+        let channels = Channels::new(secret)?;
+        let worker = Worker::from_session_builder(Sessions {
+            codec: codec.clone(),
+            channels: channels.clone(),
+        })
+        .with_runtime_env(runtime);
+        Ok(Self {
+            map,
+            worker,
+            codec,
+            channels,
+            secret: secret.into(),
+        })
+    }
+
+    /// The map of the cluster.
+    pub fn map(&self) -> &Arc<ClusterMap> {
+        &self.map
+    }
+
+    /// What turns a session into one whose queries span the cluster.
+    pub fn hook(&self) -> StateHook {
+        let this = self.clone();
+        Arc::new(move |builder| {
+            builder
+                .with_distributed_worker_resolver(map::Resolver(this.map.clone()))
+                .with_distributed_planner()
+                .with_distributed_user_codec_arc(this.codec.clone())
+                .with_distributed_channel_resolver(this.channels.clone())
+                .with_distributed_local_worker_context(
+                    this.worker
+                        .to_local_worker_context(this.map.local().url.clone()),
+                )
+                .with_distributed_desired_task_count_handler(plan::TaskCount(this.map.clone()))
+                .with_distributed_scale_up_leaf_node_handler(plan::Shares(this.map.clone()))
+                .with_distributed_route_tasks_handler(plan::Route(this.map.clone()))
+        })
+    }
+
+    /// Renders a plan spanning nodes as its stages, with the node of each task.
+    pub fn explain(&self) -> ExplainHook {
+        Arc::new(|plan| {
+            plan.downcast_ref::<DistributedExec>()
+                .map(|_| display_plan_ascii(plan.as_ref(), false))
+        })
+    }
+
+    /// Serves node-to-node calls on `listener` until `shutdown` completes.
+    ///
+    /// # Errors
+    /// The server failing.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<()> {
+        let service = InterceptedService::new(
+            self.worker.clone().into_worker_server(),
+            SecretCheck {
+                secret: self.secret.clone(),
+            },
+        );
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

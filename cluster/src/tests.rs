@@ -1,0 +1,135 @@
+//! Unit tests of the map, the secret check and the scan codec.
+
+use crate::map::{ClusterMap, LocalNode, node_url};
+use crate::worker::{SECRET_HEADER, SecretCheck};
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use strata_proto::{Feed, Held, HeldPartition, Membership, NodeStatus, Stall, StreamName};
+use tonic::service::Interceptor;
+
+struct Peers(Vec<NodeStatus>);
+
+#[async_trait]
+impl Membership for Peers {
+    fn peers(&self) -> BTreeMap<String, NodeStatus> {
+        self.0.iter().map(|s| (s.node.clone(), s.clone())).collect()
+    }
+    fn publish_every(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn stale_after(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+    async fn publish(&self, _status: &NodeStatus) -> strata_proto::Result<()> {
+        Ok(())
+    }
+}
+
+struct Holds(Vec<u32>, bool);
+
+#[async_trait]
+impl Feed for Holds {
+    fn held(&self) -> Option<Vec<Held>> {
+        let s = StreamName::new("orders").unwrap();
+        Some(self.0.iter().map(|&p| (s.clone(), p, None)).collect())
+    }
+    fn stalled(&self) -> Vec<Stall> {
+        Vec::new()
+    }
+    fn serving(&self, _stream: &StreamName, _partition: u32) -> bool {
+        self.1
+    }
+    async fn stop(&self, _limit: Duration) {}
+}
+
+fn status(node: &str, age_ms: i64, partitions: &[(u32, bool)]) -> NodeStatus {
+    NodeStatus {
+        node: node.into(),
+        role: "store".into(),
+        http: "127.0.0.1:1".into(),
+        cluster: Some(format!("127.0.0.1:{}", 9000 + node.len())),
+        updated_ms: chrono_now() - age_ms,
+        partitions: partitions
+            .iter()
+            .map(|&(partition, serving)| HeldPartition {
+                stream: "orders".into(),
+                partition,
+                stored_offset: 0,
+                log_end_offset: None,
+                lag: None,
+                serving,
+            })
+            .collect(),
+    }
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn map(peers: Vec<NodeStatus>) -> ClusterMap {
+    ClusterMap::new(
+        LocalNode {
+            id: "me".into(),
+            url: node_url("127.0.0.1:7000").unwrap(),
+        },
+        Arc::new(Peers(peers)),
+    )
+}
+
+#[test]
+fn holders_prefer_this_node_then_the_freshest_serving_peer() {
+    let map = map(vec![
+        status("a", 5000, &[(0, true), (1, true)]),
+        status("bb", 100, &[(1, true), (2, false)]),
+        // Gone: its status is older than stale_after.
+        status("ccc", 60_000, &[(3, true)]),
+    ]);
+    map.set_feed(Arc::new(Holds(vec![0], true)));
+    let holders = map.holders("orders", &[0, 1]).unwrap();
+    assert_eq!(
+        holders,
+        BTreeMap::from([("me".to_owned(), vec![0]), ("bb".to_owned(), vec![1])])
+    );
+    // Partition 2 is held by a node still catching up, 3 by a node that is gone: no answer.
+    for p in [2, 3] {
+        let err = map.holders("orders", &[p]).unwrap_err();
+        assert!(
+            matches!(&err, strata_views::Error::Unavailable(m) if m.contains(&format!("partition {p} of orders")) && m.contains("retry")),
+            "{err}"
+        );
+    }
+    assert_eq!(map.url_of("bb").unwrap().as_str(), "http://127.0.0.1:9002/");
+    assert!(map.url_of("ccc").is_none());
+    // A partition this node holds but has not caught up with is not served from here.
+    let map = self::map(vec![status("a", 0, &[(0, true)])]);
+    map.set_feed(Arc::new(Holds(vec![0], false)));
+    assert_eq!(
+        map.holders("orders", &[0]).unwrap(),
+        BTreeMap::from([("a".to_owned(), vec![0])])
+    );
+}
+
+#[test]
+fn node_to_node_calls_need_the_secret() {
+    let mut check = SecretCheck {
+        secret: "s3cret-s3cret-s3cret".into(),
+    };
+    let refused = check.call(tonic::Request::new(())).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let mut wrong = tonic::Request::new(());
+    wrong
+        .metadata_mut()
+        .insert(SECRET_HEADER, "s3cret-s3cret-s3creT".parse().unwrap());
+    assert!(check.call(wrong).is_err());
+    let mut right = tonic::Request::new(());
+    right
+        .metadata_mut()
+        .insert(SECRET_HEADER, "s3cret-s3cret-s3cret".parse().unwrap());
+    assert!(check.call(right).is_ok());
+}

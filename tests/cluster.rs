@@ -1,0 +1,493 @@
+//! Cluster-wide SQL on the real broker (Tansu from scripts/test.sh): one ingest node and three
+//! store nodes, each taking node-to-node calls. Every node answers for every partition, equal to a
+//! recomputation here; partial aggregates run on the holders; user grants and the cluster secret
+//! hold; and while a store node is killed and restarted every answer is complete or a clear 503.
+
+use crate::common::*;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "cluster-test-secret-0123456789";
+
+const AUTH: &str = r#"
+[auth]
+public_metrics = true
+
+[[auth.tokens]]
+name = "ops"
+token = "ops-secret"
+scopes = ["read", "write", "admin"]
+
+[[auth.tokens]]
+name = "orders-analyst"
+token = "analyst-secret"
+scopes = ["read"]
+streams = ["orders"]
+"#;
+
+/// A cluster of one ingest node and three store nodes sharing a log, a group and a secret.
+struct Cluster {
+    _tmp: tempfile::TempDir,
+    nodes: Vec<Server>,
+}
+
+impl Cluster {
+    fn start(auth: &str) -> Option<Cluster> {
+        kafka_brokers()?;
+        let config = format!(
+            "[cluster]\nsecret = \"{SECRET}\"\n{auth}{}",
+            kafka_section(&unique("t"), &unique("g"))
+        );
+        let (tmp, dir) = data_dir();
+        let nodes = [
+            ("i", "ingest"),
+            ("s1", "store"),
+            ("s2", "store"),
+            ("s3", "store"),
+        ]
+        .into_iter()
+        .map(|(name, role)| {
+            Server::start_with(
+                Backend::Kafka,
+                &dir.join(name),
+                &config,
+                &[
+                    "--role",
+                    role,
+                    "--node-id",
+                    name,
+                    "--cluster-listen",
+                    "127.0.0.1:0",
+                ],
+            )
+        })
+        .collect();
+        Some(Cluster { _tmp: tmp, nodes })
+    }
+
+    fn ingest(&self) -> &Server {
+        &self.nodes[0]
+    }
+}
+
+/// Runs SQL with a bearer token (and `after` tokens); returns the status and the JSON body.
+fn query(server: &Server, token: Option<&str>, sql: &str, after: &[String]) -> (u16, Value) {
+    let mut request = http()
+        .post(server.url("/v1/sql"))
+        .json(&json!({"sql": sql, "after": after, "timeout_ms": 20000}));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let resp = request.send().unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(Value::Null))
+}
+
+fn put_stream(server: &Server, token: Option<&str>, name: &str, partitions: u32) {
+    let mut request = http()
+        .put(server.url(&format!("/v1/streams/{name}")))
+        .json(&json!({ "partitions": partitions }));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let status = request.send().unwrap().status().as_u16();
+    assert_eq!(status, 201, "creating {name}");
+}
+
+/// Appends NDJSON lines; returns the consistency token.
+fn append_lines(server: &Server, token: Option<&str>, stream: &str, lines: &[String]) -> String {
+    let mut request = http()
+        .post(server.url(&format!("/v1/streams/{stream}/events")))
+        .header("content-type", "application/x-ndjson")
+        .body(lines.join("\n"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let resp = request.send().unwrap();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().unwrap();
+    assert_eq!(status, 200, "append: {body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
+/// The events of the test, and what every query over them must answer.
+struct Data {
+    orders: Vec<Value>,
+    refunds: Vec<Value>,
+}
+
+const BASE_MS: i64 = 1_714_521_600_000;
+const COUNTRIES: [&str; 4] = ["NL", "DE", "FR", "US"];
+
+impl Data {
+    fn new(n: usize) -> Data {
+        let orders = (0..n)
+            .map(|i| {
+                json!({
+                    "key": format!("k{}", i % 50),
+                    "id": format!("o{i}"),
+                    "time": BASE_MS + i as i64 * 1000,
+                    "data": {"country": COUNTRIES[(i * 7 + i / 3) % 4], "amount": (i * 13) % 97},
+                })
+            })
+            .collect();
+        let refunds = (0..n / 10)
+            .map(|i| {
+                json!({
+                    "id": format!("r{i}"),
+                    "time": BASE_MS + i as i64 * 5000,
+                    "data": {"order": format!("o{}", i * 10 + 3), "refund": i % 7},
+                })
+            })
+            .collect();
+        Data { orders, refunds }
+    }
+
+    fn lines(events: &[Value]) -> Vec<String> {
+        events.iter().map(Value::to_string).collect()
+    }
+
+    /// Per country: (count, sum of amount).
+    fn by_country(&self) -> Value {
+        let mut groups: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for o in &self.orders {
+            let g = groups
+                .entry(o["data"]["country"].as_str().unwrap().to_owned())
+                .or_default();
+            g.0 += 1;
+            g.1 += o["data"]["amount"].as_u64().unwrap();
+        }
+        Value::Array(
+            groups
+                .into_iter()
+                .map(|(c, (n, s))| json!({"c": c, "n": n, "s": s}))
+                .collect(),
+        )
+    }
+}
+
+/// The queries every node must answer alike, with the answer recomputed from `data`.
+fn expectations(data: &Data) -> Vec<(String, Value)> {
+    let orders = &data.orders;
+    let in_range = orders
+        .iter()
+        .filter(|o| {
+            let t = o["time"].as_i64().unwrap();
+            (BASE_MS + 600_000..BASE_MS + 1_200_000).contains(&t)
+        })
+        .count();
+    let k7: Vec<&Value> = orders.iter().filter(|o| o["key"] == "k7").collect();
+    let k7_sum: u64 = k7
+        .iter()
+        .map(|o| o["data"]["amount"].as_u64().unwrap())
+        .sum();
+    let mut latest: Vec<&Value> = orders.iter().collect();
+    latest.sort_by_key(|o| std::cmp::Reverse(o["time"].as_i64().unwrap()));
+    let latest: Vec<Value> = latest[..5].iter().map(|o| json!({"id": o["id"]})).collect();
+    let keys: BTreeSet<&str> = orders.iter().map(|o| o["key"].as_str().unwrap()).collect();
+    let ids: BTreeSet<&str> = orders.iter().map(|o| o["id"].as_str().unwrap()).collect();
+    let joined: Vec<&Value> = data
+        .refunds
+        .iter()
+        .filter(|r| ids.contains(r["data"]["order"].as_str().unwrap()))
+        .collect();
+    let refunded: u64 = joined
+        .iter()
+        .map(|r| r["data"]["refund"].as_u64().unwrap())
+        .sum();
+    vec![
+        (
+            "SELECT data->>'country' AS c, count(*) AS n, sum(CAST(data->>'amount' AS BIGINT)) AS s \
+             FROM orders GROUP BY 1 ORDER BY 1"
+                .into(),
+            data.by_country(),
+        ),
+        (
+            "SELECT count(*) AS n FROM orders \
+             WHERE time >= '2024-05-01T00:10:00Z' AND time < '2024-05-01T00:20:00Z'"
+                .into(),
+            json!([{"n": in_range}]),
+        ),
+        (
+            "SELECT count(*) AS n, sum(CAST(data->>'amount' AS BIGINT)) AS s FROM orders WHERE key = 'k7'"
+                .into(),
+            json!([{"n": k7.len(), "s": k7_sum}]),
+        ),
+        (
+            "SELECT id FROM orders ORDER BY time DESC LIMIT 5".into(),
+            Value::Array(latest),
+        ),
+        (
+            "SELECT count(*) AS n, count(DISTINCT key) AS k FROM orders".into(),
+            json!([{"n": orders.len(), "k": keys.len()}]),
+        ),
+        (
+            "SELECT count(*) AS n, sum(CAST(r.data->>'refund' AS BIGINT)) AS s \
+             FROM orders o JOIN refunds r ON o.id = (r.data->>'order')"
+                .into(),
+            json!([{"n": joined.len(), "s": refunded}]),
+        ),
+    ]
+}
+
+/// Loads `data` through the ingest node and waits (bounded) until the cluster answers for all of
+/// it, using the appends' tokens (read-your-writes across nodes).
+fn load(cluster: &Cluster, token: Option<&str>, data: &Data) {
+    let ingest = cluster.ingest();
+    put_stream(ingest, token, "orders", 6);
+    put_stream(ingest, token, "refunds", 3);
+    let mut after = Vec::new();
+    for chunk in Data::lines(&data.orders).chunks(500) {
+        after.push(append_lines(ingest, token, "orders", chunk));
+    }
+    after.push(append_lines(
+        ingest,
+        token,
+        "refunds",
+        &Data::lines(&data.refunds),
+    ));
+    // Until the group has spread the partitions (and the holders caught up), a query is a 503.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (status, body) = query(ingest, token, "SELECT count(*) AS n FROM orders", &after);
+        if status == 200 {
+            // The tokens were waited for on the holders: every event is there at once.
+            assert_eq!(body, json!([{"n": data.orders.len()}]));
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "the cluster did not come up: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The `output_rows` of the shuffle feeding the final aggregate, from `EXPLAIN ANALYZE`.
+fn shuffled_rows(plan: &str) -> u64 {
+    let line = plan
+        .lines()
+        .find(|l| l.contains("NetworkShuffleExec"))
+        .unwrap_or_else(|| panic!("no shuffle in\n{plan}"));
+    let at = line.find("output_rows=").unwrap() + "output_rows=".len();
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn plan_text(body: &Value, kind: &str) -> String {
+    body.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["plan_type"] == kind)
+        .map(|r| r["plan"].as_str().unwrap().to_owned())
+        .unwrap_or_else(|| panic!("no {kind} in {body}"))
+}
+
+#[test]
+fn every_node_answers_sql_over_every_partition() {
+    let Some(cluster) = Cluster::start(AUTH) else {
+        eprintln!("no Kafka broker (STRATA_TEST_KAFKA_BROKERS); skipped");
+        return;
+    };
+    let ops = Some("ops-secret");
+    let data = Data::new(3000);
+    load(&cluster, ops, &data);
+
+    for (sql, expected) in expectations(&data) {
+        for node in &cluster.nodes {
+            let (status, body) = query(node, ops, &sql, &[]);
+            assert_eq!(status, 200, "{sql} on {}: {body}", node.base);
+            assert_eq!(body, expected, "{sql} on {}", node.base);
+        }
+    }
+
+    // EXPLAIN shows the stages and the node running each task.
+    let (status, body) = query(
+        cluster.ingest(),
+        ops,
+        "EXPLAIN SELECT data->>'country', count(*) FROM orders GROUP BY 1",
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    let plan = plan_text(&body, "distributed_plan");
+    assert!(plan.contains("Stage 1"), "{plan}");
+    let nodes: BTreeSet<&str> = ["node=s1", "node=s2", "node=s3"]
+        .into_iter()
+        .filter(|n| plan.contains(n))
+        .collect();
+    assert_eq!(nodes.len(), 3, "every store node runs a share:\n{plan}");
+
+    // The holders aggregate before anything crosses the network: at most groups × partitions
+    // rows are shuffled, not the 3000 events.
+    let (status, body) = query(
+        cluster.ingest(),
+        ops,
+        "EXPLAIN ANALYZE SELECT data->>'country', count(*) FROM orders GROUP BY 1",
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    let plan = plan_text(&body, "Plan with Metrics");
+    let shuffled = shuffled_rows(&plan);
+    assert!(shuffled <= 4 * 6, "{shuffled} rows shuffled:\n{plan}");
+    eprintln!("GROUP BY country over 3000 events shuffled {shuffled} rows between nodes");
+
+    // Grants are checked on the receiving node against the whole plan.
+    let analyst = Some("analyst-secret");
+    let (status, body) = query(
+        &cluster.nodes[2],
+        analyst,
+        "SELECT count(*) AS n FROM orders",
+        &[],
+    );
+    assert_eq!((status, body), (200, json!([{"n": 3000}])));
+    let join = "SELECT count(*) FROM orders o JOIN refunds r ON o.id = (r.data->>'order')";
+    let (status, body) = query(cluster.ingest(), analyst, join, &[]);
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("refunds"),
+        "{body}"
+    );
+
+    // Node-to-node calls without the cluster secret are refused.
+    let (_, status) = http_json(cluster.ingest(), ops, "/v1/cluster");
+    let addresses: Vec<String> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["cluster"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(addresses.len(), 4, "{status}");
+    for address in &addresses {
+        assert_eq!(
+            worker_info(address, None),
+            Err(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(
+            worker_info(address, Some("wrong-secret-wrong-secret")),
+            Err(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(worker_info(address, Some(SECRET)), Ok(()));
+    }
+}
+
+fn http_json(server: &Server, token: Option<&str>, path: &str) -> (u16, Value) {
+    let mut request = http().get(server.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let resp = request.send().unwrap();
+    (resp.status().as_u16(), resp.json().unwrap_or(Value::Null))
+}
+
+/// Calls the node-to-node service's `GetWorkerInfo` at `address`, with `secret` if given.
+fn worker_info(address: &str, secret: Option<&str>) -> Result<(), tonic::Code> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.unwrap();
+        let mut request = tonic::Request::new(());
+        if let Some(secret) = secret {
+            request
+                .metadata_mut()
+                .insert("x-strata-cluster-secret", secret.parse().unwrap());
+        }
+        grpc.unary::<(), (), _>(
+            request,
+            http::uri::PathAndQuery::from_static("/worker.WorkerService/GetWorkerInfo"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|s| s.code())
+    })
+}
+
+#[test]
+fn queries_while_a_store_node_dies_are_complete_or_a_clear_503() {
+    let Some(mut cluster) = Cluster::start("") else {
+        eprintln!("no Kafka broker (STRATA_TEST_KAFKA_BROKERS); skipped");
+        return;
+    };
+    let data = Data::new(2000);
+    load(&cluster, None, &data);
+    let sql = "SELECT data->>'country' AS c, count(*) AS n, sum(CAST(data->>'amount' AS BIGINT)) AS s \
+               FROM orders GROUP BY 1 ORDER BY 1";
+    let expected = data.by_country();
+    let (mut complete, mut unavailable) = (0u32, 0u32);
+    let started = Instant::now();
+    let mut killed = false;
+    let mut restarted = false;
+    while started.elapsed() < Duration::from_secs(40) {
+        if !killed && started.elapsed() > Duration::from_secs(2) {
+            cluster.nodes[2].kill9();
+            killed = true;
+        }
+        if !restarted && started.elapsed() > Duration::from_secs(18) {
+            cluster.nodes[2].restart();
+            restarted = true;
+        }
+        // From the ingest node and from a store node that stays up.
+        for node in [0, 1] {
+            let (status, body) = query(&cluster.nodes[node], None, sql, &[]);
+            match status {
+                200 => {
+                    assert_eq!(
+                        body,
+                        expected,
+                        "a partial answer after {:?}",
+                        started.elapsed()
+                    );
+                    complete += 1;
+                }
+                503 => {
+                    let error = body["error"].as_str().unwrap_or_default();
+                    assert!(error.contains("retry"), "{body}");
+                    unavailable += 1;
+                }
+                other => panic!("{other}: {body}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "while a store node was killed and restarted: {complete} complete answers, {unavailable} × 503"
+    );
+    assert!(
+        complete > 0 && unavailable > 0,
+        "{complete} complete, {unavailable} × 503"
+    );
+    // Once the partitions have settled, every node answers completely again.
+    for node in &cluster.nodes {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = query(node, None, sql, &[]);
+            if status == 200 {
+                assert_eq!(body, expected);
+                break;
+            }
+            assert_eq!(status, 503, "{body}");
+            assert!(
+                Instant::now() < deadline,
+                "{} did not recover: {body}",
+                node.base
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
