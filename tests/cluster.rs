@@ -307,6 +307,41 @@ fn every_node_answers_sql_over_every_partition() {
         }
     }
 
+    // Every node lists each partition's stored offset as its holder reports it.
+    for node in &cluster.nodes {
+        eventually("stored offsets from the holders", || {
+            let (status, info) = http_json(node, ops, "/v1/streams/orders");
+            assert_eq!(status, 200, "{info}");
+            let stored: Option<Vec<u64>> = info["offsets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["stored_offset"].as_u64())
+                .collect();
+            stored.filter(|s| s.len() == 6 && s.iter().sum::<u64>() == 3000)
+        });
+    }
+
+    // Replay of any partition works from any node: the holder streams it.
+    for node in &cluster.nodes {
+        let mut replayed = 0;
+        for p in 0..6 {
+            let (status, lines) = replay_with(node, ops, &format!("partition={p}"));
+            assert_eq!(status, 200, "replay of partition {p} from {}", node.base);
+            let offsets: Vec<u64> = lines
+                .iter()
+                .map(|l| l["offset"].as_u64().unwrap())
+                .collect();
+            assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
+            replayed += lines.len();
+        }
+        assert_eq!(replayed, 3000, "from {}", node.base);
+        let (status, lines) = replay_with(node, ops, "key=k7&limit=10");
+        assert_eq!(status, 200);
+        assert_eq!(lines.len(), 10);
+        assert!(lines.iter().all(|l| l["key"] == "k7"), "{lines:?}");
+    }
+
     // EXPLAIN shows the stages and the node running each task.
     let (status, body) = query(
         cluster.ingest(),
@@ -363,17 +398,41 @@ fn every_node_answers_sql_over_every_partition() {
         .filter_map(|n| n["cluster"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(addresses.len(), 4, "{status}");
+    const WORKER: &str = "/worker.WorkerService/GetWorkerInfo";
+    const FLIGHT: &str = "/arrow.flight.protocol.FlightService/GetFlightInfo";
     for address in &addresses {
+        for path in [WORKER, FLIGHT] {
+            assert_eq!(call(address, path, None), Err(tonic::Code::Unauthenticated));
+            let wrong = Some("wrong-secret-wrong-secret");
+            assert_eq!(
+                call(address, path, wrong),
+                Err(tonic::Code::Unauthenticated)
+            );
+        }
+        assert_eq!(call(address, WORKER, Some(SECRET)), Ok(()));
+        // Past the secret, the replay service only serves DoGet.
         assert_eq!(
-            worker_info(address, None),
-            Err(tonic::Code::Unauthenticated)
+            call(address, FLIGHT, Some(SECRET)),
+            Err(tonic::Code::Unimplemented)
         );
-        assert_eq!(
-            worker_info(address, Some("wrong-secret-wrong-secret")),
-            Err(tonic::Code::Unauthenticated)
-        );
-        assert_eq!(worker_info(address, Some(SECRET)), Ok(()));
     }
+}
+
+/// Replays `orders` with a query string; returns the status and the events.
+fn replay_with(server: &Server, token: Option<&str>, query: &str) -> (u16, Vec<Value>) {
+    let mut request = http().get(server.url(&format!("/v1/streams/orders/events?{query}")));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let resp = request.send().unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().unwrap();
+    let lines = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (status, lines)
 }
 
 fn http_json(server: &Server, token: Option<&str>, path: &str) -> (u16, Value) {
@@ -385,8 +444,9 @@ fn http_json(server: &Server, token: Option<&str>, path: &str) -> (u16, Value) {
     (resp.status().as_u16(), resp.json().unwrap_or(Value::Null))
 }
 
-/// Calls the node-to-node service's `GetWorkerInfo` at `address`, with `secret` if given.
-fn worker_info(address: &str, secret: Option<&str>) -> Result<(), tonic::Code> {
+/// Calls the unary node-to-node method `path` at `address` with an empty message, with `secret`
+/// if given.
+fn call(address: &str, path: &'static str, secret: Option<&str>) -> Result<(), tonic::Code> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -409,7 +469,7 @@ fn worker_info(address: &str, secret: Option<&str>) -> Result<(), tonic::Code> {
         }
         grpc.unary::<(), (), _>(
             request,
-            http::uri::PathAndQuery::from_static("/worker.WorkerService/GetWorkerInfo"),
+            http::uri::PathAndQuery::from_static(path),
             tonic_prost::ProstCodec::default(),
         )
         .await

@@ -95,7 +95,10 @@ fn compose_runs_three_kraft_brokers_and_strata_ingest_and_store_nodes() {
         }
         // Every node takes part in cluster-wide SQL, reachable by its service name.
         assert_eq!(env(node, "STRATA_CLUSTER_LISTEN"), "0.0.0.0:7080");
-        assert_eq!(env(node, "STRATA_CLUSTER_ADVERTISE"), format!("{name}:7080"));
+        assert_eq!(
+            env(node, "STRATA_CLUSTER_ADVERTISE"),
+            format!("{name}:7080")
+        );
         assert!(env(node, "STRATA_CLUSTER_SECRET").len() >= 16);
         let healthcheck = format!("{:?}", node["healthcheck"]["test"]);
         assert!(healthcheck.contains("/healthz"), "{healthcheck}");

@@ -18,12 +18,14 @@ mod codec;
 mod error;
 mod map;
 mod plan;
+mod replay;
 mod source;
 mod worker;
 
 pub use codec::ScanCodec;
 pub use error::{Error, Result};
 pub use map::{ClusterMap, LocalNode, node_url};
+pub use replay::{ReplayBatches, ReplayTicket};
 pub use source::ClusterSource;
 pub use worker::SECRET_HEADER;
 
@@ -43,6 +45,7 @@ use worker::{Channels, SecretCheck, Sessions};
 #[derive(Clone)]
 pub struct Cluster {
     map: Arc<ClusterMap>,
+    source: Arc<ClusterSource>,
     worker: Worker,
     codec: Arc<ScanCodec>,
     channels: Channels,
@@ -61,7 +64,7 @@ impl Cluster {
         runtime: Arc<RuntimeEnv>,
         secret: &str,
     ) -> Result<Self> {
-        let codec = Arc::new(ScanCodec::new(source));
+        let codec = Arc::new(ScanCodec::new(source.clone()));
         let channels = Channels::new(secret)?;
         let worker = Worker::from_session_builder(Sessions {
             codec: codec.clone(),
@@ -70,6 +73,7 @@ impl Cluster {
         .with_runtime_env(runtime);
         Ok(Self {
             map,
+            source,
             worker,
             codec,
             channels,
@@ -101,6 +105,27 @@ impl Cluster {
         })
     }
 
+    /// Replays one partition from the node serving it (this one, or a peer over the node-to-node
+    /// port).
+    ///
+    /// # Errors
+    /// [`strata_views::Error::Unavailable`] when no live node serves the partition or its holder
+    /// cannot be reached; the holder's refusal.
+    pub async fn replay(&self, ticket: ReplayTicket) -> strata_views::Result<ReplayBatches> {
+        let holders = self.map.holders(&ticket.stream, &[ticket.partition])?;
+        let holder = holders.keys().next().cloned().unwrap_or_default();
+        if holder == self.map.local().id {
+            return replay::local(self.source.clone(), ticket).await;
+        }
+        let url = self.map.url_of(&holder).ok_or_else(|| {
+            strata_views::Error::Unavailable(format!(
+                "node {holder}, which holds partition {} of {}, is gone; retry shortly",
+                ticket.partition, ticket.stream
+            ))
+        })?;
+        replay::fetch(&url, &self.secret, &ticket).await
+    }
+
     /// Renders a plan spanning nodes as its stages, with the node of each task.
     pub fn explain(&self) -> ExplainHook {
         Arc::new(|plan| {
@@ -124,8 +149,17 @@ impl Cluster {
                 secret: self.secret.clone(),
             },
         );
+        let replays = InterceptedService::new(
+            arrow_flight::flight_service_server::FlightServiceServer::new(replay::ReplayServer {
+                source: self.source.clone(),
+            }),
+            SecretCheck {
+                secret: self.secret.clone(),
+            },
+        );
         tonic::transport::Server::builder()
             .add_service(service)
+            .add_service(replays)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await?;
         Ok(())

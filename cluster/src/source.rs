@@ -44,6 +44,23 @@ impl ClusterSource {
         }
     }
 
+    /// The events a replay of one partition held here reads (see [`ReplayTicket`]).
+    pub(crate) fn replay(&self, t: &crate::ReplayTicket) -> Result<Batches> {
+        let stream = StreamName::new(&t.stream).map_err(|e| Error::Invalid(e.to_string()))?;
+        let store = self.holding(&stream, t.partition)?;
+        let mut start = t.from;
+        if let Some(time) = t.from_time {
+            start = start.max(store.offset_for_time(&stream, t.partition, time)?);
+        }
+        let request = ScanRequest {
+            offsets: start..u64::MAX,
+            key: t.key.clone(),
+            limit: Some(t.limit),
+            ..ScanRequest::all()
+        };
+        self.scan(&stream, t.partition, request)
+    }
+
     fn store(&self, what: &str) -> Result<&Arc<Store>> {
         self.store
             .as_ref()

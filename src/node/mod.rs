@@ -141,6 +141,7 @@ pub async fn run(
         log,
         store: store.clone(),
         sql,
+        cluster: cluster.as_ref().map(|c| c.cluster.clone()),
         limits: config.limits.clone(),
         default_partitions: config.default_partitions,
         node: NodeInfo {

@@ -64,6 +64,8 @@ pub struct Parts {
     pub store: Option<Arc<Store>>,
     /// The SQL engine (with the store).
     pub sql: Option<Arc<SqlEngine>>,
+    /// This node's part in cluster-wide queries and replays (Kafka with `cluster.listen`).
+    pub cluster: Option<strata_cluster::Cluster>,
     /// Request limits.
     pub limits: Limits,
     /// Partition count of streams created without one.

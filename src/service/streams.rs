@@ -137,6 +137,8 @@ impl StreamService {
         })
     }
 
+    /// The stream with, per partition, the log's end, how far the store has applied it (in a
+    /// cluster: as the partition's holder reports it) and whether it is stalled.
     async fn view(&self, info: &StreamInfo) -> Result<StreamView> {
         let parts = &self.parts;
         let stored: Vec<Option<u64>> = match &parts.store {
@@ -146,6 +148,10 @@ impl StreamService {
                 .map(|s| Some(s.stored_offset))
                 .collect(),
             None => vec![None; info.partitions as usize],
+        };
+        let stored = match parts.node.cluster {
+            Some(_) => from_holders(parts, info, stored),
+            None => stored,
         };
         // The log's end as shown, `null` when the log cannot say (brokers unreachable).
         let ends = futures::future::join_all(
@@ -183,4 +189,43 @@ impl StreamService {
             offsets,
         })
     }
+}
+
+/// In a cluster, each partition's stored offset as its holder reports it: this node's own shard
+/// for the partitions it holds, otherwise the status the holder last published (`null` when no
+/// live node holds it).
+fn from_holders(parts: &Parts, info: &StreamInfo, local: Vec<Option<u64>>) -> Vec<Option<u64>> {
+    let held_here = |p: u32| {
+        parts.node.feed.as_ref().is_some_and(|f| {
+            f.held()
+                .is_none_or(|h| h.iter().any(|(s, q, _)| *s == info.name && *q == p))
+        })
+    };
+    let mut reported: std::collections::HashMap<u32, (i64, u64)> = Default::default();
+    if let Some(membership) = &parts.node.membership {
+        let oldest =
+            chrono::Utc::now().timestamp_millis() - membership.stale_after().as_millis() as i64;
+        for status in membership.peers().into_values() {
+            if status.node == parts.node.id || status.updated_ms < oldest {
+                continue;
+            }
+            for h in status
+                .partitions
+                .iter()
+                .filter(|h| h.stream == info.name.as_str())
+            {
+                let slot = reported.entry(h.partition).or_insert((i64::MIN, 0));
+                if slot.0 < status.updated_ms {
+                    *slot = (status.updated_ms, h.stored_offset);
+                }
+            }
+        }
+    }
+    (0..info.partitions)
+        .zip(local)
+        .map(|(p, own)| match held_here(p) {
+            true => own,
+            false => reported.get(&p).map(|&(_, stored)| stored),
+        })
+        .collect()
 }

@@ -20,6 +20,7 @@ fn services(dir: &std::path::Path) -> Services {
         log,
         store: None,
         sql: None,
+        cluster: None,
         limits: Limits::default(),
         default_partitions: 2,
         node: NodeInfo {
