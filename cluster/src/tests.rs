@@ -133,3 +133,68 @@ fn node_to_node_calls_need_the_secret() {
         .insert(SECRET_HEADER, "s3cret-s3cret-s3cret".parse().unwrap());
     assert!(check.call(right).is_ok());
 }
+
+#[test]
+fn a_scan_travels_whole_and_splits_by_holder() {
+    use crate::codec::ScanCodec;
+    use datafusion::execution::TaskContext;
+    use datafusion::physical_plan::ExecutionPlan;
+    use datafusion_proto::physical_plan::{DefaultPhysicalProtoConverter, PhysicalExtensionCodec};
+    use strata_views::{ScanSpec, ShardSource, StreamScanExec};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        strata_store::Store::open(dir.path(), strata_store::StoreConfig::default()).unwrap();
+    let name = StreamName::new("orders").unwrap();
+    let info = strata_proto::StreamInfo {
+        name: name.clone(),
+        partitions: 4,
+        fields: Vec::new(),
+    };
+    store.set_catalog(Arc::new([(name, info)].into_iter().collect()));
+    let source: Arc<dyn ShardSource> = store;
+    let spec = ScanSpec {
+        stream: "orders".into(),
+        shards: vec![0, 1, 2, 3],
+        width: 4,
+        projection: vec![1, 3, 6],
+        offsets: (5, 90),
+        time: Some((10, 20)),
+        key: Some("c1".into()),
+        limit: Some(7),
+        holder: None,
+        after: vec![(2, 40)],
+        wait_ms: 1500,
+    };
+    let scan = StreamScanExec::from_spec(source.clone(), spec.clone()).unwrap();
+    // A share keeps the rest of the scan, and only the `after` offsets of its own shards.
+    let share = scan.share(vec![2], 2, Some("s2".into())).unwrap();
+    assert_eq!(share.spec().after, vec![(2, 40)]);
+    assert_eq!(share.properties().partitioning.partition_count(), 2);
+    assert_eq!(scan.share(vec![1], 1, None).unwrap().spec().after, vec![]);
+    assert!(
+        scan.share(vec![1, 3], 1, None).is_err(),
+        "narrower than its shards"
+    );
+
+    let codec = ScanCodec::new(source);
+    let converter = DefaultPhysicalProtoConverter {};
+    let mut buf = Vec::new();
+    codec
+        .try_encode(Arc::new(share), &mut buf, &converter)
+        .unwrap();
+    let decoded = codec
+        .try_decode(&buf, &[], &TaskContext::default(), &converter)
+        .unwrap();
+    let decoded = decoded.downcast_ref::<StreamScanExec>().unwrap();
+    assert_eq!(decoded.spec().shards, vec![2]);
+    assert_eq!(decoded.spec().holder.as_deref(), Some("s2"));
+    assert_eq!(decoded.spec().key.as_deref(), Some("c1"));
+    assert_eq!(decoded.schema().fields().len(), 3);
+    // Garbage is refused, not decoded into something.
+    assert!(
+        codec
+            .try_decode(b"{", &[], &TaskContext::default(), &converter)
+            .is_err()
+    );
+}
