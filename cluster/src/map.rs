@@ -164,20 +164,14 @@ impl ClusterMap {
     }
 }
 
-impl WorkerResolver for ClusterMap {
-    fn get_urls(&self) -> Result<Vec<Url>, DataFusionError> {
-        let mut urls = vec![self.local.url.clone()];
-        urls.extend(self.peers().into_values().map(|(url, _, _)| url));
-        Ok(urls)
-    }
-}
-
-/// A shared [`ClusterMap`] as a worker resolver.
+/// A shared [`ClusterMap`] as the planner's worker resolver: this node and every live peer.
 #[derive(Clone, Debug)]
 pub(crate) struct Resolver(pub(crate) Arc<ClusterMap>);
 
 impl WorkerResolver for Resolver {
     fn get_urls(&self) -> Result<Vec<Url>, DataFusionError> {
-        self.0.get_urls()
+        let mut urls = vec![self.0.local.url.clone()];
+        urls.extend(self.0.peers().into_values().map(|(url, _, _)| url));
+        Ok(urls)
     }
 }

@@ -17,6 +17,8 @@ pub(super) struct ClusterPart {
     pub(super) listener: TcpListener,
     /// The address other nodes use (published in the node status).
     pub(super) advertise: String,
+    /// The shards as cluster queries read them here.
+    pub(super) source: Arc<ClusterSource>,
 }
 
 /// Binds the node-to-node listener, if `cluster.listen` is set on a log with membership.
@@ -30,7 +32,7 @@ pub(super) async fn open(
     log: &Arc<dyn Log>,
     store: Option<&Arc<Store>>,
     runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
-) -> Result<Option<(ClusterPart, Arc<ClusterSource>)>> {
+) -> Result<Option<ClusterPart>> {
     let (Some(listen), Some(membership)) = (&config.cluster.listen, membership) else {
         return Ok(None);
     };
@@ -60,14 +62,12 @@ pub(super) async fn open(
     ));
     let cluster = Cluster::new(map, source.clone(), runtime, secret)?;
     tracing::info!(%bound, %advertise, "taking node-to-node calls for cluster queries");
-    Ok(Some((
-        ClusterPart {
-            cluster,
-            listener,
-            advertise,
-        },
+    Ok(Some(ClusterPart {
+        cluster,
+        listener,
+        advertise,
         source,
-    )))
+    }))
 }
 
 /// The SQL engine of a node: over the cluster when it takes part in one, over its own store
@@ -76,15 +76,15 @@ pub(super) async fn open(
 /// # Errors
 /// DataFusion refusing the configuration.
 pub(super) fn engine(
-    cluster: Option<(&ClusterPart, Arc<ClusterSource>)>,
+    cluster: Option<&ClusterPart>,
     store: Option<&Arc<Store>>,
     log: &Arc<dyn Log>,
     runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
 ) -> Result<Option<Arc<SqlEngine>>> {
     let parts = match (cluster, store) {
-        (Some((part, source)), _) => EngineParts {
+        (Some(part), _) => EngineParts {
             store: store.cloned(),
-            tables: source,
+            tables: part.source.clone(),
             log: Some(log.clone()),
             runtime,
             distribute: Some(part.cluster.hook()),

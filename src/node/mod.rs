@@ -76,15 +76,7 @@ pub async fn run(
         runtime.clone(),
     )
     .await?;
-    let sql = cluster::engine(
-        cluster
-            .as_ref()
-            .map(|(part, source)| (part, source.clone())),
-        store.as_ref(),
-        &log,
-        runtime,
-    )?;
-    let cluster = cluster.map(|(part, _)| part);
+    let sql = cluster::engine(cluster.as_ref(), store.as_ref(), &log, runtime)?;
     let background_stop = CancellationToken::new();
     if let Some(engine) = &sql {
         // Views load before the consumers start, so that their commits maintain them at once.
