@@ -399,7 +399,8 @@ impl Client {
         write_table(&rows, out)
     }
 
-    /// Writes the materialized views with rows, applied offsets, lag and status as a table to `out`.
+    /// Writes the materialized views with rows, applied offsets (`partition:offset`, with `@node`
+    /// in a cluster), lag and status as a table to `out`.
     pub async fn views(&self, out: &mut impl Write) -> Result<()> {
         let resp = self
             .http
@@ -434,7 +435,10 @@ impl Client {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|p| format!("{}:{}", p["partition"], p["applied"]))
+                .map(|p| match p["node"].as_str() {
+                    Some(node) => format!("{}:{}@{node}", p["partition"], p["applied"]),
+                    None => format!("{}:{}", p["partition"], p["applied"]),
+                })
                 .collect::<Vec<_>>()
                 .join(",");
             rows.push(vec![

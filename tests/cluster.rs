@@ -27,13 +27,13 @@ streams = ["orders"]
 "#;
 
 /// A cluster of one ingest node and three store nodes sharing a log, a group and a secret.
-struct Cluster {
+pub(crate) struct Cluster {
     _tmp: tempfile::TempDir,
-    nodes: Vec<Server>,
+    pub(crate) nodes: Vec<Server>,
 }
 
 impl Cluster {
-    fn start(auth: &str) -> Option<Cluster> {
+    pub(crate) fn start(auth: &str) -> Option<Cluster> {
         kafka_brokers()?;
         let config = format!(
             "[cluster]\nsecret = \"{SECRET}\"\n{auth}{}",
@@ -66,13 +66,18 @@ impl Cluster {
         Some(Cluster { _tmp: tmp, nodes })
     }
 
-    fn ingest(&self) -> &Server {
+    pub(crate) fn ingest(&self) -> &Server {
         &self.nodes[0]
     }
 }
 
 /// Runs SQL with a bearer token (and `after` tokens); returns the status and the JSON body.
-fn query(server: &Server, token: Option<&str>, sql: &str, after: &[String]) -> (u16, Value) {
+pub(crate) fn query(
+    server: &Server,
+    token: Option<&str>,
+    sql: &str,
+    after: &[String],
+) -> (u16, Value) {
     let mut request = http()
         .post(server.url("/v1/sql"))
         .json(&json!({"sql": sql, "after": after, "timeout_ms": 20000}));
@@ -96,7 +101,12 @@ fn put_stream(server: &Server, token: Option<&str>, name: &str, partitions: u32)
 }
 
 /// Appends NDJSON lines; returns the consistency token.
-fn append_lines(server: &Server, token: Option<&str>, stream: &str, lines: &[String]) -> String {
+pub(crate) fn append_lines(
+    server: &Server,
+    token: Option<&str>,
+    stream: &str,
+    lines: &[String],
+) -> String {
     let mut request = http()
         .post(server.url(&format!("/v1/streams/{stream}/events")))
         .header("content-type", "application/x-ndjson")
@@ -112,16 +122,16 @@ fn append_lines(server: &Server, token: Option<&str>, stream: &str, lines: &[Str
 }
 
 /// The events of the test, and what every query over them must answer.
-struct Data {
-    orders: Vec<Value>,
+pub(crate) struct Data {
+    pub(crate) orders: Vec<Value>,
     refunds: Vec<Value>,
 }
 
-const BASE_MS: i64 = 1_714_521_600_000;
-const COUNTRIES: [&str; 4] = ["NL", "DE", "FR", "US"];
+pub(crate) const BASE_MS: i64 = 1_714_521_600_000;
+pub(crate) const COUNTRIES: [&str; 4] = ["NL", "DE", "FR", "US"];
 
 impl Data {
-    fn new(n: usize) -> Data {
+    pub(crate) fn new(n: usize) -> Data {
         let orders = (0..n)
             .map(|i| {
                 json!({
@@ -144,7 +154,7 @@ impl Data {
         Data { orders, refunds }
     }
 
-    fn lines(events: &[Value]) -> Vec<String> {
+    pub(crate) fn lines(events: &[Value]) -> Vec<String> {
         events.iter().map(Value::to_string).collect()
     }
 
@@ -233,7 +243,7 @@ fn expectations(data: &Data) -> Vec<(String, Value)> {
 
 /// Loads `data` through the ingest node and waits (bounded) until the cluster answers for all of
 /// it, using the appends' tokens (read-your-writes across nodes).
-fn load(cluster: &Cluster, token: Option<&str>, data: &Data) {
+pub(crate) fn load(cluster: &Cluster, token: Option<&str>, data: &Data) {
     let ingest = cluster.ingest();
     put_stream(ingest, token, "orders", 6);
     put_stream(ingest, token, "refunds", 3);
@@ -435,7 +445,7 @@ fn replay_with(server: &Server, token: Option<&str>, query: &str) -> (u16, Vec<V
     (status, lines)
 }
 
-fn http_json(server: &Server, token: Option<&str>, path: &str) -> (u16, Value) {
+pub(crate) fn http_json(server: &Server, token: Option<&str>, path: &str) -> (u16, Value) {
     let mut request = http().get(server.url(path));
     if let Some(token) = token {
         request = request.bearer_auth(token);

@@ -6,6 +6,7 @@ mod api;
 mod bench;
 mod cli;
 mod cluster;
+mod cluster_views;
 mod compose;
 mod corruption;
 mod crash;

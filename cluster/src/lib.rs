@@ -16,17 +16,23 @@
 
 mod codec;
 mod error;
+mod flight;
 mod map;
+mod peers;
 mod plan;
 mod replay;
 mod source;
+mod views;
 mod worker;
 
 pub use codec::ScanCodec;
 pub use error::{Error, Result};
+pub use flight::PeerTicket;
 pub use map::{ClusterMap, LocalNode, node_url};
+pub use peers::PeerTls;
 pub use replay::{ReplayBatches, ReplayTicket};
 pub use source::ClusterSource;
+pub use views::{ProgressRequest, ViewTicket};
 pub use worker::SECRET_HEADER;
 
 use datafusion::execution::runtime_env::RuntimeEnv;
@@ -52,9 +58,17 @@ pub struct Cluster {
     secret: Arc<str>,
 }
 
+/// The certificate and key a TLS server is set up with.
+fn server_tls(tls: &PeerTls) -> tonic::transport::ServerTlsConfig {
+    tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(
+        tls.cert.clone(),
+        tls.key.clone(),
+    ))
+}
+
 impl Cluster {
-    /// This node's part, reading its own shards through `source`, running fragments in `runtime`
-    /// (the same memory limit as local queries), with `secret` on every node-to-node call.
+    /// This node's part, reading its own shards through `source` (whose peers carry the cluster
+    /// secret), running fragments in `runtime` (the same memory limit as local queries).
     ///
     /// # Errors
     /// A secret that cannot travel in a header.
@@ -62,10 +76,15 @@ impl Cluster {
         map: Arc<ClusterMap>,
         source: Arc<ClusterSource>,
         runtime: Arc<RuntimeEnv>,
-        secret: &str,
     ) -> Result<Self> {
         let codec = Arc::new(ScanCodec::new(source.clone()));
-        let channels = Channels::new(secret)?;
+        let channels = Channels::new(source.peers().clone())?;
+        let secret: Arc<str> = source
+            .peers()
+            .secret()
+            .to_str()
+            .map_err(|_| Error::Config("cluster.secret must be printable ASCII".into()))?
+            .into();
         let worker = Worker::from_session_builder(Sessions {
             codec: codec.clone(),
             channels: channels.clone(),
@@ -77,7 +96,7 @@ impl Cluster {
             worker,
             codec,
             channels,
-            secret: secret.into(),
+            secret,
         })
     }
 
@@ -123,7 +142,10 @@ impl Cluster {
                 ticket.partition, ticket.stream
             ))
         })?;
-        replay::fetch(&url, &self.secret, &ticket).await
+        self.source
+            .peers()
+            .get(&url, &PeerTicket::Replay(ticket))
+            .await
     }
 
     /// Renders a plan spanning nodes as its stages, with the node of each task.
@@ -150,14 +172,18 @@ impl Cluster {
             },
         );
         let replays = InterceptedService::new(
-            arrow_flight::flight_service_server::FlightServiceServer::new(replay::ReplayServer {
+            arrow_flight::flight_service_server::FlightServiceServer::new(flight::PeerServer {
                 source: self.source.clone(),
             }),
             SecretCheck {
                 secret: self.secret.clone(),
             },
         );
-        tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = self.source.peers().tls() {
+            server = server.tls_config(server_tls(tls))?;
+        }
+        server
             .add_service(service)
             .add_service(replays)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

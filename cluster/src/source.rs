@@ -1,40 +1,130 @@
 //! The shards as a cluster query sees them from one node: the streams of the log's catalog, and
 //! the partitions this node holds now. A scan of a partition held elsewhere fails as retryable —
 //! a cluster plan sends each scan to the holder, so that only happens when a partition moved.
+//! Materialized views are read from every holder and merged (see [`crate::views`]).
 
 use crate::map::ClusterMap;
+use crate::peers::{PeerTls, Peers};
 use arrow::array::RecordBatch;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use strata_proto::{Catalog, StreamName};
 use strata_store::{ScanRequest, ShardStatus, Store};
-use strata_views::{Batches, Error, Result, ShardSource};
+use strata_views::{Batches, Error, Result, ShardSource, ViewProgress};
 use tokio::sync::watch;
+use url::Url;
 
-/// This node's share of the cluster's shards.
-#[derive(Debug)]
+/// This node's share of the cluster's shards, and its way to the other holders' view states.
 pub struct ClusterSource {
     catalog: watch::Receiver<Catalog>,
     store: Option<Arc<Store>>,
     map: Arc<ClusterMap>,
+    peers: Arc<Peers>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for ClusterSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSource")
+            .field("map", &self.map)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClusterSource {
     /// The shards of `store` (if this node has one) that `map` says this node holds, with the
-    /// streams of `catalog`.
+    /// streams of `catalog`; peers are called with `secret`, over TLS with `tls`. Call inside a
+    /// Tokio runtime, whose handle runs the calls to peers.
+    ///
+    /// # Errors
+    /// A secret that cannot travel in a header.
     pub fn new(
         catalog: watch::Receiver<Catalog>,
         store: Option<Arc<Store>>,
         map: Arc<ClusterMap>,
-    ) -> Self {
-        Self {
+        secret: &str,
+        tls: Option<PeerTls>,
+    ) -> crate::Result<Self> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| crate::Error::Config(format!("the cluster needs a runtime: {e}")))?;
+        Ok(Self {
             catalog,
             store,
             map,
+            peers: Arc::new(Peers::new(secret, tls)?),
+            runtime,
+        })
+    }
+
+    pub(crate) fn map(&self) -> &Arc<ClusterMap> {
+        &self.map
+    }
+
+    pub(crate) fn peers(&self) -> &Arc<Peers> {
+        &self.peers
+    }
+
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+
+    /// The partitions of `stream`.
+    pub(crate) fn partitions(&self, stream: &StreamName) -> Result<Vec<u32>> {
+        self.catalog
+            .borrow()
+            .get(stream)
+            .map(|i| (0..i.partitions).collect())
+            .ok_or_else(|| Error::Invalid(format!("unknown stream {stream}")))
+    }
+
+    /// Every partition of `stream` by the node holding it: `None` for this node, else the
+    /// holder's URL.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] naming a partition without a live holder.
+    pub(crate) fn spread(&self, stream: &StreamName) -> Result<Vec<(Option<Url>, Vec<u32>)>> {
+        let holders = self
+            .map
+            .holders(stream.as_str(), &self.partitions(stream)?)?;
+        self.located(holders)
+    }
+
+    /// [`ClusterSource::spread`] of the `partitions` that have a live holder (the rest left out).
+    pub(crate) fn spread_live(
+        &self,
+        stream: &StreamName,
+        partitions: &[u32],
+    ) -> Vec<(Option<Url>, Vec<u32>)> {
+        let mut holders: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for &p in partitions {
+            if let Ok(h) = self.map.holders(stream.as_str(), &[p]) {
+                for (node, ps) in h {
+                    holders.entry(node).or_default().extend(ps);
+                }
+            }
         }
+        self.located(holders).unwrap_or_default()
+    }
+
+    fn located(&self, holders: BTreeMap<String, Vec<u32>>) -> Result<Vec<(Option<Url>, Vec<u32>)>> {
+        holders
+            .into_iter()
+            .map(|(node, partitions)| {
+                if node == self.map.local().id {
+                    return Ok((None, partitions));
+                }
+                let url = self.map.url_of(&node).ok_or_else(|| {
+                    Error::Unavailable(format!(
+                        "node {node}, which holds partitions {partitions:?}, is gone; retry shortly"
+                    ))
+                })?;
+                Ok((Some(url), partitions))
+            })
+            .collect()
     }
 
     /// The store, if it holds `partition` of `stream` now.
-    fn holding(&self, stream: &StreamName, partition: u32) -> Result<&Arc<Store>> {
+    pub(crate) fn holding(&self, stream: &StreamName, partition: u32) -> Result<&Arc<Store>> {
         match &self.store {
             Some(store) if self.map.holds_locally(stream, partition) => Ok(store),
             _ => Err(Error::Unavailable(format!(
@@ -61,7 +151,7 @@ impl ClusterSource {
         self.scan(&stream, t.partition, request)
     }
 
-    fn store(&self, what: &str) -> Result<&Arc<Store>> {
+    pub(crate) fn store(&self, what: &str) -> Result<&Arc<Store>> {
         self.store
             .as_ref()
             .ok_or_else(|| Error::WrongRole(format!("this node keeps no shards, so no {what}")))
@@ -97,12 +187,16 @@ impl ShardSource for ClusterSource {
         Ok(self.store("row counts")?.status(stream)?)
     }
 
-    fn view_groups(&self, name: &str) -> Result<Vec<Vec<u8>>> {
-        self.store("materialized views")?.view_groups(name)
+    fn view_groups(&self, stream: &StreamName, name: &str) -> Result<Vec<Vec<u8>>> {
+        self.read_view(stream, name, None)
     }
 
-    fn view_get(&self, name: &str, keys: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
-        self.store("materialized views")?.view_get(name, keys)
+    fn view_get(&self, stream: &StreamName, name: &str, keys: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+        self.read_view(stream, name, Some(keys))
+    }
+
+    fn view_progress(&self, stream: &StreamName, name: &str) -> Result<Vec<ViewProgress>> {
+        self.view_progress_all(stream, name)
     }
 
     fn progress(&self, stream: &StreamName, partition: u32) -> Result<watch::Receiver<u64>> {

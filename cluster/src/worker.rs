@@ -3,12 +3,11 @@
 //! peers, which carry that secret.
 
 use crate::codec::ScanCodec;
+use crate::peers::Peers;
 use async_trait::async_trait;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionState;
-use datafusion_distributed::grpc::{
-    BoxCloneSyncChannel, DefaultChannelResolver, create_worker_client,
-};
+use datafusion_distributed::grpc::{BoxCloneSyncChannel, create_worker_client};
 use datafusion_distributed::{
     ChannelResolver, DistributedExt, WorkerChannel, WorkerQueryContext, WorkerSessionBuilder,
 };
@@ -46,22 +45,19 @@ impl Interceptor for SecretCheck {
     }
 }
 
-/// Connections to peers (cached per URL), each request carrying the cluster secret. A peer that
-/// cannot be reached is reported as retryable.
+/// The planner's connections to peers: [`Peers`]' channels (cached per URL, TLS when set), each
+/// request carrying the cluster secret. A peer that cannot be reached is reported as retryable.
 #[derive(Clone)]
 pub(crate) struct Channels {
-    inner: DefaultChannelResolver,
+    peers: Arc<Peers>,
     secret: HeaderValue,
 }
 
 impl Channels {
-    pub(crate) fn new(secret: &str) -> Result<Self, crate::Error> {
-        let secret = HeaderValue::from_str(secret)
+    pub(crate) fn new(peers: Arc<Peers>) -> Result<Self, crate::Error> {
+        let secret = HeaderValue::from_bytes(peers.secret().as_bytes())
             .map_err(|_| crate::Error::Config("cluster.secret must be printable ASCII".into()))?;
-        Ok(Self {
-            inner: DefaultChannelResolver::default(),
-            secret,
-        })
+        Ok(Self { peers, secret })
     }
 }
 
@@ -71,12 +67,11 @@ impl ChannelResolver for Channels {
         &self,
         url: &Url,
     ) -> Result<Box<dyn WorkerChannel>, DataFusionError> {
-        let channel = self.inner.get_channel(url).await.map_err(|e| {
-            DataFusionError::External(Box::new(strata_views::Error::Unavailable(format!(
-                "cannot reach the node at {url} ({}); retry shortly",
-                e.find_root()
-            ))))
-        })?;
+        let channel = self
+            .peers
+            .channel(url)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let secret = self.secret.clone();
         let with_secret = tower::ServiceBuilder::new()
             .map_request(move |mut request: http::Request<tonic::body::Body>| {

@@ -21,7 +21,9 @@ pub use cluster::{Feed, Held, HeldPartition, Membership, NodeStatus, Stall};
 pub use error::{Error, Result};
 pub use event::{Event, Record, format_time_ms, write_ndjson_fields, write_time_ms};
 pub use fields::{FieldDef, FieldSpec, FieldType, FieldValue};
-pub use log::{Catalog, IdLookup, Log, LogReader, OffsetRange, ShardSink, StreamInfo};
+pub use log::{
+    Catalog, IdLookup, Log, LogReader, OffsetRange, ShardSink, SharedView, StreamInfo, ViewCatalog,
+};
 pub use name::StreamName;
 pub use partition::{murmur2, partition_for_key};
 pub use token::ConsistencyToken;

@@ -67,6 +67,21 @@ impl StreamInfo {
 /// Every stream of a log, by name. Cheap to clone.
 pub type Catalog = Arc<BTreeMap<StreamName, StreamInfo>>;
 
+/// A materialized view's definition in a log's shared catalog (`<prefix>__catalog` on Kafka), so
+/// that every node of a cluster knows it and every store node maintains it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedView {
+    /// The view's name (a SQL table name).
+    pub name: String,
+    /// The stream it aggregates.
+    pub stream: StreamName,
+    /// Its `SELECT`, as written.
+    pub query: String,
+}
+
+/// Every view of a log's shared catalog, by name. Cheap to clone.
+pub type ViewCatalog = Arc<BTreeMap<String, SharedView>>;
+
 /// The offsets one append took in a partition, both ends inclusive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OffsetRange {
@@ -95,6 +110,23 @@ pub trait Log: Send + Sync + 'static {
 
     /// The catalog, kept current as streams are created.
     fn catalog(&self) -> watch::Receiver<Catalog>;
+
+    /// The materialized views defined in the log's shared catalog, kept current; `None` when the
+    /// log has no shared catalog of views (the embedded log: its one store keeps its views).
+    fn shared_views(&self) -> Option<watch::Receiver<ViewCatalog>> {
+        None
+    }
+
+    /// Writes view `name`'s definition into the shared catalog (`Some`), or removes it (`None`),
+    /// and returns once this node's catalog shows the change.
+    ///
+    /// # Errors
+    /// [`crate::Error::Unavailable`] when the log has no shared catalog or cannot be written.
+    async fn put_view(&self, name: &str, _def: Option<&SharedView>) -> Result<()> {
+        Err(crate::Error::Unavailable(format!(
+            "this log keeps no shared view catalog, so view {name} cannot be written to it"
+        )))
+    }
 
     /// Appends `events` to one partition, in order, and returns once they are durable.
     async fn append(

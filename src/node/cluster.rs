@@ -1,9 +1,10 @@
 //! A node's part in cluster-wide SQL (Kafka with `cluster.listen`): its node-to-node listener,
-//! the map of who holds what, and the SQL engine whose queries span the cluster.
+//! the map of who holds what, and the SQL engine whose queries span the cluster. With `tls.cert`
+//! and `tls.key`, node-to-node calls use TLS with that certificate, which peers trust.
 
 use crate::{Config, Error, Result};
 use std::sync::Arc;
-use strata_cluster::{Cluster, ClusterMap, ClusterSource, LocalNode, node_url};
+use strata_cluster::{Cluster, ClusterMap, ClusterSource, LocalNode, PeerTls, node_url};
 use strata_proto::{Log, Membership};
 use strata_store::Store;
 use strata_views::{EngineParts, SqlEngine};
@@ -55,13 +56,25 @@ pub(super) async fn open(
         },
         membership.clone(),
     ));
+    let tls = match config.tls.files() {
+        Some((cert, key)) => Some(PeerTls {
+            cert: std::fs::read(cert)
+                .map_err(|e| Error::io(format!("cannot read {}", cert.display()), e))?,
+            key: std::fs::read(key)
+                .map_err(|e| Error::io(format!("cannot read {}", key.display()), e))?,
+        }),
+        None => None,
+    };
+    let over_tls = tls.is_some();
     let source = Arc::new(ClusterSource::new(
         log.catalog(),
         store.cloned(),
         map.clone(),
-    ));
-    let cluster = Cluster::new(map, source.clone(), runtime, secret)?;
-    tracing::info!(%bound, %advertise, "taking node-to-node calls for cluster queries");
+        secret,
+        tls,
+    )?);
+    let cluster = Cluster::new(map, source.clone(), runtime)?;
+    tracing::info!(%bound, %advertise, tls = over_tls, "taking node-to-node calls for cluster queries");
     Ok(Some(ClusterPart {
         cluster,
         listener,

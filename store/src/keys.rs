@@ -71,6 +71,15 @@ pub(crate) fn view_applied_key(generation: u64, partition: u32) -> Vec<u8> {
     key
 }
 
+/// Key of a view group's state on one partition: the partition (big-endian, so one partition's
+/// groups are one range) and the group's key.
+pub(crate) fn view_group_key(partition: u32, group: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4 + group.len());
+    key.extend_from_slice(&partition.to_be_bytes());
+    key.extend_from_slice(group);
+    key
+}
+
 /// The keyspace of view `name`'s groups in generation `generation`.
 pub(crate) fn view_keyspace(name: &str, generation: u64) -> String {
     format!("view.{name}.{generation}")

@@ -360,7 +360,8 @@ impl Store {
     }
 
     /// Creates view `name` over `stream`, maintained by `fold` from now on; its past is folded by
-    /// [`Store::catch_up_view`]. Refuses a name a view or stream already has.
+    /// [`Store::catch_up_view`]. Refuses a name a view or stream already has. `shared` when the
+    /// definition comes from the log's catalog (a cluster's views).
     ///
     /// # Errors
     /// [`Error::ViewExists`], an unknown stream, storage failures.
@@ -369,6 +370,7 @@ impl Store {
         name: &str,
         stream: &StreamName,
         query: &str,
+        shared: bool,
         fold: Arc<dyn ViewFold>,
     ) -> Result<ViewDef> {
         if StreamName::new(name).is_ok_and(|n| self.catalog().contains_key(&n)) {
@@ -377,7 +379,7 @@ impl Store {
             )));
         }
         self.stream(stream)?;
-        self.views.create(name, stream, query, fold)
+        self.views.create(name, stream, query, shared, fold)
     }
 
     /// Folds the stored rows of `partition` that view `name` (or its rebuild) has not applied yet
@@ -484,7 +486,7 @@ impl Store {
         }
         Ok(ViewStatus {
             def: slot.def.clone(),
-            rows: self.views.rows(&slot),
+            rows: self.views.rows(&slot)?,
             partitions,
             error: slot.error(),
             rebuilding,

@@ -262,3 +262,95 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+/// Counts rows into one group per key (value: the count, little-endian).
+struct CountByKey;
+
+impl crate::ViewFold for CountByKey {
+    fn fold(
+        &self,
+        rows: &RecordBatch,
+        stored: &mut crate::ReadGroup<'_>,
+    ) -> crate::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let keys = rows.column(rows.schema().index_of("key").unwrap());
+        let keys = arrow::compute::cast(keys, &arrow::datatypes::DataType::Utf8).unwrap();
+        let keys = keys.as_string::<i32>();
+        let mut counts: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+        for i in 0..keys.len() {
+            *counts.entry(keys.value(i).as_bytes().to_vec()).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .map(|(k, n)| {
+                let before = stored(&k)?.map_or(0, |v| u64::from_le_bytes(v.try_into().unwrap()));
+                Ok((k, (before + n).to_le_bytes().to_vec()))
+            })
+            .collect()
+    }
+}
+
+fn counts(values: Vec<Vec<u8>>) -> u64 {
+    values
+        .iter()
+        .map(|v| u64::from_le_bytes(v.as_slice().try_into().unwrap()))
+        .sum()
+}
+
+#[test]
+fn view_state_is_kept_per_partition_and_old_layouts_are_refolded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 4);
+    let at = |partition: u32, offset: u64, key: &str| Record {
+        partition,
+        ..record(offset, 1000 + offset as i64, Some(key), None)
+    };
+    store
+        .commit(&stream(), 0, (0..3).map(|o| at(0, o, "a")).collect())
+        .unwrap();
+    store
+        .create_view("v", &stream(), "SELECT …", true, Arc::new(CountByKey))
+        .unwrap();
+    for p in 0..2 {
+        store.catch_up_view("v", false, p, &mut |_| {}).unwrap();
+    }
+    store
+        .commit(&stream(), 1, (0..5).map(|o| at(1, o, "a")).collect())
+        .unwrap();
+    // One state per partition and group; each partition read alone, or all together.
+    let views = store.views();
+    assert_eq!(counts(views.groups("v", Some(&[0])).unwrap()), 3);
+    assert_eq!(counts(views.groups("v", Some(&[1])).unwrap()), 5);
+    assert_eq!(views.groups("v", None).unwrap().len(), 2);
+    assert_eq!(counts(views.get("v", &[b"a".to_vec()], None).unwrap()), 8);
+    assert_eq!(
+        views.get("v", &[b"a".to_vec()], Some(&[1])).unwrap().len(),
+        1
+    );
+    assert_eq!(store.view_status("v").unwrap().rows, 1);
+    assert!(store.view_status("v").unwrap().def.shared);
+
+    // A definition stored in the layout before per-partition state is refolded when opened.
+    let mut def = views.def("v").unwrap();
+    def.layout = 0;
+    store
+        .meta
+        .insert(
+            crate::keys::view_def_key("v"),
+            serde_json::to_vec(&def).unwrap(),
+        )
+        .unwrap();
+    drop(store);
+    let store = open(dir.path(), 4);
+    let reopened = store.views().def("v").unwrap();
+    assert_eq!(reopened.layout, crate::ViewDef::LAYOUT);
+    assert!(reopened.generation > def.generation && reopened.shared);
+    store.views().attach("v", Arc::new(CountByKey));
+    assert_eq!(
+        store.view_backlog("v", false).unwrap(),
+        vec![(0, 3), (1, 5)]
+    );
+    for p in 0..2 {
+        store.catch_up_view("v", false, p, &mut |_| {}).unwrap();
+    }
+    assert_eq!(counts(store.views().groups("v", None).unwrap()), 8);
+}

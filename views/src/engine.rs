@@ -190,8 +190,12 @@ pub struct SqlEngine {
     query_state: SessionState,
     explain: Option<ExplainHook>,
     store: Option<Arc<Store>>,
+    /// Where tables and views are read (the store, or the cluster's source).
+    pub(crate) tables: Arc<dyn ShardSource>,
     pub(crate) log: Option<Arc<dyn Log>>,
     pub(crate) views: Arc<ViewRegistry>,
+    /// The shared views compiled here, with the query they were compiled from.
+    pub(crate) compiled: Mutex<HashMap<String, String>>,
     /// Views whose definition did not compile, with why (reported once, shown in listings).
     pub(crate) unloaded: Mutex<HashMap<String, String>>,
     pub(crate) rebuilding: Mutex<HashSet<String>>,
@@ -239,7 +243,7 @@ impl SqlEngine {
             catalog.as_ref(),
             "public",
             Arc::new(StreamSchema {
-                source: parts.tables,
+                source: parts.tables.clone(),
                 views: views.clone(),
             }),
         )?;
@@ -253,8 +257,10 @@ impl SqlEngine {
             query_state,
             explain: parts.explain,
             store: parts.store,
+            tables: parts.tables,
             log: parts.log,
             views,
+            compiled: Mutex::new(HashMap::new()),
             unloaded: Mutex::new(HashMap::new()),
             rebuilding: Mutex::new(HashSet::new()),
             wake: Notify::new(),

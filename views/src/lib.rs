@@ -48,6 +48,7 @@ mod error;
 mod filters;
 mod manage;
 pub mod materialized;
+mod shared;
 mod source;
 mod table;
 mod view_table;
@@ -59,7 +60,7 @@ pub use error::{Error, Result};
 pub use filters::ScanBounds;
 pub use manage::{Rebuild, RebuildProgress, ViewListing, ViewPartitionLag};
 pub use materialized::ViewPlan;
-pub use source::{Batches, ShardSource, wait_stored};
+pub use source::{Batches, ShardSource, ViewProgress, wait_stored};
 pub use table::{ReadAfter, ScanSpec, StreamScanExec, StreamTable};
 pub use view_table::{ViewScanExec, ViewTable};
 

@@ -2,6 +2,7 @@
 
 use crate::engine::{Access, QueryOutput};
 use crate::materialized::{Maintainer, ViewPlan, ViewStatement};
+use crate::source::ViewProgress;
 use crate::{Error, Result, SqlEngine};
 use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -10,7 +11,6 @@ use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_proto::StreamName;
-use strata_store::ViewStatus;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +27,9 @@ pub struct ViewPartitionLag {
     pub log_end: u64,
     /// Offsets appended and not yet in the view.
     pub lag: u64,
+    /// The node holding the partition (in a cluster).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// One view, as `SHOW VIEWS` and `GET /v1/views` list it.
@@ -85,7 +88,7 @@ fn one_batch(batch: RecordBatch) -> QueryOutput {
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> strata_store::Result<T> + Send + 'static,
 ) -> Result<T> {
     tokio::task::spawn_blocking(f)
@@ -107,6 +110,18 @@ impl SqlEngine {
                 if_not_exists,
             } => {
                 access.require_admin("CREATE MATERIALIZED VIEW")?;
+                if let Some(catalog) = self.shared_views() {
+                    return if self
+                        .create_shared(&catalog, &name, &query, if_not_exists, access)
+                        .await?
+                    {
+                        message(format!(
+                            "created materialized view {name} on every node; events stored before now are being folded in (see SHOW VIEWS)"
+                        ))
+                    } else {
+                        message(format!("materialized view {name} exists already"))
+                    };
+                }
                 if self.store()?.views().def(&name).is_some() {
                     if if_not_exists {
                         return message(format!("materialized view {name} exists already"));
@@ -122,6 +137,13 @@ impl SqlEngine {
             }
             ViewStatement::Drop { name, if_exists } => {
                 access.require_admin("DROP MATERIALIZED VIEW")?;
+                if let Some(catalog) = self.shared_views() {
+                    return match (self.drop_shared(&catalog, &name, access).await?, if_exists) {
+                        (true, _) => message(format!("dropped materialized view {name}")),
+                        (false, true) => message(format!("no materialized view named {name}")),
+                        (false, false) => Err(strata_store::Error::UnknownView(name).into()),
+                    };
+                }
                 if let Some(def) = self.store()?.views().def(&name) {
                     access.require_stream(def.stream.as_str(), &format!("view {name}"))?;
                 }
@@ -157,7 +179,10 @@ impl SqlEngine {
                 let applied = |v: &ViewListing| {
                     v.partitions
                         .iter()
-                        .map(|p| format!("{}:{}", p.partition, p.applied))
+                        .map(|p| match &p.node {
+                            Some(node) => format!("{}:{}@{node}", p.partition, p.applied),
+                            None => format!("{}:{}", p.partition, p.applied),
+                        })
                         .collect::<Vec<_>>()
                         .join(" ")
                 };
@@ -206,72 +231,114 @@ impl SqlEngine {
             query.to_owned(),
             Arc::new(Maintainer(plan.clone())),
         );
-        blocking(move || store.create_view(&n, &stream, &q, fold)).await?;
+        blocking(move || store.create_view(&n, &stream, &q, false, fold)).await?;
         self.views.plans.write().insert(name.to_owned(), plan);
         self.wake.notify_one();
         Ok(())
     }
 
-    /// Every view with its size, progress and lag behind the log.
+    /// Every view with its size, progress and lag behind the log: the shared catalog's views
+    /// (each partition as its holder reports it), or this store's.
     pub async fn view_listing(&self) -> Result<Vec<ViewListing>> {
-        let mut out = Vec::new();
-        let Some(own) = self.local_store() else {
-            return Ok(Vec::new());
+        let defs: Vec<(String, StreamName, String)> = match self.shared_views() {
+            Some(catalog) => catalog
+                .borrow()
+                .values()
+                .map(|d| (d.name.clone(), d.stream.clone(), d.query.clone()))
+                .collect(),
+            None => match self.local_store() {
+                Some(own) => own
+                    .views()
+                    .defs()
+                    .into_iter()
+                    .map(|d| (d.name, d.stream, d.query))
+                    .collect(),
+                None => Vec::new(),
+            },
         };
-        for def in own.views().defs() {
-            let store = own.clone();
-            let name = def.name.clone();
-            let status: ViewStatus = match blocking(move || store.view_status(&name)).await {
-                Ok(status) => status,
+        let mut out = Vec::new();
+        for (name, stream, query) in defs {
+            let (tables, s, n) = (self.tables.clone(), stream.clone(), name.clone());
+            let read = tokio::task::spawn_blocking(move || {
+                let progress = tables.view_progress(&s, &n)?;
+                let groups = tables.view_groups(&s, &n);
+                Ok::<_, Error>((progress, groups))
+            })
+            .await
+            .map_err(|e| Error::Execution(format!("view task failed: {e}")))?;
+            let (progress, groups) = match read {
+                Ok(read) => read,
                 Err(Error::Store(strata_store::Error::UnknownView(_))) => continue,
                 Err(e) => return Err(e),
             };
-            let mut partitions = Vec::new();
-            for p in &status.partitions {
-                let log_end = match &self.log {
-                    Some(log) => log
-                        .end_offset(&def.stream, p.partition)
-                        .await
-                        .unwrap_or(p.stored),
-                    None => p.stored,
-                }
-                .max(p.stored);
-                partitions.push(ViewPartitionLag {
-                    partition: p.partition,
-                    applied: p.applied,
-                    stored: p.stored,
-                    log_end,
-                    lag: log_end.saturating_sub(p.applied),
-                });
-            }
-            let behind = partitions.iter().any(|p| p.applied < p.stored);
-            let status_text = if let Some(e) = &status.error {
-                format!("failed: {e}")
-            } else if let Some(why) = self.unloaded.lock().get(&def.name) {
-                format!("not loaded: {why}")
-            } else if status.rebuilding {
-                "rebuilding".to_owned()
-            } else if behind {
-                "catching up".to_owned()
-            } else {
-                "ready".to_owned()
+            let rows = match (self.views.get(&name), groups) {
+                (Some(plan), Ok(groups)) => plan.count_groups(groups.iter().map(Vec::as_slice))?,
+                _ => 0,
             };
-            out.push(ViewListing {
-                name: def.name,
-                stream: def.stream.to_string(),
-                definition: def.query,
-                rows: status.rows,
-                lag: partitions.iter().map(|p| p.lag).sum(),
-                status: status_text,
-                partitions,
-            });
+            out.push(self.listing(name, &stream, query, rows, progress).await);
         }
         Ok(out)
+    }
+
+    async fn listing(
+        &self,
+        name: String,
+        stream: &StreamName,
+        definition: String,
+        rows: u64,
+        progress: Vec<ViewProgress>,
+    ) -> ViewListing {
+        let mut partitions = Vec::new();
+        for p in &progress {
+            let log_end = match &self.log {
+                Some(log) => log
+                    .end_offset(stream, p.partition)
+                    .await
+                    .unwrap_or(p.stored),
+                None => p.stored,
+            }
+            .max(p.stored);
+            partitions.push(ViewPartitionLag {
+                partition: p.partition,
+                applied: p.applied,
+                stored: p.stored,
+                log_end,
+                lag: log_end.saturating_sub(p.applied),
+                node: p.node.clone(),
+            });
+        }
+        let behind = partitions.iter().any(|p| p.applied < p.stored);
+        let status = if let Some(e) = progress.iter().find_map(|p| p.error.as_ref()) {
+            format!("failed: {e}")
+        } else if let Some(why) = self.unloaded.lock().get(&name) {
+            format!("not loaded: {why}")
+        } else if let Some(p) = progress.iter().find(|p| !p.maintained) {
+            match &p.node {
+                Some(node) => format!("starting on node {node}"),
+                None => format!("unavailable: partition {} has no live holder", p.partition),
+            }
+        } else if progress.iter().any(|p| p.rebuilding) {
+            "rebuilding".to_owned()
+        } else if behind {
+            "catching up".to_owned()
+        } else {
+            "ready".to_owned()
+        };
+        ViewListing {
+            name,
+            stream: stream.to_string(),
+            definition,
+            rows,
+            lag: partitions.iter().map(|p| p.lag).sum(),
+            status,
+            partitions,
+        }
     }
 
     /// Compiles and attaches every stored view that is not maintained yet (after a restart).
     /// A definition that does not compile (its stream not known yet) is retried later.
     pub async fn attach_views(&self) {
+        self.reconcile_shared().await;
         let Some(own) = self.local_store() else {
             return;
         };
@@ -332,12 +399,24 @@ impl SqlEngine {
     /// Keeps every view maintained until `shutdown`: loads stored definitions, and folds in what
     /// a view has not applied (a new view's past, a view that was not loaded while events came).
     pub async fn maintain_views(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut shared = self.shared_views();
         while !shutdown.is_cancelled() {
             self.attach_views().await;
             self.catch_up_views().await;
+            let changed = async {
+                match shared.as_mut() {
+                    Some(rx) => {
+                        if rx.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = self.wake.notified() => {}
+                () = changed => {}
                 () = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }

@@ -3,14 +3,54 @@
 
 use crate::Result;
 use arrow::array::RecordBatch;
+use serde::{Deserialize, Serialize};
 use std::fmt::Debug;
 use std::time::Duration;
 use strata_proto::{Catalog, StreamName};
-use strata_store::{ScanRequest, ShardStatus, Store};
+use strata_store::{ScanRequest, ShardStatus, Store, ViewStatus};
 use tokio::sync::watch;
 
 /// Record batches of one shard scan, read as they are pulled (blocking).
 pub type Batches = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
+
+/// A view's progress on one partition, as the node holding the partition reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewProgress {
+    /// The partition.
+    pub partition: u32,
+    /// The next offset the view has applied.
+    pub applied: u64,
+    /// The next offset the shard has stored.
+    pub stored: u64,
+    /// The node holding the partition (`None` on a single node, or when no live node holds it).
+    pub node: Option<String>,
+    /// Whether the view is set up and maintained there.
+    pub maintained: bool,
+    /// Why the view is not maintained there, if it is not.
+    pub error: Option<String>,
+    /// Whether a rebuild of the view runs there.
+    pub rebuilding: bool,
+}
+
+impl ViewProgress {
+    /// The progress of `status` on the partitions `keep` selects, held by `node`.
+    pub fn of(status: &ViewStatus, node: Option<&str>, keep: impl Fn(u32) -> bool) -> Vec<Self> {
+        status
+            .partitions
+            .iter()
+            .filter(|p| keep(p.partition))
+            .map(|p| Self {
+                partition: p.partition,
+                applied: p.applied,
+                stored: p.stored,
+                node: node.map(str::to_owned),
+                maintained: true,
+                error: status.error.clone(),
+                rebuilding: status.rebuilding,
+            })
+            .collect()
+    }
+}
 
 /// What the query layer reads from shards: the streams, scans of a partition, how far each
 /// partition is stored, a materialized view's stored groups, and a watch on a partition's progress.
@@ -31,18 +71,25 @@ pub trait ShardSource: Send + Sync + Debug {
     /// An unknown stream.
     fn status(&self, stream: &StreamName) -> Result<Vec<ShardStatus>>;
 
-    /// The encoded state of every group of view `name`.
+    /// The encoded states of every group of view `name` (over `stream`): one per partition
+    /// holding rows of the group, for the reader to merge.
     ///
     /// # Errors
-    /// An unknown view; storage failures.
-    fn view_groups(&self, name: &str) -> Result<Vec<Vec<u8>>>;
+    /// An unknown view; storage failures; a partition whose holder cannot answer.
+    fn view_groups(&self, stream: &StreamName, name: &str) -> Result<Vec<Vec<u8>>>;
 
-    /// The encoded state of the groups of view `name` with the given encoded keys (absent groups
-    /// are left out).
+    /// The encoded states of the groups of view `name` (over `stream`) with the given encoded
+    /// keys, one point read per partition (absent groups are left out).
     ///
     /// # Errors
-    /// An unknown view; storage failures.
-    fn view_get(&self, name: &str, keys: &[Vec<u8>]) -> Result<Vec<Vec<u8>>>;
+    /// As [`ShardSource::view_groups`].
+    fn view_get(&self, stream: &StreamName, name: &str, keys: &[Vec<u8>]) -> Result<Vec<Vec<u8>>>;
+
+    /// View `name`'s progress on each partition of `stream`, as the node holding it reports.
+    ///
+    /// # Errors
+    /// An unknown view or stream.
+    fn view_progress(&self, stream: &StreamName, name: &str) -> Result<Vec<ViewProgress>>;
 
     /// A watch on the next offset partition `partition` of `stream` has stored.
     ///
@@ -73,17 +120,17 @@ impl ShardSource for Store {
         Ok(Store::status(self, stream)?)
     }
 
-    fn view_groups(&self, name: &str) -> Result<Vec<Vec<u8>>> {
-        Ok(self
-            .views()
-            .groups(name)?
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect())
+    fn view_groups(&self, _stream: &StreamName, name: &str) -> Result<Vec<Vec<u8>>> {
+        Ok(self.views().groups(name, None)?)
     }
 
-    fn view_get(&self, name: &str, keys: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
-        Ok(self.views().get(name, keys)?)
+    fn view_get(&self, _stream: &StreamName, name: &str, keys: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+        Ok(self.views().get(name, keys, None)?)
+    }
+
+    fn view_progress(&self, _stream: &StreamName, name: &str) -> Result<Vec<ViewProgress>> {
+        let status = self.view_status(name)?;
+        Ok(ViewProgress::of(&status, None, |_| true))
     }
 
     fn progress(&self, stream: &StreamName, partition: u32) -> Result<watch::Receiver<u64>> {

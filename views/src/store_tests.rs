@@ -280,14 +280,27 @@ impl ShardSource for CountingSource {
         ShardSource::status(self.store.as_ref(), stream)
     }
 
-    fn view_groups(&self, name: &str) -> crate::Result<Vec<Vec<u8>>> {
+    fn view_groups(&self, stream: &StreamName, name: &str) -> crate::Result<Vec<Vec<u8>>> {
         self.reads.fetch_add(1, Ordering::Relaxed);
-        ShardSource::view_groups(self.store.as_ref(), name)
+        ShardSource::view_groups(self.store.as_ref(), stream, name)
     }
 
-    fn view_get(&self, name: &str, keys: &[Vec<u8>]) -> crate::Result<Vec<Vec<u8>>> {
+    fn view_get(
+        &self,
+        stream: &StreamName,
+        name: &str,
+        keys: &[Vec<u8>],
+    ) -> crate::Result<Vec<Vec<u8>>> {
         self.reads.fetch_add(1, Ordering::Relaxed);
-        ShardSource::view_get(self.store.as_ref(), name, keys)
+        ShardSource::view_get(self.store.as_ref(), stream, name, keys)
+    }
+
+    fn view_progress(
+        &self,
+        stream: &StreamName,
+        name: &str,
+    ) -> crate::Result<Vec<crate::ViewProgress>> {
+        ShardSource::view_progress(self.store.as_ref(), stream, name)
     }
 
     fn progress(

@@ -20,6 +20,7 @@ use datafusion::physical_plan::{
 };
 use std::collections::HashMap;
 use std::sync::Arc;
+use strata_proto::StreamName;
 
 /// A materialized view as a SQL table. Equality filters on every group column of the view
 /// (`country = 'NL'`, `country IN ('NL', 'DE')`) become point reads of those groups; anything else
@@ -216,12 +217,15 @@ impl ExecutionPlan for ViewScanExec {
         }
         let (source, name, plan) = (self.source.clone(), self.name.clone(), self.plan.clone());
         let (keys, projection) = (self.keys.clone(), self.projection.clone());
+        let stream = StreamName::new(&plan.stream).map_err(|e| {
+            DataFusionError::External(Box::new(crate::Error::Invalid(e.to_string())))
+        })?;
         let read = async move {
             let mode = if keys.is_some() { "lookup" } else { "scan" };
             let n = name.clone();
             let values = tokio::task::spawn_blocking(move || match keys {
-                Some(keys) => source.view_get(&n, &keys),
-                None => source.view_groups(&n),
+                Some(keys) => source.view_get(&stream, &n, &keys),
+                None => source.view_groups(&stream, &n),
             })
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?

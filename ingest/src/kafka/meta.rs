@@ -18,14 +18,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use strata_proto::{Catalog, Error, NodeStatus, StreamInfo, StreamName};
+use strata_proto::{Catalog, Error, NodeStatus, SharedView, StreamInfo, StreamName, ViewCatalog};
 use tokio::sync::watch;
 
 /// Keys of marker records start with this; they are tombstones and never entries.
 const MARKER_PREFIX: &str = "__marker__/";
+/// Keys of materialized view definitions start with this (a stream name never has a `/`); a
+/// tombstone drops the view.
+pub(crate) const VIEW_PREFIX: &str = "__view__/";
 
 pub(crate) struct Meta {
     catalog: watch::Receiver<Catalog>,
+    views: watch::Receiver<ViewCatalog>,
     loaded: watch::Receiver<bool>,
     nodes: Arc<Mutex<BTreeMap<String, NodeStatus>>>,
     stop: Arc<AtomicBool>,
@@ -36,6 +40,7 @@ impl Default for Meta {
     fn default() -> Self {
         Self {
             catalog: watch::channel(Catalog::default()).1,
+            views: watch::channel(ViewCatalog::default()).1,
             loaded: watch::channel(false).1,
             nodes: Arc::default(),
             stop: Arc::default(),
@@ -60,6 +65,24 @@ fn merge_entry(catalog: &mut BTreeMap<StreamName, StreamInfo>, entry: StreamInfo
                 }
             }
             *info != before
+        }
+    }
+}
+
+/// Applies one view record to `views`: a definition (the latest wins) or a tombstone.
+fn apply_view(
+    views: &mut BTreeMap<String, SharedView>,
+    name: &str,
+    payload: Option<&[u8]>,
+) -> bool {
+    match payload.map(serde_json::from_slice::<SharedView>) {
+        None => views.remove(name).is_some(),
+        Some(Ok(def)) if def.name == name => {
+            views.insert(name.to_owned(), def.clone()) != Some(def)
+        }
+        Some(_) => {
+            tracing::warn!(view = name, "ignoring an unreadable view definition");
+            false
         }
     }
 }
@@ -103,6 +126,7 @@ impl Meta {
         // The reader thread sends adoptions through the producer on this runtime.
         let runtime = tokio::runtime::Handle::current();
         let (catalog_tx, catalog_rx) = watch::channel(Catalog::default());
+        let (views_tx, views_rx) = watch::channel(ViewCatalog::default());
         let (loaded_tx, loaded_rx) = watch::channel(false);
         let nodes: Arc<Mutex<BTreeMap<String, NodeStatus>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
@@ -115,6 +139,7 @@ impl Meta {
             catalog_topic,
             nodes_topic,
             catalog_tx,
+            views_tx,
             loaded_tx,
             nodes: nodes.clone(),
             stop: stop.clone(),
@@ -125,6 +150,7 @@ impl Meta {
             .map_err(|e| Error::Unavailable(format!("cannot start the catalog reader: {e}")))?;
         Ok(Self {
             catalog: catalog_rx,
+            views: views_rx,
             loaded: loaded_rx,
             nodes,
             stop,
@@ -146,6 +172,10 @@ impl Meta {
 
     pub(crate) fn catalog(&self) -> watch::Receiver<Catalog> {
         self.catalog.clone()
+    }
+
+    pub(crate) fn views(&self) -> watch::Receiver<ViewCatalog> {
+        self.views.clone()
     }
 
     pub(crate) fn nodes(&self) -> BTreeMap<String, NodeStatus> {
@@ -171,6 +201,7 @@ struct Reader {
     catalog_topic: String,
     nodes_topic: String,
     catalog_tx: watch::Sender<Catalog>,
+    views_tx: watch::Sender<ViewCatalog>,
     loaded_tx: watch::Sender<bool>,
     nodes: Arc<Mutex<BTreeMap<String, NodeStatus>>>,
     stop: Arc<AtomicBool>,
@@ -179,11 +210,13 @@ struct Reader {
 impl Reader {
     fn run(self) {
         let mut catalog: BTreeMap<StreamName, StreamInfo> = BTreeMap::new();
+        let mut views: BTreeMap<String, SharedView> = BTreeMap::new();
         let mut last_discovery = Instant::now();
         let mut unlisted: HashSet<String> = HashSet::new();
         let refresh = Duration::from_millis(self.config.refresh_ms.max(100));
         while !self.stop.load(Ordering::Relaxed) {
             let mut changed = false;
+            let mut views_changed = false;
             let mut wait = Duration::from_millis(100);
             for _ in 0..10_000 {
                 let Some(message) = self.consumer.poll(wait) else {
@@ -209,6 +242,10 @@ impl Reader {
                     if key.starts_with(MARKER_PREFIX) {
                         continue;
                     }
+                    if let Some(name) = key.strip_prefix(VIEW_PREFIX) {
+                        views_changed |= apply_view(&mut views, name, message.payload());
+                        continue;
+                    }
                     let Some(payload) = message.payload() else {
                         continue;
                     };
@@ -231,6 +268,9 @@ impl Reader {
             }
             if changed {
                 self.catalog_tx.send_replace(Arc::new(catalog.clone()));
+            }
+            if views_changed {
+                self.views_tx.send_replace(Arc::new(views.clone()));
             }
             if *self.loaded_tx.borrow() && last_discovery.elapsed() >= refresh {
                 last_discovery = Instant::now();
@@ -317,6 +357,31 @@ mod tests {
             field_type: FieldType::Long,
             since: vec![],
         }
+    }
+
+    #[test]
+    fn view_records_define_replace_and_drop() {
+        let def = |query: &str| SharedView {
+            name: "by_country".into(),
+            stream: StreamName::new("orders").unwrap(),
+            query: query.into(),
+        };
+        let mut views = BTreeMap::new();
+        let json = |d: &SharedView| serde_json::to_vec(d).unwrap();
+        assert!(apply_view(&mut views, "by_country", Some(&json(&def("a")))));
+        assert!(!apply_view(
+            &mut views,
+            "by_country",
+            Some(&json(&def("a")))
+        ));
+        assert!(apply_view(&mut views, "by_country", Some(&json(&def("b")))));
+        assert_eq!(views["by_country"].query, "b");
+        // A record whose key and name disagree, or garbage, changes nothing.
+        assert!(!apply_view(&mut views, "other", Some(&json(&def("c")))));
+        assert!(!apply_view(&mut views, "by_country", Some(b"{")));
+        assert!(apply_view(&mut views, "by_country", None));
+        assert!(views.is_empty());
+        assert!(!apply_view(&mut views, "by_country", None));
     }
 
     #[test]

@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use strata_proto::fields::merge_fields;
 use strata_proto::{
-    Catalog, Error, Event, FieldSpec, Log, LogReader, NodeStatus, OffsetRange, StreamInfo,
-    StreamName,
+    Catalog, Error, Event, FieldSpec, Log, LogReader, NodeStatus, OffsetRange, SharedView,
+    StreamInfo, StreamName, ViewCatalog,
 };
 use tokio::sync::watch;
 
@@ -502,6 +502,36 @@ impl Log for KafkaLog {
 
     fn catalog(&self) -> watch::Receiver<Catalog> {
         self.meta.catalog()
+    }
+
+    fn shared_views(&self) -> Option<watch::Receiver<ViewCatalog>> {
+        Some(self.meta.views())
+    }
+
+    async fn put_view(&self, name: &str, def: Option<&SharedView>) -> strata_proto::Result<()> {
+        let value = def
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| Error::Unavailable(format!("cannot encode view {name}: {e}")))?;
+        let key = format!("{}{name}", meta::VIEW_PREFIX);
+        delivery::send_one(
+            &self.producer,
+            &self.config.catalog_topic(),
+            0,
+            Some(&key),
+            value.as_deref(),
+            None,
+            self.config.timeout(),
+        )
+        .await?;
+        let mut rx = self.meta.views();
+        let wait = rx.wait_for(|views| views.get(name) == def);
+        match tokio::time::timeout(self.config.timeout(), wait).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::Unavailable(format!(
+                "the definition of view {name} was written but not read back in time"
+            ))),
+        }
     }
 
     async fn append(

@@ -151,6 +151,7 @@ pub async fn in_process(
             "by_customer",
             &stream,
             BY_CUSTOMER,
+            false,
             Arc::new(Maintainer(plan.clone())),
         )
         .map_err(|e| e.to_string())?;

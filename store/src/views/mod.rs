@@ -1,8 +1,11 @@
 //! Materialized view state in the store.
 //!
 //! The store keeps each view's groups in a keyspace of its own (`view.<name>.<generation>`,
-//! key = the view's encoded group key, value = the group's encoded state) and, per partition of
-//! the view's stream, the next offset the view has applied (`meta`, `view-applied/<generation>/<p>`).
+//! key = the partition (4 bytes, big-endian) and the view's encoded group key, value = the group's
+//! encoded state on that partition) and, per partition of the view's stream, the next offset the
+//! view has applied (`meta`, `view-applied/<generation>/<p>`). State is kept per partition so that
+//! it moves with the partition between nodes and is never counted twice: a read merges the
+//! partitions' states of a group.
 //! How rows fold into groups is not the store's business: the query layer gives a [`ViewFold`].
 //!
 //! Exactly once: a view whose applied offset equals the shard's next offset is *caught up* on that
@@ -14,6 +17,7 @@
 //! one write batch with the new applied offset. A row is folded by exactly one of the two, and a
 //! crash at any point resumes from the last committed applied offset.
 
+mod read;
 mod slot;
 
 pub(crate) use slot::{FoldedView, commit_views};
@@ -24,7 +28,7 @@ use crate::keys::{
 };
 use crate::{Error, Result};
 use arrow::array::RecordBatch;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, Readable};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use slot::{SlotState, ViewEntry, ViewSlot, chunk_as_table, fail, fold_rows, u64_of};
@@ -43,6 +47,19 @@ pub struct ViewDef {
     pub query: String,
     /// Which keyspace holds its groups; a rebuild makes a new generation.
     pub generation: u64,
+    /// How its groups are keyed: [`ViewDef::LAYOUT`] (per partition); 0 for views stored before
+    /// state was kept per partition, which are refolded from the shards when opened.
+    #[serde(default)]
+    pub layout: u32,
+    /// Whether the definition comes from the log's shared catalog (a cluster's views), so that it
+    /// goes when the catalog drops it; a view defined on this store alone is not.
+    #[serde(default)]
+    pub shared: bool,
+}
+
+impl ViewDef {
+    /// The current layout of a view's groups: state per partition.
+    pub const LAYOUT: u32 = 1;
 }
 
 /// Reads a group's stored value by its key.
@@ -146,16 +163,52 @@ impl ViewSet {
                 location: format!("view definition {}", String::from_utf8_lossy(&k)),
                 reason: e.to_string(),
             })?;
+            let def = if def.layout == ViewDef::LAYOUT {
+                def
+            } else {
+                self.relayout(def)?
+            };
             let slot = self.open_slot(def)?;
             views.insert(
                 slot.def.name.clone(),
                 ViewEntry {
+                    shared: slot.def.shared,
                     current: slot,
                     next: None,
                 },
             );
         }
         Ok(())
+    }
+
+    /// Starts a view stored in an older layout over, empty, in a new generation of the current
+    /// layout (the catch-up then folds it again from the shards); the old state is deleted.
+    fn relayout(&self, old: ViewDef) -> Result<ViewDef> {
+        let generation = self.next_generation()?;
+        tracing::warn!(view = %old.name, "refolding a view stored in an older layout");
+        let def = ViewDef {
+            generation,
+            layout: ViewDef::LAYOUT,
+            ..old.clone()
+        };
+        let mut batch = self.db.batch();
+        batch.insert(&self.meta, VIEW_SEQ_KEY, generation.to_le_bytes());
+        batch.insert(&self.meta, view_def_key(&def.name), encode_def(&def)?);
+        for item in self.meta.prefix(view_applied_prefix(old.generation)) {
+            batch.remove(&self.meta, item.key()?);
+        }
+        let gc = view_gc_key(old.generation);
+        let keyspace = view_keyspace(&old.name, old.generation);
+        batch.insert(&self.meta, gc.clone(), keyspace.as_bytes());
+        batch.commit()?;
+        if self.db.keyspace_exists(&keyspace) {
+            let ks = self
+                .db
+                .keyspace(&keyspace, KeyspaceCreateOptions::default)?;
+            self.db.delete_keyspace(ks)?;
+        }
+        self.meta.remove(gc)?;
+        Ok(def)
     }
 
     fn open_slot(&self, def: ViewDef) -> Result<Arc<ViewSlot>> {
@@ -197,25 +250,23 @@ impl ViewSet {
 
     /// Every view's definition, by name.
     pub fn defs(&self) -> Vec<ViewDef> {
-        self.views
-            .read()
-            .values()
-            .map(|e| e.current.def.clone())
-            .collect()
+        self.views.read().values().map(ViewEntry::def).collect()
     }
 
     /// The definition of view `name`, if there is one.
     pub fn def(&self, name: &str) -> Option<ViewDef> {
-        self.views.read().get(name).map(|e| e.current.def.clone())
+        self.views.read().get(name).map(ViewEntry::def)
     }
 
     /// Creates view `name` over `stream`, maintained by `fold` from now on (see
-    /// [`Store::create_view`](crate::Store::create_view), which checks the stream).
+    /// [`Store::create_view`](crate::Store::create_view), which checks the stream); `shared` when
+    /// the definition comes from the log's catalog.
     pub(crate) fn create(
         &self,
         name: &str,
         stream: &StreamName,
         query: &str,
+        shared: bool,
         fold: Arc<dyn ViewFold>,
     ) -> Result<ViewDef> {
         let mut views = self.views.write();
@@ -228,6 +279,8 @@ impl ViewSet {
             stream: stream.clone(),
             query: query.to_owned(),
             generation,
+            layout: ViewDef::LAYOUT,
+            shared,
         };
         let slot = self.open_slot(def.clone())?;
         slot.state.lock().fold = Some(fold);
@@ -240,9 +293,28 @@ impl ViewSet {
             ViewEntry {
                 current: slot,
                 next: None,
+                shared,
             },
         );
         Ok(def)
+    }
+
+    /// Records that view `name`, defined here before, is now in the log's shared catalog.
+    ///
+    /// # Errors
+    /// [`Error::UnknownView`]; storage failures.
+    pub fn mark_shared(&self, name: &str) -> Result<()> {
+        let mut views = self.views.write();
+        let entry = views
+            .get_mut(name)
+            .ok_or_else(|| Error::UnknownView(name.to_owned()))?;
+        let def = ViewDef {
+            shared: true,
+            ..entry.current.def.clone()
+        };
+        self.meta.insert(view_def_key(name), encode_def(&def)?)?;
+        entry.shared = true;
+        Ok(())
     }
 
     /// Gives a view loaded from disk its fold (after a restart). Returns false for an unknown view.
@@ -363,7 +435,8 @@ impl ViewSet {
         batch: &mut fjall::OwnedWriteBatch,
     ) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
         let fold = state.active_fold()?;
-        let written = match rows.map(|rows| fold_rows(slot, state, fold.as_ref(), rows)) {
+        let written = match rows.map(|rows| fold_rows(slot, state, fold.as_ref(), partition, rows))
+        {
             None => Vec::new(),
             Some(Ok(updates)) => updates,
             Some(Err(e)) => {
@@ -457,10 +530,11 @@ impl ViewSet {
             return Err(Error::View(e.clone()));
         }
         let old = std::mem::replace(&mut entry.current, next.clone());
+        let def = entry.def();
         drop(views);
         let mut old_state = old.state.lock();
         let mut batch = self.db.batch();
-        batch.insert(&self.meta, view_def_key(name), encode_def(&next.def)?);
+        batch.insert(&self.meta, view_def_key(name), encode_def(&def)?);
         batch.remove(&self.meta, view_gc_key(next.def.generation));
         self.forget_slot(&mut batch, &old)?;
         batch.commit()?;
@@ -511,32 +585,6 @@ impl ViewSet {
             .find(|(_, applied)| *applied < offset)
     }
 
-    /// Every stored group of view `name` (key, value), in key order, from one snapshot.
-    pub fn groups(&self, name: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let slot = self.current_slot(name)?;
-        let snapshot = self.db.snapshot();
-        snapshot
-            .iter(&slot.groups)
-            .map(|item| {
-                let (k, v) = item.into_inner()?;
-                Ok((k.to_vec(), v.to_vec()))
-            })
-            .collect()
-    }
-
-    /// The stored values of the groups `keys` of view `name` (absent ones skipped).
-    pub fn get(&self, name: &str, keys: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
-        let slot = self.current_slot(name)?;
-        let snapshot = self.db.snapshot();
-        let mut out = Vec::new();
-        for k in keys {
-            if let Some(v) = snapshot.get(&slot.groups, k)? {
-                out.push(v.to_vec());
-            }
-        }
-        Ok(out)
-    }
-
     /// View `name`'s current generation, and whether a rebuild of it is running.
     pub(crate) fn entry(&self, name: &str) -> Result<(Arc<ViewSlot>, bool)> {
         let views = self.views.read();
@@ -546,12 +594,7 @@ impl ViewSet {
         Ok((entry.current.clone(), entry.next.is_some()))
     }
 
-    /// The groups `slot` holds (counted from a snapshot).
-    pub(crate) fn rows(&self, slot: &ViewSlot) -> u64 {
-        self.db.snapshot().iter(&slot.groups).count() as u64
-    }
-
-    fn current_slot(&self, name: &str) -> Result<Arc<ViewSlot>> {
+    pub(crate) fn current_slot(&self, name: &str) -> Result<Arc<ViewSlot>> {
         self.slot(name, false)
             .ok_or_else(|| Error::UnknownView(name.to_owned()))
     }

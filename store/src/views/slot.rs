@@ -2,6 +2,7 @@
 //! how a batch of rows folds into it.
 
 use super::{ViewDef, ViewFold};
+use crate::keys::view_group_key;
 use crate::schema::stream_schema;
 use crate::{Error, Result};
 use arrow::array::{ArrayRef, Int32Array, RecordBatch, new_null_array};
@@ -74,11 +75,23 @@ pub(crate) struct ViewSlot {
     pub state: Mutex<SlotState>,
 }
 
-/// A view: the generation queries read, and a rebuild in progress.
+/// A view: the generation queries read, a rebuild in progress, and whether its definition comes
+/// from the log's shared catalog.
 #[derive(Clone)]
 pub(crate) struct ViewEntry {
     pub current: Arc<ViewSlot>,
     pub next: Option<Arc<ViewSlot>>,
+    pub shared: bool,
+}
+
+impl ViewEntry {
+    /// The view's definition as stored.
+    pub(crate) fn def(&self) -> ViewDef {
+        ViewDef {
+            shared: self.shared,
+            ..self.current.def.clone()
+        }
+    }
 }
 
 impl ViewSlot {
@@ -143,29 +156,39 @@ pub(crate) fn commit_views(views: Vec<FoldedView<'_>>, partition: u32, to: u64) 
     }
 }
 
+/// Folds `rows` (all of `partition`) into the view's state of that partition: each group's state
+/// is kept per partition (under [`view_group_key`]), so that it moves with the partition and a
+/// read merges the partitions' states.
 pub(crate) fn fold_rows(
     slot: &ViewSlot,
     state: &SlotState,
     fold: &dyn ViewFold,
+    partition: u32,
     rows: &RecordBatch,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let groups = &slot.groups;
     let cache = &state.cache.values;
-    let updates = fold.fold(rows, &mut |k| match cache.get(k) {
-        Some(v) => Ok(Some(v.clone())),
-        None => Ok(groups.get(k)?.map(|v| v.to_vec())),
+    let updates = fold.fold(rows, &mut |k| {
+        let key = view_group_key(partition, k);
+        match cache.get(&key) {
+            Some(v) => Ok(Some(v.clone())),
+            None => Ok(groups.get(&key)?.map(|v| v.to_vec())),
+        }
     })?;
     // fjall keys are 1 to 65535 bytes.
     if let Some((k, _)) = updates
         .iter()
-        .find(|(k, _)| k.is_empty() || k.len() > 65_535)
+        .find(|(k, _)| k.is_empty() || k.len() > 65_531)
     {
         return Err(Error::View(format!(
-            "a group key of {} bytes cannot be stored (1 to 65535 bytes)",
+            "a group key of {} bytes cannot be stored (1 to 65531 bytes)",
             k.len()
         )));
     }
-    Ok(updates)
+    Ok(updates
+        .into_iter()
+        .map(|(k, v)| (view_group_key(partition, &k), v))
+        .collect())
 }
 
 pub(crate) fn fail(slot: &ViewSlot, state: &mut SlotState, partition: u32, e: &Error) {

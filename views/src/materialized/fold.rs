@@ -71,6 +71,18 @@ impl ViewPlan {
         self.rows_from(&self.decode_state(stored)?)
     }
 
+    /// How many distinct groups `stored` (states of one or more partitions) holds.
+    ///
+    /// # Errors
+    /// A stored state that does not decode.
+    pub fn count_groups<'a>(&self, stored: impl IntoIterator<Item = &'a [u8]>) -> Result<u64> {
+        let mut keys = std::collections::HashSet::new();
+        for bytes in stored {
+            keys.insert(self.encode_key(&self.decode_group(bytes)?.keys)?);
+        }
+        Ok(keys.len() as u64)
+    }
+
     fn decode_state<'a>(
         &self,
         stored: impl IntoIterator<Item = &'a [u8]>,
@@ -90,9 +102,20 @@ impl ViewPlan {
                 },
             );
         }
+        // A group stored on several partitions merges their states (sums and counts add up,
+        // distinct sets unite, minimums and maximums compare).
         for bytes in stored {
             let group = self.decode_group(bytes)?;
-            state.insert(self.encode_key(&group.keys)?, group);
+            match state.entry(self.encode_key(&group.keys)?) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(group);
+                }
+                std::collections::btree_map::Entry::Occupied(mut o) => {
+                    for (acc, other) in o.get_mut().accs.iter_mut().zip(&group.accs) {
+                        acc.merge(other)?;
+                    }
+                }
+            }
         }
         Ok(state)
     }
