@@ -561,3 +561,134 @@ fn queries_while_a_store_node_dies_are_complete_or_a_clear_503() {
         }
     }
 }
+
+/// Node-to-node calls over TLS when the nodes have `tls.cert`/`tls.key`: an ingest node answers a
+/// query, a view read and a replay that only the store node can serve, and the node-to-node port
+/// takes no plain-text call.
+#[test]
+fn node_to_node_calls_use_tls_when_the_nodes_have_a_certificate() {
+    if kafka_brokers().is_none() {
+        eprintln!("no Kafka broker (STRATA_TEST_KAFKA_BROKERS); skipped");
+        return;
+    }
+    let (_tmp, dir) = data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert_path, key_path) = (dir.with_extension("crt"), dir.with_extension("key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let config = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[cluster]\nsecret = \"{SECRET}\"\n{}",
+        cert_path.display(),
+        key_path.display(),
+        kafka_section(&unique("t"), &unique("g"))
+    );
+    let nodes: Vec<Server> = [("i", "ingest"), ("s", "store")]
+        .into_iter()
+        .map(|(name, role)| {
+            Server::start_with(
+                Backend::Kafka,
+                &dir.join(name),
+                &config,
+                &[
+                    "--role",
+                    role,
+                    "--node-id",
+                    name,
+                    "--cluster-listen",
+                    "127.0.0.1:0",
+                ],
+            )
+        })
+        .collect();
+    let client = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let ingest = &nodes[0];
+    let status = client
+        .put(ingest.url("/v1/streams/orders"))
+        .json(&json!({"partitions": 3}))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 201);
+    let lines: Vec<String> = (0..300)
+        .map(|i| {
+            json!({"key": format!("k{}", i % 7), "data": {"country": COUNTRIES[i % 4]}}).to_string()
+        })
+        .collect();
+    let resp = client
+        .post(ingest.url("/v1/streams/orders/events"))
+        .body(lines.join("\n"))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let token: Value = resp.json().unwrap();
+    let sql = |sql: &str, after: Vec<Value>| {
+        let resp = client
+            .post(ingest.url("/v1/sql"))
+            .json(&json!({"sql": sql, "after": after, "timeout_ms": 20000}))
+            .send()
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json::<Value>().unwrap_or(Value::Null),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (status, body) = sql(
+            "SELECT count(*) AS n FROM orders",
+            vec![token["token"].clone()],
+        );
+        if status == 200 {
+            assert_eq!(body, json!([{"n": 300}]));
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(Instant::now() < deadline, "no answer over TLS: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, body) = sql(
+        "CREATE MATERIALIZED VIEW by_country AS SELECT json_get_str(data, 'country') AS c, count(*) AS n FROM orders GROUP BY 1",
+        vec![],
+    );
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = sql("SELECT n FROM by_country WHERE c = 'NL'", vec![]);
+        if status == 200 && body == json!([{"n": 75}]) {
+            break;
+        }
+        assert!(status == 200 || status == 503, "{status} {body}");
+        assert!(Instant::now() < deadline, "no view read over TLS: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let replay = client
+        .get(ingest.url("/v1/streams/orders/events?partition=0"))
+        .send()
+        .unwrap();
+    assert_eq!(replay.status().as_u16(), 200);
+    assert!(!replay.text().unwrap().is_empty());
+
+    // The node-to-node port speaks TLS only.
+    let cluster: Value = client
+        .get(ingest.url("/v1/cluster"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    for node in cluster["nodes"].as_array().unwrap() {
+        let address = node["cluster"].as_str().unwrap();
+        let plain = std::panic::catch_unwind(|| {
+            call(address, "/worker.WorkerService/GetWorkerInfo", Some(SECRET))
+        });
+        assert!(
+            !matches!(plain, Ok(Ok(()))),
+            "a plain-text call to {address} was answered"
+        );
+    }
+}
