@@ -16,7 +16,7 @@ fn quick_benchmark_runs_every_scenario() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("BENCHMARKS.md");
     let mut bench = Command::new(env!("CARGO_BIN_EXE_strata-bench"));
-    // Scenario 5 (the Kafka path) runs against the suite's broker.
+    // Scenarios 5 (the Kafka path) and 7 (cluster-wide SQL) run against the suite's broker.
     match crate::common::kafka_brokers() {
         Some(brokers) => bench.env("STRATA_BENCH_KAFKA_BROKERS", brokers),
         None => bench.env_remove("STRATA_BENCH_KAFKA_BROKERS"),
@@ -70,5 +70,17 @@ fn quick_benchmark_runs_every_scenario() {
     );
     if crate::common::kafka_brokers().is_some() {
         assert!(report.contains("## 5. Kafka path"), "{report}");
+        for needle in [
+            "## 7. Cluster-wide SQL",
+            "(3 store nodes vs 1)",
+            "moved between nodes: rows / bytes",
+            "view point lookup p99 through the ingest node",
+            "Estimate at 10× the data on 10 store nodes",
+        ] {
+            assert!(
+                report.contains(needle),
+                "the report lacks {needle:?}:\n{report}"
+            );
+        }
     }
 }

@@ -43,7 +43,6 @@ use std::future::Future;
 use std::sync::Arc;
 use strata_views::{ExplainHook, StateHook};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use worker::{Channels, SecretCheck, Sessions};
 
@@ -186,7 +185,11 @@ impl Cluster {
         server
             .add_service(service)
             .add_service(replays)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(
+                // Small answers (a lookup's few states) must not wait for delayed ACKs.
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown,
+            )
             .await?;
         Ok(())
     }

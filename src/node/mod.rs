@@ -221,7 +221,9 @@ fn spawn_retention(
     })
 }
 
-/// Publishes this node's status to the other nodes until `stop`.
+/// Publishes this node's status to the other nodes until `stop`; then, once more, that it holds
+/// no partition and takes no node-to-node calls, so that peers stop sending it work at once
+/// instead of when its status goes stale.
 fn spawn_publisher(
     membership: Arc<dyn Membership>,
     services: Services,
@@ -238,6 +240,15 @@ fn spawn_publisher(
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep(every) => {}
             }
+        }
+        let mut leaving = services.cluster.local_status().await;
+        leaving.partitions.clear();
+        // Without a node-to-node address no peer plans work for it (not even merge stages).
+        leaving.cluster = None;
+        let published =
+            tokio::time::timeout(Duration::from_secs(5), membership.publish(&leaving)).await;
+        if !matches!(published, Ok(Ok(()))) {
+            tracing::debug!("cannot publish that this node is leaving");
         }
     })
 }

@@ -128,7 +128,7 @@ pub async fn scenario(args: &Args, brokers: &str, events: &Path, n: u64) -> Resu
     )
     .map_err(|e| e.to_string())?;
     let mut node = Strata::start(&args.strata, &args.work.join("kafka-data"), &config).await?;
-    node.create_orders().await?;
+    node.create_orders(4).await?;
     node.warm_up().await?;
     node.reset_peak_rss();
     progress(&format!(

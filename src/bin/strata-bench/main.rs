@@ -8,10 +8,14 @@
 //! 4. recovery: start to healthy after `kill -9` with every event stored;
 //! 5. (with a broker) strata's Kafka path against a plain rdkafka producer;
 //! 6. materialized views: folding against recomputation, append → visible latency, key lookups as
-//!    the stream grows, backfill.
+//!    the stream grows, backfill;
+//! 7. (with a broker) cluster-wide SQL: the scenario 2 queries through three store nodes against
+//!    one holding every partition, the traffic between nodes, a view lookup through a node that
+//!    holds no partition.
 //!
 //! Writes a markdown report (figures, ratios, goals, machine, date) to `--out`.
 
+mod cluster;
 mod data;
 mod kafka;
 mod peers;
@@ -64,6 +68,9 @@ struct Args {
     /// Events of the Kafka scenario (default 500,000; quick 5,000).
     #[arg(long)]
     kafka_events: Option<u64>,
+    /// Events of the cluster scenario (default: as many as `--events`; quick 20,000).
+    #[arg(long)]
+    cluster_events: Option<u64>,
     /// Runs only the in-process part of scenario 6 (view folding against recomputation) and
     /// prints its rows; for profiling.
     #[arg(long)]
@@ -133,7 +140,7 @@ async fn run(args: Args) -> Result<()> {
     )
     .map_err(|e| e.to_string())?;
     let mut strata = Strata::start(&args.strata, &args.work.join("data"), &config).await?;
-    strata.create_orders().await?;
+    strata.create_orders(4).await?;
     let (section, ingest_rate) = scenarios::ingest(&args, &strata, &events_path, ingest_n).await?;
     sections.push(section);
 
@@ -190,6 +197,12 @@ async fn run(args: Args) -> Result<()> {
             .unwrap_or(if args.quick { 5_000 } else { 500_000 })
             .min(total_n);
         sections.push(kafka::scenario(&args, brokers, &events_path, kafka_n).await?);
+        // 7. Cluster-wide SQL, on the same broker.
+        let cluster_n = args
+            .cluster_events
+            .unwrap_or(if args.quick { 20_000 } else { total_n })
+            .min(total_n);
+        sections.push(cluster::scenario(&args, brokers, &events_path, cluster_n, runs).await?);
     }
 
     sections.sort_by(|a, b| a.title.cmp(&b.title));

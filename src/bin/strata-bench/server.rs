@@ -143,10 +143,10 @@ impl Strata {
         started.elapsed()
     }
 
-    /// Creates the `orders` stream with 4 partitions and its declared fields.
-    pub async fn create_orders(&self) -> Result<()> {
+    /// Creates the `orders` stream with `partitions` partitions and its declared fields.
+    pub async fn create_orders(&self, partitions: u32) -> Result<()> {
         let body = serde_json::json!({
-            "partitions": 4,
+            "partitions": partitions,
             "fields": [
                 {"name": "customer", "type": "string"},
                 {"name": "country", "type": "string"},
