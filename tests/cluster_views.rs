@@ -102,10 +102,12 @@ fn same(a: &Value, b: &Value) -> bool {
     }
 }
 
-fn append(cluster: &Cluster, orders: &mut Vec<Value>, range: std::ops::Range<usize>) {
+/// Appends orders `range`; returns the consistency token.
+fn append(cluster: &Cluster, orders: &mut Vec<Value>, range: std::ops::Range<usize>) -> String {
     let new: Vec<Value> = range.map(order).collect();
-    append_lines(cluster.ingest(), None, "orders", &Data::lines(&new));
+    let token = append_lines(cluster.ingest(), None, "orders", &Data::lines(&new));
     orders.extend(new);
+    token
 }
 
 #[test]
@@ -139,6 +141,15 @@ fn views_are_cluster_wide_and_survive_losing_a_store_node() {
         converges(node, &expected, Duration::from_secs(60));
     }
 
+    // Read-your-writes: with the append's token, the first read through the ingest node (which
+    // holds no partition) already shows the new events, waited for on each holder.
+    let token = append(&cluster, &mut orders, 1800..1900);
+    let expected = recompute(&orders);
+    let sql = "SELECT * FROM by_country ORDER BY c";
+    let (status, body) = query(cluster.ingest(), None, sql, &[token]);
+    assert_eq!(status, 200, "{body}");
+    assert!(same(&body, &expected), "{body}\nexpected {expected}");
+
     // Listed once, with each partition's holder and no lag once caught up.
     let (status, listing) = http_json(cluster.ingest(), None, "/v1/views");
     assert_eq!(status, 200, "{listing}");
@@ -164,7 +175,7 @@ fn views_are_cluster_wide_and_survive_losing_a_store_node() {
 
     // kill -9 of a store node: once its partitions moved, every live node reads the view whole.
     cluster.nodes[3].kill9();
-    append(&cluster, &mut orders, 1800..2100);
+    append(&cluster, &mut orders, 1900..2100);
     let expected = recompute(&orders);
     let mut unavailable = 0;
     for node in &cluster.nodes[..3] {

@@ -44,6 +44,7 @@ fn status(e: Error) -> Status {
     match e {
         Error::Unavailable(m) => Status::unavailable(m),
         Error::Invalid(m) => Status::invalid_argument(m),
+        Error::Timeout(m) => Status::deadline_exceeded(m),
         e => Status::internal(e.to_string()),
     }
 }

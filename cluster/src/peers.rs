@@ -50,6 +50,7 @@ fn from_status(url: &Url, s: &tonic::Status) -> Error {
     match s.code() {
         tonic::Code::Unavailable => Error::Unavailable(s.message().to_owned()),
         tonic::Code::InvalidArgument => Error::Invalid(s.message().to_owned()),
+        tonic::Code::DeadlineExceeded => Error::Timeout(s.message().to_owned()),
         tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Internal
             if s.message().contains("transport") || s.message().contains("connection") =>
         {

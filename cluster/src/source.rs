@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use strata_proto::{Catalog, StreamName};
 use strata_store::{ScanRequest, ShardStatus, Store};
-use strata_views::{Batches, Error, Result, ShardSource, ViewProgress};
+use strata_views::{Batches, Error, Result, ShardSource, ViewAfter, ViewProgress};
 use tokio::sync::watch;
 use url::Url;
 
@@ -187,12 +187,23 @@ impl ShardSource for ClusterSource {
         Ok(self.store("row counts")?.status(stream)?)
     }
 
-    fn view_groups(&self, stream: &StreamName, name: &str) -> Result<Vec<Vec<u8>>> {
-        self.read_view(stream, name, None)
+    fn view_groups(
+        &self,
+        stream: &StreamName,
+        name: &str,
+        after: &ViewAfter,
+    ) -> Result<Vec<Vec<u8>>> {
+        self.read_view(stream, name, None, after)
     }
 
-    fn view_get(&self, stream: &StreamName, name: &str, keys: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
-        self.read_view(stream, name, Some(keys))
+    fn view_get(
+        &self,
+        stream: &StreamName,
+        name: &str,
+        keys: &[Vec<u8>],
+        after: &ViewAfter,
+    ) -> Result<Vec<Vec<u8>>> {
+        self.read_view(stream, name, Some(keys), after)
     }
 
     fn view_progress(&self, stream: &StreamName, name: &str) -> Result<Vec<ViewProgress>> {

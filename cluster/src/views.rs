@@ -10,7 +10,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use strata_proto::StreamName;
-use strata_views::{Error, Result, ViewProgress};
+use strata_views::{Error, Result, ViewAfter, ViewProgress};
 
 /// The `DoAction` type asking for a view's progress on some partitions.
 pub(crate) const PROGRESS_ACTION: &str = "view_progress";
@@ -26,6 +26,9 @@ pub struct ViewTicket {
     pub partitions: Vec<u32>,
     /// The encoded group keys to read (point reads); `None` reads every group.
     pub keys: Option<Vec<Vec<u8>>>,
+    /// What the view must have applied on these partitions before the read (`after`).
+    #[serde(default)]
+    pub after: ViewAfter,
 }
 
 /// A question for a view's progress on the partitions one node holds.
@@ -91,6 +94,8 @@ impl ClusterSource {
                 self.map().local().id
             )));
         }
+        t.after
+            .wait_for(&t.view, |p| Ok(store.views().applied(&t.view, p)?))?;
         Ok(match &t.keys {
             Some(keys) => store.views().get(&t.view, keys, Some(&t.partitions))?,
             None => store.views().groups(&t.view, Some(&t.partitions))?,
@@ -138,6 +143,7 @@ impl ClusterSource {
         stream: &StreamName,
         name: &str,
         keys: Option<&[Vec<u8>]>,
+        after: &ViewAfter,
     ) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
         let mut remote = Vec::new();
@@ -145,6 +151,15 @@ impl ClusterSource {
             let ticket = ViewTicket {
                 stream: stream.to_string(),
                 view: name.to_owned(),
+                after: ViewAfter {
+                    offsets: after
+                        .offsets
+                        .iter()
+                        .filter(|(p, _)| partitions.contains(p))
+                        .map(|(p, o)| (*p, *o))
+                        .collect(),
+                    wait: after.wait,
+                },
                 partitions,
                 keys: keys.map(<[Vec<u8>]>::to_vec),
             };

@@ -60,7 +60,7 @@ pub use error::{Error, Result};
 pub use filters::ScanBounds;
 pub use manage::{Rebuild, RebuildProgress, ViewListing, ViewPartitionLag};
 pub use materialized::ViewPlan;
-pub use source::{Batches, ShardSource, ViewProgress, wait_stored};
+pub use source::{Batches, ShardSource, ViewAfter, ViewProgress, wait_stored};
 pub use table::{ReadAfter, ScanSpec, StreamScanExec, StreamTable};
 pub use view_table::{ViewScanExec, ViewTable};
 

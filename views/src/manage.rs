@@ -2,7 +2,7 @@
 
 use crate::engine::{Access, QueryOutput};
 use crate::materialized::{Maintainer, ViewPlan, ViewStatement};
-use crate::source::ViewProgress;
+use crate::source::{ViewAfter, ViewProgress};
 use crate::{Error, Result, SqlEngine};
 use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -261,7 +261,7 @@ impl SqlEngine {
             let (tables, s, n) = (self.tables.clone(), stream.clone(), name.clone());
             let read = tokio::task::spawn_blocking(move || {
                 let progress = tables.view_progress(&s, &n)?;
-                let groups = tables.view_groups(&s, &n);
+                let groups = tables.view_groups(&s, &n, &ViewAfter::default());
                 Ok::<_, Error>((progress, groups))
             })
             .await

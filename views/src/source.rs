@@ -4,14 +4,53 @@
 use crate::Result;
 use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use strata_proto::{Catalog, StreamName};
 use strata_store::{ScanRequest, ShardStatus, Store, ViewStatus};
 use tokio::sync::watch;
 
 /// Record batches of one shard scan, read as they are pulled (blocking).
 pub type Batches = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
+
+/// What a view read waits for first: per partition, the next offset the view must have applied
+/// (read-your-writes with `after`), for at most `wait`. Empty: no wait.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewAfter {
+    /// Per partition, the offset the view must have applied up to (exclusive).
+    pub offsets: BTreeMap<u32, u64>,
+    /// How long the read may wait.
+    pub wait: Duration,
+}
+
+impl ViewAfter {
+    /// Waits (blocking) until `applied` reaches every offset of `self` on its partition.
+    ///
+    /// # Errors
+    /// [`crate::Error::Timeout`] naming the view and partition that is behind; `applied`'s error.
+    pub fn wait_for(&self, view: &str, applied: impl Fn(u32) -> Result<u64>) -> Result<()> {
+        let deadline = Instant::now() + self.wait;
+        let mut poll = Duration::from_millis(1);
+        for (&partition, &offset) in &self.offsets {
+            loop {
+                let at = applied(partition)?;
+                if at >= offset {
+                    break;
+                }
+                if Instant::now() + poll > deadline {
+                    return Err(crate::Error::Timeout(format!(
+                        "waited {} ms for `after`: view {view} has applied partition {partition} up to offset {at}, not yet {offset} (see SHOW VIEWS)",
+                        self.wait.as_millis()
+                    )));
+                }
+                std::thread::sleep(poll);
+                poll = (poll * 2).min(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// A view's progress on one partition, as the node holding the partition reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,19 +110,32 @@ pub trait ShardSource: Send + Sync + Debug {
     /// An unknown stream.
     fn status(&self, stream: &StreamName) -> Result<Vec<ShardStatus>>;
 
-    /// The encoded states of every group of view `name` (over `stream`): one per partition
-    /// holding rows of the group, for the reader to merge.
+    /// The encoded states of every group of view `name` (over `stream`), once the view has
+    /// applied `after`: one per partition holding rows of the group, for the reader to merge.
     ///
     /// # Errors
-    /// An unknown view; storage failures; a partition whose holder cannot answer.
-    fn view_groups(&self, stream: &StreamName, name: &str) -> Result<Vec<Vec<u8>>>;
+    /// An unknown view; storage failures; a partition whose holder cannot answer; a timeout
+    /// waiting for `after`.
+    fn view_groups(
+        &self,
+        stream: &StreamName,
+        name: &str,
+        after: &ViewAfter,
+    ) -> Result<Vec<Vec<u8>>>;
 
     /// The encoded states of the groups of view `name` (over `stream`) with the given encoded
-    /// keys, one point read per partition (absent groups are left out).
+    /// keys, once the view has applied `after`; one point read per partition (absent groups are
+    /// left out).
     ///
     /// # Errors
     /// As [`ShardSource::view_groups`].
-    fn view_get(&self, stream: &StreamName, name: &str, keys: &[Vec<u8>]) -> Result<Vec<Vec<u8>>>;
+    fn view_get(
+        &self,
+        stream: &StreamName,
+        name: &str,
+        keys: &[Vec<u8>],
+        after: &ViewAfter,
+    ) -> Result<Vec<Vec<u8>>>;
 
     /// View `name`'s progress on each partition of `stream`, as the node holding it reports.
     ///
@@ -120,11 +172,24 @@ impl ShardSource for Store {
         Ok(Store::status(self, stream)?)
     }
 
-    fn view_groups(&self, _stream: &StreamName, name: &str) -> Result<Vec<Vec<u8>>> {
+    fn view_groups(
+        &self,
+        _stream: &StreamName,
+        name: &str,
+        after: &ViewAfter,
+    ) -> Result<Vec<Vec<u8>>> {
+        after.wait_for(name, |p| Ok(self.views().applied(name, p)?))?;
         Ok(self.views().groups(name, None)?)
     }
 
-    fn view_get(&self, _stream: &StreamName, name: &str, keys: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+    fn view_get(
+        &self,
+        _stream: &StreamName,
+        name: &str,
+        keys: &[Vec<u8>],
+        after: &ViewAfter,
+    ) -> Result<Vec<Vec<u8>>> {
+        after.wait_for(name, |p| Ok(self.views().applied(name, p)?))?;
         Ok(self.views().get(name, keys, None)?)
     }
 

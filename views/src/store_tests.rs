@@ -280,9 +280,14 @@ impl ShardSource for CountingSource {
         ShardSource::status(self.store.as_ref(), stream)
     }
 
-    fn view_groups(&self, stream: &StreamName, name: &str) -> crate::Result<Vec<Vec<u8>>> {
+    fn view_groups(
+        &self,
+        stream: &StreamName,
+        name: &str,
+        after: &crate::ViewAfter,
+    ) -> crate::Result<Vec<Vec<u8>>> {
         self.reads.fetch_add(1, Ordering::Relaxed);
-        ShardSource::view_groups(self.store.as_ref(), stream, name)
+        ShardSource::view_groups(self.store.as_ref(), stream, name, after)
     }
 
     fn view_get(
@@ -290,9 +295,10 @@ impl ShardSource for CountingSource {
         stream: &StreamName,
         name: &str,
         keys: &[Vec<u8>],
+        after: &crate::ViewAfter,
     ) -> crate::Result<Vec<Vec<u8>>> {
         self.reads.fetch_add(1, Ordering::Relaxed);
-        ShardSource::view_get(self.store.as_ref(), stream, name, keys)
+        ShardSource::view_get(self.store.as_ref(), stream, name, keys, after)
     }
 
     fn view_progress(

@@ -2,7 +2,8 @@
 //! Planning reads nothing: [`ViewScanExec`] reads the groups when it runs.
 
 use crate::materialized::ViewPlan;
-use crate::source::ShardSource;
+use crate::source::{ShardSource, ViewAfter};
+use crate::table::ReadAfter;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
@@ -208,7 +209,7 @@ impl ExecutionPlan for ViewScanExec {
     fn execute(
         &self,
         partition: usize,
-        _context: Arc<TaskContext>,
+        context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         if partition != 0 {
             return Err(DataFusionError::Internal(format!(
@@ -220,12 +221,26 @@ impl ExecutionPlan for ViewScanExec {
         let stream = StreamName::new(&plan.stream).map_err(|e| {
             DataFusionError::External(Box::new(crate::Error::Invalid(e.to_string())))
         })?;
+        // Read-your-writes: the offsets of `after` on the view's stream.
+        let after = context
+            .session_config()
+            .get_extension::<ReadAfter>()
+            .map(|r| ViewAfter {
+                offsets: r
+                    .offsets
+                    .iter()
+                    .filter(|((s, _), _)| *s == plan.stream)
+                    .map(|((_, p), o)| (*p, *o))
+                    .collect(),
+                wait: r.wait,
+            })
+            .unwrap_or_default();
         let read = async move {
             let mode = if keys.is_some() { "lookup" } else { "scan" };
             let n = name.clone();
             let values = tokio::task::spawn_blocking(move || match keys {
-                Some(keys) => source.view_get(&stream, &n, &keys),
-                None => source.view_groups(&stream, &n),
+                Some(keys) => source.view_get(&stream, &n, &keys, &after),
+                None => source.view_groups(&stream, &n, &after),
             })
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?

@@ -7,6 +7,14 @@ use crate::keys::view_group_key;
 use fjall::Readable;
 
 impl ViewSet {
+    /// The next offset view `name` has applied on `partition`.
+    ///
+    /// # Errors
+    /// [`crate::Error::UnknownView`].
+    pub fn applied(&self, name: &str, partition: u32) -> Result<u64> {
+        Ok(self.current_slot(name)?.applied(partition))
+    }
+
     /// The stored group states of view `name` on `partitions` (`None`: every partition it has
     /// applied), from one snapshot: one value per partition and group, so a group appears once
     /// for each partition that has rows of it (a read merges them).
