@@ -195,5 +195,29 @@ impl Cluster {
     }
 }
 
+/// A failure to reach another node during a cluster query (it died, or its connection broke) is
+/// as retryable as a partition that moved. datafusion-distributed's worker protocol keeps only
+/// the text of such failures, so the text is what is recognised.
+pub fn unreachable_peer(e: strata_views::Error) -> strata_views::Error {
+    match e {
+        strata_views::Error::Execution(text)
+            if [
+                "transport error",
+                "tcp connect",
+                "connection",
+                "broken pipe",
+                "h2 protocol",
+            ]
+            .iter()
+            .any(|m| text.to_ascii_lowercase().contains(m)) =>
+        {
+            strata_views::Error::Unavailable(format!(
+                "a node this query reads from failed while it ran ({text}); retry shortly"
+            ))
+        }
+        e => e,
+    }
+}
+
 #[cfg(test)]
 mod tests;

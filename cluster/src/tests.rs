@@ -198,3 +198,19 @@ fn a_scan_travels_whole_and_splits_by_holder() {
             .is_err()
     );
 }
+
+#[test]
+fn a_broken_peer_is_retryable_and_other_failures_are_not() {
+    use strata_views::Error;
+    let broken = crate::unreachable_peer(Error::Execution(
+        "Error from worker: transport error: connection reset".into(),
+    ));
+    assert!(
+        matches!(broken, Error::Unavailable(ref m) if m.contains("retry")),
+        "{broken}"
+    );
+    let bad = crate::unreachable_peer(Error::Execution("division by zero".into()));
+    assert!(matches!(bad, Error::Execution(_)), "{bad}");
+    let invalid = crate::unreachable_peer(Error::Invalid("connection is a column".into()));
+    assert!(matches!(invalid, Error::Invalid(_)), "{invalid}");
+}

@@ -122,7 +122,11 @@ impl QueryService {
                 Err(_) => return Err(too_long()),
                 Ok(Ok(started)) => break started,
                 Ok(Err(e)) => {
-                    let e = if clustered { unreachable_peer(e) } else { e };
+                    let e = if clustered {
+                        strata_cluster::unreachable_peer(e)
+                    } else {
+                        e
+                    };
                     if matches!(e, strata_views::Error::Unavailable(_)) && attempt < attempts {
                         metrics::counter!("strata_cluster_query_retries_total").increment(1);
                         tracing::info!(error = %e, "retrying a cluster query on a fresh map");
@@ -141,7 +145,11 @@ impl QueryService {
                 let next = match tokio::time::timeout_at(deadline, batches.next()).await {
                     Ok(Some(batch)) => batch.map_err(|e| {
                         let e = strata_views::Error::from(e);
-                        Error::Sql(if clustered { unreachable_peer(e) } else { e })
+                        Error::Sql(if clustered {
+                            strata_cluster::unreachable_peer(e)
+                        } else {
+                            e
+                        })
                     }),
                     Ok(None) => return None,
                     Err(_) => Err(too_long()),
@@ -169,29 +177,6 @@ fn read_after(tokens: &[ConsistencyToken], wait: Duration) -> ReadAfter {
         }
     }
     ReadAfter { offsets, wait }
-}
-
-/// A failure to reach another node during a cluster query (it died, or its connection broke) is
-/// as retryable as a partition that moved.
-fn unreachable_peer(e: strata_views::Error) -> strata_views::Error {
-    match e {
-        strata_views::Error::Execution(text)
-            if [
-                "transport error",
-                "tcp connect",
-                "connection",
-                "broken pipe",
-                "h2 protocol",
-            ]
-            .iter()
-            .any(|m| text.to_ascii_lowercase().contains(m)) =>
-        {
-            strata_views::Error::Unavailable(format!(
-                "a node this query reads from failed while it ran ({text}); retry shortly"
-            ))
-        }
-        e => e,
-    }
 }
 
 fn parse_tokens(list: &[String]) -> Result<Vec<ConsistencyToken>> {
