@@ -208,22 +208,9 @@ impl SqlEngine {
     /// Checks `query` and creates view `name` over its stream.
     async fn create_view(&self, name: &str, query: &str, access: &Access) -> Result<()> {
         let own = self.store()?;
-        if StreamName::new(name).is_ok_and(|n| own.catalog().contains_key(&n)) {
-            return Err(Error::Conflict(format!(
-                "a stream is named {name}; a view needs a name of its own"
-            )));
-        }
-        let plan = ViewPlan::new(&self.ctx, query).await?;
-        let stream = StreamName::new(&plan.stream)
-            .ok()
-            .filter(|s| own.catalog().contains_key(s))
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "this view cannot be maintained incrementally: it reads {}, which is not a stream (views read streams only)",
-                    plan.stream
-                ))
-            })?;
-        access.require_stream(stream.as_str(), &format!("view {name}"))?;
+        let (plan, stream) = self
+            .check_definition(name, query, &own.catalog(), access)
+            .await?;
         let plan = Arc::new(plan);
         let (store, n, q, fold) = (
             own.clone(),
@@ -235,6 +222,34 @@ impl SqlEngine {
         self.views.plans.write().insert(name.to_owned(), plan);
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Checks a view definition: its name is not a stream's of `streams`, it compiles, it reads
+    /// one of `streams`, which `access` may read. Returns the plan and the stream.
+    pub(crate) async fn check_definition(
+        &self,
+        name: &str,
+        query: &str,
+        streams: &strata_proto::Catalog,
+        access: &Access,
+    ) -> Result<(ViewPlan, StreamName)> {
+        if StreamName::new(name).is_ok_and(|n| streams.contains_key(&n)) {
+            return Err(Error::Conflict(format!(
+                "a stream is named {name}; a view needs a name of its own"
+            )));
+        }
+        let plan = ViewPlan::new(&self.ctx, query).await?;
+        let stream = StreamName::new(&plan.stream)
+            .ok()
+            .filter(|s| streams.contains_key(s))
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "this view cannot be maintained incrementally: it reads {}, which is not a stream (views read streams only)",
+                    plan.stream
+                ))
+            })?;
+        access.require_stream(stream.as_str(), &format!("view {name}"))?;
+        Ok((plan, stream))
     }
 
     /// Every view with its size, progress and lag behind the log: the shared catalog's views

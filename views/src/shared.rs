@@ -44,23 +44,9 @@ impl SqlEngine {
                 "a materialized view named {name} exists already (DROP MATERIALIZED VIEW {name} first)"
             )));
         }
-        let streams = self.tables.catalog();
-        if StreamName::new(name).is_ok_and(|n| streams.contains_key(&n)) {
-            return Err(Error::Conflict(format!(
-                "a stream is named {name}; a view needs a name of its own"
-            )));
-        }
-        let plan = ViewPlan::new(&self.ctx, query).await?;
-        let stream = StreamName::new(&plan.stream)
-            .ok()
-            .filter(|s| streams.contains_key(s))
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "this view cannot be maintained incrementally: it reads {}, which is not a stream (views read streams only)",
-                    plan.stream
-                ))
-            })?;
-        access.require_stream(stream.as_str(), &format!("view {name}"))?;
+        let (_, stream) = self
+            .check_definition(name, query, &self.tables.catalog(), access)
+            .await?;
         let def = SharedView {
             name: name.to_owned(),
             stream: stream.clone(),
