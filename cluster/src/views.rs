@@ -108,7 +108,7 @@ impl ClusterSource {
         let node = self.map().local().id.clone();
         let status = self
             .store("materialized views")
-            .and_then(|store| Ok(store.view_status(&r.view)?));
+            .and_then(|store| Ok(store.view_progress(&r.view)?));
         match status {
             Ok(status) => {
                 let attached = self

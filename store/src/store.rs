@@ -473,6 +473,17 @@ impl Store {
     /// # Errors
     /// [`Error::UnknownView`], an unknown stream, storage failures.
     pub fn view_status(&self, name: &str) -> Result<ViewStatus> {
+        let mut status = self.view_progress(name)?;
+        let (slot, _) = self.views.entry(name)?;
+        status.rows = self.views.rows(&slot)?;
+        Ok(status)
+    }
+
+    /// [`Store::view_status`] without counting the view's groups (`rows` is 0): cheap.
+    ///
+    /// # Errors
+    /// As [`Store::view_status`].
+    pub fn view_progress(&self, name: &str) -> Result<ViewStatus> {
         let (slot, rebuilding) = self.views.entry(name)?;
         let info = self.stream(&slot.def.stream)?;
         let mut partitions = Vec::new();
@@ -486,7 +497,7 @@ impl Store {
         }
         Ok(ViewStatus {
             def: slot.def.clone(),
-            rows: self.views.rows(&slot)?,
+            rows: 0,
             partitions,
             error: slot.error(),
             rebuilding,

@@ -274,21 +274,29 @@ impl SqlEngine {
         let mut out = Vec::new();
         for (name, stream, query) in defs {
             let (tables, s, n) = (self.tables.clone(), stream.clone(), name.clone());
+            let (store, plan) = (self.local_store().cloned(), self.views.get(&name));
             let read = tokio::task::spawn_blocking(move || {
                 let progress = tables.view_progress(&s, &n)?;
-                let groups = tables.view_groups(&s, &n, &ViewAfter::default());
-                Ok::<_, Error>((progress, groups))
+                // Distinct groups: counted in this node's store when it holds every partition
+                // (keys only), otherwise by reading the view from the holders.
+                let rows = match (store, plan) {
+                    (Some(store), _) if progress.iter().all(|p| p.node.is_none()) => {
+                        store.view_status(&n)?.rows
+                    }
+                    (_, Some(plan)) => match tables.view_groups(&s, &n, &ViewAfter::default()) {
+                        Ok(groups) => plan.count_groups(groups.iter().map(Vec::as_slice))?,
+                        Err(_) => 0,
+                    },
+                    _ => 0,
+                };
+                Ok::<_, Error>((progress, rows))
             })
             .await
             .map_err(|e| Error::Execution(format!("view task failed: {e}")))?;
-            let (progress, groups) = match read {
+            let (progress, rows) = match read {
                 Ok(read) => read,
                 Err(Error::Store(strata_store::Error::UnknownView(_))) => continue,
                 Err(e) => return Err(e),
-            };
-            let rows = match (self.views.get(&name), groups) {
-                (Some(plan), Ok(groups)) => plan.count_groups(groups.iter().map(Vec::as_slice))?,
-                _ => 0,
             };
             out.push(self.listing(name, &stream, query, rows, progress).await);
         }

@@ -194,7 +194,7 @@ impl ShardSource for Store {
     }
 
     fn view_progress(&self, _stream: &StreamName, name: &str) -> Result<Vec<ViewProgress>> {
-        let status = self.view_status(name)?;
+        let status = Store::view_progress(self, name)?;
         Ok(ViewProgress::of(&status, None, |_| true))
     }
 
