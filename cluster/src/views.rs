@@ -9,8 +9,21 @@ use arrow::array::{Array, BinaryArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use std::time::Duration;
 use strata_proto::StreamName;
 use strata_views::{Error, Result, ViewAfter, ViewProgress};
+
+/// How long a peer may take to answer a view read (beyond waiting for `after`) or a progress
+/// question; a node that is up but stuck must not hold a read forever.
+const PEER_ANSWER: Duration = Duration::from_secs(30);
+
+/// A peer that did not answer in time: retryable.
+fn silent(url: &url::Url, limit: Duration) -> Error {
+    Error::Unavailable(format!(
+        "the node at {url} did not answer within {} s; retry shortly",
+        limit.as_secs()
+    ))
+}
 
 /// The `DoAction` type asking for a view's progress on some partitions.
 pub(crate) const PROGRESS_ACTION: &str = "view_progress";
@@ -173,14 +186,24 @@ impl ClusterSource {
             .block_on(futures::future::join_all(remote.iter().map(
                 |(url, ticket)| async move {
                     use futures::TryStreamExt;
-                    let ticket = crate::PeerTicket::View(ticket.clone());
-                    let batches: Vec<RecordBatch> =
-                        self.peers().get(url, &ticket).await?.try_collect().await?;
-                    let mut states = Vec::new();
-                    for b in &batches {
-                        states.extend(states_of(b)?);
-                    }
-                    Ok::<_, Error>(states)
+                    let peer_ticket = crate::PeerTicket::View(ticket.clone());
+                    let read = async {
+                        let batches: Vec<RecordBatch> = self
+                            .peers()
+                            .get(url, &peer_ticket)
+                            .await?
+                            .try_collect()
+                            .await?;
+                        let mut states = Vec::new();
+                        for b in &batches {
+                            states.extend(states_of(b)?);
+                        }
+                        Ok::<_, Error>(states)
+                    };
+                    let limit = ticket.after.wait + PEER_ANSWER;
+                    tokio::time::timeout(limit, read)
+                        .await
+                        .unwrap_or_else(|_| Err(silent(url, limit)))
                 },
             )));
         for states in fetched {
@@ -216,7 +239,10 @@ impl ClusterSource {
             .runtime()
             .block_on(futures::future::join_all(remote.iter().map(
                 |(url, request)| async move {
-                    let body = self.peers().action(url, PROGRESS_ACTION, request).await?;
+                    let ask = self.peers().action(url, PROGRESS_ACTION, request);
+                    let body = tokio::time::timeout(PEER_ANSWER, ask)
+                        .await
+                        .unwrap_or_else(|_| Err(silent(url, PEER_ANSWER)))?;
                     serde_json::from_slice::<Vec<ViewProgress>>(&body)
                         .map_err(|e| Error::Execution(format!("a peer's view progress: {e}")))
                 },
