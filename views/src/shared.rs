@@ -199,6 +199,11 @@ impl SqlEngine {
         };
         let n = name.to_owned();
         blocking(move || store.views().remove(&n)).await?;
+        // A plan compiled from the store's definition (not from the shared catalog) goes too.
+        if !self.compiled.lock().contains_key(name) {
+            self.views.plans.write().remove(name);
+            self.unloaded.lock().remove(name);
+        }
         Ok(())
     }
 
