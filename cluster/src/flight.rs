@@ -17,8 +17,8 @@ use arrow_flight::{
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
-use strata_views::Error;
+use std::sync::{Arc, OnceLock};
+use strata_views::{Error, RebuildEvent};
 use tonic::{Request, Response, Status, Streaming};
 
 /// What a node asks a peer to read.
@@ -31,10 +31,21 @@ pub enum PeerTicket {
     View(ViewTicket),
 }
 
-/// Serves replays, view reads and view progress of the partitions this node holds.
+/// Serves replays, view reads and view progress of the partitions this node holds, and rebuilds
+/// of views in this node's store.
 pub(crate) struct PeerServer {
     pub(crate) source: Arc<ClusterSource>,
+    pub(crate) rebuilder: Arc<OnceLock<Rebuilder>>,
 }
+
+/// The `DoAction` type asking a node to rebuild a view in its store (body: the view's name as a
+/// JSON string); its results are the rebuild's progress, then its outcome (JSON `RebuildEvent`s).
+pub(crate) const REBUILD_ACTION: &str = "view_rebuild";
+
+/// Starts a rebuild of a view in this node's store and reports on it (the SQL engine's, set once
+/// the engine exists).
+pub type Rebuilder =
+    Arc<dyn Fn(&str) -> strata_views::Result<BoxStream<'static, RebuildEvent>> + Send + Sync>;
 
 type Answer<T> = Result<Response<T>, Status>;
 type Stream<T> = BoxStream<'static, Result<T, Status>>;
@@ -70,6 +81,32 @@ impl PeerServer {
             .map_err(status)?;
         let batch = states_batch(states).map_err(status)?;
         Ok(Response::new(encode(futures::stream::iter([Ok(batch)]))))
+    }
+}
+
+impl PeerServer {
+    fn rebuild(&self, body: &[u8]) -> Answer<Stream<arrow_flight::Result>> {
+        let view: String = serde_json::from_slice(body)
+            .map_err(|e| Status::invalid_argument(format!("bad rebuild request: {e}")))?;
+        let rebuilder = self
+            .rebuilder
+            .get()
+            .ok_or_else(|| Status::unavailable("this node cannot rebuild views yet"))?;
+        let events = rebuilder(&view).map_err(|e| match e {
+            Error::Store(strata_store::Error::UnknownView(v)) => {
+                Status::not_found(format!("no materialized view named {v} on this node"))
+            }
+            e => Status::failed_precondition(e.to_string()),
+        })?;
+        Ok(Response::new(
+            events
+                .map(|event| {
+                    serde_json::to_vec(&event)
+                        .map(|body| arrow_flight::Result { body: body.into() })
+                        .map_err(|e| Status::internal(e.to_string()))
+                })
+                .boxed(),
+        ))
     }
 }
 
@@ -111,6 +148,9 @@ impl FlightService for PeerServer {
 
     async fn do_action(&self, request: Request<Action>) -> Answer<Self::DoActionStream> {
         let action = request.into_inner();
+        if action.r#type == REBUILD_ACTION {
+            return self.rebuild(&action.body);
+        }
         if action.r#type != PROGRESS_ACTION {
             return Err(Status::invalid_argument(format!(
                 "unknown node-to-node action {:?}",

@@ -27,7 +27,7 @@ mod worker;
 
 pub use codec::ScanCodec;
 pub use error::{Error, Result};
-pub use flight::PeerTicket;
+pub use flight::{PeerTicket, Rebuilder};
 pub use map::{ClusterMap, LocalNode, node_url};
 pub use peers::PeerTls;
 pub use replay::{ReplayBatches, ReplayTicket};
@@ -55,6 +55,7 @@ pub struct Cluster {
     codec: Arc<ScanCodec>,
     channels: Channels,
     secret: Arc<str>,
+    rebuilder: Arc<std::sync::OnceLock<Rebuilder>>,
 }
 
 /// The certificate and key a TLS server is set up with.
@@ -96,6 +97,7 @@ impl Cluster {
             codec,
             channels,
             secret,
+            rebuilder: Arc::default(),
         })
     }
 
@@ -147,6 +149,46 @@ impl Cluster {
             .await
     }
 
+    /// Sets how this node rebuilds a view in its own store when a peer asks (once; later calls
+    /// change nothing).
+    pub fn set_rebuilder(&self, rebuilder: Rebuilder) {
+        let _ = self.rebuilder.set(rebuilder);
+    }
+
+    /// The live peers keeping shards, by id, with their node-to-node URL.
+    pub fn store_peers(&self) -> std::collections::BTreeMap<String, url::Url> {
+        self.map.store_peers()
+    }
+
+    /// Asks the node at `url` to rebuild view `name` in its store; its progress and outcome as
+    /// they come. A node that cannot be reached or refuses ends the stream with a failure.
+    pub async fn rebuild_on(
+        &self,
+        url: &url::Url,
+        name: &str,
+    ) -> futures::stream::BoxStream<'static, strata_views::RebuildEvent> {
+        use futures::StreamExt;
+        use strata_views::RebuildEvent;
+        let failed = |e: &dyn std::fmt::Display| RebuildEvent::Failed {
+            error: e.to_string(),
+        };
+        match self
+            .source
+            .peers()
+            .action_stream(url, flight::REBUILD_ACTION, &name)
+            .await
+        {
+            Ok(results) => results
+                .map(move |r| match r {
+                    Ok(body) => serde_json::from_slice::<RebuildEvent>(&body)
+                        .unwrap_or_else(|e| failed(&format!("a peer's rebuild progress: {e}"))),
+                    Err(e) => failed(&e),
+                })
+                .boxed(),
+            Err(e) => futures::stream::iter([failed(&e)]).boxed(),
+        }
+    }
+
     /// Renders a plan spanning nodes as its stages, with the node of each task.
     pub fn explain(&self) -> ExplainHook {
         Arc::new(|plan| {
@@ -173,6 +215,7 @@ impl Cluster {
         let replays = InterceptedService::new(
             arrow_flight::flight_service_server::FlightServiceServer::new(flight::PeerServer {
                 source: self.source.clone(),
+                rebuilder: self.rebuilder.clone(),
             }),
             SecretCheck {
                 secret: self.secret.clone(),

@@ -155,6 +155,19 @@ impl ClusterMap {
         Ok(out)
     }
 
+    /// The live peers that keep shards (role `store` or `all`) and take node-to-node calls, with
+    /// their URL, by id.
+    pub fn store_peers(&self) -> BTreeMap<String, Url> {
+        let oldest = now_ms() - self.stale_after().as_millis() as i64;
+        self.membership
+            .peers()
+            .into_values()
+            .filter(|s| s.node != self.local.id && s.updated_ms >= oldest)
+            .filter(|s| s.role == "store" || s.role == "all")
+            .filter_map(|s| Some((s.node, node_url(s.cluster.as_deref()?).ok()?)))
+            .collect()
+    }
+
     /// The node-to-node URL of node `id`, if it is this node or live.
     pub fn url_of(&self, id: &str) -> Option<Url> {
         if id == self.local.id {

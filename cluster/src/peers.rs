@@ -224,6 +224,39 @@ impl Peers {
         }
     }
 
+    /// `DoAction` `kind` with `body` (JSON) on the node at `url`: the bodies of its results, as
+    /// they come.
+    ///
+    /// # Errors
+    /// The node unreachable, or its refusal (also as an item of the stream once started).
+    pub(crate) async fn action_stream(
+        &self,
+        url: &Url,
+        kind: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<BoxStream<'static, Result<Vec<u8>, Error>>, Error> {
+        let body = serde_json::to_vec(body).map_err(|e| Error::Execution(e.to_string()))?;
+        let mut client = self.client(url).await?;
+        let results = client
+            .do_action(Action {
+                r#type: kind.to_owned(),
+                body: body.into(),
+            })
+            .await
+            .map_err(|s| {
+                self.forget_if_broken(url, &s);
+                from_status(url, &s)
+            })?
+            .into_inner();
+        let url = url.clone();
+        Ok(results
+            .map(move |r| {
+                r.map(|r| r.body.to_vec())
+                    .map_err(|s| from_status(&url, &s))
+            })
+            .boxed())
+    }
+
     fn forget_if_broken(&self, url: &Url, s: &tonic::Status) {
         if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) {
             self.forget(url);

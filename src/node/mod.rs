@@ -77,6 +77,12 @@ pub async fn run(
     )
     .await?;
     let sql = cluster::engine(cluster.as_ref(), store.as_ref(), &log, runtime)?;
+    if let (Some(part), Some(engine), Some(_)) = (&cluster, &sql, &store) {
+        // Peers ask this node to rebuild a view in its store (a cluster-wide rebuild).
+        let engine = engine.clone();
+        part.cluster
+            .set_rebuilder(Arc::new(move |name| engine.rebuild_events(name)));
+    }
     let background_stop = CancellationToken::new();
     if let Some(engine) = &sql {
         // Views load before the consumers start, so that their commits maintain them at once.

@@ -58,7 +58,7 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use filters::ScanBounds;
-pub use manage::{Rebuild, RebuildProgress, ViewListing, ViewPartitionLag};
+pub use manage::{Rebuild, RebuildEvent, RebuildProgress, ViewListing, ViewPartitionLag};
 pub use materialized::ViewPlan;
 pub use source::{Batches, ShardSource, ViewAfter, ViewProgress, wait_stored};
 pub use table::{ReadAfter, ScanSpec, StreamScanExec, StreamTable};

@@ -7,7 +7,9 @@ use crate::{Error, Result, SqlEngine};
 use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use serde::Serialize;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_proto::StreamName;
@@ -52,7 +54,7 @@ pub struct ViewListing {
 }
 
 /// Progress of a rebuild.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RebuildProgress {
     /// Events folded so far.
     pub done: u64,
@@ -65,6 +67,22 @@ pub struct RebuildProgress {
     /// Rows of the rebuilt view, once finished.
     pub rows: Option<u64>,
 }
+
+/// What a rebuild reports: progress while it runs, then how it ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RebuildEvent {
+    /// Progress so far; the last one has `finished: true` and the rebuilt view's rows.
+    Progress(RebuildProgress),
+    /// The rebuild failed; the view keeps its old state.
+    Failed {
+        /// Why.
+        error: String,
+    },
+}
+
+/// How often a rebuild reports its progress.
+pub(crate) const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 fn message(text: String) -> Result<QueryOutput> {
     let schema = Arc::new(Schema::new(vec![Field::new(
@@ -474,6 +492,45 @@ impl SqlEngine {
             engine: self.clone(),
             name: name.to_owned(),
         })
+    }
+
+    /// Rebuilds view `name` in this node's store: refused at once when it cannot start (see
+    /// [`SqlEngine::begin_rebuild`]); once started it runs to its end even if the stream is
+    /// dropped. The stream reports progress every 250 ms and ends with the finished progress or
+    /// the failure.
+    ///
+    /// # Errors
+    /// As [`SqlEngine::begin_rebuild`].
+    pub fn rebuild_events(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<BoxStream<'static, RebuildEvent>> {
+        let rebuild = self.begin_rebuild(name)?;
+        let (progress, watch) = watch::channel(RebuildProgress::default());
+        let task = tokio::spawn(rebuild.run(progress));
+        let tick = tokio::time::interval(PROGRESS_EVERY);
+        // Progress on every tick while the task runs, then its outcome.
+        let events = futures::stream::unfold(Some((task, tick, watch)), |state| async move {
+            let (mut task, mut tick, mut watch) = state?;
+            tokio::select! {
+                biased;
+                joined = &mut task => {
+                    let last = match joined {
+                        Ok(Ok(done)) => RebuildEvent::Progress(done),
+                        Ok(Err(e)) => RebuildEvent::Failed { error: e.to_string() },
+                        Err(e) => RebuildEvent::Failed {
+                            error: format!("the rebuild task failed: {e}"),
+                        },
+                    };
+                    Some((last, None))
+                }
+                _ = tick.tick() => {
+                    let now = watch.borrow_and_update().clone();
+                    Some((RebuildEvent::Progress(now), Some((task, tick, watch))))
+                }
+            }
+        });
+        Ok(events.boxed())
     }
 
     /// Recomputes view `name`: [`SqlEngine::begin_rebuild`], then [`Rebuild::run`].

@@ -20,6 +20,20 @@ fn log_error(e: strata_proto::Error) -> Error {
 }
 
 impl SqlEngine {
+    /// Whether views are defined in the log's shared catalog (every store node keeps each view
+    /// for the partitions it holds).
+    pub fn views_are_shared(&self) -> bool {
+        self.shared_views().is_some()
+    }
+
+    /// The stream view `name` reads: from the shared catalog, or this node's store.
+    pub fn view_stream(&self, name: &str) -> Option<StreamName> {
+        match self.shared_views() {
+            Some(catalog) => catalog.borrow().get(name).map(|d| d.stream.clone()),
+            None => self.local_store()?.views().def(name).map(|d| d.stream),
+        }
+    }
+
     /// The shared catalog of views, when the log has one.
     pub(crate) fn shared_views(&self) -> Option<watch::Receiver<ViewCatalog>> {
         self.log.as_ref()?.shared_views()
