@@ -46,6 +46,7 @@ macro_rules! leaf_plan {
 mod engine;
 mod error;
 mod filters;
+mod listing;
 mod manage;
 pub mod materialized;
 mod shared;
@@ -58,7 +59,8 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use filters::ScanBounds;
-pub use manage::{Rebuild, RebuildEvent, RebuildProgress, ViewListing, ViewPartitionLag};
+pub use listing::{ViewListing, ViewPartitionLag};
+pub use manage::{Rebuild, RebuildEvent, RebuildProgress};
 pub use materialized::ViewPlan;
 pub use source::{Batches, ShardSource, ViewAfter, ViewProgress, wait_stored};
 pub use table::{ReadAfter, ScanSpec, StreamScanExec, StreamTable};
