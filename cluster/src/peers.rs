@@ -200,28 +200,12 @@ impl Peers {
         kind: &str,
         body: &impl serde::Serialize,
     ) -> Result<Vec<u8>, Error> {
-        let body = serde_json::to_vec(body).map_err(|e| Error::Execution(e.to_string()))?;
-        let mut client = self.client(url).await?;
-        let call = async {
-            let mut results = client
-                .do_action(Action {
-                    r#type: kind.to_owned(),
-                    body: body.into(),
-                })
-                .await?
-                .into_inner();
-            Ok::<_, tonic::Status>(results.message().await?.map(|r| r.body.to_vec()))
-        };
-        match call.await {
-            Ok(Some(body)) => Ok(body),
-            Ok(None) => Err(Error::Execution(format!(
+        let mut results = self.action_stream(url, kind, body).await?;
+        results.next().await.unwrap_or_else(|| {
+            Err(Error::Execution(format!(
                 "the node at {url} gave no answer to {kind}"
-            ))),
-            Err(s) => {
-                self.forget_if_broken(url, &s);
-                Err(from_status(url, &s))
-            }
-        }
+            )))
+        })
     }
 
     /// `DoAction` `kind` with `body` (JSON) on the node at `url`: the bodies of its results, as

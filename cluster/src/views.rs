@@ -119,14 +119,14 @@ impl ClusterSource {
     /// node keeps them (a view not set up here yet shows as not maintained).
     pub(crate) fn local_progress(&self, r: &ProgressRequest) -> Vec<ViewProgress> {
         let node = self.map().local().id.clone();
-        let status = self
-            .store("materialized views")
-            .and_then(|store| Ok(store.view_progress(&r.view)?));
+        let store = self.store("materialized views");
+        let status = store
+            .as_ref()
+            .map_err(|_| ())
+            .and_then(|store| store.view_progress(&r.view).map_err(|_| ()));
         match status {
             Ok(status) => {
-                let attached = self
-                    .store("materialized views")
-                    .is_ok_and(|s| s.views().attached(&r.view));
+                let attached = store.is_ok_and(|s| s.views().attached(&r.view));
                 let mut out = ViewProgress::of(&status, Some(&node), |p| r.partitions.contains(&p));
                 for p in &mut out {
                     p.maintained = attached;
