@@ -133,20 +133,15 @@ impl Cluster {
     /// cannot be reached; the holder's refusal.
     pub async fn replay(&self, ticket: ReplayTicket) -> strata_views::Result<ReplayBatches> {
         let holders = self.map.holders(&ticket.stream, &[ticket.partition])?;
-        let holder = holders.keys().next().cloned().unwrap_or_default();
-        if holder == self.map.local().id {
-            return replay::local(self.source.clone(), ticket).await;
+        match self.source.located(holders)?.into_iter().next() {
+            Some((Some(url), _)) => {
+                self.source
+                    .peers()
+                    .get(&url, &PeerTicket::Replay(ticket))
+                    .await
+            }
+            _ => replay::local(self.source.clone(), ticket).await,
         }
-        let url = self.map.url_of(&holder).ok_or_else(|| {
-            strata_views::Error::Unavailable(format!(
-                "node {holder}, which holds partition {} of {}, is gone; retry shortly",
-                ticket.partition, ticket.stream
-            ))
-        })?;
-        self.source
-            .peers()
-            .get(&url, &PeerTicket::Replay(ticket))
-            .await
     }
 
     /// Sets how this node rebuilds a view in its own store when a peer asks (once; later calls

@@ -106,7 +106,14 @@ impl ClusterSource {
         self.located(holders).unwrap_or_default()
     }
 
-    fn located(&self, holders: BTreeMap<String, Vec<u32>>) -> Result<Vec<(Option<Url>, Vec<u32>)>> {
+    /// Node ids by the URL to reach them at (`None`: this node).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] for a node that is gone.
+    pub(crate) fn located(
+        &self,
+        holders: BTreeMap<String, Vec<u32>>,
+    ) -> Result<Vec<(Option<Url>, Vec<u32>)>> {
         holders
             .into_iter()
             .map(|(node, partitions)| {

@@ -136,15 +136,7 @@ impl ClusterSource {
             _ => r
                 .partitions
                 .iter()
-                .map(|&partition| ViewProgress {
-                    partition,
-                    applied: 0,
-                    stored: 0,
-                    node: Some(node.clone()),
-                    maintained: false,
-                    error: None,
-                    rebuilding: false,
-                })
+                .map(|&partition| ViewProgress::missing(partition, Some(node.clone())))
                 .collect(),
         }
     }
@@ -251,15 +243,7 @@ impl ClusterSource {
         // Partitions nobody reported on (no live holder, or it did not answer).
         for p in partitions {
             if !out.iter().any(|v| v.partition == p) {
-                out.push(ViewProgress {
-                    partition: p,
-                    applied: 0,
-                    stored: 0,
-                    node: None,
-                    maintained: false,
-                    error: None,
-                    rebuilding: false,
-                });
+                out.push(ViewProgress::missing(p, None));
             }
         }
         out.sort_by_key(|p| p.partition);

@@ -72,6 +72,20 @@ pub struct ViewProgress {
 }
 
 impl ViewProgress {
+    /// A partition on which the view is not maintained (yet): not set up on its holder `node`,
+    /// or without a live holder.
+    pub fn missing(partition: u32, node: Option<String>) -> Self {
+        Self {
+            partition,
+            applied: 0,
+            stored: 0,
+            node,
+            maintained: false,
+            error: None,
+            rebuilding: false,
+        }
+    }
+
     /// The progress of `status` on the partitions `keep` selects, held by `node`.
     pub fn of(status: &ViewStatus, node: Option<&str>, keep: impl Fn(u32) -> bool) -> Vec<Self> {
         status
