@@ -134,6 +134,47 @@ impl std::fmt::Debug for ClusterConfig {
     }
 }
 
+/// The PostgreSQL wire protocol front end.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PgConfig {
+    /// Where PostgreSQL clients connect (`off`: nowhere; `127.0.0.1:0` picks a free port).
+    pub listen: String,
+    /// The most client connections at once; more are refused with SQLSTATE 53300.
+    pub max_connections: usize,
+}
+
+impl Default for PgConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:5433".to_owned(),
+            max_connections: 100,
+        }
+    }
+}
+
+/// The Arrow Flight SQL front end.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlightConfig {
+    /// Where Flight SQL clients connect (`off`: nowhere; `127.0.0.1:0` picks a free port).
+    pub listen: String,
+}
+
+impl Default for FlightConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".to_owned(),
+        }
+    }
+}
+
+/// An address setting, or `None` for `off`.
+pub fn listen_address(value: &str) -> Option<&str> {
+    let value = value.trim();
+    (!value.is_empty() && !value.eq_ignore_ascii_case("off")).then_some(value)
+}
+
 /// Everything a node needs to run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -156,6 +197,10 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Cluster-wide queries.
     pub cluster: ClusterConfig,
+    /// PostgreSQL clients.
+    pub pg: PgConfig,
+    /// Arrow Flight SQL clients.
+    pub flight: FlightConfig,
     /// The log.
     pub log: LogSettings,
     /// The store.
@@ -174,6 +219,8 @@ impl Default for Config {
             auth: crate::auth::AuthConfig::default(),
             tls: TlsConfig::default(),
             cluster: ClusterConfig::default(),
+            pg: PgConfig::default(),
+            flight: FlightConfig::default(),
             log: LogSettings::default(),
             store: StoreConfig::default(),
         }
@@ -222,6 +269,12 @@ pub struct Overrides {
     /// Secret shared by the nodes of a cluster (node-to-node calls without it are refused).
     #[arg(long, env = "STRATA_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// PostgreSQL wire protocol listen address, or `off` [default: 127.0.0.1:5433].
+    #[arg(long, env = "STRATA_PG")]
+    pub pg: Option<String>,
+    /// Arrow Flight SQL listen address, or `off` [default: 127.0.0.1:50051].
+    #[arg(long, env = "STRATA_FLIGHT")]
+    pub flight: Option<String>,
     /// Kafka bootstrap brokers, HOST:PORT[,…] (with --log kafka).
     #[arg(long, env = "STRATA_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
@@ -290,6 +343,12 @@ impl Config {
         if let Some(v) = &overrides.cluster_secret {
             config.cluster.secret = Some(v.clone());
         }
+        if let Some(v) = &overrides.pg {
+            config.pg.listen = v.clone();
+        }
+        if let Some(v) = &overrides.flight {
+            config.flight.listen = v.clone();
+        }
         let kafka = &mut config.log.kafka;
         if let Some(v) = &overrides.kafka_brokers {
             kafka.brokers = v.clone();
@@ -314,6 +373,11 @@ impl Config {
     pub fn check(&self) -> crate::Result<()> {
         strata_proto::StreamInfo::check_partitions(self.default_partitions)
             .map_err(|e| crate::Error::Config(format!("default_partitions: {e}")))?;
+        if self.pg.max_connections == 0 {
+            return Err(crate::Error::Config(
+                "pg.max_connections must be positive".into(),
+            ));
+        }
         if self.store.block_rows == 0 || self.store.commit_max_events == 0 {
             return Err(crate::Error::Config(
                 "store.block_rows and store.commit_max_events must be positive".into(),

@@ -10,8 +10,10 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod flight;
 pub mod http;
 pub mod node;
+pub mod pg;
 pub mod service;
 
 pub use config::Config;

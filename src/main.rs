@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node: log, store and SQL in one process.
-    Serve(Overrides),
+    Serve(Box<Overrides>),
     /// Print the SHA-256 of a token (read from standard input) for `sha256 = …` under [[auth.tokens]].
     HashToken,
     /// Append NDJSON events (one per line) from a file or standard input.
@@ -125,7 +125,7 @@ fn main() -> ExitCode {
     let result: Result<(), Failure> = match runtime {
         Ok(runtime) => runtime.block_on(async move {
             match cli.command {
-                Command::Serve(overrides) => Ok(serve(overrides).await?),
+                Command::Serve(overrides) => Ok(serve(*overrides).await?),
                 Command::HashToken => Ok(hash_token()?),
                 command => {
                     let client = Client::with_options(
@@ -196,11 +196,43 @@ async fn serve(overrides: Overrides) -> strata::Result<()> {
     } else {
         "http"
     };
-    let node = strata::node::run(config, listener, Some(metrics), shutdown.clone());
-    // Announce the address once the node is being built; tests read this line.
+    let pg = bind(
+        strata::config::listen_address(&config.pg.listen),
+        "PostgreSQL",
+    )
+    .await?;
+    let flight = bind(
+        strata::config::listen_address(&config.flight.listen),
+        "Flight SQL",
+    )
+    .await?;
+    // Announce the addresses once the node is being built; tests read these lines, the HTTP one
+    // last.
+    for (name, listener) in [("postgres", &pg), ("flight", &flight)] {
+        if let Some(addr) = listener.as_ref().and_then(|l| l.local_addr().ok()) {
+            println!("strata {name} on {addr}");
+        }
+    }
+    let listeners = strata::node::Listeners {
+        http: listener,
+        pg,
+        flight,
+    };
+    let node = strata::node::run(config, listeners, Some(metrics), shutdown.clone());
     println!("strata listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();
     node.await
+}
+
+/// A listener on `addr`, unless it is off.
+async fn bind(addr: Option<&str>, what: &str) -> strata::Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|e| strata::Error::io(format!("cannot listen for {what} clients on {addr}"), e))
 }
 
 async fn wait_for_signal() {

@@ -73,7 +73,16 @@ fn a_segment_damaged_in_the_middle_stops_the_node_naming_file_and_byte() {
 
     let config = dir.with_extension("toml");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["serve", "--http", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--pg",
+            "off",
+            "--flight",
+            "off",
+            "--data-dir",
+        ])
         .arg(&dir)
         .arg("--config")
         .arg(&config)

@@ -339,7 +339,16 @@ fn a_bad_auth_or_tls_configuration_stops_the_node_with_a_clear_error() {
         let path = dir.with_extension("toml");
         std::fs::write(&path, config).unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
-            .args(["serve", "--http", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--http",
+                "127.0.0.1:0",
+                "--pg",
+                "off",
+                "--flight",
+                "off",
+                "--data-dir",
+            ])
             .arg(&dir)
             .arg("--config")
             .arg(&path)

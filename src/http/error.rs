@@ -7,7 +7,11 @@ use axum::response::{IntoResponse, Response};
 /// The HTTP status of an error of `kind`.
 pub fn status(kind: Kind) -> StatusCode {
     match kind {
-        Kind::Invalid => StatusCode::BAD_REQUEST,
+        Kind::Invalid
+        | Kind::Syntax
+        | Kind::UnknownTable
+        | Kind::UnknownColumn
+        | Kind::ReadOnly => StatusCode::BAD_REQUEST,
         Kind::NotFound => StatusCode::NOT_FOUND,
         Kind::Conflict => StatusCode::CONFLICT,
         Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -18,7 +22,7 @@ pub fn status(kind: Kind) -> StatusCode {
         Kind::Busy | Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Kind::Gone => StatusCode::GONE,
         Kind::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
-        Kind::ResourcesExhausted => StatusCode::UNPROCESSABLE_ENTITY,
+        Kind::ResourcesExhausted | Kind::TimeLimit => StatusCode::UNPROCESSABLE_ENTITY,
         Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -99,6 +99,7 @@ pub(super) async fn sql(
                 sql: request.sql,
                 after,
                 timeout_ms: request.timeout_ms,
+                ..QueryRequest::default()
             },
         )
         .await?;

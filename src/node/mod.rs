@@ -16,6 +16,16 @@ use strata_store::Store;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// The sockets a node serves its clients on, bound by the caller (so it can announce them).
+pub struct Listeners {
+    /// The HTTP API.
+    pub http: tokio::net::TcpListener,
+    /// PostgreSQL clients (`pg.listen`), unless off.
+    pub pg: Option<tokio::net::TcpListener>,
+    /// Arrow Flight SQL clients (`flight.listen`), unless off.
+    pub flight: Option<tokio::net::TcpListener>,
+}
+
 /// How often log retention runs (for logs that have it).
 const RETENTION_EVERY: Duration = Duration::from_secs(2);
 
@@ -35,10 +45,15 @@ const FEED_STOP: Duration = Duration::from_secs(60);
 /// that stopped being able to write ([`Error::Fatal`]).
 pub async fn run(
     config: Config,
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let Listeners {
+        http: listener,
+        pg,
+        flight,
+    } = listeners;
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
@@ -151,14 +166,39 @@ pub async fn run(
             feed: feed.clone(),
         },
     });
+    // Requests running at once, over every front end.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(
+        config.limits.max_concurrent_requests,
+    ));
     let state = Arc::new(AppState {
         services: services.clone(),
         metrics,
-        auth,
-        in_flight: Arc::new(tokio::sync::Semaphore::new(
-            config.limits.max_concurrent_requests,
-        )),
+        auth: auth.clone(),
+        in_flight: in_flight.clone(),
     });
+    let pg = pg.map(|listener| {
+        let front = Arc::new(crate::pg::Front::new(
+            services.clone(),
+            auth.clone(),
+            in_flight.clone(),
+        ));
+        tokio::spawn(crate::pg::serve(
+            listener,
+            front,
+            tls.clone().map(Arc::new),
+            config.pg.max_connections,
+            shutdown.clone(),
+        ))
+    });
+    let flight = match flight {
+        Some(listener) => Some(crate::flight::spawn(
+            listener,
+            crate::flight::FlightSql::new(services.clone(), auth.clone(), in_flight.clone())?,
+            config.tls.files(),
+            shutdown.clone(),
+        )?),
+        None => None,
+    };
     let peers = cluster.map(|part| {
         let stop = background_stop.clone();
         tokio::spawn(async move {
@@ -171,10 +211,21 @@ pub async fn run(
     let publisher = backend
         .membership
         .map(|m| spawn_publisher(m, services.clone(), background_stop.clone()));
-    let served = match tls {
+    let served = match &tls {
         None => serve::serve_plain(listener, router(state.clone()), &shutdown).await,
-        Some(tls) => serve::serve_tls(listener, router(state.clone()), tls, &shutdown).await,
+        Some(tls) => {
+            serve::serve_tls(
+                listener,
+                router(state.clone()),
+                serve::http_tls(tls),
+                &shutdown,
+            )
+            .await
+        }
     };
+    for task in [pg, flight].into_iter().flatten() {
+        let _ = task.await;
+    }
     background_stop.cancel();
     if let Some(views) = views {
         let _ = tokio::time::timeout(DRAIN, views).await;

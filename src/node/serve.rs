@@ -55,11 +55,18 @@ pub(super) async fn serve_tls(
     served
 }
 
-/// The rustls configuration of the HTTP listener from PEM files.
+/// The rustls configuration of the HTTP listener (`server`, speaking HTTP/1.1).
+pub(super) fn http_tls(server: &rustls::ServerConfig) -> axum_server::tls_rustls::RustlsConfig {
+    let mut server = server.clone();
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(server))
+}
+
+/// The node's TLS server configuration from its PEM files, shared by its listeners.
 pub(super) fn tls_config(
     cert: &std::path::Path,
     key: &std::path::Path,
-) -> Result<axum_server::tls_rustls::RustlsConfig> {
+) -> Result<rustls::ServerConfig> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let bad = |what: &std::path::Path, e: &dyn std::fmt::Display| {
@@ -74,14 +81,10 @@ pub(super) fn tls_config(
     }
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+    rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Config(format!("TLS: {e}")))?
         .with_no_client_auth()
         .with_single_cert(chain, key_der)
-        .map_err(|e| Error::Config(format!("TLS: the certificate and key do not fit: {e}")))?;
-    server.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(axum_server::tls_rustls::RustlsConfig::from_config(
-        Arc::new(server),
-    ))
+        .map_err(|e| Error::Config(format!("TLS: the certificate and key do not fit: {e}")))
 }

@@ -40,13 +40,24 @@ pub enum Error {
     /// Too many requests at once; retry shortly.
     #[error("{0}")]
     Busy(String),
+    /// A query ran longer than its time limit.
+    #[error("query over its resource limit: {0}")]
+    TimeLimit(String),
 }
 
 /// What kind of failure an [`Error`] is, whatever protocol reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    /// The request does not make sense (syntax, parameters, names).
+    /// The request does not make sense (parameters, names, types).
     Invalid,
+    /// SQL that does not parse.
+    Syntax,
+    /// SQL naming a table that does not exist.
+    UnknownTable,
+    /// SQL naming a column that does not exist.
+    UnknownColumn,
+    /// A statement that would write or reach server files (strata SQL is read-only).
+    ReadOnly,
     /// Something it names does not exist.
     NotFound,
     /// It conflicts with what exists (a name taken, another partition count, a rebuild running).
@@ -69,8 +80,10 @@ pub enum Kind {
     Gone,
     /// The log's disk is full.
     StorageFull,
-    /// The query needed more memory or time than allowed.
+    /// The query needed more memory than allowed.
     ResourcesExhausted,
+    /// The query ran longer than its time limit.
+    TimeLimit,
     /// A failure of the server, not of the request.
     Internal,
 }
@@ -87,6 +100,7 @@ impl Error {
             Error::Unauthorized(_) => Kind::Unauthenticated,
             Error::Forbidden(_) => Kind::Forbidden,
             Error::Busy(_) => Kind::Busy,
+            Error::TimeLimit(_) => Kind::TimeLimit,
             Error::Log(e) => log_kind(e),
             Error::Ingest(e) => match e {
                 strata_ingest::Error::Log(e) => log_kind(e),
@@ -98,7 +112,11 @@ impl Error {
             },
             Error::Store(e) => store_kind(e),
             Error::Sql(e) => match e {
-                strata_views::Error::ReadOnly(_) | strata_views::Error::Invalid(_) => Kind::Invalid,
+                strata_views::Error::ReadOnly(_) => Kind::ReadOnly,
+                strata_views::Error::Invalid(_) => Kind::Invalid,
+                strata_views::Error::Syntax(_) => Kind::Syntax,
+                strata_views::Error::UnknownTable(_) => Kind::UnknownTable,
+                strata_views::Error::UnknownColumn(_) => Kind::UnknownColumn,
                 strata_views::Error::ResourcesExhausted(_) => Kind::ResourcesExhausted,
                 strata_views::Error::Forbidden(_) => Kind::Forbidden,
                 strata_views::Error::Conflict(_) => Kind::Conflict,

@@ -4,13 +4,14 @@ use super::{Error, Parts, Result};
 use crate::auth::{Operation, Principal};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use datafusion::common::ParamValues;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_proto::ConsistencyToken;
-use strata_views::{ReadAfter, ShardSource};
+use strata_views::{Described, Flavor, ReadAfter, ShardSource, TableInfo};
 
 /// The most tokens one query may wait for.
 const MAX_TOKENS: usize = 1000;
@@ -28,6 +29,13 @@ pub struct QueryRequest {
     pub after: Vec<String>,
     /// How long to wait for `after`, in milliseconds (default 10 s, at most 5 min).
     pub timeout_ms: Option<u64>,
+    /// Values of the statement's placeholders (`$1`, …).
+    pub params: Option<ParamValues>,
+    /// Which session plans it (PostgreSQL clients get `pg_catalog` and its functions).
+    pub flavor: Flavor,
+    /// A time limit of the caller's session (PostgreSQL's `statement_timeout`), in milliseconds;
+    /// the node's `limits.query_timeout_ms` applies when it is lower.
+    pub time_limit_ms: Option<u64>,
 }
 
 /// A running query: its columns and its rows as they are computed. The first batch has been
@@ -76,6 +84,7 @@ impl QueryService {
         who.authorize(Operation::Browse)?;
         let timer = QueryTimer(Instant::now());
         let engine = self.parts.sql()?;
+        let access = who.access();
         let clustered = self.parts.node.cluster.is_some();
         let mut after = None;
         if !request.after.is_empty() {
@@ -91,13 +100,17 @@ impl QueryService {
                 wait_applied(self.parts.store()?.as_ref(), &tokens, timeout).await?;
             }
         }
-        let limit_ms = self.parts.limits.query_timeout_ms;
+        let node_limit = self.parts.limits.query_timeout_ms;
+        let (limit_ms, setting) = match request.time_limit_ms {
+            Some(ms) if ms > 0 && ms < node_limit => (ms, "statement_timeout"),
+            _ => (node_limit, "limits.query_timeout_ms"),
+        };
         let deadline = tokio::time::Instant::now() + Duration::from_millis(limit_ms);
         let too_long = move || {
             metrics::counter!("strata_queries_refused_total", "reason" => "time").increment(1);
-            Error::Sql(strata_views::Error::ResourcesExhausted(format!(
-                "the query ran longer than its limit of {limit_ms} ms (limits.query_timeout_ms)"
-            )))
+            Error::TimeLimit(format!(
+                "the query ran longer than its limit of {limit_ms} ms ({setting})"
+            ))
         };
         // A cluster query whose partitions moved is planned again once, on a fresh map.
         let attempts = if clustered { 2 } else { 1 };
@@ -106,7 +119,13 @@ impl QueryService {
             attempt += 1;
             let started = async {
                 let output = engine
-                    .query_after(&request.sql, &who.access(), after.clone())
+                    .run(strata_views::Query {
+                        sql: &request.sql,
+                        access: &access,
+                        after: after.clone(),
+                        params: request.params.clone(),
+                        flavor: request.flavor,
+                    })
                     .await?;
                 let mut batches = output.batches;
                 // Run the query up to its first batch before answering, so that a failing query
@@ -162,6 +181,35 @@ impl QueryService {
             schema,
             batches: futures::stream::iter(first.map(Ok)).chain(rest).boxed(),
         })
+    }
+}
+
+impl QueryService {
+    /// The streams and views `who` may read, with their columns (for catalog browsers).
+    ///
+    /// # Errors
+    /// Forbidden without `read`; the wrong role.
+    pub async fn tables(&self, who: &Principal) -> Result<Vec<TableInfo>> {
+        who.authorize(Operation::Browse)?;
+        Ok(self.parts.sql()?.tables(&who.access()).await?)
+    }
+
+    /// The columns `sql` returns and the types of its placeholders, checked as
+    /// [`QueryService::query`] checks it, without running it (a client's `Describe`).
+    ///
+    /// # Errors
+    /// As [`QueryService::query`] before the query starts.
+    pub async fn describe(&self, who: &Principal, sql: &str, flavor: Flavor) -> Result<Described> {
+        who.authorize(Operation::Browse)?;
+        let engine = self.parts.sql()?;
+        let limit = Duration::from_millis(self.parts.limits.query_timeout_ms);
+        match tokio::time::timeout(limit, engine.describe(sql, &who.access(), flavor)).await {
+            Ok(described) => Ok(described?),
+            Err(_) => Err(Error::TimeLimit(format!(
+                "planning took longer than the limit of {} ms (limits.query_timeout_ms)",
+                limit.as_millis()
+            ))),
+        }
     }
 }
 

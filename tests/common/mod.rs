@@ -68,6 +68,10 @@ pub fn kafka_section(prefix: &str, group: &str) -> String {
 pub struct Server {
     child: Option<Child>,
     pub base: String,
+    /// `HOST:PORT` of its PostgreSQL listener.
+    pub pg: String,
+    /// `HOST:PORT` of its Flight SQL listener.
+    pub flight: String,
     pub data_dir: PathBuf,
     config: PathBuf,
     args: Vec<String>,
@@ -126,6 +130,10 @@ impl Server {
                 "127.0.0.1:0",
                 "--log",
                 log_backend,
+                "--pg",
+                "127.0.0.1:0",
+                "--flight",
+                "127.0.0.1:0",
                 "--data-dir",
             ])
             .arg(&data_dir)
@@ -147,15 +155,20 @@ impl Server {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            let (mut pg, mut flight) = (String::new(), String::new());
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("strata listening on ") {
-                    let _ = tx.send(addr.to_owned());
+                if let Some(addr) = line.strip_prefix("strata postgres on ") {
+                    pg = addr.to_owned();
+                } else if let Some(addr) = line.strip_prefix("strata flight on ") {
+                    flight = addr.to_owned();
+                } else if let Some(addr) = line.strip_prefix("strata listening on ") {
+                    let _ = tx.send((addr.to_owned(), pg.clone(), flight.clone()));
                 }
             }
         });
-        let base = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(base) => base,
+        let (base, pg, flight) = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(addresses) => addresses,
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -168,6 +181,8 @@ impl Server {
         let server = Server {
             child: Some(child),
             base,
+            pg,
+            flight,
             data_dir,
             config,
             args,

@@ -1,6 +1,6 @@
 //! The read-only SQL engine.
 
-use crate::materialized::view_statement;
+use crate::materialized::{ViewStatement, view_statement};
 use crate::source::ShardSource;
 use crate::table::{ReadAfter, StreamTable};
 use crate::view_table::ViewTable;
@@ -9,6 +9,7 @@ use arrow::array::{RecordBatch, StringArray};
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::common::ParamValues;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SessionStateBuilder;
@@ -44,9 +45,9 @@ impl ViewRegistry {
 }
 
 /// Every stream of the shards and every materialized view, as tables.
-struct StreamSchema {
-    source: Arc<dyn ShardSource>,
-    views: Arc<ViewRegistry>,
+pub(crate) struct StreamSchema {
+    pub(crate) source: Arc<dyn ShardSource>,
+    pub(crate) views: Arc<ViewRegistry>,
 }
 
 impl std::fmt::Debug for StreamSchema {
@@ -183,11 +184,53 @@ pub fn runtime_env(memory_bytes: Option<usize>) -> Result<Arc<RuntimeEnv>> {
     Ok(runtime.build_arc()?)
 }
 
+/// Which session plans a query: the plain one (HTTP, Flight SQL), or the PostgreSQL one, with
+/// `pg_catalog`, PostgreSQL's dialect and the functions its clients call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Flavor {
+    /// DataFusion's SQL over the streams and views.
+    #[default]
+    Plain,
+    /// As a PostgreSQL server: `pg_catalog`, `version()`, `current_setting()`.
+    Postgres,
+}
+
+/// A query as [`SqlEngine::run`] takes it.
+pub struct Query<'a> {
+    /// The SQL text: one statement.
+    pub sql: &'a str,
+    /// What the caller may read and do.
+    pub access: &'a Access,
+    /// Offsets the stream scans wait for first.
+    pub after: Option<ReadAfter>,
+    /// Values of the placeholders (`$1`, …), if the statement has any.
+    pub params: Option<ParamValues>,
+    /// Which session plans it.
+    pub flavor: Flavor,
+}
+
+/// What a statement returns and takes, known without running it.
+#[derive(Clone, Debug)]
+pub struct Described {
+    /// Its columns (none for a statement that returns no rows).
+    pub schema: SchemaRef,
+    /// The types of its placeholders `$1`, `$2`, … in order (`None`: not inferred).
+    pub params: Vec<Option<arrow::datatypes::DataType>>,
+}
+
+/// A statement planned and checked, not yet run.
+enum Planned {
+    View(ViewStatement),
+    Plan(Box<SessionState>, LogicalPlan),
+}
+
 /// Answers read-only SQL over the store's streams, and keeps its materialized views.
 pub struct SqlEngine {
     pub(crate) ctx: SessionContext,
     /// The session queries are planned in (`ctx`'s, with the cluster's planner when distributed).
     query_state: SessionState,
+    /// The session PostgreSQL clients' queries are planned in.
+    pg_state: SessionState,
     explain: Option<ExplainHook>,
     store: Option<Arc<Store>>,
     /// Where tables and views are read (the store, or the cluster's source).
@@ -235,7 +278,7 @@ impl SqlEngine {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema("strata", "public");
-        let mut ctx = SessionContext::new_with_config_rt(config, parts.runtime);
+        let mut ctx = SessionContext::new_with_config_rt(config, parts.runtime.clone());
         datafusion_functions_json::register_all(&mut ctx)?;
         let catalog = Arc::new(datafusion::catalog::MemoryCatalogProvider::new());
         let views = Arc::new(ViewRegistry::default());
@@ -248,13 +291,19 @@ impl SqlEngine {
             }),
         )?;
         ctx.register_catalog("strata", catalog);
-        let query_state = match parts.distribute {
-            Some(hook) => hook(SessionStateBuilder::new_from_existing(ctx.state())).build(),
-            None => ctx.state(),
+        let pg =
+            crate::postgres::context(parts.runtime.clone(), parts.tables.clone(), views.clone())?;
+        let (query_state, pg_state) = match parts.distribute {
+            Some(hook) => (
+                hook(SessionStateBuilder::new_from_existing(ctx.state())).build(),
+                hook(SessionStateBuilder::new_from_existing(pg.state())).build(),
+            ),
+            None => (ctx.state(), pg.state()),
         };
         Ok(Self {
             ctx,
             query_state,
+            pg_state,
             explain: parts.explain,
             store: parts.store,
             tables: parts.tables,
@@ -303,8 +352,30 @@ impl SqlEngine {
         access: &Access,
         after: Option<ReadAfter>,
     ) -> Result<QueryOutput> {
+        self.run(Query {
+            sql,
+            access,
+            after,
+            params: None,
+            flavor: Flavor::Plain,
+        })
+        .await
+    }
+
+    /// Plans, checks and starts `query` (see [`SqlEngine::query_as`] for what is accepted).
+    ///
+    /// # Errors
+    /// SQL that does not parse or plan, a statement that is not read-only, a table `access`
+    /// does not cover, placeholders without values, a failure starting the query.
+    pub async fn run(&self, query: Query<'_>) -> Result<QueryOutput> {
         let started = Instant::now();
-        let result = self.plan_and_run(sql, access, after).await;
+        let result = async {
+            let planned = self
+                .plan(query.sql, query.access, query.after, query.flavor)
+                .await?;
+            self.start(planned, query.access, query.params).await
+        }
+        .await;
         metrics::counter!("strata_queries_total", "outcome" => if result.is_ok() { "ok" } else { "error" })
             .increment(1);
         metrics::histogram!("strata_query_planning_seconds")
@@ -312,20 +383,66 @@ impl SqlEngine {
         result
     }
 
-    async fn plan_and_run(
+    /// The columns `sql` returns and the types of its placeholders, checked as [`SqlEngine::run`]
+    /// checks it, without running it.
+    ///
+    /// # Errors
+    /// As [`SqlEngine::run`] before it starts the query.
+    pub async fn describe(&self, sql: &str, access: &Access, flavor: Flavor) -> Result<Described> {
+        match self.plan(sql, access, None, flavor).await? {
+            Planned::View(ViewStatement::Show) => Ok(Described {
+                schema: crate::manage::show_views_schema(),
+                params: Vec::new(),
+            }),
+            Planned::View(_) => Ok(Described {
+                schema: crate::manage::message_schema(),
+                params: Vec::new(),
+            }),
+            Planned::Plan(_, plan) => {
+                let types = plan.get_parameter_types()?;
+                let mut numbered = Vec::with_capacity(types.len());
+                for (name, ty) in types {
+                    match name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
+                        Some(n) if (1..=65_535).contains(&n) => numbered.push((n, ty)),
+                        _ => {
+                            return Err(Error::Invalid(format!(
+                                "placeholder {name}: use $1, $2, … (numbered from 1)"
+                            )));
+                        }
+                    }
+                }
+                // A client may bind placeholders the statement no longer has (a catalog
+                // rewrite dropped them): their types stay unknown.
+                let mut params = vec![None; numbered.iter().map(|(n, _)| *n).max().unwrap_or(0)];
+                for (n, ty) in numbered {
+                    params[n - 1] = ty;
+                }
+                Ok(Described {
+                    schema: Arc::new(plan.schema().as_arrow().clone()),
+                    params,
+                })
+            }
+        }
+    }
+
+    async fn plan(
         &self,
         sql: &str,
         access: &Access,
         after: Option<ReadAfter>,
-    ) -> Result<QueryOutput> {
-        let mut state = self.query_state.clone();
+        flavor: Flavor,
+    ) -> Result<Planned> {
+        let mut state = match flavor {
+            Flavor::Plain => self.query_state.clone(),
+            Flavor::Postgres => self.pg_state.clone(),
+        };
         if let Some(after) = after {
             state.config_mut().set_extension(Arc::new(after));
         }
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(sql, &dialect)?;
         if let Some(view) = view_statement(&statement)? {
-            return self.view_statement(view, access).await;
+            return Ok(Planned::View(view));
         }
         check_read_only(&statement)?;
         let plan = state.statement_to_plan(statement).await?;
@@ -336,6 +453,23 @@ impl SqlEngine {
             .verify_plan(&plan)
             .map_err(|e| Error::ReadOnly(e.strip_backtrace()))?;
         self.check_tables(&plan, access)?;
+        Ok(Planned::Plan(Box::new(state), plan))
+    }
+
+    async fn start(
+        &self,
+        planned: Planned,
+        access: &Access,
+        params: Option<ParamValues>,
+    ) -> Result<QueryOutput> {
+        let (state, plan) = match planned {
+            Planned::View(view) => return self.view_statement(view, access).await,
+            Planned::Plan(state, plan) => (*state, plan),
+        };
+        let plan = match params {
+            Some(values) => plan.with_param_values(values)?,
+            None => plan,
+        };
         let distributed = match (&plan, &self.explain) {
             (LogicalPlan::Explain(e), Some(render)) if !e.verbose => {
                 let physical = state.create_physical_plan(&e.plan).await?;
@@ -349,6 +483,18 @@ impl SqlEngine {
         match distributed {
             None => Ok(QueryOutput { schema, batches }),
             Some(text) => explain_with(schema, batches, text).await,
+        }
+    }
+}
+
+impl Drop for SqlEngine {
+    fn drop(&mut self) {
+        // datafusion-pg-catalog's schema holds the catalog list it is registered in: without this
+        // the PostgreSQL session (and the store its tables read) would never be freed.
+        if let Some(catalog) = self.pg_state.catalog_list().catalog("strata")
+            && let Err(e) = catalog.deregister_schema("pg_catalog", true)
+        {
+            tracing::warn!(error = %e, "cannot free the PostgreSQL catalog");
         }
     }
 }
@@ -391,7 +537,7 @@ impl SqlEngine {
             Ok(TreeNodeRecursion::Continue)
         })?;
         for table in tables {
-            if table.schema() == Some("information_schema") {
+            if matches!(table.schema(), Some("information_schema" | "pg_catalog")) {
                 // Names and columns of tables, not their rows.
                 continue;
             }

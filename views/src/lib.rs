@@ -43,25 +43,31 @@ macro_rules! leaf_plan {
     };
 }
 
+mod browse;
 mod engine;
 mod error;
 mod filters;
 mod listing;
 mod manage;
 pub mod materialized;
+mod pg_functions;
+mod postgres;
 mod shared;
 mod source;
 mod table;
 mod view_table;
 
+pub use browse::{TableInfo, number_placeholders};
 pub use engine::{
-    Access, EngineParts, ExplainHook, QueryOutput, SqlEngine, StateHook, runtime_env,
+    Access, Described, EngineParts, ExplainHook, Flavor, Query, QueryOutput, SqlEngine, StateHook,
+    runtime_env,
 };
 pub use error::{Error, Result};
 pub use filters::ScanBounds;
 pub use listing::{ViewListing, ViewPartitionLag};
 pub use manage::{Rebuild, RebuildEvent, RebuildProgress};
 pub use materialized::ViewPlan;
+pub use postgres::{PgStatement, SERVER_VERSION, default_setting, parse_postgres, version_string};
 pub use source::{Batches, ShardSource, ViewAfter, ViewProgress, wait_stored};
 pub use table::{ReadAfter, ScanSpec, StreamScanExec, StreamTable};
 pub use view_table::{ViewScanExec, ViewTable};

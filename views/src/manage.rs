@@ -5,7 +5,7 @@ use crate::listing::ViewListing;
 use crate::materialized::{Maintainer, ViewPlan, ViewStatement};
 use crate::{Error, Result, SqlEngine};
 use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -47,12 +47,30 @@ pub enum RebuildEvent {
 /// How often a rebuild reports its progress.
 pub(crate) const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
-fn message(text: String) -> Result<QueryOutput> {
-    let schema = Arc::new(Schema::new(vec![Field::new(
+/// The one column of the answer to view DDL.
+pub(crate) fn message_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(
         "result",
         DataType::Utf8,
         false,
-    )]));
+    )]))
+}
+
+/// The columns of `SHOW VIEWS`.
+pub(crate) fn show_views_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("stream", DataType::Utf8, false),
+        Field::new("definition", DataType::Utf8, false),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("applied", DataType::Utf8, false),
+        Field::new("lag", DataType::UInt64, false),
+        Field::new("status", DataType::Utf8, false),
+    ]))
+}
+
+fn message(text: String) -> Result<QueryOutput> {
+    let schema = message_schema();
     let batch = RecordBatch::try_new(
         schema.clone(),
         vec![Arc::new(StringArray::from(vec![text])) as ArrayRef],
@@ -148,15 +166,7 @@ impl SqlEngine {
                 let number = |f: fn(&ViewListing) -> u64| -> ArrayRef {
                     Arc::new(UInt64Array::from(listing.iter().map(f).collect::<Vec<_>>()))
                 };
-                let schema = Arc::new(Schema::new(vec![
-                    Field::new("name", DataType::Utf8, false),
-                    Field::new("stream", DataType::Utf8, false),
-                    Field::new("definition", DataType::Utf8, false),
-                    Field::new("rows", DataType::UInt64, false),
-                    Field::new("applied", DataType::Utf8, false),
-                    Field::new("lag", DataType::UInt64, false),
-                    Field::new("status", DataType::Utf8, false),
-                ]));
+                let schema = show_views_schema();
                 let applied = |v: &ViewListing| {
                     v.partitions
                         .iter()

@@ -15,6 +15,10 @@ pub struct Strata {
     config: PathBuf,
     child: Option<Child>,
     base: String,
+    /// `HOST:PORT` of its PostgreSQL listener.
+    pub pg: String,
+    /// `HOST:PORT` of its Flight SQL listener.
+    pub flight: String,
     http: reqwest::Client,
 }
 
@@ -27,6 +31,8 @@ impl Strata {
             config: config.to_owned(),
             child: None,
             base: String::new(),
+            pg: String::new(),
+            flight: String::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(3600))
                 .build()
@@ -44,7 +50,8 @@ impl Strata {
             .open(self.data_dir.with_extension("log"))
             .map_err(|e| e.to_string())?;
         let mut child = Command::new(&self.binary)
-            .args(["serve", "--http", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--http", "127.0.0.1:0", "--pg", "127.0.0.1:0"])
+            .args(["--flight", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data_dir)
             .arg("--config")
             .arg(&self.config)
@@ -55,14 +62,19 @@ impl Strata {
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let (mut pg, mut flight) = (String::new(), String::new());
             for line in std::io::BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("strata listening on ") {
-                    let _ = tx.send(addr.to_owned());
+                if let Some(addr) = line.strip_prefix("strata postgres on ") {
+                    pg = addr.to_owned();
+                } else if let Some(addr) = line.strip_prefix("strata flight on ") {
+                    flight = addr.to_owned();
+                } else if let Some(addr) = line.strip_prefix("strata listening on ") {
+                    let _ = tx.send((addr.to_owned(), pg.clone(), flight.clone()));
                 }
             }
         });
-        self.base = rx
+        (self.base, self.pg, self.flight) = rx
             .recv_timeout(Duration::from_secs(120))
             .map_err(|_| "strata did not announce its address".to_owned())?;
         self.child = Some(child);

@@ -1,0 +1,192 @@
+"""Real PostgreSQL clients against strata's PostgreSQL front end, each answer checked against the
+same query over strata's HTTP API.
+
+Usage: postgres_clients.py PG_HOST:PORT HTTP_BASE [TOKEN]
+
+The server holds a stream `orders` (fields key, time, data {country, amount}) and a materialized
+view `by_country`. Prints one line per check; exits non-zero on the first failure.
+"""
+
+import asyncio
+import datetime
+import decimal
+import json
+import sys
+import urllib.request
+
+import asyncpg
+import pandas
+import psycopg
+import sqlalchemy
+
+PG, BASE = sys.argv[1], sys.argv[2]
+TOKEN = sys.argv[3] if len(sys.argv) > 3 else None
+HOST, PORT = PG.rsplit(":", 1)
+PASSWORD = TOKEN or "unused"
+
+
+def http_rows(sql):
+    request = urllib.request.Request(
+        BASE + "/v1/sql",
+        data=json.dumps({"sql": sql}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    if TOKEN:
+        request.add_header("Authorization", "Bearer " + TOKEN)
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.load(answer)
+
+
+def check(name, ok, detail=""):
+    print(("ok   " if ok else "FAIL ") + name + (": " + str(detail) if detail and not ok else ""))
+    if not ok:
+        sys.exit(1)
+
+
+def plain(value):
+    """A value as HTTP JSON has it."""
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return value
+
+
+def same(rows, expected, keys):
+    got = [[plain(r[i]) for i in range(len(keys))] for r in rows]
+    want = [[plain(e[k]) for k in keys] for e in expected]
+    return got == want, {"got": got[:3], "want": want[:3]}
+
+
+GROUP = (
+    "SELECT json_get_str(data, 'country') AS country, count(*) AS n, "
+    "sum(json_get_float(data, 'amount')) AS total FROM orders GROUP BY 1 ORDER BY 1"
+)
+EXPECTED_GROUP = http_rows(GROUP)
+check("HTTP answers the reference query", len(EXPECTED_GROUP) > 1, EXPECTED_GROUP)
+
+
+def psycopg_checks():
+    dsn = f"host={HOST} port={PORT} user=analyst password={PASSWORD} dbname=strata"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        version = conn.execute("SELECT version()").fetchone()[0]
+        check("psycopg version()", version.startswith("PostgreSQL "), version)
+        rows = conn.execute(GROUP).fetchall()
+        check("psycopg simple GROUP BY", *same(rows, EXPECTED_GROUP, ["country", "n", "total"]))
+        # Parameters ($1 as psycopg sends %s), server-side prepared, binary results.
+        for prepare in (False, True):
+            for binary in (False, True):
+                cur = conn.cursor(binary=binary)
+                rows = cur.execute(
+                    "SELECT json_get_str(data, 'country') AS country, count(*) AS n "
+                    "FROM orders WHERE json_get_str(data, 'country') = %s GROUP BY 1",
+                    ("NL",),
+                    prepare=prepare,
+                ).fetchall()
+                want = [[e["country"], e["n"]] for e in EXPECTED_GROUP if e["country"] == "NL"]
+                check(
+                    f"psycopg parameter (prepare={prepare}, binary={binary})",
+                    [list(r) for r in rows] == want,
+                    (rows, want),
+                )
+        cur = conn.cursor(binary=True)
+        first = cur.execute('SELECT time, key, data, "offset" FROM orders ORDER BY time, "offset" LIMIT 3').fetchall()
+        check(
+            "psycopg binary timestamptz and json",
+            isinstance(first[0][0], datetime.datetime)
+            and first[0][0].tzinfo is not None
+            and isinstance(first[0][2], dict),
+            first[0],
+        )
+        text = conn.execute('SELECT time, data FROM orders ORDER BY time, "offset" LIMIT 1').fetchone()
+        check(
+            "psycopg text timestamptz and json",
+            isinstance(text[0], datetime.datetime) and isinstance(text[1], dict),
+            text,
+        )
+        nulls = conn.execute("SELECT CAST(NULL AS BIGINT) AS a, CAST(1.5 AS DECIMAL(10,2)) AS d, true AS b").fetchone()
+        check("psycopg NULL, numeric, boolean", nulls == (None, decimal.Decimal("1.50"), True), nulls)
+        # Session settings: SET/SHOW, and a statement_timeout that strata honours.
+        conn.execute("SET application_name = 'pytest'")
+        shown = conn.execute("SHOW application_name").fetchone()[0]
+        check("psycopg SET/SHOW application_name", shown == "pytest", shown)
+        check("psycopg current_setting", conn.execute("SELECT current_setting('server_version_num')").fetchone()[0] == "160006")
+        try:
+            conn.execute("SET statement_timeout = '1ms'")
+            conn.execute("SELECT sum(a.\"offset\" * b.\"offset\" * c.\"offset\") FROM orders a, orders b, orders c").fetchall()
+            check("statement_timeout stops a long query", False, "it ran to the end")
+        except psycopg.Error as e:
+            check("statement_timeout stops a long query (57014)", e.sqlstate == "57014", (e.sqlstate, str(e)))
+        conn.execute("RESET statement_timeout")
+        views = conn.execute("SELECT * FROM by_country ORDER BY country").fetchall()
+        check("psycopg reads the materialized view", len(views) == len(EXPECTED_GROUP), views)
+        shown = conn.execute("SHOW VIEWS").fetchall()
+        check("psycopg SHOW VIEWS", any(r[0] == "by_country" for r in shown), shown)
+        for sql, state in [
+            ("SELEC 1", "42601"),
+            ("SELECT * FROM nowhere", "42P01"),
+            ("SELECT nothing FROM orders", "42703"),
+            ("CREATE TABLE t2 AS SELECT 1", "25006"),
+            ("COPY (SELECT 1) TO '/tmp/strata-copy.csv'", "25006"),
+            ("SET datafusion.execution.batch_size = 1", "42501"),
+            ("DECLARE c CURSOR FOR SELECT * FROM orders", "25006"),
+        ]:
+            try:
+                conn.execute(sql)
+                check(f"refused: {sql}", False, "it ran")
+            except psycopg.Error as e:
+                check(f"refused with {state}: {sql}", e.sqlstate == state, (e.sqlstate, str(e)))
+
+
+def sqlalchemy_checks():
+    url = f"postgresql+psycopg://analyst:{PASSWORD}@{HOST}:{PORT}/strata"
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as conn:
+        inspector = sqlalchemy.inspect(conn)
+        tables = inspector.get_table_names()
+        check("SQLAlchemy get_table_names", "orders" in tables, tables)
+        columns = [c["name"] for c in inspector.get_columns("orders")]
+        check("SQLAlchemy get_columns", {"time", "key", "data"} <= set(columns), columns)
+        frame = pandas.read_sql(
+            sqlalchemy.text(
+                "SELECT date_trunc('hour', time) AS hour, json_get_str(data, 'country') AS country, "
+                "count(*) AS n FROM orders GROUP BY 1, 2 ORDER BY 1, 2"
+            ),
+            conn,
+        )
+        expected = http_rows(
+            "SELECT date_trunc('hour', time) AS hour, json_get_str(data, 'country') AS country, "
+            "count(*) AS n FROM orders GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+        check(
+            "pandas.read_sql GROUP BY with a timestamp",
+            len(frame) == len(expected)
+            and list(frame["n"]) == [e["n"] for e in expected]
+            and str(frame["hour"].dtype).startswith("datetime64"),
+            (frame.head(), expected[:3]),
+        )
+    engine.dispose()
+
+
+async def asyncpg_checks():
+    conn = await asyncpg.connect(host=HOST, port=int(PORT), user="analyst", password=PASSWORD, database="strata", ssl=False)
+    try:
+        rows = await conn.fetch(GROUP)
+        check("asyncpg GROUP BY", *same([tuple(r) for r in rows], EXPECTED_GROUP, ["country", "n", "total"]))
+        statement = await conn.prepare(
+            "SELECT count(*) AS n FROM orders WHERE json_get_str(data, 'country') = $1"
+        )
+        for country in ("NL", "DE"):
+            n = await statement.fetchval(country)
+            want = sum(e["n"] for e in EXPECTED_GROUP if e["country"] == country)
+            check(f"asyncpg prepared statement ({country})", n == want, (n, want))
+        first = await conn.fetchrow('SELECT time, data FROM orders ORDER BY time, "offset" LIMIT 1')
+        check("asyncpg binary timestamptz", first["time"].tzinfo is not None, first)
+    finally:
+        await conn.close()
+
+
+psycopg_checks()
+sqlalchemy_checks()
+asyncio.run(asyncpg_checks())
+print("all PostgreSQL client checks passed")

@@ -1,0 +1,493 @@
+//! The PostgreSQL flavour of the engine, for the PostgreSQL wire front end: its own session, whose
+//! catalog adds `pg_catalog` (datafusion-pg-catalog's emulation, so that psql, JDBC and BI tools
+//! can browse) to the same streams and views, with PostgreSQL's SQL dialect and the functions
+//! clients call on connect. HTTP and Flight SQL keep the plain session, where `pg_catalog` does not
+//! exist.
+//!
+//! [`parse_postgres`] sorts what a client sends into statements the engine plans and session
+//! statements (`SET`, `SHOW`, `BEGIN`, …) that the front end answers from the connection's own
+//! settings, never on a shared context.
+
+use crate::engine::{StreamSchema, ViewRegistry};
+use crate::materialized::view_statement;
+use crate::source::ShardSource;
+use crate::{Error, Result};
+use datafusion::config::Dialect;
+use datafusion::execution::context::SessionContext;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::prelude::SessionConfig;
+use datafusion::sql::sqlparser::ast::{Expr, ObjectName, Reset, Set, Statement, Value};
+use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use std::sync::Arc;
+
+/// The PostgreSQL version strata answers as: clients (SQLAlchemy, JDBC, psql) parse it to pick
+/// the SQL they send.
+pub const SERVER_VERSION: &str = "16.6";
+
+/// `version()`: a PostgreSQL-style string naming strata.
+pub fn version_string() -> String {
+    format!(
+        "PostgreSQL {SERVER_VERSION} (strata {}) on {}-linux, compiled by rustc, 64-bit",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH
+    )
+}
+
+/// The settings `current_setting()` knows (a session's own `SET`s are answered by `SHOW`).
+const SETTINGS: &[(&str, &str)] = &[
+    ("server_version", SERVER_VERSION),
+    ("server_version_num", "160006"),
+    ("server_encoding", "UTF8"),
+    ("client_encoding", "UTF8"),
+    ("datestyle", "ISO, MDY"),
+    ("intervalstyle", "postgres"),
+    ("timezone", "UTC"),
+    ("search_path", "public"),
+    ("standard_conforming_strings", "on"),
+    ("integer_datetimes", "on"),
+    ("max_identifier_length", "63"),
+    ("max_index_keys", "32"),
+    ("transaction_isolation", "read committed"),
+    ("transaction_read_only", "on"),
+    ("default_transaction_read_only", "on"),
+    ("is_superuser", "off"),
+    ("lc_collate", "C"),
+    ("lc_ctype", "C"),
+];
+
+/// The value of setting `name` as a fresh session has it, if strata knows it.
+pub fn default_setting(name: &str) -> Option<&'static str> {
+    let name = name.to_ascii_lowercase();
+    SETTINGS.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+}
+
+/// The session the PostgreSQL front end plans in: the streams and views of `source` and `views`
+/// under `strata.public`, `pg_catalog` beside them, PostgreSQL's dialect.
+pub(crate) fn context(
+    runtime: Arc<RuntimeEnv>,
+    source: Arc<dyn ShardSource>,
+    views: Arc<ViewRegistry>,
+) -> Result<SessionContext> {
+    let mut config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_default_catalog_and_schema("strata", "public");
+    config.options_mut().sql_parser.dialect = Dialect::PostgreSQL;
+    let mut ctx = SessionContext::new_with_config_rt(config, runtime);
+    datafusion_functions_json::register_all(&mut ctx)?;
+    // Its own catalog object: `pg_catalog` is registered into it, not into the plain session's.
+    let catalog = Arc::new(datafusion::catalog::MemoryCatalogProvider::new());
+    datafusion::catalog::CatalogProvider::register_schema(
+        catalog.as_ref(),
+        "public",
+        Arc::new(StreamSchema { source, views }),
+    )?;
+    ctx.register_catalog("strata", catalog);
+    datafusion_pg_catalog::pg_catalog::setup_pg_catalog(&ctx, "strata", EmptyContextProvider)
+        .map_err(|e| Error::from(*e))?;
+    crate::pg_functions::register(&ctx);
+    Ok(ctx)
+}
+
+/// A statement from a PostgreSQL client, sorted by who answers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PgStatement {
+    /// SQL the engine plans (queries, `SHOW VIEWS`/`TABLES`, `EXPLAIN`, and statements it refuses
+    /// with its own message). The text is the statement as rewritten for DataFusion.
+    Sql(String),
+    /// `CREATE`/`DROP MATERIALIZED VIEW`, planned by the engine, answered with this command tag.
+    ViewDdl {
+        /// The statement.
+        sql: String,
+        /// `CREATE MATERIALIZED VIEW` or `DROP MATERIALIZED VIEW`.
+        tag: &'static str,
+    },
+    /// `SET name = value` (`None`: `DEFAULT`), `SET TIME ZONE`, `SET NAMES`.
+    Set {
+        /// The setting, lowercase.
+        name: String,
+        /// Its new value.
+        value: Option<String>,
+    },
+    /// `SHOW name` (lowercase, words joined by spaces; `all`).
+    Show(String),
+    /// `RESET name` or `RESET ALL` (`all`).
+    Reset(String),
+    /// A transaction statement, accepted and answered with this tag (strata's reads need none).
+    Transaction(&'static str),
+    /// `DISCARD ALL` and the like: back to the settings of a fresh session.
+    Discard,
+}
+
+/// Parses what a client sent into statements.
+///
+/// SQL that reads the PostgreSQL catalog (it names a `pg_…` relation or function, or casts to a
+/// `reg…` type) is parsed and rewritten by datafusion-pg-catalog for the catalog queries of
+/// clients; those rewrites are lossy (a correlated subquery in a select list becomes `NULL`), which
+/// is right for the catalog, where strata has no column defaults, identities or collations, but
+/// not for user data. Every other statement is parsed as written, so a query over streams
+/// answers exactly as it does over HTTP.
+///
+/// # Errors
+/// [`Error::Syntax`] for SQL that does not parse; [`Error::ReadOnly`] for settings that would act
+/// beyond the session (roles, session authorization).
+pub fn parse_postgres(sql: &str) -> Result<Vec<PgStatement>> {
+    let lower = sql.to_ascii_lowercase();
+    let catalog = lower.contains("pg_") || lower.contains("::reg") || lower.contains(" reg");
+    let statements = if catalog {
+        let parser = PostgresCompatibilityParser::new();
+        let statements = parser.parse(sql).map_err(|e| syntax_error(sql, e))?;
+        statements
+            .into_iter()
+            .map(|mut statement| {
+                aggregate_catalog_subqueries(&mut statement);
+                // Once more, for what the subqueries turned into.
+                parser.rewrite(statement)
+            })
+            .collect()
+    } else {
+        datafusion::sql::sqlparser::parser::Parser::parse_sql(
+            &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
+            sql,
+        )
+        .map_err(|e| syntax_error(sql, e))?
+    };
+    statements.into_iter().map(sort).collect()
+}
+
+/// The error HTTP gives for `sql` where DataFusion's parser fails too, else `e`'s.
+fn syntax_error(sql: &str, e: impl std::fmt::Display) -> Error {
+    let generic = datafusion::sql::sqlparser::dialect::GenericDialect {};
+    match datafusion::sql::parser::DFParser::parse_sql_with_dialect(sql, &generic) {
+        Err(plain) => Error::from(plain),
+        Ok(_) => Error::Syntax(e.to_string()),
+    }
+}
+
+/// Wraps the single column of each correlated scalar subquery over `pg_catalog` tables in
+/// `max(…)`. Catalog browsers (SQLAlchemy's `get_columns`, JDBC's metadata) select one row by its
+/// key that way; DataFusion plans a correlated scalar subquery only when it is aggregated. Over
+/// the catalog, where such a subquery finds one row or none, `max` gives the same answer. User
+/// tables are never touched: a subquery there that finds several rows stays an error.
+fn aggregate_catalog_subqueries(statement: &mut Statement) {
+    use datafusion::sql::sqlparser::ast::{
+        GroupByExpr, SelectItem, SetExpr, visit_expressions_mut, visit_relations,
+    };
+    use std::ops::ControlFlow;
+    let _ = visit_expressions_mut(statement, |expr| {
+        if let Some(field) = field_of_call(expr) {
+            *expr = field;
+            return ControlFlow::<()>::Continue(());
+        }
+        // Children come first, so a subquery in a CASE is aggregated already.
+        if let Some(hoisted) = hoist_case_subquery(expr) {
+            *expr = hoisted;
+            return ControlFlow::<()>::Continue(());
+        }
+        let Expr::Subquery(query) = expr else {
+            return ControlFlow::<()>::Continue(());
+        };
+        let mut catalog_only = true;
+        let mut any = false;
+        let _ = visit_relations(&**query, |name| {
+            any = true;
+            let text = name.to_string().to_ascii_lowercase();
+            catalog_only &= text.starts_with("pg_catalog.") || text.starts_with("pg_");
+            ControlFlow::<()>::Continue(())
+        });
+        let SetExpr::Select(select) = query.body.as_mut() else {
+            return ControlFlow::Continue(());
+        };
+        let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
+        if !any || !catalog_only || grouped || select.projection.len() != 1 {
+            return ControlFlow::Continue(());
+        }
+        let item = &mut select.projection[0];
+        let inner = match item {
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+            _ => return ControlFlow::Continue(()),
+        };
+        if is_aggregate(inner) {
+            return ControlFlow::Continue(());
+        }
+        let wrapped = datafusion::sql::sqlparser::parser::Parser::new(
+            &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
+        )
+        .try_with_sql(&format!("max({inner})"))
+        .and_then(|mut p| p.parse_expr());
+        if let Ok(wrapped) = wrapped {
+            *inner = wrapped;
+        }
+        ControlFlow::Continue(())
+    });
+}
+
+/// `CASE WHEN c THEN (SELECT max(x) FROM pg_… WHERE w) [ELSE NULL] END` as
+/// `(SELECT max(x) FROM pg_… WHERE c AND w)`: the same value (an aggregate over no rows is NULL),
+/// in the form DataFusion decorrelates (it plans no correlated subquery inside a CASE).
+fn hoist_case_subquery(expr: &Expr) -> Option<Expr> {
+    use datafusion::sql::sqlparser::ast::{BinaryOperator, SetExpr};
+    let Expr::Case {
+        operand: None,
+        conditions,
+        else_result,
+        ..
+    } = expr
+    else {
+        return None;
+    };
+    let no_else = match else_result.as_deref() {
+        None => true,
+        Some(Expr::Value(v)) => matches!(v.value, Value::Null),
+        Some(_) => false,
+    };
+    let [when] = conditions.as_slice() else {
+        return None;
+    };
+    let Expr::Subquery(query) = &when.result else {
+        return None;
+    };
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    let aggregated = matches!(
+        &select.projection[..],
+        [datafusion::sql::sqlparser::ast::SelectItem::UnnamedExpr(e)
+            | datafusion::sql::sqlparser::ast::SelectItem::ExprWithAlias { expr: e, .. }]
+            if is_aggregate(e)
+    );
+    let catalog = select.from.iter().all(|t| {
+        let text = t.to_string().to_ascii_lowercase();
+        text.starts_with("pg_catalog.") || text.starts_with("pg_")
+    });
+    if !no_else || !aggregated || !catalog || select.from.is_empty() {
+        return None;
+    }
+    let mut query = query.clone();
+    if let SetExpr::Select(select) = query.body.as_mut() {
+        let condition = Expr::Nested(Box::new(when.condition.clone()));
+        select.selection = Some(match select.selection.take() {
+            None => condition,
+            Some(w) => Expr::BinaryOp {
+                left: Box::new(condition),
+                op: BinaryOperator::And,
+                right: Box::new(Expr::Nested(Box::new(w))),
+            },
+        });
+    }
+    Some(Expr::Subquery(query))
+}
+
+/// `(f(…)).name` and `(t.col).name` as `get_field(…, 'name')`: JDBC reads fields of composite
+/// values that way, and DataFusion takes no dot after parentheses.
+fn field_of_call(expr: &Expr) -> Option<Expr> {
+    use datafusion::sql::sqlparser::ast::AccessExpr;
+    let Expr::CompoundFieldAccess { root, access_chain } = expr else {
+        return None;
+    };
+    let [AccessExpr::Dot(Expr::Identifier(field))] = access_chain.as_slice() else {
+        return None;
+    };
+    let root = match root.as_ref() {
+        Expr::Nested(inner) => inner.as_ref(),
+        other => other,
+    };
+    if !matches!(
+        root,
+        Expr::Function(_) | Expr::CompoundIdentifier(_) | Expr::Identifier(_)
+    ) {
+        return None;
+    }
+    datafusion::sql::sqlparser::parser::Parser::new(
+        &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
+    )
+    .try_with_sql(&format!(
+        "get_field({root}, '{}')",
+        field.value.replace('\'', "''")
+    ))
+    .and_then(|mut p| p.parse_expr())
+    .ok()
+}
+
+/// Whether `expr` is a call of an aggregate function.
+fn is_aggregate(expr: &Expr) -> bool {
+    let Expr::Function(f) = expr else {
+        return false;
+    };
+    let name = f.name.to_string().to_ascii_lowercase();
+    matches!(
+        name.trim_start_matches("pg_catalog."),
+        "count"
+            | "max"
+            | "min"
+            | "sum"
+            | "avg"
+            | "array_agg"
+            | "string_agg"
+            | "bool_and"
+            | "bool_or"
+            | "every"
+            | "json_agg"
+            | "jsonb_agg"
+    )
+}
+
+fn sort(statement: Statement) -> Result<PgStatement> {
+    Ok(match statement {
+        Statement::Set(set) => return sort_set(set),
+        Statement::ShowVariable { variable } => Statement::ShowVariable { variable }
+            .to_string()
+            .strip_prefix("SHOW ")
+            .map(|name| PgStatement::Show(name.trim().to_ascii_lowercase()))
+            .unwrap_or(PgStatement::Show(String::new())),
+        Statement::StartTransaction { .. } => PgStatement::Transaction("BEGIN"),
+        Statement::Commit { .. } => PgStatement::Transaction("COMMIT"),
+        Statement::Rollback {
+            savepoint: Some(_), ..
+        } => PgStatement::Transaction("ROLLBACK"),
+        Statement::Rollback { .. } => PgStatement::Transaction("ROLLBACK"),
+        Statement::Savepoint { .. } => PgStatement::Transaction("SAVEPOINT"),
+        Statement::ReleaseSavepoint { .. } => PgStatement::Transaction("RELEASE"),
+        Statement::Discard { .. } => PgStatement::Discard,
+        Statement::Reset(reset) => PgStatement::Reset(match reset.reset {
+            Reset::ALL => "all".into(),
+            Reset::ConfigurationParameter(name) => name.to_string().to_ascii_lowercase(),
+        }),
+        other => {
+            let sql = other.to_string();
+            let parsed = datafusion::sql::parser::Statement::Statement(Box::new(other));
+            match view_statement(&parsed)? {
+                Some(crate::materialized::ViewStatement::Create { .. }) => PgStatement::ViewDdl {
+                    sql,
+                    tag: "CREATE MATERIALIZED VIEW",
+                },
+                Some(crate::materialized::ViewStatement::Drop { .. }) => PgStatement::ViewDdl {
+                    sql,
+                    tag: "DROP MATERIALIZED VIEW",
+                },
+                _ => PgStatement::Sql(sql),
+            }
+        }
+    })
+}
+
+fn sort_set(set: Set) -> Result<PgStatement> {
+    let name_of = |n: &ObjectName| n.to_string().to_ascii_lowercase();
+    Ok(match set {
+        Set::SingleAssignment {
+            variable, values, ..
+        } => {
+            let value = values.iter().map(value_text).collect::<Vec<_>>().join(", ");
+            let value = (!value.eq_ignore_ascii_case("default")).then_some(value);
+            PgStatement::Set {
+                name: name_of(&variable),
+                value,
+            }
+        }
+        Set::SetTimeZone { value, .. } => PgStatement::Set {
+            name: "timezone".into(),
+            value: Some(value_text(&value)),
+        },
+        Set::SetNames { charset_name, .. } => PgStatement::Set {
+            name: "client_encoding".into(),
+            value: Some(charset_name.value),
+        },
+        Set::SetNamesDefault {} => PgStatement::Set {
+            name: "client_encoding".into(),
+            value: None,
+        },
+        // Characteristics of transactions strata does not have: every read is one snapshot.
+        Set::SetTransaction { .. } => PgStatement::Transaction("SET"),
+        other => {
+            return Err(Error::ReadOnly(format!(
+                "{} is not allowed; SET changes only the settings of this session",
+                other
+                    .to_string()
+                    .split_whitespace()
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )));
+        }
+    })
+}
+
+/// A `SET` value as PostgreSQL reads it: strings without their quotes, names and numbers as written.
+fn value_text(expr: &Expr) -> String {
+    match expr {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
+            other => other.to_string(),
+        },
+        Expr::Identifier(ident) => ident.value.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_statements_are_sorted_from_queries() {
+        let parsed = parse_postgres(
+            "SET application_name = 'psql'; SET extra_float_digits TO 3; SHOW DateStyle; \
+             SET TIME ZONE 'UTC'; BEGIN; SELECT 1; COMMIT; SHOW VIEWS; RESET ALL; \
+             SET statement_timeout = DEFAULT; DISCARD ALL",
+        )
+        .unwrap();
+        assert_eq!(
+            parsed,
+            vec![
+                PgStatement::Set {
+                    name: "application_name".into(),
+                    value: Some("psql".into())
+                },
+                PgStatement::Set {
+                    name: "extra_float_digits".into(),
+                    value: Some("3".into())
+                },
+                PgStatement::Show("datestyle".into()),
+                PgStatement::Set {
+                    name: "timezone".into(),
+                    value: Some("UTC".into())
+                },
+                PgStatement::Transaction("BEGIN"),
+                PgStatement::Sql("SELECT 1".into()),
+                PgStatement::Transaction("COMMIT"),
+                PgStatement::Sql("SHOW VIEWS".into()),
+                PgStatement::Reset("all".into()),
+                PgStatement::Set {
+                    name: "statement_timeout".into(),
+                    value: None
+                },
+                PgStatement::Discard,
+            ]
+        );
+        assert!(matches!(
+            parse_postgres("CREATE MATERIALIZED VIEW v AS SELECT count(*) FROM orders").unwrap()[..],
+            [PgStatement::ViewDdl {
+                tag: "CREATE MATERIALIZED VIEW",
+                ..
+            }]
+        ));
+        assert!(matches!(
+            parse_postgres("SET ROLE admin"),
+            Err(Error::ReadOnly(_))
+        ));
+        assert!(matches!(parse_postgres("SELEC 1"), Err(Error::Syntax(_))));
+        // Scalar subqueries over the catalog are aggregated (or, in a select list, NULL: strata
+        // has no defaults); over user tables they are left exactly as written.
+        let catalog = parse_postgres(
+            "SELECT a.attname FROM pg_catalog.pg_attribute a WHERE (SELECT d.adbin FROM pg_catalog.pg_attrdef d WHERE d.adrelid = a.attrelid) IS NULL",
+        )
+        .unwrap();
+        assert!(
+            matches!(&catalog[0], PgStatement::Sql(s) if s.contains("max(d.adbin)")),
+            "{catalog:?}"
+        );
+        let user_sql = "SELECT (SELECT key FROM orders AS o WHERE o.id = t.id) FROM t";
+        let user = parse_postgres(user_sql).unwrap();
+        assert_eq!(user, vec![PgStatement::Sql(user_sql.into())]);
+    }
+}
