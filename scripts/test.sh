@@ -3,9 +3,10 @@
 # end-to-end suite (tests/main.rs) against the real `strata` binary on port 0 in temp dirs, once
 # on the embedded log and once on a Kafka-protocol broker (Tansu, started here on a free port and
 # stopped afterwards), including the benchmark harness in --quick mode, 3 rounds of the kill -9
-# fault harness and the fuzz targets at 256 cases each. Needs a Rust toolchain and
-# python3; installs the Python packages it needs into .venv (scripts/venv.sh). Extra arguments go
-# to `cargo test`.
+# fault harness and the fuzz targets at 256 cases each. Needs a Rust toolchain, python3 and Java
+# 17; installs the Python packages it needs into .venv (scripts/venv.sh) and the Debian packages
+# of the real PostgreSQL clients and server (scripts/clients.sh). Extra arguments go to
+# `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,7 @@ fi
 
 STRATA_BENCH_PYTHON="$(./scripts/venv.sh)"
 export STRATA_BENCH_PYTHON
+./scripts/clients.sh
 
 # Build first, so that the broker does not idle through a cold build.
 cargo test --workspace --all-targets --locked --no-run "$@"

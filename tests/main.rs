@@ -2,6 +2,7 @@
 
 mod common;
 
+mod analysts;
 mod api;
 mod bench;
 mod cli;

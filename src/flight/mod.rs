@@ -233,8 +233,9 @@ impl FlightSqlService for FlightSql {
             .to_owned();
         let token = match header.split_once(' ') {
             Some((kind, value)) if kind.eq_ignore_ascii_case("basic") => {
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(value.trim())
+                // With or without padding: Go's Flight SQL client (ADBC) sends it without.
+                let decoded = base64::engine::general_purpose::STANDARD_NO_PAD
+                    .decode(value.trim().trim_end_matches('='))
                     .map_err(|_| Status::invalid_argument("Basic credentials are not base64"))?;
                 let text = String::from_utf8(decoded)
                     .map_err(|_| Status::invalid_argument("Basic credentials are not UTF-8"))?;

@@ -293,13 +293,15 @@ impl SqlEngine {
         ctx.register_catalog("strata", catalog);
         let pg =
             crate::postgres::context(parts.runtime.clone(), parts.tables.clone(), views.clone())?;
-        let (query_state, pg_state) = match parts.distribute {
-            Some(hook) => (
-                hook(SessionStateBuilder::new_from_existing(ctx.state())).build(),
-                hook(SessionStateBuilder::new_from_existing(pg.state())).build(),
-            ),
-            None => (ctx.state(), pg.state()),
+        let session = |state: SessionState| {
+            let builder = SessionStateBuilder::new_from_existing(state)
+                .with_physical_optimizer_rule(Arc::new(crate::yielding::YieldAfterJoins));
+            match &parts.distribute {
+                Some(hook) => hook(builder).build(),
+                None => builder.build(),
+            }
         };
+        let (query_state, pg_state) = (session(ctx.state()), session(pg.state()));
         Ok(Self {
             ctx,
             query_state,

@@ -56,6 +56,7 @@ mod shared;
 mod source;
 mod table;
 mod view_table;
+mod yielding;
 
 pub use browse::{TableInfo, number_placeholders};
 pub use engine::{

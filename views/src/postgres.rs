@@ -133,7 +133,8 @@ pub enum PgStatement {
 /// beyond the session (roles, session authorization).
 pub fn parse_postgres(sql: &str) -> Result<Vec<PgStatement>> {
     let lower = sql.to_ascii_lowercase();
-    let catalog = lower.contains("pg_") || lower.contains("::reg") || lower.contains(" reg");
+    let catalog =
+        lower.contains("pg_") || lower.contains("information_schema") || lower.contains("::reg");
     let statements = if catalog {
         let parser = PostgresCompatibilityParser::new();
         let statements = parser.parse(sql).map_err(|e| syntax_error(sql, e))?;
@@ -146,11 +147,20 @@ pub fn parse_postgres(sql: &str) -> Result<Vec<PgStatement>> {
             })
             .collect()
     } else {
-        datafusion::sql::sqlparser::parser::Parser::parse_sql(
-            &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
-            sql,
-        )
-        .map_err(|e| syntax_error(sql, e))?
+        let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+        match datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, sql) {
+            Ok(statements) => statements,
+            // DataFusion's own statements (CREATE EXTERNAL TABLE, COPY … TO): the engine parses
+            // and refuses them with the message HTTP gives.
+            Err(e) => {
+                match datafusion::sql::parser::DFParser::parse_sql_with_dialect(sql, &dialect) {
+                    Ok(statements) if statements.len() == 1 => {
+                        return Ok(vec![PgStatement::Sql(sql.to_owned())]);
+                    }
+                    _ => return Err(syntax_error(sql, e)),
+                }
+            }
+        }
     };
     statements.into_iter().map(sort).collect()
 }
@@ -177,6 +187,10 @@ fn aggregate_catalog_subqueries(statement: &mut Statement) {
     let _ = visit_expressions_mut(statement, |expr| {
         if let Some(field) = field_of_call(expr) {
             *expr = field;
+            return ControlFlow::<()>::Continue(());
+        }
+        if let Some(compared) = proc_name_comparison(expr) {
+            *expr = compared;
             return ControlFlow::<()>::Continue(());
         }
         // Children come first, so a subquery in a CASE is aggregated already.
@@ -307,6 +321,64 @@ fn field_of_call(expr: &Expr) -> Option<Expr> {
     ))
     .and_then(|mut p| p.parse_expr())
     .ok()
+}
+
+/// `pg_type.typinput = 'pg_catalog.array_in'::regproc` compares a procedure by name: the
+/// emulated `pg_type` keeps procedure names where PostgreSQL keeps `regproc` values, so the cast
+/// (which datafusion-pg-catalog turns into an oid lookup) becomes the bare name.
+fn proc_name_comparison(expr: &Expr) -> Option<Expr> {
+    use datafusion::sql::sqlparser::ast::BinaryOperator;
+    const PROC_COLUMNS: &[&str] = &[
+        "typinput",
+        "typoutput",
+        "typreceive",
+        "typsend",
+        "typmodin",
+        "typmodout",
+        "typanalyze",
+    ];
+    // The oid lookup datafusion-pg-catalog makes of the cast (aggregated by now, or not).
+    const LOOKUP: &str = " FROM pg_catalog.pg_proc WHERE proname = '";
+    let Expr::BinaryOp { left, op, right } = expr else {
+        return None;
+    };
+    if !matches!(op, BinaryOperator::Eq | BinaryOperator::NotEq) {
+        return None;
+    }
+    let column = |e: &Expr| match e {
+        Expr::Identifier(i) => PROC_COLUMNS.contains(&i.value.to_ascii_lowercase().as_str()),
+        Expr::CompoundIdentifier(parts) => parts
+            .last()
+            .is_some_and(|i| PROC_COLUMNS.contains(&i.value.to_ascii_lowercase().as_str())),
+        _ => false,
+    };
+    let name = |e: &Expr| match e {
+        Expr::Subquery(q) => {
+            let text = q.to_string();
+            let (select, name) = text.split_once(LOOKUP)?;
+            if !matches!(select, "SELECT oid" | "SELECT max(oid)") {
+                return None;
+            }
+            let name = name.strip_suffix('\'')?;
+            let name = name.rsplit('.').next().unwrap_or(name);
+            Some(Expr::Value(
+                Value::SingleQuotedString(name.to_owned()).into(),
+            ))
+        }
+        _ => None,
+    };
+    let (l, r) = if column(left) {
+        (left.as_ref().clone(), name(right)?)
+    } else if column(right) {
+        (name(left)?, right.as_ref().clone())
+    } else {
+        return None;
+    };
+    Some(Expr::BinaryOp {
+        left: Box::new(l),
+        op: op.clone(),
+        right: Box::new(r),
+    })
 }
 
 /// Whether `expr` is a call of an aggregate function.
