@@ -54,6 +54,10 @@ fn quick_benchmark_runs_every_scenario() {
         "append → visible in the view",
         "view lookup by key, p99",
         "backfill rate",
+        "## 8. Analysts' tools",
+        "rows through psycopg 3 (text), strata vs PostgreSQL",
+        "rows over Flight SQL (ADBC) vs HTTP Arrow IPC",
+        "psql connect to first row",
     ] {
         assert!(
             report.contains(needle),

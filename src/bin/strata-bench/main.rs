@@ -11,10 +11,13 @@
 //!    the stream grows, backfill;
 //! 7. (with a broker) cluster-wide SQL: the scenario 2 queries through three store nodes against
 //!    one holding every partition, the traffic between nodes, a view lookup through a node that
-//!    holds no partition.
+//!    holds no partition;
+//! 8. analysts' tools: 1M rows through psycopg against a real PostgreSQL, over Flight SQL against
+//!    HTTP Arrow IPC and DuckDB over Parquet, psql's connect-to-first-row.
 //!
 //! Writes a markdown report (figures, ratios, goals, machine, date) to `--out`.
 
+mod analysts;
 mod cluster;
 mod data;
 mod kafka;
@@ -186,6 +189,8 @@ async fn run(args: Args) -> Result<()> {
         )
         .await?,
     );
+
+    sections.push(analysts::scenario(&args, &strata, total_n, runs).await?);
 
     let data_size = report::dir_size(&args.work.join("data"));
     strata.stop();

@@ -23,6 +23,11 @@ pub struct Strata {
 }
 
 impl Strata {
+    /// The node's HTTP base URL.
+    pub fn base_url(&self) -> String {
+        self.base.clone()
+    }
+
     /// Starts `binary serve` on a free port with `data_dir` and `config`.
     pub async fn start(binary: &Path, data_dir: &Path, config: &Path) -> Result<Self> {
         let mut s = Self {

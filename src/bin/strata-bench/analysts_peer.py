@@ -1,0 +1,154 @@
+"""Scenario 8 of the strata benchmark: analysts' tools against strata and against the peers a
+user would pick instead, side by side.
+
+Usage: analysts_peer.py PG_ADDR FLIGHT_ADDR HTTP_BASE PARQUET N RUNS
+
+Starts a real PostgreSQL (Debian's package; as user postgres when run as root) in a temp dir on a
+free port, loads the same N rows into it, and prints one JSON object with the median seconds of:
+N rows through psycopg from strata and from PostgreSQL; the same rows over Flight SQL (ADBC),
+over HTTP Arrow IPC, and from DuckDB reading the Parquet file; psql connect-to-first-row against
+both servers. PostgreSQL is stopped (and its files removed) before the script ends.
+"""
+
+import glob
+import io
+import json
+import os
+import pwd
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import adbc_driver_flightsql.dbapi as flightsql
+import duckdb
+import psycopg
+import pyarrow
+import pyarrow.csv
+import pyarrow.ipc
+
+PG, FLIGHT, BASE, PARQUET, N, RUNS = sys.argv[1:7]
+N, RUNS = int(N), int(RUNS)
+HOST, PORT = PG.rsplit(":", 1)
+STRATA_SQL = f"SELECT time, key, json_get_float(data, 'amount') AS amount FROM orders LIMIT {N}"
+PEER_SQL = "SELECT time, key, amount FROM orders"
+
+
+def median_seconds(f, runs=RUNS):
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        rows = f()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), rows
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Postgres:
+    """A throwaway PostgreSQL server."""
+
+    def __init__(self):
+        binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
+        if not binaries:
+            sys.exit("no PostgreSQL server (Debian package postgresql; scripts/clients.sh installs it)")
+        self.bin = os.path.dirname(binaries[-1])
+        self.dir = tempfile.mkdtemp(prefix="strata-bench-pg-")
+        self.port = free_port()
+        self.as_user = []
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(self.dir, user.pw_uid, user.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        data = os.path.join(self.dir, "data")
+        self.run("initdb", "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
+        self.run(
+            "pg_ctl", "-D", data, "-l", os.path.join(self.dir, "log"), "-w", "-t", "60", "start",
+            "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c shared_buffers=256MB",
+        )
+        self.data = data
+        self.dsn = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+
+    def run(self, tool, *args):
+        subprocess.run(self.as_user + [os.path.join(self.bin, tool), *args], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+
+    def stop(self):
+        try:
+            self.run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "60", "stop")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def psql_first_row(conninfo, sql, runs=21):
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(["psql", "-X", "-Atc", sql, conninfo], check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "PGPASSWORD": "unused"}, timeout=60)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def http_arrow():
+    request = urllib.request.Request(
+        BASE + "/v1/sql", data=json.dumps({"sql": STRATA_SQL}).encode(),
+        headers={"Content-Type": "application/json", "Accept": "application/vnd.apache.arrow.stream"},
+    )
+    with urllib.request.urlopen(request, timeout=600) as answer:
+        return pyarrow.ipc.open_stream(answer.read()).read_all().num_rows
+
+
+out = {"rows": N}
+strata_dsn = f"host={HOST} port={PORT} user=analyst password=unused dbname=strata"
+with flightsql.connect("grpc://" + FLIGHT) as flight:
+    cur = flight.cursor()
+    cur.execute(STRATA_SQL)
+    table = cur.fetch_arrow_table()
+
+    def flight_rows():
+        c = flight.cursor()
+        c.execute(STRATA_SQL)
+        return c.fetch_arrow_table().num_rows
+
+    out["flight_seconds"], rows = median_seconds(flight_rows)
+    assert rows == N, rows
+out["http_arrow_seconds"], rows = median_seconds(http_arrow)
+assert rows == N, rows
+duck = duckdb.connect()
+out["duckdb_parquet_seconds"], rows = median_seconds(
+    lambda: duck.execute(
+        f"SELECT time, customer AS key, amount FROM read_parquet('{PARQUET}') LIMIT {N}"
+    ).to_arrow_table().num_rows
+)
+
+with psycopg.connect(strata_dsn) as conn:
+    out["psycopg_strata_seconds"], rows = median_seconds(lambda: len(conn.execute(STRATA_SQL).fetchall()))
+    assert rows == N, rows
+out["psql_strata_seconds"] = psql_first_row(
+    f"host={HOST} port={PORT} user=analyst dbname=strata", "SELECT time, key FROM orders LIMIT 1"
+)
+
+pg = Postgres()
+try:
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (time timestamptz, key text, amount float8)")
+        csv = io.BytesIO()
+        pyarrow.csv.write_csv(table, csv, pyarrow.csv.WriteOptions(include_header=False))
+        with conn.cursor().copy("COPY orders FROM STDIN (FORMAT csv)") as copy:
+            copy.write(csv.getvalue())
+        conn.execute("VACUUM ANALYZE orders")
+        out["psycopg_postgres_seconds"], rows = median_seconds(lambda: len(conn.execute(PEER_SQL).fetchall()))
+        assert rows == N, rows
+    out["psql_postgres_seconds"] = psql_first_row(pg.dsn, "SELECT time, key FROM orders LIMIT 1")
+finally:
+    pg.stop()
+print(json.dumps(out))
