@@ -15,6 +15,6 @@ RUN apt-get update \
 COPY --from=build /src/target/release/strata /usr/local/bin/strata
 ENV STRATA_HTTP=0.0.0.0:7070 STRATA_DATA_DIR=/data
 VOLUME /data
-EXPOSE 7070
+EXPOSE 7070 5433 50051
 ENTRYPOINT ["strata"]
 CMD ["serve"]

@@ -330,7 +330,7 @@ fn tokens_grants_and_the_sandbox_hold_over_postgres_and_flight() {
 }
 
 #[test]
-fn postgres_over_tls_with_the_node_certificate() {
+fn postgres_and_flight_over_tls_with_the_node_certificate() {
     let (_tmp, dir) = data_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let cert =
@@ -361,6 +361,20 @@ fn postgres_over_tls_with_the_node_certificate() {
     );
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("SSL connection"), "{}", text(&out));
+    // Flight SQL takes TLS only, with the same certificate; the handshake gives the bearer.
+    client(
+        py(
+            "flight_count.py",
+            &[
+                &server.flight,
+                "SELECT 41 + 1",
+                "42",
+                "ops-secret",
+                &cert_path.display().to_string(),
+            ],
+        ),
+        "Flight SQL over TLS",
+    );
     // A wrong certificate is refused by the client, so the password never leaves it.
     let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let other_path = dir.with_extension("other.crt");

@@ -108,6 +108,9 @@ fn compose_runs_three_kraft_brokers_and_strata_ingest_and_store_nodes() {
                 Some("service_healthy")
             );
         }
+        // Analysts' tools reach every node: PostgreSQL and Flight SQL on all interfaces.
+        assert_eq!(env(node, "STRATA_PG"), "0.0.0.0:5433");
+        assert_eq!(env(node, "STRATA_FLIGHT"), "0.0.0.0:50051");
         let port = node["ports"][0].as_str().unwrap();
         assert!(port.ends_with(":7070"), "{port}");
         ports.insert(port.to_owned());

@@ -118,6 +118,20 @@ def psycopg_checks():
         except psycopg.Error as e:
             check("statement_timeout stops a long query (57014)", e.sqlstate == "57014", (e.sqlstate, str(e)))
         conn.execute("RESET statement_timeout")
+        # Read-your-writes: the token of an append over HTTP, set for the session's next queries.
+        request = urllib.request.Request(
+            BASE + "/v1/streams/notes/events",
+            data=json.dumps({"key": "ryw", "id": "ryw-1", "data": {"note": 1}}).encode(),
+        )
+        if TOKEN:
+            request.add_header("Authorization", "Bearer " + TOKEN)
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            token = json.load(answer)["token"]
+        conn.execute(f"SET strata.after = '{token}'")
+        seen = conn.execute("SELECT count(*) FROM notes WHERE key = 'ryw'").fetchone()[0]
+        check("SET strata.after reads the session's own write", seen == 1, seen)
+        check("SHOW strata.after", conn.execute("SHOW strata.after").fetchone()[0] == token)
+        conn.execute("RESET strata.after")
         views = conn.execute("SELECT * FROM by_country ORDER BY country").fetchall()
         check("psycopg reads the materialized view", len(views) == len(EXPECTED_GROUP), views)
         shown = conn.execute("SHOW VIEWS").fetchall()
@@ -130,6 +144,7 @@ def psycopg_checks():
             ("COPY (SELECT 1) TO '/tmp/strata-copy.csv'", "25006"),
             ("SET datafusion.execution.batch_size = 1", "42501"),
             ("DECLARE c CURSOR FOR SELECT * FROM orders", "25006"),
+            ("SELECT map(['a'], [1]) AS m", "0A000"),
         ]:
             try:
                 conn.execute(sql)

@@ -407,11 +407,21 @@ fn is_aggregate(expr: &Expr) -> bool {
 fn sort(statement: Statement) -> Result<PgStatement> {
     Ok(match statement {
         Statement::Set(set) => return sort_set(set),
-        Statement::ShowVariable { variable } => Statement::ShowVariable { variable }
-            .to_string()
-            .strip_prefix("SHOW ")
-            .map(|name| PgStatement::Show(name.trim().to_ascii_lowercase()))
-            .unwrap_or(PgStatement::Show(String::new())),
+        Statement::ShowVariable { variable } => {
+            let words: Vec<String> = variable
+                .iter()
+                .map(|i| i.value.to_ascii_lowercase())
+                .collect();
+            // `SHOW TRANSACTION ISOLATION LEVEL`, `SHOW TIME ZONE` are words; `SHOW strata.after`
+            // comes as two names.
+            let spaced = words.join(" ");
+            let name = match spaced.as_str() {
+                "transaction isolation level" | "session authorization" => spaced,
+                "time zone" => "timezone".to_owned(),
+                _ => words.join("."),
+            };
+            PgStatement::Show(name)
+        }
         Statement::StartTransaction { .. } => PgStatement::Transaction("BEGIN"),
         Statement::Commit { .. } => PgStatement::Transaction("COMMIT"),
         Statement::Rollback {
@@ -543,6 +553,13 @@ mod tests {
                 ..
             }]
         ));
+        assert_eq!(
+            parse_postgres("SHOW strata.after; SHOW TRANSACTION ISOLATION LEVEL").unwrap(),
+            vec![
+                PgStatement::Show("strata.after".into()),
+                PgStatement::Show("transaction isolation level".into())
+            ]
+        );
         assert!(matches!(
             parse_postgres("SET ROLE admin"),
             Err(Error::ReadOnly(_))
