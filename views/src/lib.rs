@@ -51,6 +51,7 @@ mod listing;
 mod manage;
 pub mod materialized;
 mod pg_functions;
+mod pg_rewrite;
 mod postgres;
 mod shared;
 mod source;
