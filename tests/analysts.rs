@@ -333,17 +333,8 @@ fn tokens_grants_and_the_sandbox_hold_over_postgres_and_flight() {
 fn postgres_and_flight_over_tls_with_the_node_certificate() {
     let (_tmp, dir) = data_dir();
     std::fs::create_dir_all(&dir).unwrap();
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let cert_path = dir.with_extension("crt");
-    let key_path = dir.with_extension("key");
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let config = format!(
-        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[auth]\n{TOKENS}",
-        cert_path.display(),
-        key_path.display()
-    );
+    let (cert_path, tls) = self_signed_tls(&dir);
+    let config = format!("{tls}[auth]\n{TOKENS}");
     let server = Server::start(Backend::Embedded, &dir, &config);
     let (host, port) = server.pg.rsplit_once(':').unwrap();
     let conninfo = format!(

@@ -364,22 +364,14 @@ fn a_bad_auth_or_tls_configuration_stops_the_node_with_a_clear_error() {
 fn tls_with_a_self_signed_certificate() {
     let (_tmp, dir) = data_dir();
     std::fs::create_dir_all(&dir).unwrap();
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let cert_path = dir.with_extension("crt");
-    let key_path = dir.with_extension("key");
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let config = format!(
-        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert_path.display(),
-        key_path.display()
-    );
+    let (cert_path, config) = self_signed_tls(&dir);
     let server = Server::start(Backend::Embedded, &dir, &config);
     assert!(server.base.starts_with("https://"), "{}", server.base);
 
     let trusted = reqwest::blocking::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&cert_path).unwrap()).unwrap(),
+        )
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();

@@ -193,6 +193,23 @@ impl FlightSql {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    /// The flight of a metadata command (catalogs, schemas, tables, …): its answer's `schema`,
+    /// and the command itself as the ticket.
+    fn metadata_flight(
+        &self,
+        schema: &Schema,
+        command: &impl ProstMessageExt,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request)?;
+        let info = Self::flight(
+            schema,
+            command.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?;
+        Ok(Response::new(info))
+    }
+
     /// A metadata answer (catalogs, schemas, tables, …) as a flight stream.
     fn batch_stream(
         batch: Result<arrow::array::RecordBatch, FlightError>,
@@ -397,14 +414,8 @@ impl FlightSqlService for FlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request)?;
         let schema = query.into_builder().schema();
-        let info = Self::flight(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        self.metadata_flight(&schema, &query, request)
     }
 
     async fn do_get_catalogs(
@@ -423,14 +434,8 @@ impl FlightSqlService for FlightSql {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request)?;
         let schema = query.clone().into_builder().schema();
-        let info = Self::flight(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        self.metadata_flight(&schema, &query, request)
     }
 
     async fn do_get_schemas(
@@ -449,14 +454,8 @@ impl FlightSqlService for FlightSql {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request)?;
         let schema = query.clone().into_builder().schema();
-        let info = Self::flight(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        self.metadata_flight(&schema, &query, request)
     }
 
     async fn do_get_tables(
@@ -481,14 +480,8 @@ impl FlightSqlService for FlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request)?;
         let schema = query.into_builder().schema();
-        let info = Self::flight(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        self.metadata_flight(&schema, &query, request)
     }
 
     async fn do_get_table_types(
@@ -508,14 +501,8 @@ impl FlightSqlService for FlightSql {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request)?;
         let schema = query.clone().into_builder(&self.info).schema();
-        let info = Self::flight(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        self.metadata_flight(&schema, &query, request)
     }
 
     async fn do_get_sql_info(

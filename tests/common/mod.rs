@@ -450,6 +450,23 @@ pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// A self-signed certificate for localhost and 127.0.0.1, written beside `dir`; returns the
+/// certificate's path and the `[tls]` section that serves it.
+pub fn self_signed_tls(dir: &Path) -> (PathBuf, String) {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert_path = dir.with_extension("crt");
+    let key_path = dir.with_extension("key");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let section = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert_path.display(),
+        key_path.display()
+    );
+    (cert_path, section)
+}
+
 /// A data directory inside a fresh temp dir (kept alive by the returned guard).
 pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
