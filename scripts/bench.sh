@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The full benchmark: builds strata in release mode, makes the Python venv with DuckDB and Tansu,
-# starts Tansu (for scenario 5, the Kafka path), runs every scenario against a real `strata serve`
+# The full benchmark: builds strata in release mode, makes the Python venv with DuckDB, Tansu and
+# the analysts' clients, installs psql and PostgreSQL (scenario 8's peer), starts Tansu (for
+# scenarios 5 and 7), runs every scenario against a real `strata serve`
 # and its peers, and writes BENCHMARKS.md. Extra arguments go to strata-bench (e.g. --events
 # 1000000, --quick).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="$(./scripts/venv.sh)"
+./scripts/clients.sh  # psql and PostgreSQL, the peers of scenario 8
 cargo build --release --locked --bin strata --bin strata-bench
 target="${CARGO_TARGET_DIR:-target}"
 mkdir -p "$target/bench-logs"

@@ -185,7 +185,11 @@ pub async fn run(
         tokio::spawn(crate::pg::serve(
             listener,
             front,
-            tls.clone().map(Arc::new),
+            tls.clone().map(|mut tls| {
+                // PostgreSQL 17's direct TLS negotiates this protocol name.
+                tls.alpn_protocols = vec![b"postgresql".to_vec()];
+                Arc::new(tls)
+            }),
             config.pg.max_connections,
             shutdown.clone(),
         ))
