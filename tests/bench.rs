@@ -57,7 +57,8 @@ fn quick_benchmark_runs_every_scenario() {
         "## 8. Analysts' tools",
         "rows through psycopg 3 (text), strata vs PostgreSQL",
         "rows over Flight SQL (ADBC) vs HTTP Arrow IPC",
-        "psql connect to first row",
+        "connect to first row (libpq through psycopg)",
+        "psql process: start, connect, first row, exit",
     ] {
         assert!(
             report.contains(needle),

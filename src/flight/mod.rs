@@ -539,7 +539,10 @@ pub fn spawn(
     tls: Option<(&std::path::Path, &std::path::Path)>,
     shutdown: CancellationToken,
 ) -> crate::Result<JoinHandle<()>> {
-    let mut server = tonic::transport::Server::builder();
+    // HTTP/2's default 64 KiB windows hold a large result to a trickle on a fast link.
+    let mut server = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20));
     if let Some((cert, key)) = tls {
         let read = |path: &std::path::Path| {
             std::fs::read(path)

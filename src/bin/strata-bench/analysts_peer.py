@@ -98,6 +98,16 @@ def psql_first_row(conninfo, sql, runs=21):
     return statistics.median(times)
 
 
+def connect_first_row(dsn, sql, runs=21):
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        with psycopg.connect(dsn) as conn:
+            conn.execute(sql).fetchone()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def http_arrow():
     request = urllib.request.Request(
         BASE + "/v1/sql", data=json.dumps({"sql": STRATA_SQL}).encode(),
@@ -133,6 +143,7 @@ out["duckdb_parquet_seconds"], rows = median_seconds(
 with psycopg.connect(strata_dsn) as conn:
     out["psycopg_strata_seconds"], rows = median_seconds(lambda: len(conn.execute(STRATA_SQL).fetchall()))
     assert rows == N, rows
+out["connect_strata_seconds"] = connect_first_row(strata_dsn, "SELECT time, key FROM orders LIMIT 1")
 out["psql_strata_seconds"] = psql_first_row(
     f"host={HOST} port={PORT} user=analyst dbname=strata", "SELECT time, key FROM orders LIMIT 1"
 )
@@ -149,6 +160,7 @@ try:
         out["psycopg_postgres_seconds"], rows = median_seconds(lambda: len(conn.execute(PEER_SQL).fetchall()))
         assert rows == N, rows
     out["psql_postgres_seconds"] = psql_first_row(pg.dsn, "SELECT time, key FROM orders LIMIT 1")
+    out["connect_postgres_seconds"] = connect_first_row(pg.dsn, "SELECT time, key FROM orders LIMIT 1")
 finally:
     pg.stop()
 print(json.dumps(out))
