@@ -56,7 +56,8 @@ fn quick_benchmark_runs_every_scenario() {
         "backfill rate",
         "## 8. Analysts' tools",
         "rows through psycopg 3 (text), strata vs PostgreSQL",
-        "rows over Flight SQL (ADBC) vs HTTP Arrow IPC",
+        "rows over Flight SQL (pyarrow.flight) vs HTTP Arrow IPC",
+        "rows over Flight SQL through ADBC",
         "connect to first row (libpq through psycopg)",
         "psql process: start, connect, first row, exit",
     ] {

@@ -29,6 +29,7 @@ import duckdb
 import psycopg
 import pyarrow
 import pyarrow.csv
+import pyarrow.flight
 import pyarrow.ipc
 
 PG, FLIGHT, BASE, PARQUET, N, RUNS = sys.argv[1:7]
@@ -132,6 +133,31 @@ with flightsql.connect("grpc://" + FLIGHT) as flight:
     out["flight_seconds"], rows = median_seconds(flight_rows)
     assert rows == N, rows
 out["http_arrow_seconds"], rows = median_seconds(http_arrow)
+assert rows == N, rows
+
+
+def varint(n):
+    out = b""
+    while True:
+        low, n = n & 0x7F, n >> 7
+        if n:
+            out += bytes([low | 0x80])
+        else:
+            return out + bytes([low])
+
+
+def flight_raw():
+    # A Flight SQL CommandStatementQuery as the protobuf Any pyarrow does not build itself.
+    body = STRATA_SQL.encode()
+    command = b"\n" + varint(len(body)) + body
+    url = b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery"
+    message = b"\n" + varint(len(url)) + url + b"\x12" + varint(len(command)) + command
+    client = pyarrow.flight.FlightClient("grpc://" + FLIGHT)
+    info = client.get_flight_info(pyarrow.flight.FlightDescriptor.for_command(message))
+    return client.do_get(info.endpoints[0].ticket).read_all().num_rows
+
+
+out["flight_raw_seconds"], rows = median_seconds(flight_raw)
 assert rows == N, rows
 duck = duckdb.connect()
 out["duckdb_parquet_seconds"], rows = median_seconds(
