@@ -255,17 +255,31 @@ fn psql_browses_reports_sqlstates_and_cancels_with_ctrl_c() {
     // A long query, interrupted the way Ctrl-C does it (SIGINT to psql, which sends a cancel
     // request); while it runs, a second query is over the limit of one at a time.
     let (host, port) = server.pg.rsplit_once(':').unwrap();
-    let long = Command::new("psql")
-        .args(["-X", "-h", host, "-p", port, "-U", "analyst", "-d", "strata"])
-        .args(["-v", "VERBOSITY=verbose", "-c"])
-        .arg("SELECT sum(a.\"offset\" * b.\"offset\" * c.\"offset\" * d.\"offset\") FROM orders a, orders b, orders c, orders d")
-        .env("PGPASSWORD", "x")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let start_long = || {
+        Command::new("psql")
+            .args(["-X", "-h", host, "-p", port, "-U", "analyst", "-d", "strata"])
+            .args(["-v", "VERBOSITY=verbose", "-c"])
+            .arg("SELECT sum(a.\"offset\" * b.\"offset\" * c.\"offset\" * d.\"offset\") FROM orders a, orders b, orders c, orders d")
+            .env("PGPASSWORD", "x")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut long = start_long();
     let started = Instant::now();
     let busy = eventually("the long query to hold the one query slot", || {
+        if let Ok(Some(status)) = long.try_wait() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(long.stderr.as_mut().unwrap(), &mut err).unwrap();
+            // The probe below can take the one slot first; then the long query is refused.
+            assert!(
+                err.contains("53300"),
+                "the long query ended before it was cancelled ({status}): {err}"
+            );
+            long = start_long();
+            return None;
+        }
         let out = psql(&server, "x", &["-c", "SELECT 1"]);
         (!out.status.success()).then(|| text(&out))
     });
