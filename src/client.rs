@@ -4,6 +4,9 @@ use crate::http::ARROW_STREAM;
 use std::io::{BufRead, Write};
 use strata_proto::ConsistencyToken;
 
+mod columnar;
+pub use columnar::FileFormat;
+
 /// Errors of the CLI clients.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -168,8 +171,7 @@ impl Client {
         input: impl BufRead,
         batch: usize,
     ) -> Result<(u64, u64, Option<ConsistencyToken>)> {
-        let (mut appended, mut duplicates) = (0u64, 0u64);
-        let mut token: Option<ConsistencyToken> = None;
+        let mut tally = Tally::default();
         let mut body = String::new();
         let mut line_numbers = Vec::new();
         let mut lines = input.lines().enumerate();
@@ -208,24 +210,13 @@ impl Client {
                 }
                 Err(e) => return Err(e),
             };
-            let outcome: serde_json::Value = resp.json().await.map_err(client_error)?;
-            appended += outcome["appended"].as_u64().unwrap_or(0);
-            duplicates += outcome["duplicates"].as_u64().unwrap_or(0);
-            if let Some(t) = outcome["token"]
-                .as_str()
-                .and_then(|t| t.parse::<ConsistencyToken>().ok())
-            {
-                match &mut token {
-                    Some(all) => all.merge(&t),
-                    None => token = Some(t),
-                }
-            }
+            tally.add(&resp.json().await.map_err(client_error)?);
             line_numbers.clear();
             if done {
                 break;
             }
         }
-        Ok((appended, duplicates, token))
+        Ok(tally.into_parts())
     }
 
     /// Runs `query` and writes the result to `out` in `format`.
@@ -559,6 +550,35 @@ impl Client {
 }
 
 /// Rewrites the server's `line N` (within one request) to the line of the whole input.
+/// What a run of append requests added up to.
+#[derive(Default)]
+struct Tally {
+    appended: u64,
+    duplicates: u64,
+    token: Option<ConsistencyToken>,
+}
+
+impl Tally {
+    /// Adds one append's answer.
+    fn add(&mut self, outcome: &serde_json::Value) {
+        self.appended += outcome["appended"].as_u64().unwrap_or(0);
+        self.duplicates += outcome["duplicates"].as_u64().unwrap_or(0);
+        if let Some(t) = outcome["token"]
+            .as_str()
+            .and_then(|t| t.parse::<ConsistencyToken>().ok())
+        {
+            match &mut self.token {
+                Some(all) => all.merge(&t),
+                None => self.token = Some(t),
+            }
+        }
+    }
+
+    fn into_parts(self) -> (u64, u64, Option<ConsistencyToken>) {
+        (self.appended, self.duplicates, self.token)
+    }
+}
+
 fn renumber(message: &str, line_numbers: &[usize]) -> String {
     let Some(rest) = message.strip_prefix("line ") else {
         return message.to_owned();

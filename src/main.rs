@@ -35,7 +35,8 @@ enum Command {
     Serve(Box<Overrides>),
     /// Print the SHA-256 of a token (read from standard input) for `sha256 = …` under [[auth.tokens]].
     HashToken,
-    /// Append NDJSON events (one per line) from a file or standard input.
+    /// Append events: NDJSON (one per line) from a file or standard input, or an Arrow or
+    /// Parquet file.
     Produce {
         /// The stream (created on first append).
         stream: String,
@@ -45,6 +46,11 @@ enum Command {
         /// Events per request.
         #[arg(long, default_value_t = 1000)]
         batch: usize,
+        /// Input format: NDJSON lines, or an Arrow IPC or Parquet file whose columns are the
+        /// event fields (`key`, `id`, `type`, `time`, `data` as JSON text, declared fields),
+        /// sent as Arrow IPC streams.
+        #[arg(long, value_enum, default_value = "ndjson")]
+        format: strata::client::FileFormat,
     },
     /// Run a read-only SQL query.
     Sql {
@@ -278,8 +284,18 @@ async fn run_client(client: Client, command: Command) -> strata::client::Result<
             stream,
             file,
             batch,
+            format,
         } => {
-            let (appended, duplicates, token) = if file == "-" {
+            let (appended, duplicates, token) = if format != strata::client::FileFormat::Ndjson {
+                if file == "-" {
+                    return Err(strata::client::Error::Request(
+                        "Arrow and Parquet input is read from a file, not standard input".into(),
+                    ));
+                }
+                client
+                    .produce_columnar(&stream, std::path::Path::new(&file), format, batch)
+                    .await?
+            } else if file == "-" {
                 client
                     .produce(&stream, std::io::stdin().lock(), batch)
                     .await?

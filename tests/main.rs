@@ -8,6 +8,7 @@ mod bench;
 mod cli;
 mod cluster;
 mod cluster_views;
+mod columnar;
 mod compose;
 mod corruption;
 mod crash;

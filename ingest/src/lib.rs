@@ -6,6 +6,7 @@
 //! that span machines; [`StoreGroup`] makes store nodes a consumer group over them.
 
 mod append;
+pub mod columnar;
 pub mod decode;
 pub mod embedded;
 mod error;

@@ -5,6 +5,7 @@ use crate::auth::{Operation, Principal, Scope};
 use bytes::Bytes;
 use std::sync::Arc;
 use strata_ingest::AppendOutcome;
+use strata_ingest::columnar::decode_arrow;
 use strata_ingest::decode::{DecodeLimits, decode_batch};
 use strata_proto::{FieldDef, StreamName};
 
@@ -14,6 +15,31 @@ pub struct WriteTarget {
     name: StreamName,
     /// The stream's declared fields; `None` if the append creates the stream.
     fields: Option<Vec<FieldDef>>,
+}
+
+/// How an append body is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// NDJSON, one event per line, or a JSON array of events.
+    Json,
+    /// An Arrow IPC stream whose columns are the event fields (see
+    /// [`strata_ingest::columnar`]).
+    ArrowStream,
+}
+
+impl BodyFormat {
+    /// The format a `Content-Type` names: Arrow IPC for its media type, JSON otherwise.
+    pub fn from_content_type(content_type: Option<&str>) -> Self {
+        let media = content_type
+            .and_then(|c| c.split(';').next())
+            .map(str::trim)
+            .unwrap_or_default();
+        if media.eq_ignore_ascii_case(strata_ingest::columnar::ARROW_STREAM) {
+            Self::ArrowStream
+        } else {
+            Self::Json
+        }
+    }
 }
 
 /// Appends events.
@@ -59,22 +85,29 @@ impl AppendService {
         Ok(WriteTarget { name, fields })
     }
 
-    /// Decodes `body` (NDJSON, or a JSON array) and appends its events to `target`; answers once
-    /// they are durable. The batch is all or nothing.
+    /// Decodes `body` (NDJSON or a JSON array, or an Arrow IPC stream, as `format` says) and
+    /// appends its events to `target`; answers once they are durable. The batch is all or nothing.
     ///
     /// # Errors
-    /// A bad event (with its line), limits, a log that refuses or cannot be reached.
-    pub async fn append(&self, target: WriteTarget, body: Bytes) -> Result<AppendOutcome> {
+    /// A bad event (with its line or row), limits, a log that refuses or cannot be reached.
+    pub async fn append(
+        &self,
+        target: WriteTarget,
+        body: Bytes,
+        format: BodyFormat,
+    ) -> Result<AppendOutcome> {
         let arrival = chrono::Utc::now().timestamp_millis();
         let limits = DecodeLimits {
             max_event_bytes: self.parts.limits.max_event_bytes,
             max_events: self.parts.limits.max_batch_events,
         };
         let fields = target.fields.unwrap_or_default();
-        let events =
-            tokio::task::spawn_blocking(move || decode_batch(&body, arrival, &limits, &fields))
-                .await
-                .map_err(|e| Error::BadRequest(format!("decoding failed: {e}")))??;
+        let events = tokio::task::spawn_blocking(move || match format {
+            BodyFormat::Json => decode_batch(&body, arrival, &limits, &fields),
+            BodyFormat::ArrowStream => decode_arrow(&body, arrival, &limits, &fields),
+        })
+        .await
+        .map_err(|e| Error::BadRequest(format!("decoding failed: {e}")))??;
         Ok(self.parts.ingest()?.append(&target.name, events).await?)
     }
 }

@@ -23,7 +23,7 @@ mod replay;
 mod streams;
 mod views;
 
-pub use append::{AppendService, WriteTarget};
+pub use append::{AppendService, BodyFormat, WriteTarget};
 pub use cluster::{ClusterNode, ClusterPartition, ClusterService, ClusterView};
 pub use error::{Error, Kind, Result};
 pub use query::{QueryRequest, QueryResult, QueryService, wait_applied};

@@ -89,7 +89,11 @@ async fn every_operation_is_authorized_inside_the_services() {
     let target = s.append.target(&writer, "orders").unwrap();
     let outcome = s
         .append
-        .append(target, Bytes::from_static(b"{\"data\": 1}\n"))
+        .append(
+            target,
+            Bytes::from_static(b"{\"data\": 1}\n"),
+            BodyFormat::Json,
+        )
         .await
         .unwrap();
     assert_eq!(outcome.appended, 1);
