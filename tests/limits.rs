@@ -126,3 +126,102 @@ fn a_query_over_the_memory_limit_fails_and_the_server_lives() {
         vec![json!({"n": 1000})]
     );
 }
+
+/// The peak resident set of `pid` so far, in bytes (`VmHWM`).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[test]
+fn memory_bombs_fail_with_422_and_the_process_stays_under_the_limit() {
+    const LIMIT: u64 = 64 << 20;
+    // What a debug build may add past its peak before the bombs: buffers of one request,
+    // DataFusion's batches in flight, allocator slack.
+    const SLACK: u64 = 160 << 20;
+    let (_tmp, dir) = data_dir();
+    let server = Server::start(
+        Backend::Embedded,
+        &dir,
+        &format!("[limits]\nquery_memory_bytes = {LIMIT}\n"),
+    );
+    append_ok(
+        &server,
+        "s",
+        "{\"data\": {\"t\": \"abc\"}}\n{\"data\": {\"t\": \"de\"}}\n",
+    );
+    wait_stored(&server, "s");
+    // Warm up: plan and run a few ordinary queries so that the baseline holds what any query does.
+    for _ in 0..3 {
+        assert_eq!(
+            rows(&server, "SELECT count(*) AS n FROM s"),
+            vec![json!({"n": 2})]
+        );
+    }
+    let before = peak_rss(server.pid());
+    let bombs = [
+        "SELECT length(repeat('x', 1000000000)) AS n",
+        "SELECT length(lpad('x', 1000000000)) AS n",
+        "SELECT length(rpad('x', 1000000000, 'yz')) AS n",
+        "SELECT length(repeat(json_get_str(data, 't'), 500000000)) AS n FROM s",
+        "SELECT cardinality(array_repeat(1, 1000000000)) AS n",
+        "SELECT cardinality(array_resize([1], 1000000000, 0)) AS n",
+        "SELECT cardinality(range(0, 1000000000)) AS n",
+        "SELECT cardinality(generate_series(1, 1000000000)) AS n",
+        "SELECT length(replace(repeat('a', 10000), 'a', repeat('b', 100000))) AS n",
+        "SELECT length(regexp_replace(repeat('a', 10000), '', repeat('b', 100000), 'g')) AS n",
+        "SELECT length(string_agg(repeat('x', 1000), ',')) AS n FROM generate_series(1, 1000000)",
+        "SELECT cardinality(array_agg(value)) AS n FROM generate_series(1, 100000000)",
+        // Not in order (sorted input is aggregated as it streams, in bounded memory).
+        "SELECT count(DISTINCT value * 7919 % 100000007) AS n FROM generate_series(1, 100000000)",
+        "SELECT count(DISTINCT (value * 7919 % 100000007)::text) AS n FROM generate_series(1, 100000000)",
+        "SELECT count(*) AS n FROM (SELECT DISTINCT value * 7919 % 100000007 FROM generate_series(1, 100000000))",
+        "SELECT count(DISTINCT value * 7919 % 100000007) AS n, count(DISTINCT value % 1000) AS m FROM generate_series(1, 100000000)",
+    ];
+    for bomb in bombs {
+        let (status, err) = sql(&server, bomb);
+        assert_eq!(status, 422, "{bomb}: {err}");
+        let message = err["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("limits.query_memory_bytes") || message.contains("resource limit"),
+            "{bomb}: {message}"
+        );
+        let peak = peak_rss(server.pid());
+        assert!(
+            peak < before + LIMIT + SLACK,
+            "{bomb}: peak RSS {} MiB, from {} MiB before the bombs (limit {} MiB + slack {} MiB)",
+            peak >> 20,
+            before >> 20,
+            LIMIT >> 20,
+            SLACK >> 20
+        );
+    }
+    // The same limit over the PostgreSQL wire protocol: SQLSTATE 53200.
+    let (host, port) = server.pg.rsplit_once(':').unwrap();
+    let out = std::process::Command::new("psql")
+        .args([
+            "-X", "-h", host, "-p", port, "-U", "analyst", "-d", "strata",
+        ])
+        .args(["-v", "VERBOSITY=verbose", "-c"])
+        .arg("SELECT length(repeat('x', 1000000000))")
+        .env("PGPASSWORD", "x")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ERROR:  53200") && stderr.contains("limits.query_memory_bytes"),
+        "{stderr}"
+    );
+    assert!(peak_rss(server.pid()) < before + LIMIT + SLACK);
+    // The node answers afterwards.
+    assert_eq!(
+        rows(&server, "SELECT count(*) AS n FROM s"),
+        vec![json!({"n": 2})]
+    );
+}

@@ -280,6 +280,7 @@ impl SqlEngine {
             .with_default_catalog_and_schema("strata", "public");
         let mut ctx = SessionContext::new_with_config_rt(config, parts.runtime.clone());
         datafusion_functions_json::register_all(&mut ctx)?;
+        crate::capped::register(&ctx);
         let catalog = Arc::new(datafusion::catalog::MemoryCatalogProvider::new());
         let views = Arc::new(ViewRegistry::default());
         datafusion::catalog::CatalogProvider::register_schema(

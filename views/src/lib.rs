@@ -44,6 +44,7 @@ macro_rules! leaf_plan {
 }
 
 mod browse;
+mod capped;
 mod engine;
 mod error;
 mod filters;

@@ -75,6 +75,7 @@ pub(crate) fn context(
     config.options_mut().sql_parser.dialect = Dialect::PostgreSQL;
     let mut ctx = SessionContext::new_with_config_rt(config, runtime);
     datafusion_functions_json::register_all(&mut ctx)?;
+    crate::capped::register(&ctx);
     // Its own catalog object: `pg_catalog` is registered into it, not into the plain session's.
     let catalog = Arc::new(datafusion::catalog::MemoryCatalogProvider::new());
     datafusion::catalog::CatalogProvider::register_schema(
