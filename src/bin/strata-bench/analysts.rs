@@ -17,25 +17,20 @@ pub(crate) async fn scenario(
 ) -> Result<Section> {
     let n = total_n.min(ROWS);
     progress(&format!("scenario 8: {n} rows to analysts' tools"));
-    let script = args.work.join("analysts_peer.py");
-    std::fs::write(&script, include_str!("analysts_peer.py")).map_err(|e| e.to_string())?;
-    let output = tokio::process::Command::new(&args.python)
-        .arg(&script)
-        .args([&strata.pg, &strata.flight, &strata.base_url()])
-        .arg(args.work.join("orders.parquet"))
-        .arg(n.to_string())
-        .arg(runs.min(3).to_string())
-        .output()
-        .await
-        .map_err(|e| format!("cannot run {}: {e}", args.python.display()))?;
-    if !output.status.success() {
-        return Err(format!(
-            "the analysts' peer failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    let figures: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .map_err(|e| format!("the analysts' peer printed no JSON: {e}"))?;
+    let figures = crate::peers::python_peer(
+        args,
+        "analysts_peer.py",
+        include_str!("analysts_peer.py"),
+        &[
+            strata.pg.clone().into(),
+            strata.flight.clone().into(),
+            strata.base_url().into(),
+            args.work.join("orders.parquet").into(),
+            n.to_string().into(),
+            runs.min(3).to_string().into(),
+        ],
+    )
+    .await?;
     let secs = |name: &str| figures[name].as_f64().unwrap_or(f64::NAN);
     let (psycopg, postgres) = (
         secs("psycopg_strata_seconds"),

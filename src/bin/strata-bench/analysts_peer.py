@@ -10,20 +10,16 @@ over HTTP Arrow IPC, and from DuckDB reading the Parquet file; psql connect-to-f
 both servers. PostgreSQL is stopped (and its files removed) before the script ends.
 """
 
-import glob
 import io
 import json
 import os
-import pwd
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
+from pg_peer import Postgres
 import adbc_driver_flightsql.dbapi as flightsql
 import duckdb
 import psycopg
@@ -46,47 +42,6 @@ def median_seconds(f, runs=RUNS):
         rows = f()
         times.append(time.perf_counter() - started)
     return statistics.median(times), rows
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Postgres:
-    """A throwaway PostgreSQL server."""
-
-    def __init__(self):
-        binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
-        if not binaries:
-            sys.exit("no PostgreSQL server (Debian package postgresql; scripts/clients.sh installs it)")
-        self.bin = os.path.dirname(binaries[-1])
-        self.dir = tempfile.mkdtemp(prefix="strata-bench-pg-")
-        self.port = free_port()
-        self.as_user = []
-        if os.geteuid() == 0:
-            user = pwd.getpwnam("postgres")
-            os.chown(self.dir, user.pw_uid, user.pw_gid)
-            self.as_user = ["runuser", "-u", "postgres", "--"]
-        data = os.path.join(self.dir, "data")
-        self.run("initdb", "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
-        self.run(
-            "pg_ctl", "-D", data, "-l", os.path.join(self.dir, "log"), "-w", "-t", "60", "start",
-            "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c shared_buffers=256MB",
-        )
-        self.data = data
-        self.dsn = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
-
-    def run(self, tool, *args):
-        subprocess.run(self.as_user + [os.path.join(self.bin, tool), *args], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
-
-    def stop(self):
-        try:
-            self.run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "60", "stop")
-        finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def psql_first_row(conninfo, sql, runs=21):

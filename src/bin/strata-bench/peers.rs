@@ -116,3 +116,83 @@ pub(crate) async fn duckdb_peer(
     serde_json::from_slice(&output.stdout)
         .map_err(|e| format!("the DuckDB peer printed no JSON: {e}"))
 }
+
+/// One event of the data set, as `arrow_bodies` reads it.
+#[derive(serde::Deserialize)]
+struct Line<'a> {
+    key: &'a str,
+    id: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    time: i64,
+    #[serde(borrow)]
+    data: &'a serde_json::value::RawValue,
+}
+
+/// The NDJSON `batches` as Arrow IPC stream bodies with the same events (columns `key`, `id`,
+/// `type`, `time` as epoch milliseconds, `data` as JSON text), each with its event count.
+pub(crate) fn arrow_bodies(batches: &[String]) -> Result<Vec<(bytes::Bytes, u64)>> {
+    use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+    use std::sync::Arc;
+    batches
+        .iter()
+        .map(|batch| {
+            let lines: Vec<Line> = batch
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(serde_json::from_str)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| e.to_string())?;
+            let text = |f: for<'l> fn(&'l Line<'_>) -> &'l str| -> ArrayRef {
+                Arc::new(StringArray::from_iter_values(lines.iter().map(f)))
+            };
+            let columns = RecordBatch::try_from_iter(vec![
+                ("key", text(|l| l.key)),
+                ("id", text(|l| l.id)),
+                ("type", text(|l| l.event_type)),
+                (
+                    "time",
+                    Arc::new(Int64Array::from_iter_values(lines.iter().map(|l| l.time)))
+                        as ArrayRef,
+                ),
+                ("data", text(|l| l.data.get())),
+            ])
+            .map_err(|e| e.to_string())?;
+            let mut body = Vec::new();
+            let mut writer =
+                arrow::ipc::writer::StreamWriter::try_new(&mut body, &columns.schema())
+                    .map_err(|e| e.to_string())?;
+            writer.write(&columns).map_err(|e| e.to_string())?;
+            writer.finish().map_err(|e| e.to_string())?;
+            drop(writer);
+            Ok((bytes::Bytes::from(body), lines.len() as u64))
+        })
+        .collect()
+}
+
+/// Runs the Python peer `name` (its `source`, written into the work directory beside the
+/// PostgreSQL helper it may import) with `argv`; returns the JSON object it prints.
+pub(crate) async fn python_peer(
+    args: &Args,
+    name: &str,
+    source: &str,
+    argv: &[std::ffi::OsString],
+) -> Result<serde_json::Value> {
+    let script = args.work.join(name);
+    std::fs::write(&script, source).map_err(|e| e.to_string())?;
+    std::fs::write(args.work.join("pg_peer.py"), include_str!("pg_peer.py"))
+        .map_err(|e| e.to_string())?;
+    let output = tokio::process::Command::new(&args.python)
+        .arg(&script)
+        .args(argv)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", args.python.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{name} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    serde_json::from_slice(&output.stdout).map_err(|e| format!("{name} printed no JSON: {e}"))
+}

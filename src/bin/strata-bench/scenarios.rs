@@ -1,7 +1,9 @@
 //! Scenarios 1 to 4: durable ingest, SQL analytics, replay and recovery (5 is in `kafka.rs`,
 //! 6 in `views.rs`). Each runs against a live node and its peer and returns its report section.
 
-use crate::peers::{duckdb_peer, fdatasync_peer, read_batches, read_file_peer};
+use crate::peers::{
+    arrow_bodies, duckdb_peer, fdatasync_peer, python_peer, read_batches, read_file_peer,
+};
 use crate::report::{Section, mib, ms, progress, rate, row};
 use crate::server::Strata;
 use crate::{Args, BATCH, CLIENTS, Result};
@@ -72,6 +74,13 @@ pub(crate) async fn ingest(
     let ingest_rss = strata.peak_rss();
     progress("scenario 1 peer: append + fdatasync of the same batches to a file");
     let peer = fdatasync_peer(&args.work.join("peer.log"), &batches)?;
+    progress("scenario 1: the same events as Arrow IPC appends");
+    let bodies = arrow_bodies(&batches)?;
+    let arrow = strata
+        .post_concurrently("orders_arrow", bodies, ARROW_STREAM, CLIENTS as usize)
+        .await?;
+    progress("scenario 1 peer: PostgreSQL COPY of the same events, fsync on");
+    let postgres = postgres_copy(args, &batches).await?;
     drop(batches);
     let (acked_s, visible_s, peer_s) = (
         acked.as_secs_f64(),
@@ -111,12 +120,80 @@ pub(crate) async fn ingest(
                 "",
                 None,
             ),
+            row(
+                "events/s until all acknowledged, against PostgreSQL `COPY` (peer column)",
+                rate(ingest_n as f64, acked_s),
+                rate(ingest_n as f64, postgres),
+                Some(postgres / acked_s),
+                "≥ 2×",
+                Some(postgres / acked_s >= 2.0),
+            ),
+            row(
+                "events/s until all visible, against PostgreSQL `COPY`",
+                rate(ingest_n as f64, visible_s),
+                rate(ingest_n as f64, postgres),
+                Some(postgres / visible_s),
+                "≥ 1.5×",
+                Some(postgres / visible_s >= 1.5),
+            ),
+            row(
+                "Arrow IPC appends: events/s until acknowledged, against PostgreSQL `COPY`",
+                rate(ingest_n as f64, arrow.as_secs_f64()),
+                rate(ingest_n as f64, postgres),
+                Some(postgres / arrow.as_secs_f64()),
+                "≥ 5×",
+                Some(postgres / arrow.as_secs_f64() >= 5.0),
+            ),
+            row(
+                "Arrow IPC appends against NDJSON appends (peer column: NDJSON)",
+                rate(ingest_n as f64, arrow.as_secs_f64()),
+                rate(ingest_n as f64, acked_s),
+                Some(acked_s / arrow.as_secs_f64()),
+                "",
+                None,
+            ),
             row("peak RSS of strata", mib(ingest_rss), "", None, "", None),
         ],
         notes: vec![],
     };
 
     Ok((section, ingest_n as f64 / acked_s))
+}
+
+const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+/// PostgreSQL (fsync on) loading the same events with `CLIENTS` parallel `COPY` streams into
+/// `orders (seq bigserial primary key, id text unique, key text, type text, time_ms bigint,
+/// data jsonb)`; returns its seconds.
+async fn postgres_copy(args: &Args, batches: &[String]) -> Result<f64> {
+    let mut files = Vec::new();
+    for c in 0..CLIENTS as usize {
+        let path = args.work.join(format!("copy-{c}.ndjson"));
+        let share: String = batches
+            .iter()
+            .skip(c)
+            .step_by(CLIENTS as usize)
+            .map(String::as_str)
+            .collect();
+        std::fs::write(&path, share).map_err(|e| e.to_string())?;
+        files.push(path.into_os_string());
+    }
+    let mut argv = vec![CLIENTS.to_string().into()];
+    argv.extend(files.iter().cloned());
+    let out = python_peer(
+        args,
+        "ingest_peer.py",
+        include_str!("ingest_peer.py"),
+        &argv,
+    )
+    .await;
+    for f in files {
+        let _ = std::fs::remove_file(f);
+    }
+    let out = out?;
+    out["seconds"]
+        .as_f64()
+        .ok_or_else(|| format!("the PostgreSQL peer printed {out}"))
 }
 
 /// Scenario 4, recovery: `kill -9`, then the time to healthy and to every event queryable.

@@ -194,6 +194,7 @@ impl Strata {
             &self.http,
             &self.url("/v1/streams/warmup/events"),
             "{\"data\": {}}\n".to_owned(),
+            "application/x-ndjson",
         )
         .await
     }
@@ -205,22 +206,41 @@ impl Strata {
         batches: &[String],
         clients: usize,
     ) -> Result<Duration> {
-        let batches: Arc<Vec<String>> = Arc::new(batches.to_vec());
+        let bodies = batches
+            .iter()
+            .map(|b| (bytes::Bytes::from(b.clone()), b.lines().count() as u64))
+            .collect();
+        self.post_concurrently("orders", bodies, "application/x-ndjson", clients)
+            .await
+    }
+
+    /// Appends `bodies` (each with its event count) of `content_type` to `stream` from `clients`
+    /// concurrent clients (client `c` sends bodies `c`, `c + clients`, …); returns the time until
+    /// every one was acknowledged.
+    pub async fn post_concurrently(
+        &self,
+        stream: &str,
+        bodies: Vec<(bytes::Bytes, u64)>,
+        content_type: &'static str,
+        clients: usize,
+    ) -> Result<Duration> {
+        let total = bodies.iter().map(|(_, n)| n).sum();
+        let bodies = Arc::new(bodies);
         let done = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
-        let reporter = spawn_progress("ingest", done.clone(), batches.len() as u64 * BATCH);
+        let reporter = spawn_progress("ingest", done.clone(), total);
         let mut tasks = Vec::new();
         for c in 0..clients {
-            let (batches, done, http, url) = (
-                batches.clone(),
+            let (bodies, done, http, url) = (
+                bodies.clone(),
                 done.clone(),
                 self.http.clone(),
-                self.url("/v1/streams/orders/events"),
+                self.url(&format!("/v1/streams/{stream}/events")),
             );
             tasks.push(tokio::spawn(async move {
-                for b in batches.iter().skip(c).step_by(clients) {
-                    post(&http, &url, b.clone()).await?;
-                    done.fetch_add(b.lines().count() as u64, Ordering::Relaxed);
+                for (body, n) in bodies.iter().skip(c).step_by(clients) {
+                    post(&http, &url, body.clone(), content_type).await?;
+                    done.fetch_add(*n, Ordering::Relaxed);
                 }
                 Ok::<(), String>(())
             }));
@@ -328,7 +348,7 @@ impl Strata {
             tasks.push(tokio::spawn(async move {
                 while let Ok(body) = rx.recv_async().await {
                     let n = body.lines().count() as u64;
-                    post(&http, &url, body).await?;
+                    post(&http, &url, body, "application/x-ndjson").await?;
                     done.fetch_add(n, Ordering::Relaxed);
                 }
                 Ok::<(), String>(())
@@ -510,9 +530,15 @@ impl Drop for Strata {
     }
 }
 
-async fn post(http: &reqwest::Client, url: &str, body: String) -> Result<()> {
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    body: impl Into<reqwest::Body>,
+    content_type: &str,
+) -> Result<()> {
     let resp = http
         .post(url)
+        .header("content-type", content_type)
         .body(body)
         .send()
         .await
