@@ -6,7 +6,7 @@
 //! arguments, before anything is allocated; the reservation is released once the value is built
 //! (an operator that keeps it accounts it again).
 
-use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, FieldRef, Int64Type};
 use datafusion::common::{DataFusionError, ExprSchema, Result, ScalarValue};
 use datafusion::execution::FunctionRegistry;
@@ -143,24 +143,10 @@ fn text_lengths(arg: &ColumnarValue, rows: usize) -> Vec<u64> {
 
 /// Per row, an integer argument (0 for null, negative or non-integer).
 fn counts(arg: &ColumnarValue, rows: usize) -> Vec<u64> {
-    let cast = |a: &ArrayRef| arrow::compute::cast(a, &DataType::Int64).ok();
-    let array = match arg {
-        ColumnarValue::Scalar(s) => s.to_array_of_size(1).ok(),
-        ColumnarValue::Array(a) => Some(a.clone()),
-    };
-    let Some(values) = array.as_ref().and_then(cast) else {
-        return vec![0; rows];
-    };
-    let values = values.as_primitive::<Int64Type>();
-    let at = |i: usize| {
-        let i = if values.len() == 1 { 0 } else { i };
-        if i < values.len() && values.is_valid(i) {
-            values.value(i).max(0) as u64
-        } else {
-            0
-        }
-    };
-    (0..rows).map(at).collect()
+    counts_signed(arg, rows)
+        .into_iter()
+        .map(|v| v.max(0).unsigned_abs())
+        .collect()
 }
 
 /// Per row, the bytes one value of `arg` takes (at least 8).
