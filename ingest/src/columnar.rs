@@ -288,6 +288,55 @@ impl Columns {
     }
 }
 
+/// Refuses compressed record batches: their buffers say how large they decompress to, so a body
+/// within the size limit could make the reader allocate gigabytes. Walks the stream's framing
+/// (`0xFFFFFFFF`, metadata length, metadata, body) without decoding any buffer.
+fn refuse_compression(body: &[u8]) -> Result<()> {
+    let word = |at: usize| -> Option<u32> {
+        body.get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
+    let mut at = 0usize;
+    while let Some(mut len) = word(at) {
+        at += 4;
+        if len == u32::MAX {
+            match word(at) {
+                Some(l) => len = l,
+                None => break,
+            }
+            at += 4;
+        }
+        if len == 0 {
+            break;
+        }
+        // Anything malformed is left to the reader, which names it.
+        let Some(meta) = body.get(at..at.saturating_add(len as usize)) else {
+            break;
+        };
+        let Ok(message) = arrow::ipc::root_as_message(meta) else {
+            break;
+        };
+        let compressed = message
+            .header_as_record_batch()
+            .is_some_and(|b| b.compression().is_some())
+            || message
+                .header_as_dictionary_batch()
+                .and_then(|d| d.data())
+                .is_some_and(|b| b.compression().is_some());
+        if compressed {
+            return Err(bad(
+                STREAM,
+                "compressed record batches (LZ4/ZSTD) are not accepted; send them uncompressed",
+            ));
+        }
+        at = at
+            .saturating_add(len as usize)
+            .saturating_add(usize::try_from(message.bodyLength()).unwrap_or(usize::MAX));
+    }
+    Ok(())
+}
+
 /// Decodes an Arrow IPC stream (see the module documentation) into events. Rows without a `time`
 /// get `arrival_ms`.
 ///
@@ -301,6 +350,7 @@ pub fn decode_arrow(
     limits: &DecodeLimits,
     fields: &[FieldDef],
 ) -> Result<Vec<Event>> {
+    refuse_compression(body)?;
     let reader = StreamReader::try_new(body, None)
         .map_err(|e| bad(STREAM, format!("cannot be read: {e}")))?;
     let mut events = Vec::new();
@@ -477,6 +527,26 @@ mod tests {
             decode_arrow(&big, 0, &small, &[]),
             Err(Error::EventTooLarge { .. })
         ));
+        // A compressed stream is refused before anything is decompressed.
+        let batch = RecordBatch::try_from_iter(vec![("data", strings(&[Some("{}")]))]).unwrap();
+        let options = arrow::ipc::writer::IpcWriteOptions::default()
+            .try_with_compression(Some(arrow::ipc::CompressionType::LZ4_FRAME))
+            .unwrap();
+        let mut lz4 = Vec::new();
+        let mut w = StreamWriter::try_new_with_options(&mut lz4, &batch.schema(), options).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+        drop(w);
+        let e = decode_arrow(&lz4, 0, &limits, &[]).unwrap_err();
+        assert!(e.to_string().contains("compressed record batches"), "{e}");
+        // Two uncompressed batches in one stream are read past the first.
+        let mut two = Vec::new();
+        let mut w = StreamWriter::try_new(&mut two, &batch.schema()).unwrap();
+        w.write(&batch).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+        drop(w);
+        assert_eq!(decode_arrow(&two, 0, &limits, &[]).unwrap().len(), 2);
         // A schema and no rows.
         let schema = Arc::new(Schema::new(vec![Field::new("data", DataType::Utf8, true)]));
         let mut empty = Vec::new();
