@@ -244,6 +244,9 @@ fn arrow_appends_store_what_ndjson_does_and_refuse_bad_input_whole() {
         }
         append_ok(&server, "lines", &orders_ndjson(300, 750));
         wait_stored(&server, "lines");
+        eventually("the CLI's 450 rows stored", || {
+            (rows(&server, "SELECT count(*) AS n FROM columns")[0]["n"] == 750).then_some(())
+        });
         assert_eq!(count(&server, "columns"), count(&server, "lines"));
         assert_eq!(events(&server, "columns"), events(&server, "lines"));
         // A bad row of a file is named by its row in the file; the requests before it stay.
@@ -274,7 +277,10 @@ fn arrow_appends_store_what_ndjson_does_and_refuse_bad_input_whole() {
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("row 200: `data` is not JSON"), "{stderr}");
-        assert_eq!(count(&server, "columns")["n"], 900);
+        // The CLI's appends are not noted for `wait_stored`: poll until the store has them.
+        eventually("the first request's 150 rows stored", || {
+            (rows(&server, "SELECT count(*) AS n FROM columns")[0]["n"] == 900).then_some(())
+        });
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
             .args(["--server", &server.base, "produce", "columns"])
             .arg(tmp.path().join("missing.parquet"))

@@ -79,6 +79,10 @@ pub(crate) async fn ingest(
     let arrow = strata
         .post_concurrently("orders_arrow", bodies, ARROW_STREAM, CLIENTS as usize)
         .await?;
+    // The store catches up first, so that PostgreSQL has the cores to itself.
+    strata
+        .wait_count_of("orders_arrow", ingest_n, Duration::from_secs(600))
+        .await?;
     progress("scenario 1 peer: PostgreSQL COPY of the same events, fsync on");
     let postgres = postgres_copy(args, &batches).await?;
     drop(batches);

@@ -413,9 +413,15 @@ impl Strata {
 
     /// Polls `count(*)` until it reaches `n`; returns how long that took.
     pub async fn wait_count(&self, n: u64, limit: Duration) -> Result<Duration> {
+        self.wait_count_of("orders", n, limit).await
+    }
+
+    /// [`Strata::wait_count`] for `stream`.
+    pub async fn wait_count_of(&self, stream: &str, n: u64, limit: Duration) -> Result<Duration> {
         let started = Instant::now();
+        let query = format!("SELECT count(*) AS n FROM {stream}");
         while started.elapsed() < limit {
-            let rows = self.sql("SELECT count(*) AS n FROM orders").await?;
+            let rows = self.sql(&query).await?;
             if rows.first().and_then(|r| r["n"].as_u64()) == Some(n) {
                 return Ok(started.elapsed());
             }
