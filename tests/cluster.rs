@@ -488,6 +488,17 @@ fn call(address: &str, path: &'static str, secret: Option<&str>) -> Result<(), t
     })
 }
 
+/// Whether `/v1/cluster` on `server` shows `node` holding some partition.
+fn holds_partitions(server: &Server, node: &str) -> bool {
+    let (status, cluster) = http_json(server, None, "/v1/cluster");
+    status == 200
+        && cluster["partitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["node"] == node)
+}
+
 #[test]
 fn queries_while_a_store_node_dies_are_complete_or_a_clear_503() {
     let Some(mut cluster) = Cluster::start("") else {
@@ -501,16 +512,19 @@ fn queries_while_a_store_node_dies_are_complete_or_a_clear_503() {
     let expected = data.by_country();
     let (mut complete, mut unavailable) = (0u32, 0u32);
     let started = Instant::now();
-    let mut killed = false;
-    let mut restarted = false;
+    let mut killed: Option<Instant> = None;
+    let mut restarted: Option<Instant> = None;
+    // Kill → the others serve its partitions; restart → it serves its share again.
+    let (mut taken_over, mut back) = (None, None);
+    let mut unavailable_since_restart = 0u32;
     while started.elapsed() < Duration::from_secs(40) {
-        if !killed && started.elapsed() > Duration::from_secs(2) {
+        if killed.is_none() && started.elapsed() > Duration::from_secs(2) {
             cluster.nodes[2].kill9();
-            killed = true;
+            killed = Some(Instant::now());
         }
-        if !restarted && started.elapsed() > Duration::from_secs(18) {
+        if restarted.is_none() && started.elapsed() > Duration::from_secs(18) {
             cluster.nodes[2].restart();
-            restarted = true;
+            restarted = Some(Instant::now());
         }
         // From the ingest node and from a store node that stays up.
         for node in [0, 1] {
@@ -524,11 +538,24 @@ fn queries_while_a_store_node_dies_are_complete_or_a_clear_503() {
                         started.elapsed()
                     );
                     complete += 1;
+                    if let (Some(at), None, None) = (killed, taken_over, restarted)
+                        && unavailable > 0
+                    {
+                        taken_over = Some(at.elapsed());
+                    }
+                    if let (Some(at), None) = (restarted, back)
+                        && holds_partitions(&cluster.nodes[2], "s2")
+                    {
+                        back = Some(at.elapsed());
+                    }
                 }
                 503 => {
                     let error = body["error"].as_str().unwrap_or_default();
                     assert!(error.contains("retry"), "{body}");
                     unavailable += 1;
+                    if restarted.is_some() {
+                        unavailable_since_restart += 1;
+                    }
                 }
                 other => panic!("{other}: {body}"),
             }
@@ -536,7 +563,13 @@ fn queries_while_a_store_node_dies_are_complete_or_a_clear_503() {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!(
-        "while a store node was killed and restarted: {complete} complete answers, {unavailable} × 503"
+        "while a store node was killed and restarted: {complete} complete answers, {unavailable} × 503; \
+         killed → its partitions served by the others after {taken_over:?} (session timeout 6 s); \
+         restarted → serving its share again, answers complete, after {back:?} ({unavailable_since_restart} × 503 meanwhile)"
+    );
+    assert!(
+        taken_over.is_some(),
+        "the others never served the killed node's partitions"
     );
     assert!(
         complete > 0 && unavailable > 0,

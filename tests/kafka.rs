@@ -288,3 +288,72 @@ fn ingest_and_store_nodes_split_partitions_and_hand_them_over() {
         (h.len() == 4 && nodes.len() == 1).then_some(())
     });
 }
+
+/// A store node restarted after `kill -9` catches up the partitions it held straight from the log,
+/// while the group still waits for its dead member's session to end; the group's consumer then
+/// goes on where that catch-up ended, with nothing lost or stored twice.
+#[test]
+fn a_restarted_store_node_catches_up_before_the_group_gives_its_partitions_back() {
+    if kafka_brokers().is_none() {
+        eprintln!("no Kafka broker (STRATA_TEST_KAFKA_BROKERS); skipped");
+        return;
+    }
+    let (_tmp, dir) = data_dir();
+    let mut server = Server::start(Backend::Kafka, &dir.join("n"), "");
+    create_stream(&server, "w", 4);
+    let events = |from: u32, to: u32| -> String {
+        (from..to)
+            .map(|i| {
+                json!({"id": format!("w{i}"), "key": format!("k{}", i % 7), "data": {"i": i}})
+                    .to_string()
+                    + "\n"
+            })
+            .collect()
+    };
+    let outcome = append_ok(&server, "w", &events(0, 200));
+    server.note_append("w", &outcome);
+    wait_stored(&server, "w");
+    // The node notes the partitions the group gave it.
+    let held = dir.join("n/store/kafka-held");
+    within(60, "the held partitions noted", || {
+        (std::fs::read_to_string(&held).ok()?.lines().count() == 4).then_some(())
+    });
+
+    server.kill9();
+    server.restart();
+    let restarted = Instant::now();
+    let outcome = append_ok(&server, "w", &events(200, 500));
+    server.note_append("w", &outcome);
+    wait_stored(&server, "w");
+    let caught_up = restarted.elapsed();
+    let bridged: u64 = metrics_text(&server)
+        .lines()
+        .filter(|l| {
+            l.starts_with("strata_store_warm_restart_events_total{") && l.contains("stream=\"w\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum();
+    eprintln!(
+        "restart → 300 new appends stored after {caught_up:?}, {bridged} of them by the warm-restart consumer"
+    );
+    // The group waits for the killed member's session (6 s) before it assigns anything.
+    assert!(
+        bridged >= 300,
+        "{bridged} events caught up before the group's assignment"
+    );
+
+    // The group takes over where the catch-up ended.
+    within(60, "the group's assignment", || {
+        server
+            .log()
+            .contains("warm restart catch-up ended")
+            .then_some(())
+    });
+    let outcome = append_ok(&server, "w", &events(500, 600));
+    server.note_append("w", &outcome);
+    wait_stored(&server, "w");
+    let stored = ids(&server, "w");
+    let unique: HashSet<&String> = stored.iter().collect();
+    assert_eq!((stored.len(), unique.len()), (600, 600));
+}

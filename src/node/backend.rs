@@ -23,8 +23,9 @@ pub(super) struct Backend {
     pub start_feed: StartFeed,
 }
 
-/// Opens the log of `config` (the embedded log under `dir/log`, or Kafka).
-pub(super) async fn open_log(config: &Config, dir: &Path) -> Result<Backend> {
+/// Opens the log of `config` (the embedded log under `dir/log`, or Kafka); `node_id` is this
+/// node's stable id.
+pub(super) async fn open_log(config: &Config, dir: &Path, node_id: &str) -> Result<Backend> {
     Ok(match config.log.backend {
         LogBackend::Embedded => {
             let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(
@@ -44,13 +45,21 @@ pub(super) async fn open_log(config: &Config, dir: &Path) -> Result<Backend> {
             let kafka = KafkaLog::connect(config.log.kafka.clone()).await?;
             let max_batch = config.store.commit_max_events;
             let group_kafka = kafka.clone();
+            let instance = node_id.to_owned();
+            let state_dir = dir.join("store");
             Backend {
                 log: kafka.clone(),
                 membership: Some(kafka),
                 start_feed: Box::new(move |store| {
                     let sink: Arc<dyn ShardSink> = store;
-                    let group = StoreGroup::start(group_kafka.config(), sink, max_batch)
-                        .map_err(Error::from)?;
+                    let group = StoreGroup::start(
+                        group_kafka.config(),
+                        sink,
+                        max_batch,
+                        &instance,
+                        &state_dir,
+                    )
+                    .map_err(Error::from)?;
                     Ok(Arc::new(group) as Arc<dyn Feed>)
                 }),
             }

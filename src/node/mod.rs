@@ -68,11 +68,11 @@ pub async fn run(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| config.http.clone());
-    let node_id = config
-        .node_id
-        .clone()
-        .unwrap_or_else(|| format!("{}/{http}", host_name()));
-    let backend = backend::open_log(&config, dir).await?;
+    let node_id = match &config.node_id {
+        Some(id) => id.clone(),
+        None => stable_node_id(dir)?,
+    };
+    let backend = backend::open_log(&config, dir, &node_id).await?;
     let log = backend.log.clone();
     let store = if config.role.stores() {
         let store = Store::open(&dir.join("store"), config.store.clone())?;
@@ -321,6 +321,25 @@ fn host_name() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The node id kept in `<dir>/node-id`, made once (`HOST-RANDOM`): a node keeps its id across
+/// restarts and address changes, which its consumer group membership relies on.
+fn stable_node_id(dir: &std::path::Path) -> Result<String> {
+    use std::hash::BuildHasher;
+    let path = dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
+    }
+    let random = std::collections::hash_map::RandomState::new()
+        .hash_one((std::time::SystemTime::now(), std::process::id()));
+    let id = format!("{}-{random:016x}", host_name());
+    std::fs::write(&path, format!("{id}\n"))
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+    Ok(id)
 }
 
 /// Holds an exclusive lock on `<dir>/LOCK` so that two processes never share a data directory.

@@ -74,8 +74,18 @@ pub struct KafkaConfig {
     /// How long an append may wait for the brokers' acknowledgement before it fails with 503
     /// (librdkafka `message.timeout.ms`), in milliseconds.
     pub delivery_timeout_ms: u64,
-    /// Consumer group session timeout (librdkafka `session.timeout.ms`), in milliseconds.
+    /// Consumer group session timeout (librdkafka `session.timeout.ms`), in milliseconds: how
+    /// long the partitions of a store node that stopped answering wait before the others take
+    /// them (with static membership, also after a graceful shutdown).
     pub session_timeout_ms: u64,
+    /// Store nodes join the group as static members (`group.instance.id` = the node id): a node
+    /// restarted within the session timeout gets its partitions back without a rebalance, and a
+    /// graceful shutdown does not hand them over (the others take them after the session
+    /// timeout). Off by default: Tansu 0.6's coordinator does not expire a static member that
+    /// died, so its partitions would stay unserved; turn it on with Apache Kafka (≥ 2.3).
+    /// Dynamic members hand over at once on a graceful shutdown and, after a crash, after the
+    /// session timeout and a rebalance.
+    pub static_membership: bool,
     /// How often new topics and status are looked for, in milliseconds.
     pub refresh_ms: u64,
     /// Producer `linger.ms`: how long a batch may wait to fill.
@@ -104,6 +114,7 @@ impl Default for KafkaConfig {
             group_id: "strata-store".to_owned(),
             delivery_timeout_ms: 15_000,
             session_timeout_ms: 10_000,
+            static_membership: false,
             refresh_ms: 2_000,
             linger_ms: 5,
             non_json: NonJson::default(),

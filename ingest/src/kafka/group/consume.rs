@@ -83,6 +83,7 @@ pub(super) fn consume(consumer: BaseConsumer<GroupContext>, max_batch: usize, st
             match stored {
                 Ok(next) => {
                     failures = 0;
+                    context.note_progress(&stream, p, None);
                     let _ = progress.add_partition_offset(
                         &topic,
                         partition,

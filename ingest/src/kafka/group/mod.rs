@@ -7,7 +7,9 @@
 //! before the next poll, and rebalances happen inside a poll, so when partitions are revoked no
 //! batch of theirs is in flight; their committed offsets are written synchronously before they go.
 
+mod bridge;
 mod consume;
+mod rebalance;
 
 use super::mapping::{
     ValueKind, count_value, dead_letter_headers, dead_letter_reason, is_control,
@@ -128,6 +130,15 @@ struct GroupContext {
     sink: Arc<dyn ShardSink>,
     shared: Arc<Shared>,
     dead_letters: BaseProducer<DeadLetterContext>,
+    /// Where the held partitions are noted for a warm restart, and what is noted: what the
+    /// group gave this node and did not take back (a restart that got only part of them back
+    /// before it stopped again still notes them all).
+    held_file: std::path::PathBuf,
+    noted: Mutex<std::collections::BTreeSet<(StreamName, u32)>>,
+    /// The warm-restart consumer, until the group's first assignment.
+    bridge: Mutex<Option<bridge::Bridge>>,
+    /// Set when the node stops.
+    stopping: Arc<AtomicBool>,
 }
 
 /// Whether `e` only says that no topic matches the subscription yet.
@@ -157,7 +168,7 @@ impl ClientContext for GroupContext {
                 {
                     let hi = stats.hi_offset as u64;
                     *end = Some(hi);
-                    self.note_progress(&stream, p, hi);
+                    self.note_progress(&stream, p, Some(hi));
                     // The same gauge the embedded log's consumers keep.
                     if let Ok(stored) = self.sink.stored_next_offset(&stream, p) {
                         metrics::gauge!("strata_store_lag_events", "stream" => stream.to_string(), "partition" => p.to_string())
@@ -171,14 +182,19 @@ impl ClientContext for GroupContext {
 
 impl GroupContext {
     /// Marks an assigned partition ready once its shard has reached the log's end as first seen
-    /// after the assignment.
-    fn note_progress(&self, stream: &StreamName, p: u32, hi: u64) {
+    /// after the assignment (`hi`, from the statistics; `None` after a shard commit, which
+    /// checks against a target already known).
+    fn note_progress(&self, stream: &StreamName, p: u32, hi: Option<u64>) {
         let key = (stream.clone(), p);
         let mut catching_up = self.shared.catching_up.lock();
         let Some(target) = catching_up.get_mut(&key) else {
             return;
         };
-        let target = *target.get_or_insert(hi);
+        let target = match (*target, hi) {
+            (Some(t), _) => t,
+            (None, Some(hi)) => *target.insert(hi),
+            (None, None) => return,
+        };
         if self.sink.stored_next_offset(stream, p).unwrap_or(0) >= target {
             catching_up.remove(&key);
             tracing::info!(%stream, partition = p, "partition caught up; serving it");
@@ -388,103 +404,6 @@ impl GroupContext {
     }
 }
 
-impl ConsumerContext for GroupContext {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.shared.buffers.lock().clear();
-                self.clear_gaps();
-                let mut assigned = self.shared.assigned.lock();
-                assigned.clear();
-                let elements: Vec<(String, i32)> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_owned(), e.partition()))
-                    .collect();
-                for (topic, partition) in elements {
-                    let Some((stream, p)) = self.stream_partition(&topic, partition) else {
-                        continue;
-                    };
-                    // A shard not written yet (or a stream not in the catalog yet) starts at
-                    // offset 0, so that a log whose retention already deleted its start is
-                    // noticed (see `check_gaps`) rather than skipped.
-                    let next = self.sink.stored_next_offset(&stream, p).unwrap_or(0);
-                    let offset = Offset::Offset(next as i64);
-                    if let Err(e) = tpl.set_partition_offset(&topic, partition, offset) {
-                        tracing::warn!(%topic, partition, error = %e, "cannot set the start offset");
-                    }
-                    tracing::info!(%stream, partition = p, ?offset, "partition assigned");
-                    assigned.insert((stream, p), None);
-                }
-                // A partition kept through the rebalance stays ready; one that is new here
-                // catches up first.
-                let mut ready = self.shared.ready.lock();
-                ready.retain(|k| assigned.contains_key(k));
-                let mut catching_up = self.shared.catching_up.lock();
-                catching_up.clear();
-                for key in assigned.keys() {
-                    if !ready.contains(key) {
-                        catching_up.insert(key.clone(), None);
-                    }
-                }
-                drop((ready, catching_up));
-                drop(assigned);
-                if let Err(e) = consumer.assign(tpl) {
-                    tracing::error!(error = %e, "cannot take the assigned partitions");
-                }
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                // Finish the in-flight batch of each revoked partition before it goes.
-                let in_flight: Vec<((String, i32), Batch)> = {
-                    let mut buffers = self.shared.buffers.lock();
-                    tpl.elements()
-                        .iter()
-                        .filter_map(|e| {
-                            let key = (e.topic().to_owned(), e.partition());
-                            buffers.remove(&key).map(|batch| (key, batch))
-                        })
-                        .collect()
-                };
-                for ((topic, partition), batch) in in_flight {
-                    if let Some((stream, p)) = self.stream_partition(&topic, partition)
-                        && let Err(e) = self.store(&stream, p, batch)
-                    {
-                        tracing::warn!(%stream, partition = p, error = %e,
-                                "cannot store the last batch of a revoked partition; its next holder reads it");
-                    }
-                }
-                self.commit_progress(consumer, tpl, CommitMode::Sync);
-                for e in tpl.elements() {
-                    if let Some(key) = self.stream_partition(e.topic(), e.partition()) {
-                        tracing::info!(stream = %key.0, partition = key.1, "partition revoked");
-                    }
-                }
-                self.shared.assigned.lock().clear();
-                self.clear_gaps();
-                if let Err(e) = consumer.unassign() {
-                    tracing::warn!(error = %e, "cannot give up the revoked partitions");
-                }
-            }
-            other => {
-                tracing::error!(error = ?other, "consumer group rebalance failed");
-                self.shared.assigned.lock().clear();
-                let _ = consumer.unassign();
-            }
-        }
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "progress commit to Kafka failed");
-        }
-    }
-}
-
 /// The store side of a node on Kafka: a member of the store consumer group.
 pub struct StoreGroup {
     shared: Arc<Shared>,
@@ -494,7 +413,18 @@ pub struct StoreGroup {
 
 impl StoreGroup {
     /// Joins the group and starts consuming into `sink`; `max_batch` caps one shard commit.
-    pub fn start(config: &KafkaConfig, sink: Arc<dyn ShardSink>, max_batch: usize) -> Result<Self> {
+    ///
+    /// `instance` is the node's stable id: with `static_membership` it is the member's
+    /// `group.instance.id`, so that a node restarted within the session timeout gets its
+    /// partitions back without a rebalance of the others. `state_dir` keeps which partitions
+    /// the node holds, which a restart catches up before the group has assigned them again.
+    pub fn start(
+        config: &KafkaConfig,
+        sink: Arc<dyn ShardSink>,
+        max_batch: usize,
+        instance: &str,
+        state_dir: &std::path::Path,
+    ) -> Result<Self> {
         let shared = Arc::new(Shared::default());
         let dead_letters: BaseProducer<DeadLetterContext> = config
             .producer_config()
@@ -502,22 +432,45 @@ impl StoreGroup {
             .map_err(|e| {
                 Error::Unavailable(format!("cannot create the dead-letter producer: {e}"))
             })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let held_file = bridge::held_file(state_dir);
+        let noted = bridge::load_held(&held_file);
+        let warm = bridge::Bridge::start(
+            config,
+            sink.clone(),
+            noted.clone(),
+            max_batch,
+            Duration::from_millis(config.session_timeout_ms.saturating_mul(2)),
+        );
         let context = GroupContext {
             config: config.clone(),
             sink,
             shared: shared.clone(),
             dead_letters,
+            held_file,
+            noted: Mutex::new(noted.into_iter().collect()),
+            bridge: Mutex::new(warm),
+            stopping: stop.clone(),
         };
-        let consumer: BaseConsumer<GroupContext> = config
-            .consumer_config(&config.group_id)
+        let mut settings = config.consumer_config(&config.group_id);
+        if config.static_membership {
+            settings.set("group.instance.id", instance);
+        }
+        let consumer: BaseConsumer<GroupContext> = settings
+            // Only the partitions that move stop: the others are kept through a rebalance.
+            .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", config.session_timeout_ms.to_string())
             .set(
+                // A member that died is noticed at another member's heartbeat: frequent ones
+                // shorten the time its partitions wait beyond the session timeout.
                 "heartbeat.interval.ms",
-                (config.session_timeout_ms / 4).max(100).to_string(),
+                (config.session_timeout_ms / 10).max(100).to_string(),
             )
             .set(
+                // The first statistics after an assignment give the end a partition catches
+                // up to before it is served.
                 "statistics.interval.ms",
-                config.refresh_ms.max(1000).to_string(),
+                config.refresh_ms.clamp(250, 1000).to_string(),
             )
             // A position the log no longer holds is an error to look into, never a silent jump.
             .set("auto.offset.reset", "error")
@@ -527,7 +480,6 @@ impl StoreGroup {
         consumer
             .subscribe(&[&pattern])
             .map_err(|e| Error::Unavailable(format!("cannot subscribe to {pattern}: {e}")))?;
-        let stop = Arc::new(AtomicBool::new(false));
         let (flag, max_batch) = (stop.clone(), max_batch.max(1));
         let thread = std::thread::Builder::new()
             .name("strata-store-group".into())
