@@ -60,7 +60,13 @@ impl Bridge {
         if held.is_empty() {
             return None;
         }
-        let consumer: BaseConsumer = match config.consumer_config(&config.group_id).create() {
+        let consumer: BaseConsumer = match config
+            .consumer_config(&config.group_id)
+            // Never jump over offsets the log's retention deleted: the group's consumer decides
+            // what to do about those (`retention_gap`).
+            .set("auto.offset.reset", "error")
+            .create()
+        {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "no warm-restart consumer");
@@ -135,8 +141,16 @@ fn run(
         let now = chrono::Utc::now().timestamp_millis();
         let mut wait = Duration::from_millis(100);
         for _ in 0..max_batch {
-            let Some(Ok(m)) = consumer.poll(wait) else {
-                break;
+            let m = match consumer.poll(wait) {
+                None => break,
+                Some(Ok(m)) => m,
+                Some(Err(e))
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) =>
+                {
+                    tracing::info!(error = %e, "warm restart ends: the log no longer holds a partition's next offset");
+                    return;
+                }
+                Some(Err(_)) => break,
             };
             wait = Duration::ZERO;
             let key = (m.topic().to_owned(), m.partition());

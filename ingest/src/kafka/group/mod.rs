@@ -335,8 +335,9 @@ impl GroupContext {
         ))
     }
 
-    /// Assigns the same partitions again, `topic`/`partition` at `offset` and the others where
-    /// they are (a partition whose position failed cannot be sought).
+    /// Takes `topic`/`partition` again at `offset` (a partition whose position failed cannot be
+    /// sought): alone under the cooperative protocol, with the others where they are under the
+    /// eager one.
     fn reassign_at(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -344,6 +345,15 @@ impl GroupContext {
         partition: u32,
         offset: u64,
     ) -> KafkaResult<()> {
+        if matches!(
+            consumer.rebalance_protocol(),
+            rdkafka::consumer::RebalanceProtocol::Cooperative
+        ) {
+            let mut one = TopicPartitionList::new();
+            one.add_partition_offset(topic, partition as i32, Offset::Offset(offset as i64))?;
+            consumer.incremental_unassign(&one)?;
+            return consumer.incremental_assign(&one);
+        }
         let positions = consumer.position()?;
         let mut tpl = TopicPartitionList::new();
         for e in positions.elements() {
