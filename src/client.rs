@@ -1,10 +1,10 @@
 //! The CLI clients: `strata produce`, `sql`, `replay` and `streams`, talking to a server's HTTP API.
 
 use crate::http::ARROW_STREAM;
-use std::io::{BufRead, Write};
-use strata_proto::ConsistencyToken;
+use std::io::Write;
 
 mod columnar;
+mod produce;
 pub use columnar::FileFormat;
 
 /// Errors of the CLI clients.
@@ -160,63 +160,6 @@ impl Client {
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
             .unwrap_or(text);
         Err(Error::Request(format!("{} ({})", message, status.as_u16())))
-    }
-
-    /// Appends NDJSON from `input` to `stream` in requests of `batch` events. A bad line is reported
-    /// with its line number in the input; batches before it stay appended. Returns the events
-    /// appended, the duplicates skipped, and one consistency token covering every append.
-    pub async fn produce(
-        &self,
-        stream: &str,
-        input: impl BufRead,
-        batch: usize,
-    ) -> Result<(u64, u64, Option<ConsistencyToken>)> {
-        let mut tally = Tally::default();
-        let mut body = String::new();
-        let mut line_numbers = Vec::new();
-        let mut lines = input.lines().enumerate();
-        loop {
-            let next = lines.next();
-            let done = next.is_none();
-            if let Some((i, line)) = next {
-                let line = line.map_err(|e| Error::io("cannot read the input", e))?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                body.push_str(&line);
-                body.push('\n');
-                line_numbers.push(i + 1);
-            }
-            if line_numbers.is_empty()
-                || (!done && line_numbers.len() < batch.max(1) && body.len() < (8 << 20))
-            {
-                if done {
-                    break;
-                }
-                continue;
-            }
-            let resp = self
-                .http
-                .post(self.url(&format!("/v1/streams/{stream}/events")))
-                .header("content-type", "application/x-ndjson")
-                .body(std::mem::take(&mut body))
-                .send()
-                .await
-                .map_err(client_error)?;
-            let resp = match Self::check(resp).await {
-                Ok(resp) => resp,
-                Err(Error::Request(msg)) => {
-                    return Err(Error::Request(renumber(&msg, &line_numbers)));
-                }
-                Err(e) => return Err(e),
-            };
-            tally.add(&resp.json().await.map_err(client_error)?);
-            line_numbers.clear();
-            if done {
-                break;
-            }
-        }
-        Ok(tally.into_parts())
     }
 
     /// Runs `query` and writes the result to `out` in `format`.
@@ -549,51 +492,6 @@ impl Client {
     }
 }
 
-/// Rewrites the server's `line N` (within one request) to the line of the whole input.
-/// What a run of append requests added up to.
-#[derive(Default)]
-struct Tally {
-    appended: u64,
-    duplicates: u64,
-    token: Option<ConsistencyToken>,
-}
-
-impl Tally {
-    /// Adds one append's answer.
-    fn add(&mut self, outcome: &serde_json::Value) {
-        self.appended += outcome["appended"].as_u64().unwrap_or(0);
-        self.duplicates += outcome["duplicates"].as_u64().unwrap_or(0);
-        if let Some(t) = outcome["token"]
-            .as_str()
-            .and_then(|t| t.parse::<ConsistencyToken>().ok())
-        {
-            match &mut self.token {
-                Some(all) => all.merge(&t),
-                None => self.token = Some(t),
-            }
-        }
-    }
-
-    fn into_parts(self) -> (u64, u64, Option<ConsistencyToken>) {
-        (self.appended, self.duplicates, self.token)
-    }
-}
-
-fn renumber(message: &str, line_numbers: &[usize]) -> String {
-    let Some(rest) = message.strip_prefix("line ") else {
-        return message.to_owned();
-    };
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    match digits
-        .parse::<usize>()
-        .ok()
-        .and_then(|n| line_numbers.get(n.wrapping_sub(1)))
-    {
-        Some(original) => format!("line {original}{}", &rest[digits.len()..]),
-        None => message.to_owned(),
-    }
-}
-
 /// Writes `rows` (the first is the header) as left-aligned columns.
 fn write_table(rows: &[Vec<String>], out: &mut impl Write) -> Result<()> {
     let columns = rows.first().map_or(0, Vec::len);
@@ -615,17 +513,4 @@ fn write_table(rows: &[Vec<String>], out: &mut impl Write) -> Result<()> {
             .map_err(|e| Error::io("cannot write the output", e))?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn renumbers_lines() {
-        assert_eq!(
-            super::renumber("line 2: bad", &[10, 12, 13]),
-            "line 12: bad"
-        );
-        assert_eq!(super::renumber("other", &[1]), "other");
-        assert_eq!(super::renumber("line 9: x", &[1]), "line 9: x");
-    }
 }

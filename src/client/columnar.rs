@@ -1,6 +1,7 @@
 //! `strata produce --format arrow|parquet`: a columnar file sent as Arrow IPC stream appends.
 
-use super::{Client, Error, Result, Tally, client_error};
+use super::produce::{Tally, renumber};
+use super::{Client, Error, Result, client_error};
 use crate::http::ARROW_STREAM;
 use arrow::array::RecordBatch;
 use arrow::ipc::writer::StreamWriter;
@@ -69,18 +70,6 @@ fn ipc(batch: &RecordBatch) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Renames a server's `row N` (within one request) to the row of the whole file.
-fn renumber_row(message: &str, first_row: usize) -> String {
-    let Some(rest) = message.strip_prefix("row ") else {
-        return message.to_owned();
-    };
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    match digits.parse::<usize>() {
-        Ok(n) => format!("row {}{}", first_row + n, &rest[digits.len()..]),
-        Err(_) => message.to_owned(),
-    }
-}
-
 impl Client {
     /// Appends the rows of the Arrow or Parquet file at `path` to `stream`, `batch` rows per
     /// request (as Arrow IPC streams); returns the events appended, the duplicates skipped and a
@@ -115,7 +104,7 @@ impl Client {
                 let resp = match Client::check(resp).await {
                     Ok(resp) => resp,
                     Err(Error::Request(msg)) => {
-                        return Err(Error::Request(renumber_row(&msg, sent)));
+                        return Err(Error::Request(renumber(&msg, "row", |n| Some(sent + n))));
                     }
                     Err(e) => return Err(e),
                 };
@@ -125,14 +114,5 @@ impl Client {
             }
         }
         Ok(tally.into_parts())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn renumbers_rows() {
-        assert_eq!(super::renumber_row("row 2: bad", 1000), "row 1002: bad");
-        assert_eq!(super::renumber_row("other", 5), "other");
     }
 }
