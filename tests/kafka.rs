@@ -274,6 +274,7 @@ fn ingest_and_store_nodes_split_partitions_and_hand_them_over() {
     assert_eq!(union, acked);
 
     // One store node dies; the other takes its partitions and catches up from the log.
+    let s1_log_before = s1.log().len();
     s2.kill9();
     send(&mut acked, 200, 300);
     within(90, "the surviving node holding everything", || {
@@ -287,6 +288,13 @@ fn ingest_and_store_nodes_split_partitions_and_hand_them_over() {
         let nodes: BTreeSet<&String> = h.values().flatten().collect();
         (h.len() == 4 && nodes.len() == 1).then_some(())
     });
+    // Cooperative rebalancing: the survivor only gained partitions; the ones it held were
+    // never revoked (the eager protocol would have revoked and re-assigned them all).
+    let since_kill = &s1.log()[s1_log_before..];
+    assert!(
+        !since_kill.contains("partition revoked"),
+        "the surviving node gave up partitions it kept:\n{since_kill}"
+    );
 }
 
 /// A store node restarted after `kill -9` catches up the partitions it held straight from the log,
