@@ -200,6 +200,14 @@ async fn a_key_lookup_reads_one_group_and_agrees_with_a_scan() {
         ("key IN ('k1', 'k4')", vec!["k1|10|235", "k4|10|265"]),
         ("key = 'nope'", vec![]),
         ("key > 'k3'", vec!["k4|10|265"]),
+        // The point read applies the pinning equality exactly; the others still apply.
+        ("key = 'k3' AND key = 'k1'", vec![]),
+        ("key IN ('k1', 'k1')", vec!["k1|10|235"]),
+        ("key = 'k3' AND n > 10", vec![]),
+        ("key = 'k3' AND n = 10", vec!["k3|10|255"]),
+        ("key IN ('k1', 'k4') AND qty > 250", vec!["k4|10|265"]),
+        ("key = NULL", vec![]),
+        ("key IN ('k1', NULL)", vec!["k1|10|235"]),
     ] {
         let got = rows(&engine, &format!("SELECT * FROM by_key WHERE {filter}")).await;
         assert_eq!(got, expected, "{filter}");
@@ -251,6 +259,11 @@ async fn a_key_lookup_reads_one_group_and_agrees_with_a_scan() {
         .join("\n");
     assert!(
         explained.contains("ViewScanExec: view=by_key, lookup=1 groups"),
+        "{explained}"
+    );
+    // The lookup applies its filter: nothing filters (or repartitions to filter) above it.
+    assert!(
+        !explained.contains("FilterExec") && !explained.contains("RepartitionExec"),
         "{explained}"
     );
 }

@@ -24,8 +24,9 @@ use std::sync::Arc;
 use strata_proto::StreamName;
 
 /// A materialized view as a SQL table. Equality filters on every group column of the view
-/// (`country = 'NL'`, `country IN ('NL', 'DE')`) become point reads of those groups; anything else
-/// reads the view's groups in full. Filters stay applied by DataFusion after the read.
+/// (`country = 'NL'`, `country IN ('NL', 'DE')`) become point reads of those groups, which apply
+/// them exactly; anything else reads the view's groups in full, and DataFusion applies the
+/// other filters after the read.
 pub struct ViewTable {
     source: Arc<dyn ShardSource>,
     name: String,
@@ -76,16 +77,22 @@ impl ViewTable {
         }
     }
 
-    /// The stored keys the filters pin down, when they pin every group column.
-    fn lookup_keys(&self, filters: &[Expr]) -> Option<Vec<Vec<u8>>> {
+    /// The stored keys the filters pin down, when they pin every group column, with the
+    /// filters that pinned them (the first equality on each group column): the point read
+    /// applies exactly those.
+    fn lookup_keys(&self, filters: &[&Expr]) -> Option<(Vec<Vec<u8>>, Vec<usize>)> {
         let key_columns = self.plan.key_columns();
         if key_columns.is_empty() {
             return None;
         }
         let mut allowed: HashMap<usize, Vec<ScalarValue>> = HashMap::new();
-        for f in filters {
-            if let Some((c, values)) = self.equalities(f) {
-                allowed.entry(c).or_insert(values);
+        let mut pinning: HashMap<usize, usize> = HashMap::new();
+        for (i, f) in filters.iter().enumerate() {
+            if let Some((c, values)) = self.equalities(f)
+                && !allowed.contains_key(&c)
+            {
+                allowed.insert(c, values);
+                pinning.insert(c, i);
             }
         }
         // Every combination of allowed values, one per group column.
@@ -106,7 +113,18 @@ impl ViewTable {
                 return None;
             }
         }
-        combos.iter().map(|c| self.plan.lookup_key(c)).collect()
+        let mut keys = combos
+            .iter()
+            .map(|c| self.plan.lookup_key(c))
+            .collect::<Option<Vec<_>>>()?;
+        // `IN ('NL', 'NL')` reads the group once.
+        keys.sort_unstable();
+        keys.dedup();
+        let used = key_columns
+            .iter()
+            .filter_map(|c| pinning.get(&(*c)?).copied())
+            .collect();
+        Some((keys, used))
     }
 }
 
@@ -124,10 +142,21 @@ impl TableProvider for ViewTable {
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // A filter that pinned a group column is applied exactly by the point read: the stored
+        // key of each value is the group whose column equals it (`lookup_key` names a key only
+        // for a value of the key's own type that survives the cast unchanged, never NULL), so
+        // DataFusion need not filter (nor repartition to filter) the groups read.
+        let used = self
+            .lookup_keys(filters)
+            .map(|(_, used)| used)
+            .unwrap_or_default();
         Ok(filters
             .iter()
-            .map(|f| {
-                if self.equalities(f).is_some() {
+            .enumerate()
+            .map(|(i, f)| {
+                if used.contains(&i) {
+                    TableProviderFilterPushDown::Exact
+                } else if self.equalities(f).is_some() {
                     TableProviderFilterPushDown::Inexact
                 } else {
                     TableProviderFilterPushDown::Unsupported
@@ -151,7 +180,9 @@ impl TableProvider for ViewTable {
             source: self.source.clone(),
             name: self.name.clone(),
             plan: self.plan.clone(),
-            keys: self.lookup_keys(filters),
+            keys: self
+                .lookup_keys(&filters.iter().collect::<Vec<_>>())
+                .map(|(keys, _)| keys),
             projection: projection.cloned(),
             properties: Arc::new(PlanProperties::new(
                 EquivalenceProperties::new(schema.clone()),
