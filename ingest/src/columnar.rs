@@ -204,12 +204,7 @@ impl Columns {
         let data = if self.typed.is_empty() {
             let parsed: &RawValue =
                 serde_json::from_str(raw).map_err(|e| format!("`data` is not JSON: {e}"))?;
-            if parsed.get().contains(['\n', '\r']) {
-                let v: Value = serde_json::from_str(raw).map_err(|e| format!("`data`: {e}"))?;
-                v.to_string()
-            } else {
-                parsed.get().to_owned()
-            }
+            crate::decode::one_line_json(parsed.get())?
         } else {
             self.with_typed(row, raw)?
         };

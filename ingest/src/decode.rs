@@ -137,13 +137,7 @@ fn decode_one(
         .ok_or_else(|| "missing `data` (any JSON value, required)".to_owned())?;
     let raw = data.get();
     validate_fields(raw, fields)?;
-    let data = if raw.contains(['\n', '\r']) {
-        // Pretty-printed input: store compact JSON so that replay stays one event per line.
-        let v: Value = serde_json::from_str(raw).map_err(|e| format!("invalid `data`: {e}"))?;
-        v.to_string()
-    } else {
-        raw.to_owned()
-    };
+    let data = one_line_json(raw)?;
     let time_ms = match input.time {
         None | Some(Value::Null) => arrival_ms,
         Some(v) => parse_time(&v)?,
@@ -155,6 +149,17 @@ fn decode_one(
         event_type: input.event_type,
         data,
     })
+}
+
+/// `data` as stored: JSON as given, or compacted when it spans lines (pretty-printed input), so
+/// that replay stays one event per line.
+pub(crate) fn one_line_json(raw: &str) -> std::result::Result<String, String> {
+    if raw.contains(['\n', '\r']) {
+        let v: Value = serde_json::from_str(raw).map_err(|e| format!("invalid `data`: {e}"))?;
+        Ok(v.to_string())
+    } else {
+        Ok(raw.to_owned())
+    }
 }
 
 /// Decodes a whole append body. A body whose first non-blank character is `[` is a JSON array of
