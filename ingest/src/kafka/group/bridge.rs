@@ -106,11 +106,8 @@ impl Bridge {
     }
 
     /// Stops and waits for the thread: after this no shard commit of the bridge is in flight.
-    pub(super) fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    pub(super) fn stop(self) {
+        drop(self);
     }
 }
 
@@ -137,7 +134,7 @@ fn run(
     let mut left: HashSet<(String, i32)> = HashSet::new();
     let mut stored = 0u64;
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-        let mut batches: HashMap<(String, i32), (Vec<Record>, u64)> = HashMap::new();
+        let mut batches: HashMap<(String, i32), Batch> = HashMap::new();
         let now = chrono::Utc::now().timestamp_millis();
         let mut wait = Duration::from_millis(100);
         for _ in 0..max_batch {
@@ -154,32 +151,22 @@ fn run(
             };
             wait = Duration::ZERO;
             let key = (m.topic().to_owned(), m.partition());
-            if left.contains(&key) {
-                continue;
-            }
-            let offset = u64::try_from(m.offset()).unwrap_or(0);
-            let (record, kind) = record_from_message(&m, now);
-            let simple =
-                matches!(kind, ValueKind::Json) && dead_letter_reason(&m, kind, config).is_none();
-            if !simple {
-                left.insert(key);
-                continue;
-            }
-            let batch = batches.entry(key).or_default();
-            batch.1 = offset + 1;
-            if !is_control(&m) {
-                batch.0.push(record);
+            if !left.contains(&key) {
+                batches.entry(key).or_default().add(&m, now, config);
             }
         }
-        for ((topic, partition), (records, through)) in batches {
-            if left.contains(&(topic.clone(), partition)) {
-                continue;
-            }
+        for ((topic, partition), batch) in batches {
             let (Some(stream), Ok(p)) = (config.stream_of(&topic), u32::try_from(partition)) else {
                 continue;
             };
-            let n = records.len() as u64;
-            match sink.commit_through(&stream, p, records, through) {
+            // Dead letters and values stored as strings are the group's to handle and count.
+            if !batch.plain() {
+                left.insert((topic, partition));
+                continue;
+            }
+            let through = batch.last.map_or(0, |o| o + 1);
+            let n = batch.records.len() as u64;
+            match sink.commit_through(&stream, p, batch.records, through) {
                 Ok(_) => {
                     stored += n;
                     metrics::counter!("strata_store_warm_restart_events_total", "stream" => stream.to_string())

@@ -30,23 +30,8 @@ pub(super) fn consume(consumer: BaseConsumer<GroupContext>, max_batch: usize, st
                     let batch = buffers
                         .entry((m.topic().to_owned(), m.partition()))
                         .or_default();
-                    let offset = u64::try_from(m.offset()).unwrap_or(0);
-                    batch.first.get_or_insert(offset);
-                    batch.last = Some(offset);
-                    if is_control(&m) {
-                        continue;
-                    }
-                    read += 1;
-                    let (record, kind) = record_from_message(&m, now);
-                    if let Some(reason) = dead_letter_reason(&m, kind, &consumer.context().config) {
-                        batch.dead.push((m.detach(), reason));
-                        continue;
-                    }
-                    batch.records.push(record);
-                    match kind {
-                        ValueKind::Json => {}
-                        ValueKind::Text => batch.text += 1,
-                        ValueKind::Binary => batch.binary += 1,
+                    if batch.add(&m, now, &consumer.context().config) {
+                        read += 1;
                     }
                 }
                 Err(e) if no_topic_yet(&e) => break,

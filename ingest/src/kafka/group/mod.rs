@@ -125,6 +125,42 @@ struct Batch {
     last: Option<u64>,
 }
 
+impl Batch {
+    /// Adds a message read at `now_ms`: a control record only moves the batch's end; a record
+    /// the store cannot take is set aside as a dead letter. Returns whether it was a record
+    /// (not a control record).
+    fn add(
+        &mut self,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+        now_ms: i64,
+        config: &KafkaConfig,
+    ) -> bool {
+        let offset = u64::try_from(m.offset()).unwrap_or(0);
+        self.first.get_or_insert(offset);
+        self.last = Some(offset);
+        if is_control(m) {
+            return false;
+        }
+        let (record, kind) = record_from_message(m, now_ms);
+        if let Some(reason) = dead_letter_reason(m, kind, config) {
+            self.dead.push((m.detach(), reason));
+            return true;
+        }
+        self.records.push(record);
+        match kind {
+            ValueKind::Json => {}
+            ValueKind::Text => self.text += 1,
+            ValueKind::Binary => self.binary += 1,
+        }
+        true
+    }
+
+    /// Whether it holds only JSON events (nothing to set aside or count).
+    fn plain(&self) -> bool {
+        self.dead.is_empty() && self.text == 0 && self.binary == 0
+    }
+}
+
 struct GroupContext {
     config: KafkaConfig,
     sink: Arc<dyn ShardSink>,
