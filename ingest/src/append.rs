@@ -2,7 +2,7 @@
 //! appends each partition's share to the log.
 
 use crate::Result;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -58,15 +58,18 @@ pub struct AppendOutcome {
 struct PendingIds {
     loaded: bool,
     by_id: HashMap<String, Option<u64>, ahash::RandomState>,
-    by_offset: BTreeMap<u64, String>,
+    /// Appended ids in the order they were recorded (offsets ascending but for concurrent
+    /// appends, whose ids then stay a little longer).
+    by_offset: VecDeque<(u64, String)>,
 }
 
 impl PendingIds {
     /// Forgets ids below `stored`: from there on the store's index answers for them.
     fn prune(&mut self, stored: u64) {
-        let keep = self.by_offset.split_off(&stored);
-        for id in std::mem::replace(&mut self.by_offset, keep).into_values() {
-            self.by_id.remove(&id);
+        while self.by_offset.front().is_some_and(|(o, _)| *o < stored) {
+            if let Some((_, id)) = self.by_offset.pop_front() {
+                self.by_id.remove(&id);
+            }
         }
     }
 
@@ -77,13 +80,13 @@ impl PendingIds {
                 self.by_id.insert(id.clone(), Some(offset));
             }
         }
-        self.by_offset.insert(offset, id);
+        self.by_offset.push_back((offset, id));
     }
 
     /// Forgets the oldest appended ids beyond `keep` (a node without a store to prune against).
     fn cap(&mut self, keep: usize) {
         while self.by_offset.len() > keep {
-            match self.by_offset.pop_first() {
+            match self.by_offset.pop_front() {
                 Some((_, id)) => {
                     self.by_id.remove(&id);
                 }

@@ -8,20 +8,22 @@
 //! | `<shard>.tail` | first offset (u64 BE) | one commit's events: metadata, then their stored columns as Arrow IPC |
 //! | `<shard>.blocks` | first offset (u64 BE), column (u16 BE) | one column of [`StoreConfig::block_rows`] events, as Arrow IPC |
 //! | `<shard>.bmeta` | first offset (u64 BE) | offset range, time range and row count of the block |
-//! | `<shard>.ids` | event id | offset |
-//! | `<shard>.keys` | key length (u16 BE), key, offset (u64 BE) | — |
+//! | `<shard>.ids` | event id (of events in blocks) | offset |
+//! | `<shard>.keys` | key length (u16 BE), key, offset (u64 BE) (of events in blocks) | — |
 //! | `view.<name>.<generation>` | a view's encoded group key | the group's encoded state |
 //!
-//! A commit writes a batch of events as one tail chunk, their `ids` and `keys` entries and the
-//! shard's next offset in one fjall write batch, so a restart resumes exactly where the shard left
-//! off. Once the tail holds a block's worth of rows, one more batch turns the oldest ones into a
-//! columnar block (delta plus main, as column stores do). Scans read blocks and tail chunks,
+//! A commit writes a batch of events as one tail chunk and the shard's next offset in one fjall
+//! write batch, so a restart resumes exactly where the shard left off; the ids and keys of tail
+//! rows are indexed in memory (rebuilt from the tail on open). Once the tail holds a block's worth
+//! of rows, their `ids` and `keys` entries are bulk-written as sorted tables, and one more batch
+//! turns them into a columnar block (delta plus main, as column stores do). Scans read blocks and tail chunks,
 //! skipping those outside offset and time filters; the query layer sees only [`Store::scan`] and
 //! Arrow record batches.
 
 mod block;
 mod consumer;
 mod error;
+mod index;
 mod keys;
 pub mod ndjson;
 mod scan;

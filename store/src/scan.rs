@@ -96,12 +96,16 @@ fn sources(shard: &Shard, snapshot: &fjall::Snapshot, state: ShardState) -> Resu
 }
 
 impl ShardScan {
+    /// A scan of `shard` as of `state` and `snapshot`. A scan by key reads the key's offsets
+    /// before the tail from the `keys` keyspace and takes the tail's from `tail_keyed` (the tail
+    /// index's, read with `state`).
     pub(crate) fn new(
         shard: Arc<Shard>,
         info: &StreamInfo,
         snapshot: fjall::Snapshot,
         state: ShardState,
         request: ScanRequest,
+        tail_keyed: Vec<u64>,
     ) -> Result<Self> {
         let schema = Arc::new(stream_schema(info).project(&request.projection)?);
         let all = sources(&shard, &snapshot, state)?;
@@ -121,10 +125,13 @@ impl ShardScan {
                             location: format!("{} key index", shard.label()),
                             reason: "entry without an offset".into(),
                         })?;
-                    if request.offsets.contains(&offset) {
+                    // Entries at or after the tail start belong to the tail index (a layout of
+                    // before it had them here too).
+                    if offset < state.tail_start && request.offsets.contains(&offset) {
                         offsets.push_back(offset);
                     }
                 }
+                offsets.extend(tail_keyed);
                 Phase::Keyed {
                     offsets,
                     sources: all,

@@ -5,7 +5,8 @@
 use crate::block::{
     decode_tail, encode_block, encode_tail, rows_to_stored, stored_offsets, stored_schema, widen,
 };
-use crate::keys::{column_key, key_index_key, offset_key, state_key};
+use crate::index::{TailIndex, index_block};
+use crate::keys::{column_key, offset_key, state_key};
 use crate::scan::{ScanRequest, ShardScan};
 use crate::schema::{self, stream_schema};
 use crate::shard::{Shard, ShardState, ShardStatus};
@@ -215,26 +216,34 @@ impl Store {
         let mut state = shard.state.lock();
         let mut next = *state;
         let mut batch = self.db.batch();
-        let mut seen = HashSet::new();
-        let mut accepted = Vec::with_capacity(records.len());
+        // Which records to store: those not applied yet whose id the shard does not hold.
         let mut skipped = 0u64;
-        for record in records {
-            if record.offset < next.next {
-                continue;
+        let keep = {
+            let tail = shard.tail_index.lock();
+            let mut seen = HashSet::with_hasher(ahash::RandomState::new());
+            let mut keep = Vec::with_capacity(records.len());
+            for record in &records {
+                let fresh = record.offset >= next.next;
+                next.next = next.next.max(record.offset + 1);
+                let stored_id = match &record.event.id {
+                    Some(id) if fresh => {
+                        !seen.insert(id.as_str())
+                            || tail.id(id).is_some()
+                            || shard.ids.contains_key(id.as_bytes())?
+                    }
+                    _ => false,
+                };
+                skipped += u64::from(stored_id);
+                keep.push(fresh && !stored_id);
             }
-            next.next = record.offset + 1;
-            if let Some(id) = &record.event.id {
-                if !seen.insert(id.clone()) || shard.ids.contains_key(id.as_bytes())? {
-                    skipped += 1;
-                    continue;
-                }
-                batch.insert(&shard.ids, id.as_bytes(), offset_key(record.offset));
-            }
-            if let Some(key) = &record.event.key {
-                batch.insert(&shard.keys, key_index_key(key, record.offset), b"");
-            }
-            accepted.push((record.offset, record.event));
-        }
+            keep
+        };
+        let accepted: Vec<(u64, strata_proto::Event)> = records
+            .into_iter()
+            .zip(keep)
+            .filter(|(_, keep)| *keep)
+            .map(|(record, _)| (record.offset, record.event))
+            .collect();
         next.next = next.next.max(through);
         if next == *state {
             return Ok(state.next);
@@ -256,7 +265,14 @@ impl Store {
             &mut batch,
         )?;
         batch.insert(&self.meta, state_key(stream, partition), next.encode());
-        batch.commit()?;
+        {
+            // Id lookups wait for the commit, so they never miss an id it stores.
+            let mut tail = shard.tail_index.lock();
+            batch.commit()?;
+            for (offset, event) in accepted {
+                tail.add(offset, event.id, event.key);
+            }
+        }
         commit_views(views, partition, next.next);
         *state = next;
         if skipped > 0 {
@@ -294,7 +310,9 @@ impl Store {
                 *state = next;
                 break;
             }
-            let (columns, meta) = encode_block(&all.slice(0, block_rows))?;
+            let block = all.slice(0, block_rows);
+            let (columns, meta) = encode_block(&block)?;
+            index_block(shard, &block)?;
             let rest = all.slice(block_rows, all.num_rows() - block_rows);
             let mut batch = self.db.batch();
             for (column, value) in columns {
@@ -316,6 +334,7 @@ impl Store {
             );
             batch.commit()?;
             *state = next;
+            *shard.tail_index.lock() = TailIndex::rebuilt_from(&rest)?;
             metrics::counter!("strata_store_blocks_written_total").increment(1);
         }
         Ok(())
@@ -336,9 +355,17 @@ impl Store {
         request: ScanRequest,
     ) -> Result<ShardScan> {
         let shard = self.shard(stream, partition)?;
-        let (state, snapshot) = self.pinned(&shard);
         let info = self.stream(stream)?;
-        ShardScan::new(shard, &info, snapshot, state, request)
+        let (state, snapshot, tail_keyed) = {
+            let state = shard.state.lock();
+            let keyed = request
+                .key
+                .as_ref()
+                .map(|key| shard.tail_index.lock().key_offsets(key, &request.offsets))
+                .unwrap_or_default();
+            (*state, self.db.snapshot(), keyed)
+        };
+        ShardScan::new(shard, &info, snapshot, state, request, tail_keyed)
     }
 
     /// The first offset of the partition whose event time is at or after `time_ms` (the end of
@@ -420,7 +447,7 @@ impl Store {
                 key: None,
                 limit: None,
             };
-            let scan = ShardScan::new(shard.clone(), &info, snapshot, state, request)?;
+            let scan = ShardScan::new(shard.clone(), &info, snapshot, state, request, Vec::new())?;
             let mut at = from;
             for rows in scan {
                 let rows: RecordBatch = rows?;
@@ -522,8 +549,17 @@ impl IdLookup for Store {
         ids: &[&str],
     ) -> strata_proto::Result<Vec<Option<u64>>> {
         let shard = self.shard(stream, partition)?;
+        // The tail index first, all under one lock; the keyspace for the rest.
+        let in_tail: Vec<Option<u64>> = {
+            let tail = shard.tail_index.lock();
+            ids.iter().map(|id| tail.id(id)).collect()
+        };
         ids.iter()
-            .map(|id| {
+            .zip(in_tail)
+            .map(|(id, in_tail)| {
+                if in_tail.is_some() {
+                    return Ok(in_tail);
+                }
                 let found = shard.ids.get(id.as_bytes()).map_err(Error::from)?;
                 Ok(found
                     .and_then(|v| <[u8; 8]>::try_from(&*v).ok())

@@ -204,6 +204,56 @@ fn ids_are_stored_once() {
 }
 
 #[test]
+fn keys_and_ids_are_found_in_blocks_and_in_the_tail_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = |o: u64| format!("i{o}");
+    let key = |o: u64| format!("k{}", o % 3);
+    let records = |range: std::ops::Range<u64>| -> Vec<Record> {
+        range
+            .map(|o| record(o, 0, Some(&key(o)), Some(&id(o))))
+            .collect()
+    };
+    let by_key = |store: &Store, k: &str| {
+        let request = ScanRequest {
+            key: Some(k.into()),
+            ..ScanRequest::all()
+        };
+        offsets_of(&scan(store, request), 1)
+    };
+    let mut store = open(dir.path(), 4);
+    store.commit(&stream(), 1, records(0..7)).unwrap();
+    store.commit(&stream(), 1, records(7..10)).unwrap();
+    // Blocks 0..4 and 4..8, tail 8..10.
+    assert_eq!(by_key(&store, "k1"), vec![1, 4, 7]);
+    for reopen in [false, true] {
+        if reopen {
+            drop(store);
+            store = open(dir.path(), 4);
+        }
+        assert_eq!(by_key(&store, "k0"), vec![0, 3, 6, 9], "reopened: {reopen}");
+        assert_eq!(by_key(&store, "k2"), vec![2, 5, 8], "reopened: {reopen}");
+        assert_eq!(
+            store
+                .lookup_ids(&stream(), 1, &["i1", "i5", "i9", "i10"])
+                .unwrap(),
+            vec![Some(1), Some(5), Some(9), None]
+        );
+    }
+    // Ids held by a block and by the tail are both refused; a new one is stored and found.
+    let again = vec![
+        record(10, 0, Some("k1"), Some("i2")),
+        record(11, 0, Some("k1"), Some("i9")),
+        record(12, 0, Some("k1"), Some("i12")),
+    ];
+    store.commit(&stream(), 1, again).unwrap();
+    assert_eq!(by_key(&store, "k1"), vec![1, 4, 7, 12]);
+    assert_eq!(
+        store.lookup_ids(&stream(), 1, &["i12"]).unwrap(),
+        vec![Some(12)]
+    );
+}
+
+#[test]
 fn unknown_streams_and_partitions_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 3);
@@ -227,9 +277,10 @@ proptest! {
         lo in 0u64..130, len in 0u64..130,
         time in proptest::option::of((0i64..50, 0i64..50)),
         key in proptest::option::of(0u8..4),
+        reopen_after in 0usize..8,
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path(), block_rows);
+        let mut store = open(dir.path(), block_rows);
         let records: Vec<Record> = events.iter().enumerate().map(|(o, (t, k, id))| {
             record(o as u64, *t, k.map(|k| format!("k{k}")).as_deref(), id.map(|i| format!("i{i}")).as_deref())
         }).collect();
@@ -237,11 +288,25 @@ proptest! {
         let model: Vec<&Record> = records.iter().filter(|r| r.event.id.as_ref().is_none_or(|id| seen.insert(id.clone()))).collect();
         let mut rest = &records[..];
         let mut cut = cuts.iter().cycle();
+        let mut commits = 0;
         while !rest.is_empty() {
             let n = (*cut.next().unwrap()).min(rest.len());
             store.commit(&stream(), 1, rest[..n].to_vec()).unwrap();
             rest = &rest[n..];
+            commits += 1;
+            if commits == reopen_after {
+                // The tail's id and key index is rebuilt from the tail chunks.
+                drop(store);
+                store = open(dir.path(), block_rows);
+            }
         }
+        // Every id answers with the offset that stored it, in a block or in the tail.
+        let ids: Vec<String> = (0..20).map(|i| format!("i{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let want_ids: Vec<Option<u64>> = ids.iter().map(|id| {
+            model.iter().find(|r| r.event.id.as_deref() == Some(*id)).map(|r| r.offset)
+        }).collect();
+        prop_assert_eq!(store.lookup_ids(&stream(), 1, &ids).unwrap(), want_ids);
         let offsets = lo..lo + len;
         let time = time.map(|(a, b)| (a.min(b), a.max(b)));
         let key = key.map(|k| format!("k{k}"));
