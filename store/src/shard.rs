@@ -111,7 +111,11 @@ impl Shard {
         let shard = Self {
             stream: stream.clone(),
             partition,
-            tail: db.keyspace(&name("tail"), small)?,
+            // Tail chunks live until the next block (≤ 2 × `block_rows` rows, a few MB): a
+            // memtable that holds them lets most be deleted before they are ever flushed.
+            tail: db.keyspace(&name("tail"), || {
+                KeyspaceCreateOptions::default().max_memtable_size(32 << 20)
+            })?,
             blocks: db.keyspace(&name("blocks"), || {
                 // Column values are read whole and often; uncompressed, see block.rs.
                 small().with_kv_separation(Some(
