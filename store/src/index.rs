@@ -16,8 +16,9 @@ use crate::shard::Shard;
 use crate::{Error, Result};
 use arrow::array::{Array, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::Int64Type;
-type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 use std::ops::Range;
+
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 
 /// The ids and keys of a shard's tail rows, in memory.
 #[derive(Debug, Default)]
@@ -121,25 +122,38 @@ pub(crate) fn index_block(shard: &Shard, block: &RecordBatch) -> Result<()> {
     id_entries.sort_unstable();
     // Ingestion needs strictly ascending keys; a shard stores an id once, but never trust it.
     id_entries.dedup_by(|b, a| a.0 == b.0);
-    if !id_entries.is_empty() {
-        let mut ingestion = shard.ids.start_ingestion()?;
-        for (id, offset) in id_entries {
-            ingestion.write(id.as_bytes(), offset_key(offset))?;
-        }
-        ingestion.finish()?;
-    }
+    ingest(
+        &shard.ids,
+        id_entries
+            .into_iter()
+            .map(|(id, offset)| (id.as_bytes().to_vec(), offset_key(offset).to_vec())),
+    )?;
     let mut key_entries: Vec<Vec<u8>> = (0..offsets.len())
         .filter(|&i| keys.is_valid(i))
         .map(|i| key_index_key(keys.value(i), offsets[i] as u64))
         .collect();
     key_entries.sort_unstable();
     key_entries.dedup();
-    if !key_entries.is_empty() {
-        let mut ingestion = shard.keys.start_ingestion()?;
-        for entry in key_entries {
-            ingestion.write(entry, b"")?;
-        }
-        ingestion.finish()?;
+    ingest(
+        &shard.keys,
+        key_entries.into_iter().map(|k| (k, Vec::new())),
+    )
+}
+
+/// Bulk-writes `entries` (keys strictly ascending) into new tables of `keyspace`; nothing when
+/// there are none.
+fn ingest(
+    keyspace: &fjall::Keyspace,
+    entries: impl Iterator<Item = (Vec<u8>, Vec<u8>)>,
+) -> Result<()> {
+    let mut entries = entries.peekable();
+    if entries.peek().is_none() {
+        return Ok(());
     }
+    let mut ingestion = keyspace.start_ingestion()?;
+    for (key, value) in entries {
+        ingestion.write(key, value)?;
+    }
+    ingestion.finish()?;
     Ok(())
 }

@@ -100,6 +100,10 @@ impl Shard {
     ) -> Result<Self> {
         let name = |kind: &str| shard_keyspace(stream, partition, kind);
         let small = || KeyspaceCreateOptions::default().max_memtable_size(8 << 20);
+        // Index entries are short and mostly distinct: LZ4 gains little on them and cost ~2% of
+        // ingest CPU (flushes, bulk writes and compactions).
+        let index =
+            || small().data_block_compression_policy(fjall::config::CompressionPolicy::disabled());
         let state = match meta.get(state_key(stream, partition))? {
             Some(bytes) => ShardState::decode(&bytes).ok_or_else(|| Error::Corrupt {
                 location: format!("meta of {stream}/{partition}"),
@@ -123,14 +127,8 @@ impl Shard {
                 ))
             })?,
             bmeta: db.keyspace(&name("bmeta"), small)?,
-            // Index entries are short and mostly distinct: LZ4 gains little on them and cost
-            // ~2% of ingest CPU (flushes, bulk writes and compactions).
-            ids: db.keyspace(&name("ids"), || {
-                small().data_block_compression_policy(fjall::config::CompressionPolicy::disabled())
-            })?,
-            keys: db.keyspace(&name("keys"), || {
-                small().data_block_compression_policy(fjall::config::CompressionPolicy::disabled())
-            })?,
+            ids: db.keyspace(&name("ids"), index)?,
+            keys: db.keyspace(&name("keys"), index)?,
             state: Mutex::new(state),
             tail_index: Mutex::new(TailIndex::default()),
             progress,

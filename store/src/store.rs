@@ -343,8 +343,22 @@ impl Store {
     /// The shard's state and a snapshot of the database that holds exactly that state (taken
     /// under the shard's lock, so no commit of the shard falls between them).
     fn pinned(&self, shard: &Shard) -> (ShardState, fjall::Snapshot) {
+        let (state, snapshot, _) = self.pinned_keyed(shard, None);
+        (state, snapshot)
+    }
+
+    /// [`Store::pinned`], with the tail's offsets of `key` in `offsets` as of that state (the
+    /// tail index is in memory, outside the snapshot).
+    fn pinned_keyed(
+        &self,
+        shard: &Shard,
+        key: Option<(&str, &std::ops::Range<u64>)>,
+    ) -> (ShardState, fjall::Snapshot, Vec<u64>) {
         let state = shard.state.lock();
-        (*state, self.db.snapshot())
+        let keyed = key
+            .map(|(key, offsets)| shard.tail_index.lock().key_offsets(key, offsets))
+            .unwrap_or_default();
+        (*state, self.db.snapshot(), keyed)
     }
 
     /// Opens a scan of one shard (see [`ScanRequest`]). The scan reads a consistent snapshot.
@@ -356,15 +370,8 @@ impl Store {
     ) -> Result<ShardScan> {
         let shard = self.shard(stream, partition)?;
         let info = self.stream(stream)?;
-        let (state, snapshot, tail_keyed) = {
-            let state = shard.state.lock();
-            let keyed = request
-                .key
-                .as_ref()
-                .map(|key| shard.tail_index.lock().key_offsets(key, &request.offsets))
-                .unwrap_or_default();
-            (*state, self.db.snapshot(), keyed)
-        };
+        let key = request.key.as_deref().map(|k| (k, &request.offsets));
+        let (state, snapshot, tail_keyed) = self.pinned_keyed(&shard, key);
         ShardScan::new(shard, &info, snapshot, state, request, tail_keyed)
     }
 
