@@ -78,6 +78,12 @@ pub fn write_ndjson_fields(
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b"\":");
         match value {
+            // Most keys, ids and types need no escaping: copied as they are.
+            Some(v) if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') => {
+                out.push(b'"');
+                out.extend_from_slice(v.as_bytes());
+                out.push(b'"');
+            }
             // Writing a &str into a Vec cannot fail.
             Some(v) => {
                 let _ = serde_json::to_writer(&mut *out, v);
@@ -101,18 +107,8 @@ pub fn format_time_ms(ms: i64) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-fn push_u64(out: &mut Vec<u8>, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+fn push_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 fn push_digits(out: &mut Vec<u8>, v: u32, width: usize) {
@@ -194,6 +190,25 @@ mod tests {
         fn time_format_matches_chrono(ms in -70_000_000_000_000i64..260_000_000_000_000i64) {
             let chrono = chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
             prop_assert_eq!(format_time_ms(ms), chrono);
+        }
+
+        #[test]
+        fn ndjson_line_round_trips_any_text_and_numbers(
+            partition in any::<u32>(),
+            offset in any::<u64>(),
+            key in proptest::option::of(any::<String>()),
+            id in proptest::option::of("[ -~]{0,12}"),
+            event_type in proptest::option::of("\\PC{0,8}"),
+        ) {
+            let mut out = Vec::new();
+            write_ndjson_fields(&mut out, partition, offset, 0, key.as_deref(), id.as_deref(), event_type.as_deref(), "{}");
+            prop_assert_eq!(out.last(), Some(&b'\n'));
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            prop_assert_eq!(v["partition"].as_u64(), Some(u64::from(partition)));
+            prop_assert_eq!(v["offset"].as_u64(), Some(offset));
+            prop_assert_eq!(v["key"].as_str(), key.as_deref());
+            prop_assert_eq!(v["id"].as_str(), id.as_deref());
+            prop_assert_eq!(v["type"].as_str(), event_type.as_deref());
         }
     }
 

@@ -2,6 +2,7 @@
 
 use super::{Error, Parts, Result, stream_name};
 use crate::auth::{Operation, Principal};
+use arrow::array::RecordBatch;
 use bytes::Bytes;
 use futures::StreamExt;
 use std::sync::Arc;
@@ -131,9 +132,8 @@ async fn replay_store(store: Arc<Store>, r: Plan) -> Result<Chunks> {
         }
         starts.push((p, start));
     }
-    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+    let (tx, rx) = mpsc::channel::<Scanned>(ENCODERS);
     tokio::task::spawn_blocking(move || {
-        let fail = |e: strata_store::Error| Err(std::io::Error::other(e.to_string()));
         let mut remaining = r.limit;
         for (p, start) in starts {
             if remaining == 0 {
@@ -148,28 +148,57 @@ async fn replay_store(store: Arc<Store>, r: Plan) -> Result<Chunks> {
             let scan = match store.scan(&r.name, p, request) {
                 Ok(scan) => scan,
                 Err(e) => {
-                    let _ = tx.blocking_send(fail(e));
+                    let _ = tx.blocking_send(Err(e.to_string()));
                     return;
                 }
             };
             for batch in scan {
-                let batch = match batch {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let _ = tx.blocking_send(fail(e));
-                        return;
-                    }
-                };
-                remaining = remaining.saturating_sub(batch.num_rows());
-                let mut out = Vec::with_capacity(batch.num_rows() * 384);
-                strata_store::ndjson::write_batch(&batch, &mut out);
-                if tx.blocking_send(Ok(Bytes::from(out))).is_err() {
+                let batch = batch.map_err(|e| e.to_string());
+                let failed = batch.is_err();
+                if let Ok(b) = &batch {
+                    remaining = remaining.saturating_sub(b.num_rows());
+                }
+                if tx.blocking_send(batch).is_err() || failed {
                     return;
                 }
             }
         }
     });
-    Ok(rx)
+    Ok(ndjson(rx))
+}
+
+/// A batch of stored events read for a replay, or why the read failed.
+type Scanned = std::result::Result<RecordBatch, String>;
+
+/// How many batches are encoded as NDJSON at once (one per core of a small node; the reading
+/// and the socket writes take the rest).
+const ENCODERS: usize = 2;
+
+/// Writes batches as NDJSON chunks, in their order, encoding up to [`ENCODERS`] at once on the
+/// blocking pool (encoding is most of a replay's CPU). The first error ends the chunks.
+fn ndjson(mut batches: mpsc::Receiver<Scanned>) -> Chunks {
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(ENCODERS);
+    tokio::spawn(async move {
+        let mut chunks = futures::stream::poll_fn(move |cx| batches.poll_recv(cx))
+            .map(|batch| async move {
+                let batch = batch.map_err(std::io::Error::other)?;
+                tokio::task::spawn_blocking(move || {
+                    let mut out = Vec::with_capacity(batch.num_rows() * 384);
+                    strata_store::ndjson::write_batch(&batch, &mut out);
+                    Bytes::from(out)
+                })
+                .await
+                .map_err(std::io::Error::other)
+            })
+            .buffered(ENCODERS);
+        while let Some(chunk) = chunks.next().await {
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// Replays from the shards of whichever nodes hold the partitions (this one, or a peer over the
@@ -183,10 +212,10 @@ async fn replay_cluster(cluster: strata_cluster::Cluster, r: Plan) -> Result<Chu
         key: r.key.clone(),
         limit,
     };
-    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+    let (tx, rx) = mpsc::channel::<Scanned>(ENCODERS);
     let mut partitions = r.partitions.into_iter();
     let Some(first) = partitions.next() else {
-        return Ok(rx);
+        return Ok(ndjson(rx));
     };
     // A partition nobody serves now is an error status, not a broken answer.
     let mut batches = cluster.replay(ticket(first, r.limit)).await?;
@@ -194,17 +223,12 @@ async fn replay_cluster(cluster: strata_cluster::Cluster, r: Plan) -> Result<Chu
         let mut remaining = r.limit;
         loop {
             while let Some(batch) = batches.next().await {
-                let batch = match batch {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                        return;
-                    }
-                };
-                remaining = remaining.saturating_sub(batch.num_rows());
-                let mut out = Vec::with_capacity(batch.num_rows() * 384);
-                strata_store::ndjson::write_batch(&batch, &mut out);
-                if tx.send(Ok(Bytes::from(out))).await.is_err() {
+                let batch = batch.map_err(|e| e.to_string());
+                let failed = batch.is_err();
+                if let Ok(b) = &batch {
+                    remaining = remaining.saturating_sub(b.num_rows());
+                }
+                if tx.send(batch).await.is_err() || failed {
                     return;
                 }
             }
@@ -214,13 +238,13 @@ async fn replay_cluster(cluster: strata_cluster::Cluster, r: Plan) -> Result<Chu
             batches = match cluster.replay(ticket(p, remaining)).await {
                 Ok(b) => b,
                 Err(e) => {
-                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    let _ = tx.send(Err(e.to_string())).await;
                     return;
                 }
             };
         }
     });
-    Ok(rx)
+    Ok(ndjson(rx))
 }
 
 /// A partition being replayed from the log: its end (where the log can say), its reader, and a
