@@ -68,12 +68,15 @@ impl TailIndex {
         Ok(())
     }
 
-    /// The index of `rest` alone: what remains in the tail once a block took the rows before it
-    /// (rebuilding from the few rows left is cheaper than removing a block's worth).
-    pub fn rebuilt_from(rest: &RecordBatch) -> Result<Self> {
-        let mut index = Self::default();
-        index.add_rows(rest, STORED)?;
-        Ok(index)
+    /// Forgets the rows before `tail_start` (they became a block; the `ids` and `keys` tables
+    /// answer for them now).
+    pub fn forget_before(&mut self, tail_start: u64) {
+        self.ids.retain(|_, offset| *offset >= tail_start);
+        self.keys.retain(|_, offsets| {
+            let gone = offsets.partition_point(|o| *o < tail_start);
+            offsets.drain(..gone);
+            !offsets.is_empty()
+        });
     }
 }
 

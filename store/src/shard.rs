@@ -9,6 +9,7 @@ use crate::keys::{shard_keyspace, state_key};
 use crate::{Error, Result};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, Readable};
 use parking_lot::Mutex;
+use std::sync::atomic::AtomicBool;
 use serde::Serialize;
 use strata_proto::StreamName;
 use tokio::sync::watch;
@@ -83,6 +84,11 @@ pub(crate) struct Shard {
     /// it); read alone by id lookups.
     pub tail_index: Mutex<TailIndex>,
     pub progress: watch::Sender<u64>,
+    /// Whether a background job is making the shard's blocks.
+    pub making_blocks: AtomicBool,
+    /// Held by whoever makes the shard's blocks (a background job, or a commit whose tail fell
+    /// behind), so that one block is made at a time.
+    pub block_maker: Mutex<()>,
 }
 
 impl Shard {
@@ -132,6 +138,8 @@ impl Shard {
             state: Mutex::new(state),
             tail_index: Mutex::new(TailIndex::default()),
             progress,
+            making_blocks: AtomicBool::new(false),
+            block_maker: Mutex::new(()),
         };
         *shard.tail_index.lock() = load_tail_index(&shard, state.tail_start)?;
         Ok(shard)

@@ -2,11 +2,9 @@
 //! over them ([`ViewSet`]). Commits and view catch-up take the shard's lock here; the view set
 //! takes each view's lock after it.
 
-use crate::block::{
-    decode_tail, encode_block, encode_tail, rows_to_stored, stored_offsets, stored_schema, widen,
-};
-use crate::index::{TailIndex, index_block};
-use crate::keys::{column_key, offset_key, state_key};
+use crate::block::{encode_tail, rows_to_stored};
+use crate::blocks::BlockMaker;
+use crate::keys::{offset_key, state_key};
 use crate::scan::{ScanRequest, ShardScan};
 use crate::schema::{self, stream_schema};
 use crate::shard::{Shard, ShardState, ShardStatus};
@@ -20,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-use strata_proto::{Catalog, FieldDef, IdLookup, Record, ShardSink, StreamInfo, StreamName};
+use strata_proto::{Catalog, IdLookup, Record, ShardSink, StreamInfo, StreamName};
 use tokio::sync::watch;
 
 /// Settings of a store node.
@@ -33,6 +31,11 @@ pub struct StoreConfig {
     pub commit_max_events: usize,
     /// fjall block cache, in bytes.
     pub cache_bytes: u64,
+    /// Blocks are made in the background while commits go on; a commit makes them itself once
+    /// the tail holds this many blocks' worth of rows (1: every block in the commit that fills
+    /// it, as the shard's writes are then ordered exactly; higher lets appends run ahead of the
+    /// block maker, and bounds the tail and its in-memory index).
+    pub block_backlog: u64,
 }
 
 impl Default for StoreConfig {
@@ -41,6 +44,7 @@ impl Default for StoreConfig {
             block_rows: 16_384,
             commit_max_events: 8_192,
             cache_bytes: 128 << 20,
+            block_backlog: 4,
         }
     }
 }
@@ -56,6 +60,15 @@ pub struct Store {
     /// Set once fjall refuses all writes (poisoned after a failed flush or journal write, e.g.
     /// a full disk): only reopening the store recovers it.
     failed: watch::Sender<Option<String>>,
+    /// Turns full tails into blocks.
+    blocks: BlockMaker,
+}
+
+impl Drop for Store {
+    /// Waits for the blocks being made (a block thread must not outlive the database it writes).
+    fn drop(&mut self) {
+        self.blocks.close();
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -76,7 +89,9 @@ impl Store {
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
         let (_, catalog) = watch::channel(Catalog::default());
         let views = ViewSet::open(&db, &meta)?;
+        let blocks = BlockMaker::new(db.clone(), meta.clone(), &config);
         Ok(Arc::new(Self {
+            blocks,
             db,
             meta,
             config,
@@ -198,8 +213,12 @@ impl Store {
         records: Vec<Record>,
         through: u64,
     ) -> Result<u64> {
-        self.apply(stream, partition, records, through)
-            .map_err(|e| self.note_fatal(e))
+        let started = std::time::Instant::now();
+        let applied = self
+            .apply(stream, partition, records, through)
+            .map_err(|e| self.note_fatal(e));
+        metrics::histogram!("strata_store_commit_seconds").record(started.elapsed().as_secs_f64());
+        applied
     }
 
     fn apply(
@@ -275,69 +294,15 @@ impl Store {
         }
         commit_views(views, partition, next.next);
         *state = next;
+        drop(state);
         if skipped > 0 {
             metrics::counter!("strata_store_duplicates_skipped_total", "stream" => stream.to_string())
                 .increment(skipped);
         }
-        if state.tail_rows >= self.config.block_rows as u64 {
-            self.compact(&shard, &fields, &mut state)?;
-        }
-        shard.progress.send_replace(state.next);
-        Ok(state.next)
-    }
-
-    /// Turns the oldest `block_rows` tail rows into a columnar block (and the rest of the tail into
-    /// one chunk), while the tail holds that many. Block boundaries depend only on the stored
-    /// events, so a rebuild from the log makes the same blocks.
-    fn compact(&self, shard: &Shard, fields: &[FieldDef], state: &mut ShardState) -> Result<()> {
-        let block_rows = self.config.block_rows.max(1);
-        while state.tail_rows >= block_rows as u64 {
-            let mut keys = Vec::new();
-            let mut chunks = Vec::new();
-            for item in shard.tail.range(offset_key(state.tail_start)..) {
-                let (k, v) = item.into_inner()?;
-                let label = || format!("{} tail chunk {:?}", shard.label(), &*k);
-                chunks.push(widen(decode_tail(&v, None, label)?, fields)?);
-                keys.push(k);
-            }
-            let all = arrow::compute::concat_batches(&stored_schema(fields), &chunks)?;
-            let mut next = *state;
-            if all.num_rows() < block_rows {
-                // The counter ran ahead of the rows (it cannot, but never loop on it).
-                next.tail_rows = all.num_rows() as u64;
-                self.meta
-                    .insert(state_key(&shard.stream, shard.partition), next.encode())?;
-                *state = next;
-                break;
-            }
-            let block = all.slice(0, block_rows);
-            let (columns, meta) = encode_block(&block)?;
-            index_block(shard, &block)?;
-            let rest = all.slice(block_rows, all.num_rows() - block_rows);
-            let mut batch = self.db.batch();
-            for (column, value) in columns {
-                batch.insert(&shard.blocks, column_key(meta.first, column), value);
-            }
-            batch.insert(&shard.bmeta, offset_key(meta.first), meta.encode());
-            for k in keys {
-                batch.remove(&shard.tail, k);
-            }
-            if let Some(first) = stored_offsets(&rest)?.first() {
-                batch.insert(&shard.tail, offset_key(*first as u64), encode_tail(&rest)?);
-            }
-            next.tail_rows -= block_rows as u64;
-            next.tail_start = meta.last + 1;
-            batch.insert(
-                &self.meta,
-                state_key(&shard.stream, shard.partition),
-                next.encode(),
-            );
-            batch.commit()?;
-            *state = next;
-            *shard.tail_index.lock() = TailIndex::rebuilt_from(&rest)?;
-            metrics::counter!("strata_store_blocks_written_total").increment(1);
-        }
-        Ok(())
+        // The rows are readable in the tail now; their block is made after.
+        shard.progress.send_replace(next.next);
+        self.blocks.after_commit(&shard, &fields, next.tail_rows)?;
+        Ok(next.next)
     }
 
     /// The shard's state and a snapshot of the database that holds exactly that state (taken

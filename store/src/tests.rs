@@ -13,11 +13,18 @@ fn stream() -> StreamName {
     StreamName::new("s").unwrap()
 }
 
+/// A store whose commits make their blocks themselves (the tests see exact block boundaries).
 fn open(dir: &std::path::Path, block_rows: usize) -> Arc<Store> {
+    open_with(dir, block_rows, 1)
+}
+
+/// A store whose blocks are made in the background until the tail is `backlog` blocks long.
+fn open_with(dir: &std::path::Path, block_rows: usize, backlog: u64) -> Arc<Store> {
     let store = Store::open(
         dir,
         StoreConfig {
             block_rows,
+            block_backlog: backlog,
             ..StoreConfig::default()
         },
     )
@@ -254,6 +261,42 @@ fn keys_and_ids_are_found_in_blocks_and_in_the_tail_across_a_restart() {
 }
 
 #[test]
+fn blocks_are_made_in_the_background_and_commits_make_them_past_the_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = |range: std::ops::Range<u64>| -> Vec<Record> {
+        range
+            .map(|o| record(o, 0, Some(&format!("k{}", o % 5)), Some(&format!("i{o}"))))
+            .collect()
+    };
+    let tail_rows = |store: &Store| store.status(&stream()).unwrap()[1].tail_rows;
+    let store = open_with(dir.path(), 10, 3);
+    // 25 rows: two blocks' worth, under the backlog of three: made by the block thread.
+    store.commit(&stream(), 1, records(0..25)).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tail_rows(&store) > 5 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(tail_rows(&store), 5, "blocks 0..10 and 10..20 were made");
+    // 30 more: the tail holds 35 rows, past the backlog: the commit makes the blocks itself.
+    store.commit(&stream(), 1, records(25..55)).unwrap();
+    assert!(tail_rows(&store) < 10, "tail of {} rows", tail_rows(&store));
+    let all = scan(&store, ScanRequest::all());
+    assert_eq!(offsets_of(&all, schema::OFFSET), (0..55).collect::<Vec<_>>());
+    let by_key = ScanRequest {
+        key: Some("k3".into()),
+        ..ScanRequest::all()
+    };
+    assert_eq!(
+        offsets_of(&scan(&store, by_key), 1),
+        (0..55).filter(|o| o % 5 == 3).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        store.lookup_ids(&stream(), 1, &["i3", "i24", "i54", "i55"]).unwrap(),
+        vec![Some(3), Some(24), Some(54), None]
+    );
+}
+
+#[test]
 fn unknown_streams_and_partitions_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 3);
@@ -278,9 +321,10 @@ proptest! {
         time in proptest::option::of((0i64..50, 0i64..50)),
         key in proptest::option::of(0u8..4),
         reopen_after in 0usize..8,
+        backlog in 1u64..5,
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = open(dir.path(), block_rows);
+        let mut store = open_with(dir.path(), block_rows, backlog);
         let records: Vec<Record> = events.iter().enumerate().map(|(o, (t, k, id))| {
             record(o as u64, *t, k.map(|k| format!("k{k}")).as_deref(), id.map(|i| format!("i{i}")).as_deref())
         }).collect();
@@ -297,7 +341,7 @@ proptest! {
             if commits == reopen_after {
                 // The tail's id and key index is rebuilt from the tail chunks.
                 drop(store);
-                store = open(dir.path(), block_rows);
+                store = open_with(dir.path(), block_rows, backlog);
             }
         }
         // Every id answers with the offset that stored it, in a block or in the tail.
