@@ -1,7 +1,7 @@
-//! Arrow results as PostgreSQL rows, by arrow-pg's encoders: the column types clients see, and the
-//! rows streamed as the query computes them.
+//! Arrow results as PostgreSQL rows: the column types clients see (arrow-pg's mapping), and the
+//! rows streamed a batch at a time as the query computes them ([`rows`] writes them).
 
-use super::error;
+use super::{error, rows};
 use crate::service::QueryResult;
 use arrow::datatypes::{DataType, Schema};
 use futures::StreamExt;
@@ -69,41 +69,68 @@ pub fn fields(
         .collect()
 }
 
-/// The rows of `result`, encoded as they come, ending with an error if `cancel` fires first.
-/// `keep` (the query's permit) is held until the rows end or are dropped.
+/// The rows of `result`, encoded a batch at a time as they come, ending with an error if
+/// `cancel` fires first. `keep` (the query's permit) is held until the rows end or are dropped.
 pub fn response<K: Send + 'static>(
     result: QueryResult,
     fields: Arc<Vec<FieldInfo>>,
     cancel: CancellationToken,
     keep: K,
 ) -> QueryResponse {
-    let encoded = {
+    let batches = {
         let fields = fields.clone();
-        result.batches.flat_map(move |batch| match batch {
-            Ok(batch) => {
-                let rows: Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send + Sync> =
-                    arrow_pg::datatypes::encode_recordbatch(fields.clone(), batch);
-                futures::stream::iter(rows).left_stream()
-            }
-            Err(e) => futures::stream::once(async move { Err(error::wire(&e)) }).right_stream(),
+        result.batches.map(move |batch| match batch {
+            Ok(batch) => rows::encode(&fields, batch),
+            Err(e) => Err(error::wire(&e)),
         })
     };
-    let rows = futures::stream::unfold(
-        (encoded.boxed(), cancel, Some(keep)),
-        |(mut rows, cancel, keep)| async move {
-            keep.as_ref()?;
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => Some((Err(error::canceled()), (rows, cancel, None))),
-                row = rows.next() => match row {
-                    Some(Ok(row)) => Some((Ok(row), (rows, cancel, keep))),
-                    Some(Err(e)) => Some((Err(e), (rows, cancel, None))),
-                    None => None,
-                },
-            }
-        },
-    );
+    let state = Rows {
+        batches: batches.boxed(),
+        rows: Vec::new().into_iter(),
+        cancel,
+        keep: Some(keep),
+    };
+    let rows = futures::stream::unfold(state, |mut state| async move {
+        state.keep.as_ref()?;
+        let next = state.next().await;
+        if !matches!(next, Some(Ok(_))) {
+            state.keep = None;
+        }
+        next.map(|row| (row, state))
+    });
     QueryResponse::new(fields, rows)
+}
+
+/// The rows of a query being sent: the encoded batches still to come and the rows left of the
+/// current one.
+struct Rows<K> {
+    batches: futures::stream::BoxStream<'static, PgWireResult<Vec<DataRow>>>,
+    rows: std::vec::IntoIter<DataRow>,
+    cancel: CancellationToken,
+    keep: Option<K>,
+}
+
+impl<K> Rows<K> {
+    /// The next row; `None` at the end.
+    async fn next(&mut self) -> Option<PgWireResult<DataRow>> {
+        loop {
+            if self.cancel.is_cancelled() {
+                return Some(Err(error::canceled()));
+            }
+            if let Some(row) = self.rows.next() {
+                return Some(Ok(row));
+            }
+            let batch = tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return Some(Err(error::canceled())),
+                batch = self.batches.next() => batch?,
+            };
+            match batch {
+                Ok(rows) => self.rows = rows.into_iter(),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
 }
 
 /// The row description of text columns named `columns`.

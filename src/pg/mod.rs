@@ -11,6 +11,7 @@
 mod encode;
 mod error;
 mod query;
+mod rows;
 mod session;
 mod startup;
 

@@ -9,8 +9,8 @@ use crate::keys::{shard_keyspace, state_key};
 use crate::{Error, Result};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, Readable};
 use parking_lot::Mutex;
-use std::sync::atomic::AtomicBool;
 use serde::Serialize;
+use std::sync::atomic::AtomicBool;
 use strata_proto::StreamName;
 use tokio::sync::watch;
 

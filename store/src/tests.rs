@@ -281,7 +281,10 @@ fn blocks_are_made_in_the_background_and_commits_make_them_past_the_backlog() {
     store.commit(&stream(), 1, records(25..55)).unwrap();
     assert!(tail_rows(&store) < 10, "tail of {} rows", tail_rows(&store));
     let all = scan(&store, ScanRequest::all());
-    assert_eq!(offsets_of(&all, schema::OFFSET), (0..55).collect::<Vec<_>>());
+    assert_eq!(
+        offsets_of(&all, schema::OFFSET),
+        (0..55).collect::<Vec<_>>()
+    );
     let by_key = ScanRequest {
         key: Some("k3".into()),
         ..ScanRequest::all()
@@ -291,7 +294,9 @@ fn blocks_are_made_in_the_background_and_commits_make_them_past_the_backlog() {
         (0..55).filter(|o| o % 5 == 3).collect::<Vec<_>>()
     );
     assert_eq!(
-        store.lookup_ids(&stream(), 1, &["i3", "i24", "i54", "i55"]).unwrap(),
+        store
+            .lookup_ids(&stream(), 1, &["i3", "i24", "i54", "i55"])
+            .unwrap(),
         vec![Some(3), Some(24), Some(54), None]
     );
 }
