@@ -190,6 +190,9 @@ async fn run(args: Args) -> Result<()> {
         .await?,
     );
 
+    // The views scenario's appends leave the node working for a while (views, blocks, compaction);
+    // the peer gets a vacuumed table, so strata gets a node that has finished its work.
+    strata.wait_idle(Duration::from_secs(300)).await;
     sections.push(analysts::scenario(&args, &strata, total_n, runs).await?);
 
     let data_size = report::dir_size(&args.work.join("data"));
