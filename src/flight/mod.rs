@@ -186,11 +186,24 @@ impl FlightSql {
             let _held = &permit;
             b.map_err(|e| FlightError::Tonic(Box::new(status(&e))))
         });
-        let stream = FlightDataEncoderBuilder::new()
+        let mut stream = FlightDataEncoderBuilder::new()
             .with_schema(result.schema)
             .build(batches)
             .map_err(Status::from);
-        Ok(Response::new(Box::pin(stream)))
+        // The query runs and encodes on a task of its own, a few messages ahead of the
+        // connection's writes (as the HTTP answer does); a client that goes away closes the
+        // channel, which ends the task and the query with it.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Some(message) = stream.next().await {
+                if tx.send(message).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     /// The flight of a metadata command (catalogs, schemas, tables, …): its answer's `schema`,
