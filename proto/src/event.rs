@@ -121,6 +121,21 @@ fn push_digits(out: &mut Vec<u8>, v: u32, width: usize) {
     out.extend_from_slice(&digits[..width]);
 }
 
+/// The proleptic Gregorian year, month and day of `days` since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 /// Appends the civil date (`YYYY-MM-DD`) of `days` since 1970-01-01, remembering the last one
 /// per thread (replay writes runs of events from the same day).
 fn push_date(out: &mut Vec<u8>, days: i64) {
@@ -132,16 +147,8 @@ fn push_date(out: &mut Vec<u8>, days: i64) {
         out.extend_from_slice(&text);
         return;
     }
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = (yoe + era * 400 + i64::from(month <= 2)) as u32;
+    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = (year as u32, month as u32, day as u32);
     let mut date = Vec::with_capacity(10);
     push_digits(&mut date, year, 4);
     date.push(b'-');

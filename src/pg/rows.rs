@@ -281,7 +281,7 @@ fn timestamp(buf: &mut BytesMut, seconds: i64, fraction: i64, per_second: i64) -
     };
     let days = seconds.div_euclid(86_400);
     let of_day = seconds.rem_euclid(86_400);
-    let (year, month, day) = civil(days);
+    let (year, month, day) = strata_proto::civil_from_days(days);
     if !(0..=9999).contains(&year) {
         // Years that need a sign or a fifth digit, and the edges of chrono's range.
         let nanos = u32::try_from(micros * 1_000).unwrap_or(0);
@@ -308,21 +308,6 @@ fn put_digits(out: &mut [u8], mut value: i64) {
         *digit = b'0' + u8::try_from(value % 10).unwrap_or(0);
         value /= 10;
     }
-}
-
-/// The proleptic Gregorian year, month and day of `days` since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`).
-fn civil(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
