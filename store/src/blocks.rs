@@ -23,7 +23,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use strata_proto::FieldDef;
 
-/// Makes the blocks of a store's shards, in the background or in the caller.
+/// Makes the blocks of a store's shards, in the background or in the caller (a clone shares
+/// the running jobs).
+#[derive(Clone)]
 pub(crate) struct BlockMaker {
     db: Database,
     meta: Keyspace,
@@ -79,13 +81,7 @@ impl BlockMaker {
             }
             jobs.running += 1;
         }
-        let job = Self {
-            db: self.db.clone(),
-            meta: self.meta.clone(),
-            block_rows: self.block_rows,
-            backlog: self.backlog,
-            jobs: self.jobs.clone(),
-        };
+        let job = self.clone();
         let (job_shard, job_fields) = (shard.clone(), fields.to_vec());
         let spawned = std::thread::Builder::new()
             .name("strata-blocks".into())
