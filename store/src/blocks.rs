@@ -98,7 +98,7 @@ impl BlockMaker {
     /// A background job: blocks until the tail is short or the store closes.
     fn background(&self, shard: &Arc<Shard>, fields: &[FieldDef]) {
         loop {
-            if let Err(e) = self.make(shard, fields) {
+            if let Err(e) = crate::cpu::counted(|| self.make(shard, fields)) {
                 tracing::error!(shard = %shard.label(), error = %e, "making a block failed; the next commit tries again");
             }
             shard.making_blocks.store(false, Ordering::Release);

@@ -24,6 +24,7 @@
 mod block;
 mod blocks;
 mod consumer;
+mod cpu;
 mod error;
 mod index;
 mod keys;

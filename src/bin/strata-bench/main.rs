@@ -78,6 +78,9 @@ struct Args {
     /// prints its rows; for profiling.
     #[arg(long)]
     views_in_process_only: bool,
+    /// Runs only scenario 1 (durable ingest against its peers) and prints its rows; for profiling.
+    #[arg(long)]
+    ingest_only: bool,
 }
 
 const BATCH: u64 = 1000;
@@ -145,6 +148,13 @@ async fn run(args: Args) -> Result<()> {
     let mut strata = Strata::start(&args.strata, &args.work.join("data"), &config).await?;
     strata.create_orders(4).await?;
     let (section, ingest_rate) = scenarios::ingest(&args, &strata, &events_path, ingest_n).await?;
+    if args.ingest_only {
+        for r in &section.rows {
+            println!("{} | {} | {} | {}", r.metric, r.strata, r.peer, r.ratio);
+        }
+        strata.stop();
+        return Ok(());
+    }
     sections.push(section);
 
     // The view of scenario 6 exists from here on, so the load below maintains it.

@@ -65,12 +65,17 @@ pub(crate) async fn ingest(
     progress(&format!(
         "scenario 1: ingesting {ingest_n} events, {BATCH} per request from {CLIENTS} clients"
     ));
+    let cpu_before = strata.cpu_split().await?;
     let acked = strata
         .append_concurrently(&batches, CLIENTS as usize)
         .await?;
     let visible = strata
         .wait_count(ingest_n, Duration::from_secs(600))
         .await?;
+    let cpu_after = strata.cpu_split().await?;
+    let store_cpu = cpu_after.1 - cpu_before.1;
+    let ingest_cpu = (cpu_after.0 - cpu_before.0) - store_cpu;
+    let per_event_us = |seconds: f64| format!("{:.2}", seconds * 1e6 / ingest_n as f64);
     let ingest_rss = strata.peak_rss();
     progress("scenario 1 peer: append + fdatasync of the same batches to a file");
     let peer = fdatasync_peer(&args.work.join("peer.log"), &batches)?;
@@ -153,6 +158,22 @@ pub(crate) async fn ingest(
                 rate(ingest_n as f64, arrow.as_secs_f64()),
                 rate(ingest_n as f64, acked_s),
                 Some(acked_s / arrow.as_secs_f64()),
+                "",
+                None,
+            ),
+            row(
+                "CPU µs per event, write path (HTTP, decoding, dedupe, log append)",
+                per_event_us(ingest_cpu),
+                "",
+                None,
+                "",
+                None,
+            ),
+            row(
+                "CPU µs per event, store path (commits, blocks, fjall flushes and compactions)",
+                per_event_us(store_cpu),
+                "",
+                None,
                 "",
                 None,
             ),

@@ -143,6 +143,45 @@ impl Strata {
         Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
     }
 
+    /// CPU seconds the process has used so far: all of it, and the store's share — its commits
+    /// and blocks (`strata_store_cpu_microseconds_total`) plus fjall's flush and compaction
+    /// threads (`fjall:*` in `/proc/PID/task`). Ticks are the kernel's 100 per second.
+    pub async fn cpu_split(&self) -> Result<(f64, f64)> {
+        let pid = self.pid().ok_or("strata is not running")?;
+        let total = self.cpu_ticks().ok_or("no /proc/PID/stat")? as f64 / 100.0;
+        let mut fjall_ticks = 0u64;
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())?;
+        for task in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            if !stat[open + 1..close].starts_with("fjall") {
+                continue;
+            }
+            let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+            fjall_ticks += ticks(11).unwrap_or(0) + ticks(12).unwrap_or(0);
+        }
+        let metrics = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        let commits_us: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("strata_store_cpu_microseconds_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        Ok((total, fjall_ticks as f64 / 100.0 + commits_us / 1e6))
+    }
+
     /// Waits until the process uses under 5% of a core over a second (background compaction after
     /// a bulk load has settled), for at most `limit`; returns how long it waited.
     pub async fn wait_idle(&self, limit: Duration) -> Duration {
