@@ -154,7 +154,8 @@ fn decode_one(
 /// `data` as stored: JSON as given, or compacted when it spans lines (pretty-printed input), so
 /// that replay stays one event per line.
 pub(crate) fn one_line_json(raw: &str) -> std::result::Result<String, String> {
-    if raw.contains(['\n', '\r']) {
+    // memchr: `str::contains` with a char set decodes every character (~5 % of decoding).
+    if memchr::memchr2(b'\n', b'\r', raw.as_bytes()).is_some() {
         let v: Value = serde_json::from_str(raw).map_err(|e| format!("invalid `data`: {e}"))?;
         Ok(v.to_string())
     } else {
