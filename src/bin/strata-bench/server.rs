@@ -136,11 +136,7 @@ impl Strata {
     /// CPU time (user + system) the process has used, in clock ticks.
     fn cpu_ticks(&self) -> Option<u64> {
         let pid = self.pid()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command name (which may hold spaces) start after the last ')'.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
     }
 
     /// CPU seconds the process has used so far: all of it, and the store's share — its commits
@@ -155,15 +151,13 @@ impl Strata {
             let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
                 continue;
             };
-            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-                continue;
-            };
-            if !stat[open + 1..close].starts_with("fjall") {
-                continue;
+            // The thread's name is between the first '(' and the last ')'.
+            if stat
+                .split_once('(')
+                .is_some_and(|(_, name)| name.starts_with("fjall"))
+            {
+                fjall_ticks += stat_ticks(&stat).unwrap_or(0);
             }
-            let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-            fjall_ticks += ticks(11).unwrap_or(0) + ticks(12).unwrap_or(0);
         }
         let metrics = self
             .http
@@ -618,4 +612,12 @@ fn spawn_progress(
 /// A small multi-consumer channel (flume is already in the dependency tree through fjall).
 fn async_channel(cap: usize) -> (flume::Sender<String>, flume::Receiver<String>) {
     flume::bounded(cap)
+}
+
+/// User + system CPU time in a `/proc/…/stat` line, in clock ticks. Fields after the command name
+/// (which may hold spaces) start after the last ')'.
+fn stat_ticks(stat: &str) -> Option<u64> {
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
