@@ -113,12 +113,16 @@ fn push_u64(out: &mut Vec<u8>, v: u64) {
 
 fn push_digits(out: &mut Vec<u8>, v: u32, width: usize) {
     let mut digits = [b'0'; 10];
-    let mut v = v;
-    for d in digits[..width].iter_mut().rev() {
-        *d = b'0' + (v % 10) as u8;
-        v /= 10;
-    }
+    put_digits(&mut digits[..width], i64::from(v));
     out.extend_from_slice(&digits[..width]);
+}
+
+/// Writes the last `out.len()` decimal digits of `value` (not negative) into `out`, zero-padded.
+pub fn put_digits(out: &mut [u8], mut value: i64) {
+    for digit in out.iter_mut().rev() {
+        *digit = b'0' + u8::try_from(value % 10).unwrap_or(0);
+        value /= 10;
+    }
 }
 
 /// The proleptic Gregorian year, month and day of `days` since 1970-01-01 (Howard Hinnant's

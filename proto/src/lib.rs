@@ -20,7 +20,7 @@ mod token;
 pub use cluster::{Feed, Held, HeldPartition, Membership, NodeStatus, Stall};
 pub use error::{Error, Result};
 pub use event::{
-    Event, Record, civil_from_days, format_time_ms, write_ndjson_fields, write_time_ms,
+    Event, Record, civil_from_days, format_time_ms, put_digits, write_ndjson_fields, write_time_ms,
 };
 pub use fields::{FieldDef, FieldSpec, FieldType, FieldValue};
 pub use log::{

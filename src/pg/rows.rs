@@ -291,23 +291,15 @@ fn timestamp(buf: &mut BytesMut, seconds: i64, fraction: i64, per_second: i64) -
         };
     }
     let mut text = *b"0000-00-00 00:00:00.000000";
-    put_digits(&mut text[0..4], year);
-    put_digits(&mut text[5..7], month);
-    put_digits(&mut text[8..10], day);
-    put_digits(&mut text[11..13], of_day / 3_600);
-    put_digits(&mut text[14..16], of_day / 60 % 60);
-    put_digits(&mut text[17..19], of_day % 60);
-    put_digits(&mut text[20..26], micros);
+    strata_proto::put_digits(&mut text[0..4], year);
+    strata_proto::put_digits(&mut text[5..7], month);
+    strata_proto::put_digits(&mut text[8..10], day);
+    strata_proto::put_digits(&mut text[11..13], of_day / 3_600);
+    strata_proto::put_digits(&mut text[14..16], of_day / 60 % 60);
+    strata_proto::put_digits(&mut text[17..19], of_day % 60);
+    strata_proto::put_digits(&mut text[20..26], micros);
     buf.put_slice(&text);
     true
-}
-
-/// Writes `value`'s last `out.len()` decimal digits into `out`, zero-padded.
-fn put_digits(out: &mut [u8], mut value: i64) {
-    for digit in out.iter_mut().rev() {
-        *digit = b'0' + u8::try_from(value % 10).unwrap_or(0);
-        value /= 10;
-    }
 }
 
 #[cfg(test)]
