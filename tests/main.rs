@@ -21,4 +21,5 @@ mod limits;
 mod retention;
 mod schema;
 mod security;
+mod subscriptions;
 mod views;

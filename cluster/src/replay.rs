@@ -26,6 +26,10 @@ pub struct ReplayTicket {
     pub key: Option<String>,
     /// At most this many events.
     pub limit: usize,
+    /// Every column of the stream (its declared fields after the base columns), for a filter
+    /// over them; otherwise the base columns only.
+    #[serde(default)]
+    pub fields: bool,
 }
 
 /// Batches of a replay, as they arrive.

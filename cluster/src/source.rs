@@ -149,12 +149,16 @@ impl ClusterSource {
         if let Some(time) = t.from_time {
             start = start.max(store.offset_for_time(&stream, t.partition, time)?);
         }
-        let request = ScanRequest {
+        let mut request = ScanRequest {
             offsets: start..u64::MAX,
             key: t.key.clone(),
             limit: Some(t.limit),
             ..ScanRequest::all()
         };
+        if t.fields {
+            let columns = strata_store::schema::stream_schema(&store.stream(&stream)?);
+            request.projection = (0..columns.fields().len()).collect();
+        }
         self.scan(&stream, t.partition, request)
     }
 

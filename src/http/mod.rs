@@ -10,7 +10,7 @@
 //! | `PUT /v1/streams/{name}` | create a stream (`{"partitions": N}`) |
 //! | `GET /v1/streams/{name}` | one stream |
 //! | `POST /v1/streams/{name}/events` | append NDJSON or a JSON array; answers once durable |
-//! | `GET /v1/streams/{name}/events` | replay stored events as NDJSON |
+//! | `GET /v1/streams/{name}/events` | replay stored events as NDJSON; with `follow=true` a subscription (NDJSON or SSE) |
 //! | `POST /v1/sql` | SQL queries (JSON rows, or Arrow IPC when asked) and materialized view DDL |
 //! | `GET /v1/views` | materialized views with rows, applied offsets and lag |
 //! | `POST /v1/views/{name}/rebuild` | recompute a view; streams NDJSON progress lines |
@@ -19,6 +19,7 @@
 mod append;
 mod cluster;
 mod error;
+mod follow;
 mod middleware;
 mod replay;
 mod sql;

@@ -12,6 +12,7 @@
 //! | [`AppendService`] | decodes, validates and appends events (answers once durable) |
 //! | [`QueryService`] | SQL: `after` tokens, the time limit, grants checked on the plan |
 //! | [`ReplayService`] | replays stored events from the shards or straight from the log |
+//! | [`SubscribeService`] | follows a stream live from the shards, with resumable cursors |
 //! | [`ViewService`] | lists materialized views and rebuilds them with progress |
 //! | [`ClusterService`] | this node's status and the cluster's partition map |
 
@@ -21,6 +22,7 @@ mod error;
 mod query;
 mod replay;
 mod streams;
+mod subscribe;
 mod views;
 
 pub use append::{AppendService, BodyFormat, WriteTarget};
@@ -29,6 +31,10 @@ pub use error::{Error, Kind, Result};
 pub use query::{QueryRequest, QueryResult, QueryService, wait_applied};
 pub use replay::{Chunks, ReplayRequest, ReplayService, Source};
 pub use streams::{CreateStream, CreatedStream, PartitionOffsets, StreamService, StreamView};
+pub use subscribe::{
+    CLUSTER_POLL, Cursor, Deliveries, Delivery, FollowRequest, MAX_HEARTBEAT, READ_ROWS, Start,
+    SubscribeService,
+};
 pub use views::{RebuildEvent, ViewService};
 
 use crate::config::{Limits, Role};
@@ -125,6 +131,8 @@ pub struct Services {
     pub query: QueryService,
     /// Replay.
     pub replay: ReplayService,
+    /// Subscriptions.
+    pub subscribe: SubscribeService,
     /// Materialized views.
     pub views: ViewService,
     /// The cluster map.
@@ -141,6 +149,7 @@ impl Services {
             append: AppendService::new(parts.clone()),
             query: QueryService::new(parts.clone()),
             replay: ReplayService::new(parts.clone()),
+            subscribe: SubscribeService::new(parts.clone()),
             views: ViewService::new(parts.clone()),
             cluster: ClusterService::new(parts.clone()),
             parts,

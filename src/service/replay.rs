@@ -211,6 +211,7 @@ async fn replay_cluster(cluster: strata_cluster::Cluster, r: Plan) -> Result<Chu
         from_time: r.from_time,
         key: r.key.clone(),
         limit,
+        fields: false,
     };
     let (tx, rx) = mpsc::channel::<Scanned>(ENCODERS);
     let mut partitions = r.partitions.into_iter();

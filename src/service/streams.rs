@@ -141,18 +141,7 @@ impl StreamService {
     /// cluster: as the partition's holder reports it) and whether it is stalled.
     async fn view(&self, info: &StreamInfo) -> Result<StreamView> {
         let parts = &self.parts;
-        let stored: Vec<Option<u64>> = match &parts.store {
-            Some(store) => store
-                .status(&info.name)?
-                .into_iter()
-                .map(|s| Some(s.stored_offset))
-                .collect(),
-            None => vec![None; info.partitions as usize],
-        };
-        let stored = match parts.node.cluster {
-            Some(_) => from_holders(parts, info, stored),
-            None => stored,
-        };
+        let stored = stored_offsets(parts, info)?;
         // The log's end as shown, `null` when the log cannot say (brokers unreachable).
         let ends = futures::future::join_all(
             (0..info.partitions).map(|p| parts.log.end_offset(&info.name, p)),
@@ -189,6 +178,23 @@ impl StreamService {
             offsets,
         })
     }
+}
+
+/// Each partition's stored offset (the next offset its shard will store): this node's own shards,
+/// or in a cluster as each holder reports it (`None` when no live node holds the partition).
+pub(super) fn stored_offsets(parts: &Parts, info: &StreamInfo) -> Result<Vec<Option<u64>>> {
+    let stored: Vec<Option<u64>> = match &parts.store {
+        Some(store) => store
+            .status(&info.name)?
+            .into_iter()
+            .map(|s| Some(s.stored_offset))
+            .collect(),
+        None => vec![None; info.partitions as usize],
+    };
+    Ok(match parts.node.cluster {
+        Some(_) => from_holders(parts, info, stored),
+        None => stored,
+    })
 }
 
 /// In a cluster, each partition's stored offset as its holder reports it: this node's own shard

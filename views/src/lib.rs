@@ -47,6 +47,7 @@ mod browse;
 mod capped;
 mod engine;
 mod error;
+mod event_filter;
 mod filters;
 mod listing;
 mod manage;
@@ -66,6 +67,7 @@ pub use engine::{
     runtime_env,
 };
 pub use error::{Error, Result};
+pub use event_filter::{EventFilter, MAX_FILTER_BYTES};
 pub use filters::ScanBounds;
 pub use listing::{ViewListing, ViewPartitionLag};
 pub use manage::{Rebuild, RebuildEvent, RebuildProgress};

@@ -215,3 +215,63 @@ async fn exact_pushdown_matches_filtering_every_row() {
     let limited = table(&engine, "SELECT \"offset\" FROM orders WHERE partition = 0 AND time >= '2024-05-01T01:00:00Z' LIMIT 3").await;
     assert_eq!(limited.lines().count(), 7, "{limited}");
 }
+
+/// A subscription's filter keeps exactly the rows SQL's WHERE keeps, and refuses what is not a
+/// scalar boolean expression over the row.
+#[tokio::test]
+async fn event_filters_match_sql_and_refuse_non_scalar_expressions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = setup(dir.path());
+    let name = StreamName::new("orders").unwrap();
+    let info = store.stream(&name).unwrap();
+    let schema = strata_store::schema::stream_schema(&info);
+    let scan = |p| {
+        store
+            .scan(&name, p, strata_store::ScanRequest::all())
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect::<Vec<_>>()
+    };
+    let filter = engine
+        .event_filter(
+            schema.clone(),
+            Some("order"),
+            Some("json_get_str(data, 'country') = 'NL' AND \"offset\" > 3"),
+        )
+        .unwrap()
+        .unwrap();
+    let kept: usize = scan(0)
+        .iter()
+        .map(|b| filter.apply(b).unwrap().num_rows())
+        .sum();
+    // Offsets 4, 6, 8, 10 of partition 0 are in NL.
+    assert_eq!(kept, 4);
+    let other_type = engine
+        .event_filter(schema.clone(), Some("refund"), None)
+        .unwrap()
+        .unwrap();
+    assert!(
+        scan(1)
+            .iter()
+            .all(|b| other_type.apply(b).unwrap().num_rows() == 0)
+    );
+    assert!(
+        engine
+            .event_filter(schema.clone(), None, None)
+            .unwrap()
+            .is_none()
+    );
+    for (bad, says) in [
+        ("country = 'NL'", "country"),
+        ("json_get_str(data, 'country')", "boolean"),
+        ("\"offset\" IN (SELECT 1)", "subquery"),
+        ("count(*) > 1", "aggregate"),
+        ("\"offset\" > $1", "placeholder"),
+        ("\"offset\" >", ""),
+    ] {
+        let err = engine
+            .event_filter(schema.clone(), None, Some(bad))
+            .unwrap_err();
+        assert!(err.to_string().contains(says), "{bad}: {err}");
+    }
+}

@@ -1,0 +1,437 @@
+//! Subscriptions: a replay from the shards that catches up and then follows the stream, delivering
+//! each event once it is stored, with a cursor to resume from.
+//!
+//! A cursor is every followed partition's next offset, written like a consistency token
+//! (`v1.orders.0-18.1-7`): resuming from it starts each partition right after the last event the
+//! client saw, on any node, because offsets are the log's and every node's shards agree on them.
+//! A subscription reads its partitions in turn, at most [`READ_ROWS`] events at a time, and sends
+//! each read only when the client has taken the one before (a bounded channel), so a slow reader
+//! holds no more than a few reads of server memory. Once caught up it waits for the store's next
+//! commit (this node's shards), or polls the holders every [`CLUSTER_POLL`] (a cluster).
+
+use super::{Error, Parts, Result, stream_name, streams::stored_offsets};
+use crate::auth::{Operation, Principal};
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
+use futures::TryStreamExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strata_proto::{ConsistencyToken, StreamInfo, StreamName, partition_for_key};
+use strata_store::{ScanRequest, Store, schema};
+use strata_views::EventFilter;
+use tokio::sync::{mpsc, watch};
+
+/// The most events one read of one partition returns.
+pub const READ_ROWS: usize = 2048;
+/// How often a subscription served from other nodes' shards asks them for new events.
+pub const CLUSTER_POLL: Duration = Duration::from_millis(50);
+/// The longest a subscription stays silent: a heartbeat carries the cursor at least this often.
+pub const MAX_HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// A subscription's position: every followed partition's next offset.
+pub type Cursor = ConsistencyToken;
+
+/// Where a subscription starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Start {
+    /// Every partition's first event.
+    #[default]
+    Beginning,
+    /// This offset (of one partition).
+    Offset(u64),
+    /// Each partition's first event at or after this time (epoch ms).
+    Time(i64),
+    /// What is stored from now on.
+    End,
+    /// Right after the events a cursor covers.
+    Cursor(String),
+}
+
+/// What a subscription asks for.
+#[derive(Clone, Debug)]
+pub struct FollowRequest {
+    /// The stream.
+    pub stream: String,
+    /// One partition (default: every partition).
+    pub partition: Option<u32>,
+    /// Only events with this key (and, without `partition`, only the key's partition).
+    pub key: Option<String>,
+    /// Where to start.
+    pub start: Start,
+    /// Only events of this type.
+    pub event_type: Option<String>,
+    /// Only events for which this SQL boolean expression over the stream's columns is true.
+    pub filter: Option<String>,
+    /// Longest silence before a heartbeat (at most [`MAX_HEARTBEAT`]).
+    pub heartbeat: Duration,
+}
+
+/// What a subscription delivers.
+#[derive(Debug)]
+pub enum Delivery {
+    /// Stored events (the stream's base columns), in offset order per partition, with the cursor
+    /// as it was before the first of them: advanced past each event, it is that event's cursor.
+    Events {
+        /// The events.
+        batch: RecordBatch,
+        /// The cursor before them.
+        cursor: Cursor,
+    },
+    /// No event for a while, or only events the filters dropped: the current cursor.
+    Heartbeat(Cursor),
+}
+
+/// A subscription's deliveries as the client takes them; an error ends them.
+pub type Deliveries = mpsc::Receiver<Result<Delivery>>;
+
+/// Follows streams.
+#[derive(Clone)]
+pub struct SubscribeService {
+    parts: Arc<Parts>,
+}
+
+impl SubscribeService {
+    pub(super) fn new(parts: Arc<Parts>) -> Self {
+        Self { parts }
+    }
+
+    /// Starts following a stream. Everything that can be refused (rights, names, parameters, the
+    /// cursor, the filter) is refused here, before the first delivery.
+    ///
+    /// # Errors
+    /// Forbidden, a bad name, partition, cursor or filter, `from` without `partition`, an unknown
+    /// stream, a node that can read no shards, `from=end` while no live node holds a partition.
+    pub async fn follow(&self, who: &Principal, r: FollowRequest) -> Result<Deliveries> {
+        who.authorize(Operation::Read(&r.stream))?;
+        let name = stream_name(&r.stream)?;
+        let parts = &self.parts;
+        let (reader, info) = match (&parts.cluster, &parts.store) {
+            (Some(cluster), _) => (Reader::Cluster(cluster.clone()), parts.stream_info(&name)?),
+            (None, Some(store)) => (Reader::Local(store.clone()), store.stream(&name)?),
+            (None, None) => {
+                return Err(Error::WrongRole(format!(
+                    "this node has role {} and keeps no shards; subscribe on a store node",
+                    parts.node.role.name()
+                )));
+            }
+        };
+        let partitions = partitions(&r, &info)?;
+        let filter = match (&r.event_type, &r.filter) {
+            (None, None) => None,
+            (event_type, filter) => parts.sql()?.event_filter(
+                schema::stream_schema(&info),
+                event_type.as_deref(),
+                filter.as_deref(),
+            )?,
+        };
+        let cursor = self
+            .start(&reader, &info, &partitions, &r.start, r.key.as_deref())
+            .await?;
+        let watchers = match &reader {
+            Reader::Local(store) => partitions
+                .iter()
+                .map(|&p| store.subscribe(&name, p))
+                .collect::<std::result::Result<_, _>>()?,
+            Reader::Cluster(_) => Vec::new(),
+        };
+        let follow = Follow {
+            fields: filter.is_some() && !info.fields.is_empty(),
+            reader,
+            partitions,
+            key: r.key,
+            filter,
+            cursor,
+            heartbeat: r.heartbeat.clamp(Duration::from_millis(100), MAX_HEARTBEAT),
+            watchers,
+        };
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(follow.run(tx));
+        Ok(rx)
+    }
+
+    /// The cursor a subscription starts from.
+    async fn start(
+        &self,
+        reader: &Reader,
+        info: &StreamInfo,
+        partitions: &[u32],
+        start: &Start,
+        key: Option<&str>,
+    ) -> Result<Cursor> {
+        let mut cursor = Cursor {
+            stream: info.name.clone(),
+            offsets: partitions.iter().map(|&p| (p, 0)).collect(),
+        };
+        match start {
+            Start::Beginning => {}
+            Start::Offset(o) => cursor.offsets.values_mut().for_each(|v| *v = *o),
+            Start::Cursor(text) => {
+                let given: Cursor = text.parse()?;
+                if given.stream != info.name {
+                    return Err(Error::BadRequest(format!(
+                        "the cursor is a position in stream {}, not {}",
+                        given.stream, info.name
+                    )));
+                }
+                if let Some(p) = given.offsets.keys().find(|&&p| p >= info.partitions) {
+                    return Err(Error::BadRequest(format!(
+                        "the cursor names partition {p}, but {} has {} partitions",
+                        info.name, info.partitions
+                    )));
+                }
+                for (p, o) in cursor.offsets.iter_mut() {
+                    *o = given.offsets.get(p).copied().unwrap_or(0);
+                }
+            }
+            Start::End => {
+                let stored = stored_offsets(&self.parts, info)?;
+                for (p, o) in cursor.offsets.iter_mut() {
+                    *o = stored.get(*p as usize).copied().flatten().ok_or_else(|| {
+                        unavailable(format!(
+                            "no live node holds partition {p} of {} now, so its end is not known; retry shortly",
+                            info.name
+                        ))
+                    })?;
+                }
+            }
+            Start::Time(t) => {
+                for (&p, o) in cursor.offsets.iter_mut() {
+                    *o = reader
+                        .offset_for_time(&self.parts, info, p, *t, key)
+                        .await?;
+                }
+            }
+        }
+        Ok(cursor)
+    }
+}
+
+/// The partitions a subscription follows.
+fn partitions(r: &FollowRequest, info: &StreamInfo) -> Result<Vec<u32>> {
+    Ok(match (r.partition, &r.key) {
+        (Some(p), _) => {
+            info.check_partition(p)?;
+            vec![p]
+        }
+        (None, Some(k)) => vec![partition_for_key(k.as_bytes(), info.partitions)],
+        (None, None) if matches!(r.start, Start::Offset(_)) && info.partitions > 1 => {
+            return Err(Error::BadRequest(format!(
+                "`from` is an offset within one partition; add `partition` (the stream has {} partitions), or resume with `cursor`",
+                info.partitions
+            )));
+        }
+        (None, None) => (0..info.partitions).collect(),
+    })
+}
+
+fn unavailable(message: String) -> Error {
+    strata_views::Error::Unavailable(message).into()
+}
+
+/// Where a subscription reads: this node's shards, or the holders' across the cluster.
+enum Reader {
+    Local(Arc<Store>),
+    Cluster(strata_cluster::Cluster),
+}
+
+impl Reader {
+    /// Up to [`READ_ROWS`] stored events of partition `p` from offset `from` (every column of the
+    /// stream with `fields`, otherwise the base columns).
+    async fn read(
+        &self,
+        name: &StreamName,
+        p: u32,
+        from: u64,
+        key: Option<&str>,
+        fields: bool,
+    ) -> Result<Vec<RecordBatch>> {
+        match self {
+            Reader::Local(store) => {
+                let (store, name, key) = (store.clone(), name.clone(), key.map(str::to_owned));
+                tokio::task::spawn_blocking(move || {
+                    let mut request = ScanRequest {
+                        offsets: from..u64::MAX,
+                        key,
+                        limit: Some(READ_ROWS),
+                        ..ScanRequest::all()
+                    };
+                    if fields {
+                        let columns = schema::stream_schema(&store.stream(&name)?);
+                        request.projection = (0..columns.fields().len()).collect();
+                    }
+                    Ok(store
+                        .scan(&name, p, request)?
+                        .collect::<std::result::Result<Vec<_>, _>>()?)
+                })
+                .await
+                .map_err(|e| strata_views::Error::Execution(format!("a read failed: {e}")))?
+            }
+            Reader::Cluster(cluster) => {
+                let ticket = strata_cluster::ReplayTicket {
+                    stream: name.to_string(),
+                    partition: p,
+                    from,
+                    from_time: None,
+                    key: key.map(str::to_owned),
+                    limit: READ_ROWS,
+                    fields,
+                };
+                Ok(cluster.replay(ticket).await?.try_collect().await?)
+            }
+        }
+    }
+
+    /// The first offset of partition `p` whose event is at or after `time_ms` (the partition's
+    /// end when there is none).
+    async fn offset_for_time(
+        &self,
+        parts: &Parts,
+        info: &StreamInfo,
+        p: u32,
+        time_ms: i64,
+        key: Option<&str>,
+    ) -> Result<u64> {
+        match self {
+            Reader::Local(store) => {
+                let (store, name) = (store.clone(), info.name.clone());
+                tokio::task::spawn_blocking(move || store.offset_for_time(&name, p, time_ms))
+                    .await
+                    .map_err(|e| strata_views::Error::Execution(format!("a read failed: {e}")))?
+                    .map_err(Error::from)
+            }
+            Reader::Cluster(cluster) => {
+                let ticket = strata_cluster::ReplayTicket {
+                    stream: info.name.to_string(),
+                    partition: p,
+                    from: 0,
+                    from_time: Some(time_ms),
+                    key: key.map(str::to_owned),
+                    limit: 1,
+                    fields: false,
+                };
+                let first: Vec<RecordBatch> = cluster.replay(ticket).await?.try_collect().await?;
+                match first.iter().find(|b| b.num_rows() > 0) {
+                    Some(b) => Ok(b
+                        .column(schema::OFFSET)
+                        .as_primitive::<Int64Type>()
+                        .value(0) as u64),
+                    None => stored_offsets(parts, info)?
+                        .get(p as usize)
+                        .copied()
+                        .flatten()
+                        .ok_or_else(|| {
+                            unavailable(format!(
+                                "no live node holds partition {p} of {} now; retry shortly",
+                                info.name
+                            ))
+                        }),
+                }
+            }
+        }
+    }
+}
+
+/// A running subscription.
+struct Follow {
+    reader: Reader,
+    partitions: Vec<u32>,
+    key: Option<String>,
+    filter: Option<EventFilter>,
+    /// Read the stream's declared fields too (the filter uses them).
+    fields: bool,
+    cursor: Cursor,
+    heartbeat: Duration,
+    /// This node's shards' progress, one per followed partition (empty in a cluster).
+    watchers: Vec<watch::Receiver<u64>>,
+}
+
+impl Follow {
+    async fn run(mut self, tx: mpsc::Sender<Result<Delivery>>) {
+        let stream = self.cursor.stream.to_string();
+        let gauge = metrics::gauge!("strata_subscriptions", "stream" => stream);
+        gauge.increment(1.0);
+        if let Err(e) = self.deliver(&tx).await {
+            let _ = tx.send(Err(e)).await;
+        }
+        gauge.decrement(1.0);
+    }
+
+    /// Delivers until the client goes away (`Ok`) or a read fails.
+    async fn deliver(&mut self, tx: &mpsc::Sender<Result<Delivery>>) -> Result<()> {
+        let base: Vec<usize> = schema::base_columns();
+        let mut last_sent = Instant::now();
+        loop {
+            for w in &mut self.watchers {
+                w.borrow_and_update();
+            }
+            let mut read_any = false;
+            for i in 0..self.partitions.len() {
+                let p = self.partitions[i];
+                let from = self.cursor.offsets.get(&p).copied().unwrap_or(0);
+                let batches = self
+                    .reader
+                    .read(
+                        &self.cursor.stream,
+                        p,
+                        from,
+                        self.key.as_deref(),
+                        self.fields,
+                    )
+                    .await?;
+                for batch in batches.into_iter().filter(|b| b.num_rows() > 0) {
+                    read_any = true;
+                    let offsets = batch.column(schema::OFFSET).as_primitive::<Int64Type>();
+                    let next = offsets.value(batch.num_rows() - 1) as u64 + 1;
+                    let kept = match &self.filter {
+                        Some(f) => f.apply(&batch)?,
+                        None => batch,
+                    };
+                    if kept.num_rows() > 0 {
+                        let events = Delivery::Events {
+                            batch: kept.project(&base).map_err(strata_views::Error::from)?,
+                            cursor: self.cursor.clone(),
+                        };
+                        if tx.send(Ok(events)).await.is_err() {
+                            return Ok(());
+                        }
+                        last_sent = Instant::now();
+                    }
+                    self.cursor.offsets.insert(p, next);
+                }
+            }
+            if last_sent.elapsed() >= self.heartbeat {
+                if tx
+                    .send(Ok(Delivery::Heartbeat(self.cursor.clone())))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                last_sent = Instant::now();
+            }
+            if read_any {
+                continue;
+            }
+            let quiet = self.heartbeat.saturating_sub(last_sent.elapsed());
+            tokio::select! {
+                _ = tx.closed() => return Ok(()),
+                _ = changed(&mut self.watchers, quiet) => {}
+            }
+        }
+    }
+}
+
+/// Waits until one of `watchers` moves, or `quiet` has passed; without watchers (a cluster),
+/// [`CLUSTER_POLL`] at most.
+async fn changed(watchers: &mut [watch::Receiver<u64>], quiet: Duration) {
+    if watchers.is_empty() {
+        tokio::time::sleep(quiet.min(CLUSTER_POLL)).await;
+        return;
+    }
+    let any = futures::future::select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
+    match tokio::time::timeout(quiet, any).await {
+        // A shard that went away (the node is stopping): do not spin.
+        Ok((Err(_), _, _)) => tokio::time::sleep(quiet.min(CLUSTER_POLL)).await,
+        Ok(_) | Err(_) => {}
+    }
+}

@@ -1,0 +1,318 @@
+//! Subscriptions (`GET /v1/streams/{s}/events?follow=true`) followed by a real HTTP client
+//! (curl): catch-up then live, resuming by cursor after the client and the server die, filters,
+//! heartbeats, and Server-Sent Events resuming through `Last-Event-ID`.
+
+use crate::common::*;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A `curl -N` following a URL; its output lines arrive on a channel. Killed by PID on drop.
+struct Follower {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Follower {
+    fn start(url: &str, headers: &[&str]) -> Follower {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sSN", "--max-time", "120"]);
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        let mut child = cmd
+            .arg(url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("curl (scripts/clients.sh installs it)");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Follower { child, lines }
+    }
+
+    /// The next line, waiting at most `within`.
+    fn line(&self, within: Duration) -> Option<String> {
+        self.lines.recv_timeout(within).ok()
+    }
+
+    /// NDJSON lines until `n` events have arrived (heartbeats are kept too), bounded.
+    fn events(&self, n: usize) -> (Vec<Value>, Vec<Value>) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (mut events, mut beats) = (Vec::new(), Vec::new());
+        while events.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .line(left)
+                .unwrap_or_else(|| panic!("{} of {n} events arrived", events.len()));
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert!(v.get("error").is_none(), "{v}");
+            if v.get("offset").is_some() {
+                events.push(v);
+            } else {
+                beats.push(v);
+            }
+        }
+        (events, beats)
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn event(i: usize) -> Value {
+    json!({
+        "key": format!("k{}", i % 7),
+        "id": format!("e{i}"),
+        "type": if i.is_multiple_of(3) { "refund" } else { "order" },
+        "data": {"country": (["NL", "DE"][i % 2]), "n": i},
+    })
+}
+
+fn append_range(server: &Server, stream: &str, range: std::ops::Range<usize>) {
+    let body: String = range.map(|i| format!("{}\n", event(i))).collect();
+    append_ok(server, stream, &body);
+}
+
+fn follow_url(server: &Server, stream: &str, query: &str) -> String {
+    server.url(&format!("/v1/streams/{stream}/events?follow=true&{query}"))
+}
+
+/// Each event's `n`, checking that offsets rise within each partition.
+fn ns_in_order(events: &[Value]) -> Vec<usize> {
+    let mut last: BTreeMap<u64, u64> = BTreeMap::new();
+    for e in events {
+        let (p, o) = (
+            e["partition"].as_u64().unwrap(),
+            e["offset"].as_u64().unwrap(),
+        );
+        if let Some(prev) = last.insert(p, o) {
+            assert!(o > prev, "partition {p}: offset {o} after {prev}");
+        }
+    }
+    events
+        .iter()
+        .map(|e| e["data"]["n"].as_u64().unwrap() as usize)
+        .collect()
+}
+
+#[test]
+fn a_subscription_catches_up_follows_and_resumes_by_cursor_across_restarts() {
+    for backend in backends() {
+        let (_tmp, dir) = data_dir();
+        let mut server = Server::start(backend, &dir, "");
+        create_stream(&server, "orders", 3);
+        append_range(&server, "orders", 0..40);
+
+        // Catch up, then live.
+        let first = Follower::start(&follow_url(&server, "orders", "heartbeat_ms=500"), &[]);
+        let (caught_up, _) = first.events(40);
+        append_range(&server, "orders", 40..70);
+        let (live, _) = first.events(30);
+        let mut seen: Vec<Value> = caught_up.into_iter().chain(live).collect();
+        let mut ns = ns_in_order(&seen);
+        ns.sort_unstable();
+        assert_eq!(ns, (0..70).collect::<Vec<_>>(), "{backend:?}");
+        // Every event's cursor is the stream-wide position right after it.
+        let last = seen.last().unwrap();
+        let cursor = last["cursor"].as_str().unwrap().to_owned();
+        assert!(
+            cursor.contains(&format!(
+                ".{}-{}",
+                last["partition"],
+                last["offset"].as_u64().unwrap() + 1
+            )),
+            "{cursor}"
+        );
+        drop(first);
+
+        // The client died after event 55 (in delivery order): resuming from its cursor gives
+        // exactly what it had not seen, including what was appended meanwhile.
+        let cut = 55;
+        let cursor = seen[cut - 1]["cursor"].as_str().unwrap().to_owned();
+        seen.truncate(cut);
+        append_range(&server, "orders", 70..90);
+        let resumed = Follower::start(
+            &follow_url(&server, "orders", &format!("cursor={cursor}")),
+            &[],
+        );
+        let (rest, _) = resumed.events(90 - cut);
+        seen.extend(rest);
+        let cursor = seen.last().unwrap()["cursor"].as_str().unwrap().to_owned();
+        drop(resumed);
+
+        // The server dies (kill -9); the cursor still resumes exactly.
+        server.kill9();
+        server.restart();
+        append_range(&server, "orders", 90..100);
+        let after_crash = Follower::start(
+            &follow_url(&server, "orders", &format!("cursor={cursor}")),
+            &[],
+        );
+        let (rest, _) = after_crash.events(10);
+        seen.extend(rest);
+        // Nothing more than the stream arrives.
+        assert!(
+            after_crash
+                .line(Duration::from_millis(700))
+                .is_none_or(|l| !l.contains("\"offset\"")),
+            "{backend:?}: an extra event"
+        );
+        let ns = ns_in_order(&seen);
+        let unique: HashSet<usize> = ns.iter().copied().collect();
+        assert_eq!(unique.len(), ns.len(), "{backend:?}: duplicates");
+        assert_eq!(unique, (0..100).collect(), "{backend:?}");
+
+        // from=end delivers only what comes next.
+        let tail = Follower::start(
+            &follow_url(&server, "orders", "from=end&heartbeat_ms=100"),
+            &[],
+        );
+        // The first heartbeat says the subscription has started (and where).
+        let (_, beats) = tail.events(0);
+        assert!(beats.is_empty());
+        let beat = tail.line(Duration::from_secs(30)).expect("a heartbeat");
+        assert!(beat.starts_with("{\"cursor\""), "{beat}");
+        append_range(&server, "orders", 100..103);
+        let (next, _) = tail.events(3);
+        let mut ns = ns_in_order(&next);
+        ns.sort_unstable();
+        assert_eq!(ns, vec![100, 101, 102], "{backend:?}");
+    }
+}
+
+#[test]
+fn subscription_filters_heartbeats_and_bad_requests() {
+    for backend in backends() {
+        let (_tmp, dir) = data_dir();
+        let server = Server::start(backend, &dir, "");
+        create_stream(&server, "orders", 2);
+        append_range(&server, "orders", 0..30);
+
+        // type and where filter on the server; the rest still moves the cursor.
+        let filtered = Follower::start(
+            &follow_url(
+                &server,
+                "orders",
+                "type=order&where=json_get_str(data,%27country%27)%3D%27NL%27&heartbeat_ms=300",
+            ),
+            &[],
+        );
+        let expected: Vec<usize> = (0..30).filter(|i| i % 3 != 0 && i % 2 == 0).collect();
+        let (events, _) = filtered.events(expected.len());
+        let mut ns = ns_in_order(&events);
+        ns.sort_unstable();
+        assert_eq!(ns, expected, "{backend:?}");
+
+        // Nothing matches: heartbeats come anyway, and their cursor reaches the stream's end.
+        let none = Follower::start(
+            &follow_url(&server, "orders", "type=nothing&heartbeat_ms=200"),
+            &[],
+        );
+        let end = stream_info(&server, "orders")["offsets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| format!("{}-{}", o["partition"], o["stored_offset"]))
+            .collect::<Vec<_>>()
+            .join(".");
+        let beat = eventually("a heartbeat at the end", || {
+            let line = none.line(Duration::from_secs(2))?;
+            let v: Value = serde_json::from_str(&line).unwrap();
+            assert!(v.get("offset").is_none(), "filtered event delivered: {v}");
+            (v["cursor"] == format!("v1.orders.{end}")).then_some(v)
+        });
+        assert_eq!(beat.as_object().unwrap().len(), 1, "{beat}");
+
+        // Refused before anything is delivered, with the reason.
+        let other = "v1.payments.0-3";
+        for (query, status, says) in [
+            ("where=nonsense%20%3E%201", 400, "nonsense"),
+            ("where=count(*)%20%3E%201", 400, "aggregate"),
+            ("where=json_get_str(data,%27country%27)", 400, "boolean"),
+            ("cursor=garbage", 400, "token"),
+            (&format!("cursor={other}")[..], 400, "payments"),
+            ("cursor=v1.orders.5-1", 400, "partition 5"),
+            ("from=3", 400, "partition"),
+            ("from=end&cursor=v1.orders.0-1", 400, "one of"),
+            ("heartbeat_ms=5", 400, "heartbeat_ms"),
+            ("limit=5", 400, "limit"),
+        ] {
+            let resp = http()
+                .get(follow_url(&server, "orders", query))
+                .send()
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), status, "{query}");
+            let body = resp.text().unwrap();
+            assert!(body.contains(says), "{query}: {body}");
+        }
+        let (status, body) = replay(&server, "orders", "cursor=v1.orders.0-1");
+        assert_eq!(status, 400);
+        assert!(body[0].to_string().contains("follow=true"), "{body:?}");
+    }
+}
+
+#[test]
+fn server_sent_events_resume_through_last_event_id() {
+    for backend in backends() {
+        let (_tmp, dir) = data_dir();
+        let server = Server::start(backend, &dir, "");
+        create_stream(&server, "orders", 2);
+        append_range(&server, "orders", 0..20);
+        let url = follow_url(&server, "orders", "heartbeat_ms=300");
+        let sse = Follower::start(&url, &["Accept: text/event-stream"]);
+        // Frames: `id: CURSOR`, `data: EVENT`, a blank line; heartbeats are a comment and an id.
+        let mut frames: Vec<(String, Value)> = Vec::new();
+        let mut id = None;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while frames.len() < 12 {
+            let line = sse
+                .line(deadline.saturating_duration_since(Instant::now()))
+                .expect("SSE frames");
+            if let Some(v) = line.strip_prefix("id: ") {
+                id = Some(v.to_owned());
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                frames.push((id.clone().unwrap(), serde_json::from_str(data).unwrap()));
+            }
+        }
+        drop(sse);
+        // An EventSource reconnects with the last id it saw: the rest follows, then new events.
+        let last_id = frames.last().unwrap().0.clone();
+        append_range(&server, "orders", 20..25);
+        let resumed = Follower::start(
+            &url,
+            &[
+                "Accept: text/event-stream",
+                &format!("Last-Event-ID: {last_id}"),
+            ],
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while frames.len() < 25 {
+            let line = resumed
+                .line(deadline.saturating_duration_since(Instant::now()))
+                .expect("SSE frames after resuming");
+            if let Some(data) = line.strip_prefix("data: ") {
+                frames.push((String::new(), serde_json::from_str(data).unwrap()));
+            }
+        }
+        let events: Vec<Value> = frames.into_iter().map(|(_, v)| v).collect();
+        let mut ns = ns_in_order(&events);
+        ns.sort_unstable();
+        assert_eq!(ns, (0..25).collect::<Vec<_>>(), "{backend:?}");
+    }
+}
