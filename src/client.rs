@@ -4,6 +4,7 @@ use crate::http::ARROW_STREAM;
 use std::io::Write;
 
 mod columnar;
+mod follow;
 mod produce;
 pub use columnar::FileFormat;
 
@@ -69,6 +70,20 @@ pub struct ReplayArgs {
     /// Read the shards (`store`, the default) or straight from the log (`log`).
     #[arg(long)]
     pub source: Option<String>,
+    /// Keep following the stream after the stored events: print each new event as it is
+    /// stored, with its `cursor`; reconnect from the last cursor if the connection drops.
+    #[arg(long)]
+    pub follow: bool,
+    /// Resume right after the event this cursor came with (with --follow).
+    #[arg(long, requires = "follow")]
+    pub cursor: Option<String>,
+    /// Only events of this type (with --follow).
+    #[arg(long = "type", requires = "follow")]
+    pub event_type: Option<String>,
+    /// Only events for which this SQL expression is true, e.g.
+    /// `json_get_str(data, 'country') = 'NL'` (with --follow).
+    #[arg(long = "where", requires = "follow")]
+    pub filter: Option<String>,
 }
 
 /// `[#####.....] 1234/5000 events  12345 ev/s` for a rebuild progress line.
@@ -261,6 +276,9 @@ impl Client {
         }
         if let Some(s) = &args.source {
             query.push(("source", s.clone()));
+        }
+        if args.follow {
+            return self.follow(stream, query, args, out).await;
         }
         let resp = self
             .http

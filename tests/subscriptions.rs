@@ -1,6 +1,7 @@
 //! Subscriptions (`GET /v1/streams/{s}/events?follow=true`) followed by a real HTTP client
 //! (curl): catch-up then live, resuming by cursor after the client and the server die, filters,
-//! heartbeats, and Server-Sent Events resuming through `Last-Event-ID`.
+//! heartbeats, Server-Sent Events resuming through `Last-Event-ID`, and `strata replay --follow`
+//! reconnecting by itself across a `kill -9` of the server.
 
 use crate::common::*;
 use serde_json::{Value, json};
@@ -23,8 +24,19 @@ impl Follower {
         for h in headers {
             cmd.args(["-H", h]);
         }
+        Self::spawn(cmd.arg(url))
+    }
+
+    /// `strata replay STREAM --follow ARGS…` against `server`.
+    fn cli(server: &str, stream: &str, args: &[&str]) -> Follower {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+        cmd.args(["--server", server, "replay", stream, "--follow"])
+            .args(args);
+        Self::spawn(&mut cmd)
+    }
+
+    fn spawn(cmd: &mut Command) -> Follower {
         let mut child = cmd
-            .arg(url)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -315,4 +327,100 @@ fn server_sent_events_resume_through_last_event_id() {
         ns.sort_unstable();
         assert_eq!(ns, (0..25).collect::<Vec<_>>(), "{backend:?}");
     }
+}
+
+#[test]
+fn the_cli_follows_and_reconnects_from_its_cursor_after_a_kill() {
+    for backend in backends() {
+        let (_tmp, dir) = data_dir();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut server = Server::start_with(backend, &dir, "", &["--http", &addr]);
+        create_stream(&server, "orders", 2);
+        append_range(&server, "orders", 0..10);
+        let cli = Follower::cli(
+            &server.base,
+            "orders",
+            &["--where", "json_get_str(data, 'country') = 'NL'"],
+        );
+        let (mut seen, beats) = cli.events(5);
+        assert!(beats.is_empty(), "heartbeats are not printed: {beats:?}");
+        server.kill9();
+        append_range(&server_after(&mut server), "orders", 10..20);
+        let (rest, _) = cli.events(5);
+        seen.extend(rest);
+        let mut ns = ns_in_order(&seen);
+        ns.sort_unstable();
+        assert_eq!(ns, (0..20).step_by(2).collect::<Vec<_>>(), "{backend:?}");
+        assert!(
+            cli.line(Duration::from_millis(500)).is_none(),
+            "{backend:?}: more than the stream"
+        );
+    }
+}
+
+/// The server started again on its address.
+fn server_after(server: &mut Server) -> &Server {
+    server.restart();
+    server
+}
+
+/// On Tansu with one ingest and three store nodes: a subscriber connected to a store node that
+/// is killed resumes from its cursor on another node; what it got from both is the stream, in
+/// order per partition, without duplicates. The resumed subscription waits out the takeover of
+/// the killed node's partitions (heartbeats meanwhile) instead of failing.
+#[test]
+fn a_cluster_subscription_resumes_on_another_node_after_its_node_dies() {
+    let Some(mut cluster) = crate::cluster::Cluster::start("") else {
+        eprintln!("no Kafka broker (STRATA_TEST_KAFKA_BROKERS); skipped");
+        return;
+    };
+    create_stream(cluster.ingest(), "orders", 4);
+    append_range(cluster.ingest(), "orders", 0..200);
+    // Once every partition is served, a subscription on the first store node gets them all.
+    eventually("every partition served", || {
+        let (status, body) = sql(&cluster.nodes[1], "SELECT count(*) AS n FROM orders");
+        (status == 200 && body[0]["n"] == 200).then_some(())
+    });
+    let first = Follower::start(
+        &follow_url(&cluster.nodes[1], "orders", "heartbeat_ms=500"),
+        &[],
+    );
+    let (mut seen, _) = first.events(150);
+    let cursor = seen.last().unwrap()["cursor"].as_str().unwrap().to_owned();
+    drop(first);
+    cluster.nodes[1].kill9();
+    append_range(cluster.ingest(), "orders", 200..300);
+    // Through another store node, then through the ingest node (which holds nothing itself).
+    let second = Follower::start(
+        &follow_url(
+            &cluster.nodes[2],
+            "orders",
+            &format!("cursor={cursor}&heartbeat_ms=500"),
+        ),
+        &[],
+    );
+    let (rest, beats) = second.events(100);
+    seen.extend(rest);
+    let cursor = seen.last().unwrap()["cursor"].as_str().unwrap().to_owned();
+    drop(second);
+    append_range(cluster.ingest(), "orders", 300..320);
+    let third = Follower::start(
+        &follow_url(cluster.ingest(), "orders", &format!("cursor={cursor}")),
+        &[],
+    );
+    let (rest, _) = third.events(70);
+    seen.extend(rest);
+    let ns = ns_in_order(&seen);
+    let unique: HashSet<usize> = ns.iter().copied().collect();
+    assert_eq!(unique.len(), ns.len(), "duplicates");
+    assert_eq!(unique, (0..320).collect());
+    eprintln!(
+        "cluster subscription: resumed on another node after a kill -9, {} heartbeats while the partitions moved",
+        beats.len()
+    );
 }

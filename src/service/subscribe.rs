@@ -9,7 +9,7 @@
 //! holds no more than a few reads of server memory. Once caught up it waits for the store's next
 //! commit (this node's shards), or polls the holders every [`CLUSTER_POLL`] (a cluster).
 
-use super::{Error, Parts, Result, stream_name, streams::stored_offsets};
+use super::{Error, Kind, Parts, Result, stream_name, streams::stored_offsets};
 use crate::auth::{Operation, Principal};
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
@@ -25,6 +25,8 @@ use tokio::sync::{mpsc, watch};
 pub const READ_ROWS: usize = 2048;
 /// How often a subscription served from other nodes' shards asks them for new events.
 pub const CLUSTER_POLL: Duration = Duration::from_millis(50);
+/// How often a subscription asks again for a partition that no live node serves (it moved).
+pub const MOVING_RETRY: Duration = Duration::from_millis(250);
 /// The longest a subscription stays silent: a heartbeat carries the cursor at least this often.
 pub const MAX_HEARTBEAT: Duration = Duration::from_secs(10);
 
@@ -364,11 +366,11 @@ impl Follow {
             for w in &mut self.watchers {
                 w.borrow_and_update();
             }
-            let mut read_any = false;
+            let (mut read_any, mut moving) = (false, false);
             for i in 0..self.partitions.len() {
                 let p = self.partitions[i];
                 let from = self.cursor.offsets.get(&p).copied().unwrap_or(0);
-                let batches = self
+                let read = self
                     .reader
                     .read(
                         &self.cursor.stream,
@@ -377,7 +379,18 @@ impl Follow {
                         self.key.as_deref(),
                         self.fields,
                     )
-                    .await?;
+                    .await;
+                let batches = match read {
+                    Ok(batches) => batches,
+                    // The partition is changing hands (a node died or joined): the subscription
+                    // waits for its next holder, with heartbeats meanwhile.
+                    Err(e) if e.kind() == Kind::Unavailable => {
+                        tracing::debug!(error = %e, "a subscription waits for a partition");
+                        moving = true;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 for batch in batches.into_iter().filter(|b| b.num_rows() > 0) {
                     read_any = true;
                     let offsets = batch.column(schema::OFFSET).as_primitive::<Int64Type>();
@@ -415,7 +428,8 @@ impl Follow {
             let quiet = self.heartbeat.saturating_sub(last_sent.elapsed());
             tokio::select! {
                 _ = tx.closed() => return Ok(()),
-                _ = changed(&mut self.watchers, quiet) => {}
+                _ = tokio::time::sleep(quiet.min(MOVING_RETRY)), if moving => {}
+                _ = changed(&mut self.watchers, quiet), if !moving => {}
             }
         }
     }

@@ -123,11 +123,15 @@ impl Server {
             Backend::Embedded => "embedded",
             Backend::Kafka => "kafka",
         };
+        // A test that needs the same address across restarts passes its own `--http`.
+        let http = match args.iter().any(|a| a == "--http") {
+            true => None,
+            false => Some(["--http", "127.0.0.1:0"]),
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+            .arg("serve")
+            .args(http.iter().flatten())
             .args([
-                "serve",
-                "--http",
-                "127.0.0.1:0",
                 "--log",
                 log_backend,
                 "--pg",
