@@ -424,3 +424,77 @@ fn a_cluster_subscription_resumes_on_another_node_after_its_node_dies() {
         beats.len()
     );
 }
+
+/// The resident set of `pid` now, in bytes (`VmRSS`).
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// `strata_subscriptions{stream="orders"}` from /metrics (0 when absent).
+fn subscriptions_gauge(server: &Server) -> f64 {
+    metrics_text(server)
+        .lines()
+        .find_map(|l| l.strip_prefix("strata_subscriptions{stream=\"orders\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A reader taking 1M pending events at 64 KiB/s holds the server to a few reads' worth of
+/// memory: the subscription reads the shards as the client takes data. When the reader goes
+/// away, so does the subscription. (The embedded log only: the subscription reads the shards,
+/// which are the same on either log.)
+#[test]
+fn a_slow_reader_with_a_million_pending_events_keeps_server_memory_bounded() {
+    const EVENTS: usize = 1_000_000;
+    const PER_REQUEST: usize = 100_000;
+    const BOUND: u64 = 64 << 20;
+    let (_tmp, dir) = data_dir();
+    let server = Server::start(Backend::Embedded, &dir, "");
+    create_stream(&server, "orders", 2);
+    for start in (0..EVENTS).step_by(PER_REQUEST) {
+        let body: String = (start..start + PER_REQUEST)
+            .map(|i| format!("{{\"key\":\"k{}\",\"data\":{{\"n\":{i}}}}}\n", i % 97))
+            .collect();
+        append_ok(&server, "orders", &body);
+    }
+    wait_stored(&server, "orders");
+    let before = rss(server.pid());
+    let mut slow = Command::new("curl");
+    slow.args(["-sSN", "--limit-rate", "64K", "--max-time", "60"])
+        .arg(follow_url(&server, "orders", ""));
+    let slow = Follower::spawn(&mut slow);
+    let mut peak = before;
+    let mut received = 0usize;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        while slow.lines.try_recv().is_ok() {
+            received += 1;
+        }
+        peak = peak.max(rss(server.pid()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(subscriptions_gauge(&server), 1.0);
+    eprintln!(
+        "slow reader: {received} of {EVENTS} events taken in 6 s; server RSS {} MiB before, peak {} MiB",
+        before >> 20,
+        peak >> 20
+    );
+    assert!(received > 0 && received < EVENTS / 2, "{received}");
+    assert!(
+        peak < before + BOUND,
+        "RSS rose from {} MiB to {} MiB",
+        before >> 20,
+        peak >> 20
+    );
+    // The reader goes away: the subscription ends.
+    drop(slow);
+    eventually("the subscription to end", || {
+        (subscriptions_gauge(&server) == 0.0).then_some(())
+    });
+}
