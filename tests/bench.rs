@@ -60,6 +60,9 @@ fn quick_benchmark_runs_every_scenario() {
         "rows over Flight SQL through ADBC",
         "connect to first row (libpq through psycopg)",
         "psql process: start, connect, first row, exit",
+        "## 9. Subscriptions",
+        "append → delivered to a subscriber, p50 / p99",
+        "fan-out: server CPU per delivered event",
     ] {
         assert!(
             report.contains(needle),

@@ -13,7 +13,8 @@
 //!    one holding every partition, the traffic between nodes, a view lookup through a node that
 //!    holds no partition;
 //! 8. analysts' tools: 1M rows through psycopg against a real PostgreSQL, over Flight SQL against
-//!    HTTP Arrow IPC and DuckDB over Parquet, psql's connect-to-first-row.
+//!    HTTP Arrow IPC and DuckDB over Parquet, psql's connect-to-first-row;
+//! 9. subscriptions: append → delivered to a follower at half the ingest rate, fan-out to 100.
 //!
 //! Writes a markdown report (figures, ratios, goals, machine, date) to `--out`.
 
@@ -25,6 +26,7 @@ mod peers;
 mod report;
 mod scenarios;
 mod server;
+mod subscribe;
 mod views;
 
 pub(crate) use peers::read_batches;
@@ -204,6 +206,8 @@ async fn run(args: Args) -> Result<()> {
     // the peer gets a vacuumed table, so strata gets a node that has finished its work.
     strata.wait_idle(Duration::from_secs(300)).await;
     sections.push(analysts::scenario(&args, &strata, total_n, runs).await?);
+    strata.wait_idle(Duration::from_secs(300)).await;
+    sections.push(subscribe::scenario(&strata, args.quick, ingest_rate).await?);
 
     let data_size = report::dir_size(&args.work.join("data"));
     strata.stop();

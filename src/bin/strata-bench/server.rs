@@ -104,8 +104,14 @@ impl Strata {
         Err("strata did not become healthy".into())
     }
 
-    fn url(&self, path: &str) -> String {
+    /// The URL of `path` on this node.
+    pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The HTTP client the scenarios share.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     fn pid(&self) -> Option<u32> {
@@ -134,7 +140,7 @@ impl Strata {
     }
 
     /// CPU time (user + system) the process has used, in clock ticks.
-    fn cpu_ticks(&self) -> Option<u64> {
+    pub fn cpu_ticks(&self) -> Option<u64> {
         let pid = self.pid()?;
         stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
     }
@@ -569,7 +575,7 @@ impl Drop for Strata {
     }
 }
 
-async fn post(
+pub(crate) async fn post(
     http: &reqwest::Client,
     url: &str,
     body: impl Into<reqwest::Body>,

@@ -1,0 +1,237 @@
+//! Scenario 9, subscriptions: append → delivered to a following subscriber at half the ingest
+//! rate, and fan-out of one stream's appends to 100 concurrent subscribers (events delivered per
+//! second in total, and the server's CPU per delivered event).
+
+use crate::server::{Strata, post};
+use crate::{Result, Section, ms, progress, rate, row};
+use std::time::{Duration, Instant};
+
+/// Subscribers of the fan-out part.
+const FAN_OUT: usize = 100;
+/// Events of a paced append.
+const PER: u64 = 100;
+
+/// Runs the scenario on `strata` (its own streams, so the other scenarios' data is untouched).
+pub async fn scenario(strata: &Strata, quick: bool, ingest_rate: f64) -> Result<Section> {
+    let target = (ingest_rate / 2.0).max(1000.0);
+    let seconds = if quick { 2.0 } else { 10.0 };
+    progress(&format!(
+        "scenario 9: append → delivered at {target:.0} events/s for {seconds} s"
+    ));
+    let latencies = delivered_latency(strata, target, seconds).await?;
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+
+    let events: u64 = if quick { 2_000 } else { 50_000 };
+    progress(&format!(
+        "scenario 9: {events} appends fanned out to {FAN_OUT} subscribers"
+    ));
+    let (elapsed, cpu_s) = fan_out(strata, events).await?;
+    let delivered = events as f64 * FAN_OUT as f64;
+    Ok(Section {
+        title: "9. Subscriptions: append → delivered, and fan-out to 100 subscribers".into(),
+        peer: "— (latency goal from the issue; the fan-out figures are strata's alone)".into(),
+        rows: vec![
+            row(
+                format!(
+                    "append → delivered to a subscriber, p50 / p99, at {target:.0} events/s (half the ingest rate), {} events",
+                    latencies.len()
+                ),
+                format!("{} / {}", ms(p50.as_secs_f64()), ms(p99.as_secs_f64())),
+                "",
+                None,
+                "p99 ≤ 20 ms",
+                Some(p99 <= Duration::from_millis(20)),
+            ),
+            row(
+                format!(
+                    "fan-out: {events} events appended (1,000 per request, 4 clients) while {FAN_OUT} subscribers follow, delivered events/s in total"
+                ),
+                rate(delivered, elapsed.as_secs_f64()),
+                "",
+                None,
+                "",
+                None,
+            ),
+            row(
+                "fan-out: server CPU per delivered event (the appends' CPU included)",
+                format!("{:.2} µs", cpu_s * 1e6 / delivered),
+                "",
+                None,
+                "",
+                None,
+            ),
+        ],
+        notes: vec![
+            "Latency is measured per event, from sending its append request to the subscriber reading its line (the append's fsync included). The subscribers run in the benchmark's process, on the same two cores as the server.".into(),
+        ],
+    })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[(((sorted.len() - 1) as f64 * p).round() as usize).min(sorted.len() - 1)]
+}
+
+async fn create(strata: &Strata, stream: &str) -> Result<()> {
+    let resp = strata
+        .http()
+        .put(strata.url(&format!("/v1/streams/{stream}")))
+        .json(&serde_json::json!({"partitions": 4}))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("creating {stream}: {}", resp.status()));
+    }
+    Ok(())
+}
+
+/// Opens a subscription of `stream` from its start.
+async fn subscribe(strata: &Strata, stream: &str) -> Result<reqwest::Response> {
+    let resp = strata
+        .http()
+        .get(strata.url(&format!("/v1/streams/{stream}/events?follow=true")))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("subscribing: {}", resp.status()));
+    }
+    Ok(resp)
+}
+
+/// The event index in `"id":"o0000000042"` of an event line.
+fn event_index(line: &[u8]) -> Option<u64> {
+    const ID: &[u8] = b"\"id\":\"o";
+    let at = line.windows(ID.len()).position(|w| w == ID)? + ID.len();
+    std::str::from_utf8(line.get(at..at + 10)?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Paced appends of `PER` events at `target` events/s for `seconds` from 4 clients into a fresh
+/// stream followed by one subscriber; each event's latency from its request to its delivery.
+async fn delivered_latency(strata: &Strata, target: f64, seconds: f64) -> Result<Vec<Duration>> {
+    const CLIENTS: u64 = 4;
+    create(strata, "follow_latency").await?;
+    let batches = ((target * seconds) / PER as f64).max(CLIENTS as f64) as u64 / CLIENTS * CLIENTS;
+    let total = batches * PER;
+    let mut resp = subscribe(strata, "follow_latency").await?;
+    let reader = tokio::spawn(async move {
+        let mut received: Vec<Option<Instant>> = vec![None; total as usize];
+        let (mut count, mut pending) = (0u64, Vec::new());
+        while count < total {
+            let chunk = match tokio::time::timeout(Duration::from_secs(30), resp.chunk()).await {
+                Ok(Ok(Some(chunk))) => chunk,
+                _ => return Err(format!("the subscriber got {count} of {total} events")),
+            };
+            let now = Instant::now();
+            pending.extend_from_slice(&chunk);
+            let Some(end) = pending.iter().rposition(|&b| b == b'\n') else {
+                continue;
+            };
+            for line in pending[..end].split(|&b| b == b'\n') {
+                if let Some(slot) = event_index(line).and_then(|i| received.get_mut(i as usize)) {
+                    *slot = Some(now);
+                    count += 1;
+                }
+            }
+            pending.drain(..=end);
+        }
+        Ok(received)
+    });
+    let every = Duration::from_secs_f64(PER as f64 * CLIENTS as f64 / target);
+    let started = tokio::time::Instant::now();
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let (http, url) = (
+            strata.http().clone(),
+            strata.url("/v1/streams/follow_latency/events"),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for k in 0..batches / CLIENTS {
+                let at = started + every * k as u32 + every * c as u32 / CLIENTS as u32;
+                tokio::time::sleep_until(at).await;
+                let batch = k * CLIENTS + c;
+                let mut body = String::new();
+                for i in batch * PER..(batch + 1) * PER {
+                    crate::data::write_event(i, total, &mut body);
+                }
+                sent.push((batch, Instant::now()));
+                post(&http, &url, body, "application/x-ndjson").await?;
+            }
+            Ok::<_, String>(sent)
+        }));
+    }
+    let mut sent_at = vec![Instant::now(); batches as usize];
+    for c in clients {
+        for (batch, at) in c.await.map_err(|e| e.to_string())?? {
+            sent_at[batch as usize] = at;
+        }
+    }
+    let received = reader.await.map_err(|e| e.to_string())??;
+    let mut latencies: Vec<Duration> = received
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some(r.as_ref()?.duration_since(sent_at[i / PER as usize])))
+        .collect();
+    latencies.sort();
+    Ok(latencies)
+}
+
+/// `events` appended as fast as 4 clients go while `FAN_OUT` subscribers follow the stream:
+/// the time from the first append until every subscriber has every event, and the server's
+/// CPU seconds meanwhile.
+async fn fan_out(strata: &Strata, events: u64) -> Result<(Duration, f64)> {
+    create(strata, "fan_out").await?;
+    let mut readers = Vec::new();
+    for _ in 0..FAN_OUT {
+        let mut resp = subscribe(strata, "fan_out").await?;
+        readers.push(tokio::spawn(async move {
+            let (mut count, mut pending) = (0u64, Vec::new());
+            while count < events {
+                match tokio::time::timeout(Duration::from_secs(120), resp.chunk()).await {
+                    Ok(Ok(Some(chunk))) => pending.extend_from_slice(&chunk),
+                    _ => return Err(format!("a subscriber got {count} of {events} events")),
+                }
+                let Some(end) = pending.iter().rposition(|&b| b == b'\n') else {
+                    continue;
+                };
+                count += pending[..end]
+                    .split(|&b| b == b'\n')
+                    .filter(|l| l.starts_with(b"{\"partition\""))
+                    .count() as u64;
+                pending.drain(..=end);
+            }
+            Ok(Instant::now())
+        }));
+    }
+    let bodies: Vec<(bytes::Bytes, u64)> = (0..events)
+        .step_by(1000)
+        .map(|from| {
+            let mut body = String::new();
+            for i in from..(from + 1000).min(events) {
+                crate::data::write_event(i, events, &mut body);
+            }
+            (bytes::Bytes::from(body), (from + 1000).min(events) - from)
+        })
+        .collect();
+    let cpu_before = strata.cpu_ticks().ok_or("no /proc/PID/stat")?;
+    let started = Instant::now();
+    strata
+        .post_concurrently("fan_out", bodies, "application/x-ndjson", 4)
+        .await?;
+    let mut last = started;
+    for r in readers {
+        last = last.max(r.await.map_err(|e| e.to_string())??);
+    }
+    let cpu_after = strata.cpu_ticks().ok_or("no /proc/PID/stat")?;
+    Ok((
+        last.duration_since(started),
+        cpu_after.saturating_sub(cpu_before) as f64 / 100.0,
+    ))
+}
