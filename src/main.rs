@@ -88,6 +88,15 @@ enum Command {
         #[command(flatten)]
         args: ReplayArgs,
     },
+    /// Consume a durable subscription: print its events and acknowledge them as they are
+    /// printed (create it with `PUT /v1/subscriptions/NAME`).
+    Subscribe {
+        /// The subscription.
+        name: String,
+        /// Take it over from a consumer that holds it now.
+        #[arg(long)]
+        takeover: bool,
+    },
     /// Show the nodes, which node holds which partition, and their lag.
     Cluster,
     /// List streams, or create one.
@@ -343,6 +352,7 @@ async fn run_client(client: Client, command: Command) -> strata::client::Result<
             format,
         } => client.sql(&query, after.as_deref(), format, &mut out).await,
         Command::Replay { stream, args } => client.replay(&stream, &args, &mut out).await,
+        Command::Subscribe { name, takeover } => client.subscribe(&name, takeover, &mut out).await,
         Command::Cluster => client.cluster(&mut out).await,
         Command::Streams {
             action: None | Some(StreamsAction::List),

@@ -14,6 +14,7 @@ mod corruption;
 mod crash;
 mod determinism;
 mod disk;
+mod durable;
 mod faults;
 mod kafka;
 mod kafka_faults;

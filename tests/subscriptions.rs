@@ -12,13 +12,13 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// A `curl -N` following a URL; its output lines arrive on a channel. Killed by PID on drop.
-struct Follower {
+pub(crate) struct Follower {
     child: Child,
     lines: mpsc::Receiver<String>,
 }
 
 impl Follower {
-    fn start(url: &str, headers: &[&str]) -> Follower {
+    pub(crate) fn start(url: &str, headers: &[&str]) -> Follower {
         let mut cmd = Command::new("curl");
         cmd.args(["-sSN", "--max-time", "120"]);
         for h in headers {
@@ -32,6 +32,13 @@ impl Follower {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
         cmd.args(["--server", server, "replay", stream, "--follow"])
             .args(args);
+        Self::spawn(&mut cmd)
+    }
+
+    /// `strata subscribe NAME` against `server`.
+    pub(crate) fn cli_subscribe(server: &str, name: &str) -> Follower {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+        cmd.args(["--server", server, "subscribe", name, "--takeover"]);
         Self::spawn(&mut cmd)
     }
 
@@ -55,12 +62,12 @@ impl Follower {
     }
 
     /// The next line, waiting at most `within`.
-    fn line(&self, within: Duration) -> Option<String> {
+    pub(crate) fn line(&self, within: Duration) -> Option<String> {
         self.lines.recv_timeout(within).ok()
     }
 
     /// NDJSON lines until `n` events have arrived (heartbeats are kept too), bounded.
-    fn events(&self, n: usize) -> (Vec<Value>, Vec<Value>) {
+    pub(crate) fn events(&self, n: usize) -> (Vec<Value>, Vec<Value>) {
         let deadline = Instant::now() + Duration::from_secs(60);
         let (mut events, mut beats) = (Vec::new(), Vec::new());
         while events.len() < n {
@@ -96,7 +103,7 @@ fn event(i: usize) -> Value {
     })
 }
 
-fn append_range(server: &Server, stream: &str, range: std::ops::Range<usize>) {
+pub(crate) fn append_range(server: &Server, stream: &str, range: std::ops::Range<usize>) {
     let body: String = range.map(|i| format!("{}\n", event(i))).collect();
     append_ok(server, stream, &body);
 }

@@ -24,7 +24,8 @@ pub use event::{
 };
 pub use fields::{FieldDef, FieldSpec, FieldType, FieldValue};
 pub use log::{
-    Catalog, IdLookup, Log, LogReader, OffsetRange, ShardSink, SharedView, StreamInfo, ViewCatalog,
+    Catalog, IdLookup, Log, LogReader, OffsetRange, ShardSink, SharedView, StreamInfo,
+    SubscriptionCatalog, SubscriptionConsumer, SubscriptionState, ViewCatalog,
 };
 pub use name::StreamName;
 pub use partition::{murmur2, partition_for_key};

@@ -82,6 +82,44 @@ pub struct SharedView {
 /// Every view of a log's shared catalog, by name. Cheap to clone.
 pub type ViewCatalog = Arc<BTreeMap<String, SharedView>>;
 
+/// A named durable subscription as the log's catalog keeps it (`<prefix>__catalog` on Kafka, so
+/// that any node serves it): what it follows, how far its consumer acknowledged, and who
+/// consumes it now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionState {
+    /// The stream it follows.
+    pub stream: StreamName,
+    /// Only events of this type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    /// Only events for which this SQL expression is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// The acknowledged cursor (a consistency token's text): delivery starts right after it.
+    pub cursor: String,
+    /// When it was created (epoch ms).
+    pub created_ms: i64,
+    /// Its consumer now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<SubscriptionConsumer>,
+}
+
+/// The one consumer of a durable subscription: it holds it until `until_ms` unless it renews.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionConsumer {
+    /// A random id of this consumer's connection.
+    pub id: String,
+    /// The node serving it.
+    pub node: String,
+    /// When it connected (epoch ms).
+    pub since_ms: i64,
+    /// Its hold ends then unless renewed (epoch ms).
+    pub until_ms: i64,
+}
+
+/// Every durable subscription of a log, by name. Cheap to clone.
+pub type SubscriptionCatalog = Arc<BTreeMap<String, SubscriptionState>>;
+
 /// The offsets one append took in a partition, both ends inclusive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OffsetRange {
@@ -127,6 +165,16 @@ pub trait Log: Send + Sync + 'static {
             "this log keeps no shared view catalog, so view {name} cannot be written to it"
         )))
     }
+
+    /// The durable subscriptions of the log's catalog, kept current.
+    fn subscriptions(&self) -> watch::Receiver<SubscriptionCatalog>;
+
+    /// Writes subscription `name`'s state into the catalog (`Some`), or removes it (`None`), and
+    /// returns once this node's catalog shows the change. Durable when it returns.
+    ///
+    /// # Errors
+    /// [`crate::Error::Unavailable`] when the catalog cannot be written.
+    async fn put_subscription(&self, name: &str, state: Option<&SubscriptionState>) -> Result<()>;
 
     /// Appends `events` to one partition, in order, and returns once they are durable.
     async fn append(

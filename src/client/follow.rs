@@ -1,5 +1,6 @@
 //! `strata replay STREAM --follow`: a subscription printed as NDJSON, reconnecting from the last
-//! cursor when the connection drops (a node restarted, or a cluster node went away).
+//! cursor when the connection drops (a node restarted, or a cluster node went away); and
+//! `strata subscribe NAME`, a durable subscription printed and acknowledged as it goes.
 
 use super::{Client, Error, ReplayArgs, Result, client_error};
 use std::io::Write;
@@ -48,7 +49,7 @@ impl Client {
                 }
                 Ok(resp) if resp.status().is_success() => {
                     failures = 0;
-                    match copy_events(resp, &mut cursor, out).await {
+                    match copy_events(resp, &mut cursor, out, None).await {
                         Ok(()) => "the server closed the subscription".to_owned(),
                         Err(e @ Error::Io { .. }) => return Err(e),
                         Err(e) => e.to_string(),
@@ -73,13 +74,75 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Consumes durable subscription `name`: prints each event line to `out` and acknowledges
+    /// the cursor of what it printed; reconnects (taking its own hold over) when the connection
+    /// drops. `takeover` replaces another live consumer at the start.
+    pub async fn subscribe(&self, name: &str, takeover: bool, out: &mut impl Write) -> Result<()> {
+        let mut cursor = None;
+        let (mut failures, mut takeover) = (0u32, takeover);
+        loop {
+            let sent = self
+                .http
+                .get(self.url(&format!("/v1/subscriptions/{name}/events")))
+                .query(&[("takeover", takeover.to_string())])
+                .send()
+                .await;
+            let why = match sent {
+                Ok(resp) if resp.status().is_client_error() => {
+                    return Self::check(resp).await.map(drop);
+                }
+                Ok(resp) if resp.status().is_success() => {
+                    failures = 0;
+                    match copy_events(resp, &mut cursor, out, Some((self, name))).await {
+                        Ok(()) => "the server closed the subscription".to_owned(),
+                        Err(e @ Error::Io { .. }) => return Err(e),
+                        Err(e) => e.to_string(),
+                    }
+                }
+                Ok(resp) => Self::check(resp)
+                    .await
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default(),
+                Err(e) => client_error(e).to_string(),
+            };
+            // The hold left behind is this consumer's own.
+            takeover = true;
+            failures += 1;
+            if failures > MAX_RECONNECTS {
+                return Err(Error::Request(format!(
+                    "gave up consuming {name} after {MAX_RECONNECTS} failed reconnections: {why}"
+                )));
+            }
+            eprintln!("strata: {why}; reconnecting in 1 s");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Acknowledges `cursor` for durable subscription `name`.
+    async fn ack(&self, name: &str, cursor: &str) -> Result<()> {
+        let resp = self
+            .http
+            .post(self.url(&format!("/v1/subscriptions/{name}/ack")))
+            .json(&serde_json::json!({ "cursor": cursor }))
+            .send()
+            .await
+            .map_err(client_error)?;
+        Self::check(resp).await.map(drop)
+    }
+}
+
 /// Writes the event lines of a subscription's answer to `out` as they come, keeping the last
-/// cursor seen (an event's or a heartbeat's).
+/// cursor seen (an event's or a heartbeat's); with `ack`, acknowledges it for that durable
+/// subscription once what it covers is written out.
 async fn copy_events(
     mut resp: reqwest::Response,
     cursor: &mut Option<String>,
     out: &mut impl Write,
+    ack: Option<(&Client, &str)>,
 ) -> Result<()> {
+    let mut acked: Option<String> = None;
     let mut pending: Vec<u8> = Vec::new();
     loop {
         let chunk = match resp.chunk().await {
@@ -109,6 +172,12 @@ async fn copy_events(
         }
         out.flush()
             .map_err(|e| Error::io("cannot write the output", e))?;
+        if let (Some((client, name)), Some(c)) = (ack, cursor.as_ref())
+            && acked.as_ref() != Some(c)
+        {
+            client.ack(name, c).await?;
+            acked = Some(c.clone());
+        }
     }
 }
 

@@ -11,6 +11,8 @@
 //! | `GET /v1/streams/{name}` | one stream |
 //! | `POST /v1/streams/{name}/events` | append NDJSON or a JSON array; answers once durable |
 //! | `GET /v1/streams/{name}/events` | replay stored events as NDJSON; with `follow=true` a subscription (NDJSON or SSE) |
+//! | `GET /v1/subscriptions`, `PUT`/`DELETE /v1/subscriptions/{name}` | durable subscriptions |
+//! | `GET /v1/subscriptions/{name}/events`, `POST /v1/subscriptions/{name}/ack` | their delivery and acknowledgements |
 //! | `POST /v1/sql` | SQL queries (JSON rows, or Arrow IPC when asked) and materialized view DDL |
 //! | `GET /v1/views` | materialized views with rows, applied offsets and lag |
 //! | `POST /v1/views/{name}/rebuild` | recompute a view; streams NDJSON progress lines |
@@ -24,6 +26,7 @@ mod middleware;
 mod replay;
 mod sql;
 mod streams;
+mod subscriptions;
 mod views;
 
 pub use error::status;
@@ -68,6 +71,16 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/streams/{name}/events",
             post(append::append).get(replay::replay),
         )
+        .route("/v1/subscriptions", get(subscriptions::list))
+        .route(
+            "/v1/subscriptions/{name}",
+            axum::routing::put(subscriptions::put).delete(subscriptions::delete),
+        )
+        .route(
+            "/v1/subscriptions/{name}/events",
+            get(subscriptions::events),
+        )
+        .route("/v1/subscriptions/{name}/ack", post(subscriptions::ack))
         .route("/v1/sql", post(sql::sql))
         .route("/v1/views", get(views::list))
         .route("/v1/views/{name}/rebuild", post(views::rebuild))

@@ -126,13 +126,6 @@ fn follow_request(
             None => Start::Beginning,
         },
     };
-    let heartbeat_ms: u64 =
-        param(params, "heartbeat_ms", "milliseconds (100 to 10000)")?.unwrap_or(10_000);
-    if !(100..=10_000).contains(&heartbeat_ms) {
-        return Err(Error::BadRequest(format!(
-            "`heartbeat_ms` must be between 100 and 10000, got {heartbeat_ms}"
-        )));
-    }
     Ok(FollowRequest {
         stream,
         partition: param(params, "partition", "a partition number")?,
@@ -140,8 +133,20 @@ fn follow_request(
         start,
         event_type: params.get("type").cloned(),
         filter: params.get("where").cloned(),
-        heartbeat: Duration::from_millis(heartbeat_ms),
+        heartbeat: heartbeat(params)?,
     })
+}
+
+/// `heartbeat_ms` of a subscription (default and at most 10 s).
+pub(super) fn heartbeat(params: &HashMap<String, String>) -> Result<Duration> {
+    let heartbeat_ms: u64 =
+        param(params, "heartbeat_ms", "milliseconds (100 to 10000)")?.unwrap_or(10_000);
+    if !(100..=10_000).contains(&heartbeat_ms) {
+        return Err(Error::BadRequest(format!(
+            "`heartbeat_ms` must be between 100 and 10000, got {heartbeat_ms}"
+        )));
+    }
+    Ok(Duration::from_millis(heartbeat_ms))
 }
 
 pub(super) async fn replay(

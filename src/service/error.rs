@@ -22,6 +22,9 @@ pub enum Error {
     /// No such resource (or endpoint).
     #[error("{0}")]
     NotFound(String),
+    /// It conflicts with what exists (a subscription consumed elsewhere, defined otherwise).
+    #[error("{0}")]
+    Conflict(String),
     /// A request over a configured size limit.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -94,6 +97,7 @@ impl Error {
         match self {
             Error::BadRequest(_) => Kind::Invalid,
             Error::NotFound(_) => Kind::NotFound,
+            Error::Conflict(_) => Kind::Conflict,
             Error::PayloadTooLarge(_) => Kind::TooLarge,
             Error::Timeout(_) => Kind::Timeout,
             Error::WrongRole(_) => Kind::WrongRole,

@@ -13,11 +13,13 @@
 //! | [`QueryService`] | SQL: `after` tokens, the time limit, grants checked on the plan |
 //! | [`ReplayService`] | replays stored events from the shards or straight from the log |
 //! | [`SubscribeService`] | follows a stream live from the shards, with resumable cursors |
+//! | [`DurableService`] | named durable subscriptions: acknowledged cursors, one consumer |
 //! | [`ViewService`] | lists materialized views and rebuilds them with progress |
 //! | [`ClusterService`] | this node's status and the cluster's partition map |
 
 mod append;
 mod cluster;
+mod durable;
 mod error;
 mod query;
 mod replay;
@@ -27,6 +29,7 @@ mod views;
 
 pub use append::{AppendService, BodyFormat, WriteTarget};
 pub use cluster::{ClusterNode, ClusterPartition, ClusterService, ClusterView};
+pub use durable::{ConsumerView, CreateSubscription, DurableService, LEASE, SubscriptionView};
 pub use error::{Error, Kind, Result};
 pub use query::{QueryRequest, QueryResult, QueryService, wait_applied};
 pub use replay::{Chunks, ReplayRequest, ReplayService, Source};
@@ -133,6 +136,8 @@ pub struct Services {
     pub replay: ReplayService,
     /// Subscriptions.
     pub subscribe: SubscribeService,
+    /// Named durable subscriptions.
+    pub durable: DurableService,
     /// Materialized views.
     pub views: ViewService,
     /// The cluster map.
@@ -150,6 +155,7 @@ impl Services {
             query: QueryService::new(parts.clone()),
             replay: ReplayService::new(parts.clone()),
             subscribe: SubscribeService::new(parts.clone()),
+            durable: DurableService::new(parts.clone(), SubscribeService::new(parts.clone())),
             views: ViewService::new(parts.clone()),
             cluster: ClusterService::new(parts.clone()),
             parts,

@@ -104,6 +104,44 @@ impl SubscribeService {
     /// Forbidden, a bad name, partition, cursor or filter, `from` without `partition`, an unknown
     /// stream, a node that can read no shards, `from=end` while no live node holds a partition.
     pub async fn follow(&self, who: &Principal, r: FollowRequest) -> Result<Deliveries> {
+        let prepared = self.prepare(who, &r).await?;
+        let watchers = match &prepared.reader {
+            Reader::Local(store) => prepared
+                .partitions
+                .iter()
+                .map(|&p| store.subscribe(&prepared.info.name, p))
+                .collect::<std::result::Result<_, _>>()?,
+            Reader::Cluster(_) => Vec::new(),
+        };
+        let follow = Follow {
+            fields: prepared.filter.is_some() && !prepared.info.fields.is_empty(),
+            reader: prepared.reader,
+            partitions: prepared.partitions,
+            key: r.key,
+            filter: prepared.filter,
+            cursor: prepared.cursor,
+            heartbeat: r.heartbeat.clamp(Duration::from_millis(100), MAX_HEARTBEAT),
+            watchers,
+        };
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(follow.run(tx));
+        Ok(rx)
+    }
+
+    /// The cursor `r` would start from, after the checks of [`SubscribeService::follow`].
+    ///
+    /// # Errors
+    /// As [`SubscribeService::follow`].
+    pub(super) async fn starting_cursor(
+        &self,
+        who: &Principal,
+        r: &FollowRequest,
+    ) -> Result<Cursor> {
+        Ok(self.prepare(who, r).await?.cursor)
+    }
+
+    /// Checks `r` and works out where it reads and starts.
+    async fn prepare(&self, who: &Principal, r: &FollowRequest) -> Result<Prepared> {
         who.authorize(Operation::Read(&r.stream))?;
         let name = stream_name(&r.stream)?;
         let parts = &self.parts;
@@ -117,7 +155,7 @@ impl SubscribeService {
                 )));
             }
         };
-        let partitions = partitions(&r, &info)?;
+        let partitions = partitions(r, &info)?;
         let filter = match (&r.event_type, &r.filter) {
             (None, None) => None,
             (event_type, filter) => parts.sql()?.event_filter(
@@ -129,26 +167,13 @@ impl SubscribeService {
         let cursor = self
             .start(&reader, &info, &partitions, &r.start, r.key.as_deref())
             .await?;
-        let watchers = match &reader {
-            Reader::Local(store) => partitions
-                .iter()
-                .map(|&p| store.subscribe(&name, p))
-                .collect::<std::result::Result<_, _>>()?,
-            Reader::Cluster(_) => Vec::new(),
-        };
-        let follow = Follow {
-            fields: filter.is_some() && !info.fields.is_empty(),
+        Ok(Prepared {
             reader,
+            info,
             partitions,
-            key: r.key,
             filter,
             cursor,
-            heartbeat: r.heartbeat.clamp(Duration::from_millis(100), MAX_HEARTBEAT),
-            watchers,
-        };
-        let (tx, rx) = mpsc::channel(2);
-        tokio::spawn(follow.run(tx));
-        Ok(rx)
+        })
     }
 
     /// The cursor a subscription starts from.
@@ -228,6 +253,15 @@ fn partitions(r: &FollowRequest, info: &StreamInfo) -> Result<Vec<u32>> {
 
 fn unavailable(message: String) -> Error {
     strata_views::Error::Unavailable(message).into()
+}
+
+/// A checked subscription, ready to run.
+struct Prepared {
+    reader: Reader,
+    info: StreamInfo,
+    partitions: Vec<u32>,
+    filter: Option<EventFilter>,
+    cursor: Cursor,
 }
 
 /// Where a subscription reads: this node's shards, or the holders' across the cluster.
@@ -362,6 +396,7 @@ impl Follow {
     async fn deliver(&mut self, tx: &mpsc::Sender<Result<Delivery>>) -> Result<()> {
         let base: Vec<usize> = schema::base_columns();
         let mut last_sent = Instant::now();
+        let mut silent = false;
         loop {
             for w in &mut self.watchers {
                 w.borrow_and_update();
@@ -399,6 +434,13 @@ impl Follow {
                         Some(f) => f.apply(&batch)?,
                         None => batch,
                     };
+                    let kept_last = (kept.num_rows() > 0).then(|| {
+                        kept.column(schema::OFFSET)
+                            .as_primitive::<Int64Type>()
+                            .value(kept.num_rows() - 1) as u64
+                    });
+                    // Events the filters dropped after the last one delivered.
+                    silent |= kept_last.is_none_or(|last| last + 1 < next);
                     if kept.num_rows() > 0 {
                         let events = Delivery::Events {
                             batch: kept.project(&base).map_err(strata_views::Error::from)?,
@@ -412,7 +454,10 @@ impl Follow {
                     self.cursor.offsets.insert(p, next);
                 }
             }
-            if last_sent.elapsed() >= self.heartbeat {
+            // A heartbeat when quiet for its interval, and at once when caught up past events
+            // the filters dropped, so that the client's cursor covers them.
+            if last_sent.elapsed() >= self.heartbeat || (silent && !read_any) {
+                silent = false;
                 if tx
                     .send(Ok(Delivery::Heartbeat(self.cursor.clone())))
                     .await

@@ -3,6 +3,7 @@
 //! Layout under its directory:
 //! ```text
 //! catalog.json                  streams and their partition counts
+//! subscriptions.json            durable subscriptions and their acknowledged cursors
 //! <stream>/<partition>/<base>.log   segments of checksummed frames (see [`frame`])
 //! <stream>/<partition>/<base>.idx   sparse index of a sealed segment
 //! ```
@@ -14,6 +15,7 @@
 pub mod frame;
 mod partition;
 pub mod segment;
+mod subscriptions;
 
 pub use partition::EmbeddedReader;
 
@@ -69,6 +71,7 @@ pub struct EmbeddedLog {
     create: tokio::sync::Mutex<()>,
     /// Partitions whose retention waits for the shards (logged once when that starts).
     retention_held: parking_lot::Mutex<HashSet<(StreamName, u32)>>,
+    subscriptions: Arc<subscriptions::Subscriptions>,
 }
 
 impl EmbeddedLog {
@@ -98,6 +101,7 @@ impl EmbeddedLog {
             catalog,
             create: tokio::sync::Mutex::new(()),
             retention_held: parking_lot::Mutex::new(HashSet::new()),
+            subscriptions: Arc::new(subscriptions::Subscriptions::open(dir)?),
         })
     }
 
@@ -174,21 +178,9 @@ impl EmbeddedLog {
         let file = CatalogFile {
             streams: catalog.values().cloned().collect(),
         };
-        let path = self.dir.join("catalog.json");
-        let at = |e| Error::io(path.display().to_string(), e);
         let bytes = serde_json::to_vec_pretty(&file)
             .map_err(|e| Error::Corrupt(format!("catalog does not serialize: {e}")))?;
-        let tmp = path.with_extension("json.tmp");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(at)?;
-            f.write_all(&bytes).map_err(at)?;
-            f.sync_all().map_err(at)?;
-        }
-        std::fs::rename(&tmp, &path).map_err(at)?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(at)
+        subscriptions::write_atomically(&self.dir.join("catalog.json"), &bytes)
     }
 }
 
@@ -210,6 +202,23 @@ fn open_partitions(
 impl Log for EmbeddedLog {
     fn preload_ids(&self) -> bool {
         true
+    }
+
+    fn subscriptions(&self) -> watch::Receiver<strata_proto::SubscriptionCatalog> {
+        self.subscriptions.watch()
+    }
+
+    async fn put_subscription(
+        &self,
+        name: &str,
+        state: Option<&strata_proto::SubscriptionState>,
+    ) -> Result<()> {
+        // A small file, but written with two fsyncs: off the async threads.
+        let (subscriptions, name, state) =
+            (self.subscriptions.clone(), name.to_owned(), state.cloned());
+        tokio::task::spawn_blocking(move || subscriptions.put(&name, state.as_ref()))
+            .await
+            .map_err(|e| Error::Unavailable(format!("writing subscriptions failed: {e}")))?
     }
 
     fn has_retention(&self) -> bool {

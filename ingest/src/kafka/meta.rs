@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use strata_proto::{Catalog, Error, NodeStatus, SharedView, StreamInfo, StreamName, ViewCatalog};
+use strata_proto::{
+    Catalog, Error, NodeStatus, SharedView, StreamInfo, StreamName, SubscriptionCatalog,
+    SubscriptionState, ViewCatalog,
+};
 use tokio::sync::watch;
 
 /// Keys of marker records start with this; they are tombstones and never entries.
@@ -26,10 +29,13 @@ const MARKER_PREFIX: &str = "__marker__/";
 /// Keys of materialized view definitions start with this (a stream name never has a `/`); a
 /// tombstone drops the view.
 pub(crate) const VIEW_PREFIX: &str = "__view__/";
+/// Keys of durable subscriptions start with this; a tombstone deletes the subscription.
+pub(crate) const SUBSCRIPTION_PREFIX: &str = "__subscription__/";
 
 pub(crate) struct Meta {
     catalog: watch::Receiver<Catalog>,
     views: watch::Receiver<ViewCatalog>,
+    subscriptions: watch::Receiver<SubscriptionCatalog>,
     loaded: watch::Receiver<bool>,
     nodes: Arc<Mutex<BTreeMap<String, NodeStatus>>>,
     stop: Arc<AtomicBool>,
@@ -41,6 +47,7 @@ impl Default for Meta {
         Self {
             catalog: watch::channel(Catalog::default()).1,
             views: watch::channel(ViewCatalog::default()).1,
+            subscriptions: watch::channel(SubscriptionCatalog::default()).1,
             loaded: watch::channel(false).1,
             nodes: Arc::default(),
             stop: Arc::default(),
@@ -87,6 +94,22 @@ fn apply_view(
     }
 }
 
+/// Applies a subscription's catalog record (a tombstone deletes it); whether anything changed.
+fn apply_subscription(
+    subscriptions: &mut BTreeMap<String, SubscriptionState>,
+    name: &str,
+    payload: Option<&[u8]>,
+) -> bool {
+    match payload.map(serde_json::from_slice::<SubscriptionState>) {
+        None => subscriptions.remove(name).is_some(),
+        Some(Ok(state)) => subscriptions.insert(name.to_owned(), state.clone()) != Some(state),
+        Some(Err(_)) => {
+            tracing::warn!(subscription = name, "ignoring an unreadable subscription");
+            false
+        }
+    }
+}
+
 impl Meta {
     /// Starts the reader thread.
     pub(crate) async fn start(config: &KafkaConfig, producer: EventProducer) -> Result<Self> {
@@ -127,6 +150,7 @@ impl Meta {
         let runtime = tokio::runtime::Handle::current();
         let (catalog_tx, catalog_rx) = watch::channel(Catalog::default());
         let (views_tx, views_rx) = watch::channel(ViewCatalog::default());
+        let (subscriptions_tx, subscriptions_rx) = watch::channel(SubscriptionCatalog::default());
         let (loaded_tx, loaded_rx) = watch::channel(false);
         let nodes: Arc<Mutex<BTreeMap<String, NodeStatus>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
@@ -140,6 +164,7 @@ impl Meta {
             nodes_topic,
             catalog_tx,
             views_tx,
+            subscriptions_tx,
             loaded_tx,
             nodes: nodes.clone(),
             stop: stop.clone(),
@@ -151,6 +176,7 @@ impl Meta {
         Ok(Self {
             catalog: catalog_rx,
             views: views_rx,
+            subscriptions: subscriptions_rx,
             loaded: loaded_rx,
             nodes,
             stop,
@@ -178,6 +204,10 @@ impl Meta {
         self.views.clone()
     }
 
+    pub(crate) fn subscriptions(&self) -> watch::Receiver<SubscriptionCatalog> {
+        self.subscriptions.clone()
+    }
+
     pub(crate) fn nodes(&self) -> BTreeMap<String, NodeStatus> {
         self.nodes.lock().clone()
     }
@@ -202,6 +232,7 @@ struct Reader {
     nodes_topic: String,
     catalog_tx: watch::Sender<Catalog>,
     views_tx: watch::Sender<ViewCatalog>,
+    subscriptions_tx: watch::Sender<SubscriptionCatalog>,
     loaded_tx: watch::Sender<bool>,
     nodes: Arc<Mutex<BTreeMap<String, NodeStatus>>>,
     stop: Arc<AtomicBool>,
@@ -211,12 +242,14 @@ impl Reader {
     fn run(self) {
         let mut catalog: BTreeMap<StreamName, StreamInfo> = BTreeMap::new();
         let mut views: BTreeMap<String, SharedView> = BTreeMap::new();
+        let mut subscriptions: BTreeMap<String, SubscriptionState> = BTreeMap::new();
         let mut last_discovery = Instant::now();
         let mut unlisted: HashSet<String> = HashSet::new();
         let refresh = Duration::from_millis(self.config.refresh_ms.max(100));
         while !self.stop.load(Ordering::Relaxed) {
             let mut changed = false;
             let mut views_changed = false;
+            let mut subscriptions_changed = false;
             let mut wait = Duration::from_millis(100);
             for _ in 0..10_000 {
                 let Some(message) = self.consumer.poll(wait) else {
@@ -246,6 +279,11 @@ impl Reader {
                         views_changed |= apply_view(&mut views, name, message.payload());
                         continue;
                     }
+                    if let Some(name) = key.strip_prefix(SUBSCRIPTION_PREFIX) {
+                        subscriptions_changed |=
+                            apply_subscription(&mut subscriptions, name, message.payload());
+                        continue;
+                    }
                     let Some(payload) = message.payload() else {
                         continue;
                     };
@@ -271,6 +309,10 @@ impl Reader {
             }
             if views_changed {
                 self.views_tx.send_replace(Arc::new(views.clone()));
+            }
+            if subscriptions_changed {
+                self.subscriptions_tx
+                    .send_replace(Arc::new(subscriptions.clone()));
             }
             if *self.loaded_tx.borrow() && last_discovery.elapsed() >= refresh {
                 last_discovery = Instant::now();

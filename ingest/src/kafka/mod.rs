@@ -30,7 +30,7 @@ use std::time::Duration;
 use strata_proto::fields::merge_fields;
 use strata_proto::{
     Catalog, Error, Event, FieldSpec, Log, LogReader, NodeStatus, OffsetRange, SharedView,
-    StreamInfo, StreamName, ViewCatalog,
+    StreamInfo, StreamName, SubscriptionCatalog, SubscriptionState, ViewCatalog,
 };
 use tokio::sync::watch;
 
@@ -442,6 +442,36 @@ impl strata_proto::Membership for KafkaLog {
     }
 }
 
+impl KafkaLog {
+    /// Writes `value` (a tombstone when `None`) under `key` in the catalog topic and waits until
+    /// this node's reader shows it (`shown` holds on `rx`).
+    async fn put_entry<T>(
+        &self,
+        key: &str,
+        value: Option<Vec<u8>>,
+        mut rx: watch::Receiver<T>,
+        shown: impl Fn(&T) -> bool,
+        what: &str,
+    ) -> strata_proto::Result<()> {
+        delivery::send_one(
+            &self.producer,
+            &self.config.catalog_topic(),
+            0,
+            Some(key),
+            value.as_deref(),
+            None,
+            self.config.timeout(),
+        )
+        .await?;
+        match tokio::time::timeout(self.config.timeout(), rx.wait_for(|v| shown(v))).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::Unavailable(format!(
+                "{what} was written but not read back in time"
+            ))),
+        }
+    }
+}
+
 #[async_trait]
 impl Log for KafkaLog {
     async fn create_stream(
@@ -525,24 +555,35 @@ impl Log for KafkaLog {
             .transpose()
             .map_err(|e| Error::Unavailable(format!("cannot encode view {name}: {e}")))?;
         let key = format!("{}{name}", meta::VIEW_PREFIX);
-        delivery::send_one(
-            &self.producer,
-            &self.config.catalog_topic(),
-            0,
-            Some(&key),
-            value.as_deref(),
-            None,
-            self.config.timeout(),
+        let what = format!("the definition of view {name}");
+        self.put_entry(
+            &key,
+            value,
+            self.meta.views(),
+            |views| views.get(name) == def,
+            &what,
         )
-        .await?;
-        let mut rx = self.meta.views();
-        let wait = rx.wait_for(|views| views.get(name) == def);
-        match tokio::time::timeout(self.config.timeout(), wait).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(Error::Unavailable(format!(
-                "the definition of view {name} was written but not read back in time"
-            ))),
-        }
+        .await
+    }
+
+    fn subscriptions(&self) -> watch::Receiver<SubscriptionCatalog> {
+        self.meta.subscriptions()
+    }
+
+    async fn put_subscription(
+        &self,
+        name: &str,
+        state: Option<&SubscriptionState>,
+    ) -> strata_proto::Result<()> {
+        let value = state
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| Error::Unavailable(format!("cannot encode subscription {name}: {e}")))?;
+        let key = format!("{}{name}", meta::SUBSCRIPTION_PREFIX);
+        let what = format!("subscription {name}");
+        let wanted = |all: &SubscriptionCatalog| all.get(name) == state;
+        self.put_entry(&key, value, self.meta.subscriptions(), wanted, &what)
+            .await
     }
 
     async fn append(
