@@ -388,30 +388,44 @@ fn a_cluster_subscription_resumes_on_another_node_after_its_node_dies() {
     };
     create_stream(cluster.ingest(), "orders", 4);
     append_range(cluster.ingest(), "orders", 0..200);
-    // Once every partition is served, a subscription on the first store node gets them all.
+    // Once every partition is served, a subscription on a store node holding some of them gets
+    // them all; that node (the victim) dies, another store node (the survivor) takes over.
     eventually("every partition served", || {
         let (status, body) = sql(&cluster.nodes[1], "SELECT count(*) AS n FROM orders");
         (status == 200 && body[0]["n"] == 200).then_some(())
     });
+    let (_, map) = crate::cluster::http_json(cluster.ingest(), None, "/v1/cluster");
+    let victim = (1..=3)
+        .find(|i| {
+            map["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["stream"] == "orders" && p["node"] == format!("s{i}").as_str())
+        })
+        .expect("a store node holding orders");
+    let survivor = if victim == 1 { 2 } else { 1 };
     let first = Follower::start(
-        &follow_url(&cluster.nodes[1], "orders", "heartbeat_ms=500"),
+        &follow_url(&cluster.nodes[victim], "orders", "heartbeat_ms=500"),
         &[],
     );
     let (mut seen, _) = first.events(150);
     let cursor = seen.last().unwrap()["cursor"].as_str().unwrap().to_owned();
     drop(first);
-    cluster.nodes[1].kill9();
+    cluster.nodes[victim].kill9();
     append_range(cluster.ingest(), "orders", 200..300);
     // Through another store node, then through the ingest node (which holds nothing itself).
     let second = Follower::start(
         &follow_url(
-            &cluster.nodes[2],
+            &cluster.nodes[survivor],
             "orders",
             &format!("cursor={cursor}&heartbeat_ms=500"),
         ),
         &[],
     );
+    let resumed = Instant::now();
     let (rest, beats) = second.events(100);
+    let resumed = resumed.elapsed();
     seen.extend(rest);
     let cursor = seen.last().unwrap()["cursor"].as_str().unwrap().to_owned();
     drop(second);
@@ -427,9 +441,72 @@ fn a_cluster_subscription_resumes_on_another_node_after_its_node_dies() {
     assert_eq!(unique.len(), ns.len(), "duplicates");
     assert_eq!(unique, (0..320).collect());
     eprintln!(
-        "cluster subscription: resumed on another node after a kill -9, {} heartbeats while the partitions moved",
+        "cluster subscription: resumed on another node after a kill -9: the 150 events it had not seen in {resumed:?}, {} heartbeats meanwhile",
         beats.len()
     );
+
+    // A durable subscription made on one node is served and acknowledged on others (its state
+    // is in the catalog topic).
+    let others: Vec<usize> = (1..=3).filter(|&i| i != victim).collect();
+    let (ingest, s2, s3) = (
+        cluster.ingest(),
+        &cluster.nodes[others[0]],
+        &cluster.nodes[others[1]],
+    );
+    let created = http()
+        .put(ingest.url("/v1/subscriptions/audit"))
+        .json(&json!({"stream": "orders", "type": "refund"}))
+        .send()
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let consumer = Follower::start(&s2.url("/v1/subscriptions/audit/events"), &[]);
+    let (refunds, _) = consumer.events(20);
+    assert!(refunds.iter().all(|e| e["type"] == "refund"));
+    let cursor = refunds.last().unwrap()["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let acked = http()
+        .post(s3.url("/v1/subscriptions/audit/ack"))
+        .json(&json!({ "cursor": cursor }))
+        .send()
+        .unwrap();
+    assert_eq!(acked.status().as_u16(), 200);
+    eventually("the acknowledgement seen from the ingest node", || {
+        let all: Vec<Value> = http()
+            .get(ingest.url("/v1/subscriptions"))
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        (all[0]["cursor"] == cursor.as_str() && all[0]["consumer"].is_object()).then_some(())
+    });
+    let refused = http()
+        .get(s3.url("/v1/subscriptions/audit/events"))
+        .send()
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 409, "one consumer across nodes");
+    drop(consumer);
+
+    // A view followed through the ingest node (which holds no partition) merges every holder.
+    let (status, body) = crate::cluster::query(
+        ingest,
+        None,
+        "CREATE MATERIALIZED VIEW by_type AS SELECT type, count(*) AS n FROM orders GROUP BY 1",
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    let view = Follower::start(
+        &ingest.url("/v1/views/by_type/changes?follow=true&heartbeat_ms=500"),
+        &[],
+    );
+    let total = eventually("the view's rows, complete", || {
+        let line = view.line(Duration::from_secs(5))?;
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert!(v.get("error").is_none(), "{v}");
+        (v["row"]["type"] == "order").then(|| v["row"]["n"].as_u64().unwrap())
+    });
+    assert!(total <= 320 - 320 / 3);
 }
 
 /// The resident set of `pid` now, in bytes (`VmRSS`).
@@ -504,4 +581,89 @@ fn a_slow_reader_with_a_million_pending_events_keeps_server_memory_bounded() {
     eventually("the subscription to end", || {
         (subscriptions_gauge(&server) == 0.0).then_some(())
     });
+}
+
+/// `GET /v1/views/{name}/changes?follow=true`: the view's rows, then only the rows a commit
+/// changed, each with the cursor it reflects.
+#[test]
+fn a_followed_view_sends_its_rows_then_each_change() {
+    for backend in backends() {
+        let (_tmp, dir) = data_dir();
+        let server = Server::start(backend, &dir, "");
+        create_stream(&server, "orders", 2);
+        append_range(&server, "orders", 0..20);
+        let (status, body) = sql(
+            &server,
+            "CREATE MATERIALIZED VIEW by_country AS SELECT json_get_str(data, 'country') AS country, count(*) AS n FROM orders GROUP BY 1",
+        );
+        assert_eq!(status, 200, "{body}");
+        let url = server.url("/v1/views/by_country/changes?follow=true&heartbeat_ms=300");
+        let follower = Follower::start(&url, &[]);
+        let next_rows = |want: usize| -> Vec<Value> {
+            let mut rows = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while rows.len() < want {
+                let line = follower
+                    .line(deadline.saturating_duration_since(Instant::now()))
+                    .expect("view changes");
+                let v: Value = serde_json::from_str(&line).unwrap();
+                assert!(v.get("error").is_none(), "{v}");
+                assert!(
+                    v["cursor"].as_str().unwrap().starts_with("v1.orders."),
+                    "{v}"
+                );
+                if v.get("row").is_some() {
+                    rows.push(v["row"].clone());
+                }
+            }
+            rows
+        };
+        let mut first = next_rows(2);
+        first.sort_by_key(|r| r["country"].as_str().unwrap().to_owned());
+        assert_eq!(
+            first,
+            vec![
+                json!({"country": "DE", "n": 10}),
+                json!({"country": "NL", "n": 10})
+            ],
+            "{backend:?}"
+        );
+        // Only the group a commit touched comes again.
+        append_ok(
+            &server,
+            "orders",
+            "{\"data\": {\"country\": \"FR\", \"n\": 100}}\n",
+        );
+        assert_eq!(
+            next_rows(1),
+            vec![json!({"country": "FR", "n": 1})],
+            "{backend:?}"
+        );
+        append_range(&server, "orders", 20..23);
+        let rows = eventually("NL at 12 and DE at 11", || {
+            let row = next_rows(1).pop()?;
+            assert_ne!(row["country"], "FR", "an unchanged row came again");
+            Some(row)
+        });
+        let mut latest: BTreeMap<String, Value> = BTreeMap::from([(
+            rows["country"].as_str().unwrap().to_owned(),
+            rows["n"].clone(),
+        )]);
+        while latest.get("NL") != Some(&json!(12)) || latest.get("DE") != Some(&json!(11)) {
+            let row = next_rows(1).pop().unwrap();
+            assert_ne!(row["country"], "FR", "an unchanged row came again");
+            latest.insert(
+                row["country"].as_str().unwrap().to_owned(),
+                row["n"].clone(),
+            );
+        }
+
+        for (path, status) in [
+            ("/v1/views/nowhere/changes?follow=true", 404),
+            ("/v1/views/by_country/changes", 400),
+        ] {
+            let resp = http().get(server.url(path)).send().unwrap();
+            assert_eq!(resp.status().as_u16(), status, "{path}");
+        }
+    }
 }

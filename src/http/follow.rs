@@ -2,7 +2,7 @@
 //! a heartbeat as a line with only the cursor) or Server-Sent Events (the cursor is each event's
 //! `id`, so an `EventSource` resumes by itself with `Last-Event-ID`).
 
-use crate::service::{Cursor, Deliveries, Delivery};
+use crate::service::{Cursor, Deliveries, Delivery, ViewDeliveries, ViewDelivery};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
@@ -41,6 +41,19 @@ impl Framing {
 /// The streamed answer of a subscription. A failure after the first delivery ends the body with
 /// one last line saying why (NDJSON `{"error": …}`, SSE `event: error`).
 pub fn respond(framing: Framing, deliveries: Deliveries) -> Response {
+    respond_with(framing, deliveries, encode)
+}
+
+/// The streamed answer of a followed view: lines `{"row": {…}, "cursor": C}`.
+pub fn respond_view(framing: Framing, deliveries: ViewDeliveries) -> Response {
+    respond_with(framing, deliveries, encode_view)
+}
+
+fn respond_with<T: Send + 'static>(
+    framing: Framing,
+    deliveries: tokio::sync::mpsc::Receiver<crate::service::Result<T>>,
+    encode: fn(Framing, T, &mut Vec<u8>),
+) -> Response {
     let body = ReceiverStream::new(deliveries).map(move |delivery| {
         let mut out = Vec::new();
         match delivery {
@@ -59,6 +72,40 @@ pub fn respond(framing: Framing, deliveries: Deliveries) -> Response {
         Body::from_stream(body),
     )
         .into_response()
+}
+
+/// Appends a followed view's `delivery` to `out`: each row as `{"row": {…}, "cursor": C}`.
+pub fn encode_view(framing: Framing, delivery: ViewDelivery, out: &mut Vec<u8>) {
+    match delivery {
+        ViewDelivery::Rows { batch, cursor } => {
+            let mut lines = Vec::new();
+            let mut writer = arrow::json::LineDelimitedWriter::new(&mut lines);
+            if let Err(e) = writer.write(&batch).and_then(|()| writer.finish()) {
+                encode_error(
+                    framing,
+                    &format!("a row could not be written as JSON: {e}"),
+                    out,
+                );
+                return;
+            }
+            for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                if framing == Framing::Sse {
+                    out.extend_from_slice(b"id: ");
+                    write_cursor(&cursor, out);
+                    out.extend_from_slice(b"\ndata: ");
+                }
+                out.extend_from_slice(b"{\"row\":");
+                out.extend_from_slice(line);
+                out.extend_from_slice(b",\"cursor\":\"");
+                write_cursor(&cursor, out);
+                out.extend_from_slice(b"\"}\n");
+                if framing == Framing::Sse {
+                    out.push(b'\n');
+                }
+            }
+        }
+        ViewDelivery::Heartbeat(cursor) => encode(framing, Delivery::Heartbeat(cursor), out),
+    }
 }
 
 /// Appends `delivery` to `out`.

@@ -15,6 +15,7 @@
 //! | `GET /v1/subscriptions/{name}/events`, `POST /v1/subscriptions/{name}/ack` | their delivery and acknowledgements |
 //! | `POST /v1/sql` | SQL queries (JSON rows, or Arrow IPC when asked) and materialized view DDL |
 //! | `GET /v1/views` | materialized views with rows, applied offsets and lag |
+//! | `GET /v1/views/{name}/changes?follow=true` | a view's rows, then each row as it changes |
 //! | `POST /v1/views/{name}/rebuild` | recompute a view; streams NDJSON progress lines |
 //! | `GET /v1/cluster` | the nodes, the partitions each holds, and their lag |
 
@@ -84,6 +85,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/sql", post(sql::sql))
         .route("/v1/views", get(views::list))
         .route("/v1/views/{name}/rebuild", post(views::rebuild))
+        .route("/v1/views/{name}/changes", get(views::changes))
         .route("/v1/cluster", get(cluster::cluster))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(

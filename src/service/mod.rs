@@ -14,6 +14,7 @@
 //! | [`ReplayService`] | replays stored events from the shards or straight from the log |
 //! | [`SubscribeService`] | follows a stream live from the shards, with resumable cursors |
 //! | [`DurableService`] | named durable subscriptions: acknowledged cursors, one consumer |
+//! | [`ViewChangesService`] | a materialized view's rows as they change |
 //! | [`ViewService`] | lists materialized views and rebuilds them with progress |
 //! | [`ClusterService`] | this node's status and the cluster's partition map |
 
@@ -25,6 +26,7 @@ mod query;
 mod replay;
 mod streams;
 mod subscribe;
+mod view_changes;
 mod views;
 
 pub use append::{AppendService, BodyFormat, WriteTarget};
@@ -38,6 +40,7 @@ pub use subscribe::{
     CLUSTER_POLL, Cursor, Deliveries, Delivery, FollowRequest, MAX_HEARTBEAT, READ_ROWS, Start,
     SubscribeService,
 };
+pub use view_changes::{MAX_VIEW_ROWS, ViewChangesService, ViewDeliveries, ViewDelivery};
 pub use views::{RebuildEvent, ViewService};
 
 use crate::config::{Limits, Role};
@@ -138,6 +141,8 @@ pub struct Services {
     pub subscribe: SubscribeService,
     /// Named durable subscriptions.
     pub durable: DurableService,
+    /// Materialized views' changes, followed.
+    pub view_changes: ViewChangesService,
     /// Materialized views.
     pub views: ViewService,
     /// The cluster map.
@@ -156,6 +161,7 @@ impl Services {
             replay: ReplayService::new(parts.clone()),
             subscribe: SubscribeService::new(parts.clone()),
             durable: DurableService::new(parts.clone(), SubscribeService::new(parts.clone())),
+            view_changes: ViewChangesService::new(parts.clone(), QueryService::new(parts.clone())),
             views: ViewService::new(parts.clone()),
             cluster: ClusterService::new(parts.clone()),
             parts,
