@@ -357,7 +357,7 @@ fn the_cli_follows_and_reconnects_from_its_cursor_after_a_kill() {
         let (mut seen, beats) = cli.events(5);
         assert!(beats.is_empty(), "heartbeats are not printed: {beats:?}");
         server.kill9();
-        append_range(&server_after(&mut server), "orders", 10..20);
+        append_range(server_after(&mut server), "orders", 10..20);
         let (rest, _) = cli.events(5);
         seen.extend(rest);
         let mut ns = ns_in_order(&seen);

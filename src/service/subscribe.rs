@@ -474,23 +474,26 @@ impl Follow {
             tokio::select! {
                 _ = tx.closed() => return Ok(()),
                 _ = tokio::time::sleep(quiet.min(MOVING_RETRY)), if moving => {}
-                _ = changed(&mut self.watchers, quiet), if !moving => {}
+                _ = changed(&mut self.watchers, quiet, CLUSTER_POLL), if !moving => {}
             }
         }
     }
 }
 
 /// Waits until one of `watchers` moves, or `quiet` has passed; without watchers (a cluster),
-/// [`CLUSTER_POLL`] at most.
-async fn changed(watchers: &mut [watch::Receiver<u64>], quiet: Duration) {
+/// `poll` at most.
+pub(super) async fn changed(
+    watchers: &mut [watch::Receiver<u64>],
+    quiet: Duration,
+    poll: Duration,
+) {
     if watchers.is_empty() {
-        tokio::time::sleep(quiet.min(CLUSTER_POLL)).await;
+        tokio::time::sleep(quiet.min(poll)).await;
         return;
     }
     let any = futures::future::select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
-    match tokio::time::timeout(quiet, any).await {
-        // A shard that went away (the node is stopping): do not spin.
-        Ok((Err(_), _, _)) => tokio::time::sleep(quiet.min(CLUSTER_POLL)).await,
-        Ok(_) | Err(_) => {}
+    // A shard that went away (the node is stopping): do not spin.
+    if let Ok((Err(_), _, _)) = tokio::time::timeout(quiet, any).await {
+        tokio::time::sleep(quiet.min(poll)).await;
     }
 }

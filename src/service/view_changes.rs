@@ -6,7 +6,7 @@
 //! the view has applied that position, and sends the rows whose content is new. Only a hash of
 //! each row is kept between refreshes, so a follower holds 8 bytes per group of server memory.
 
-use super::subscribe::{CLUSTER_POLL, Cursor, MAX_HEARTBEAT, MOVING_RETRY};
+use super::subscribe::{CLUSTER_POLL, Cursor, MAX_HEARTBEAT, MOVING_RETRY, changed};
 use super::{Error, Kind, Parts, QueryRequest, QueryService, Result, streams::stored_offsets};
 use crate::auth::{Operation, Principal};
 use arrow::array::{BooleanArray, RecordBatch};
@@ -199,7 +199,7 @@ impl ViewFollower {
             tokio::select! {
                 _ = tx.closed() => return Ok(()),
                 _ = tokio::time::sleep(quiet.min(MOVING_RETRY)), if moving => {}
-                _ = wait(&mut watchers, quiet), if !moving => {}
+                _ = changed(&mut watchers, quiet, CLUSTER_POLL * 5), if !moving => {}
             }
             // A partition changing hands is waited out, with heartbeats meanwhile.
             let read = match self.position() {
@@ -250,18 +250,6 @@ impl ViewFollower {
                 .collect(),
             _ => Vec::new(),
         }
-    }
-}
-
-/// Waits for a commit of the stream (or [`CLUSTER_POLL`] without watchers), at most `quiet`.
-async fn wait(watchers: &mut [tokio::sync::watch::Receiver<u64>], quiet: Duration) {
-    if watchers.is_empty() {
-        tokio::time::sleep(quiet.min(CLUSTER_POLL * 5)).await;
-        return;
-    }
-    let any = futures::future::select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
-    if let Ok((Err(_), _, _)) = tokio::time::timeout(quiet, any).await {
-        tokio::time::sleep(quiet.min(CLUSTER_POLL)).await;
     }
 }
 
