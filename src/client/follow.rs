@@ -42,34 +42,8 @@ impl Client {
                 .query(&asked)
                 .send()
                 .await;
-            let why = match sent {
-                // Refused (a bad parameter, rights): retrying would not help.
-                Ok(resp) if resp.status().is_client_error() => {
-                    return Self::check(resp).await.map(drop);
-                }
-                Ok(resp) if resp.status().is_success() => {
-                    failures = 0;
-                    match copy_events(resp, &mut cursor, out, None).await {
-                        Ok(()) => "the server closed the subscription".to_owned(),
-                        Err(e @ Error::Io { .. }) => return Err(e),
-                        Err(e) => e.to_string(),
-                    }
-                }
-                Ok(resp) => Self::check(resp)
-                    .await
-                    .err()
-                    .map(|e| e.to_string())
-                    .unwrap_or_default(),
-                Err(e) => client_error(e).to_string(),
-            };
-            failures += 1;
-            if failures > MAX_RECONNECTS {
-                return Err(Error::Request(format!(
-                    "gave up following {stream} after {MAX_RECONNECTS} failed reconnections: {why}"
-                )));
-            }
-            eprintln!("strata: {why}; reconnecting in 1 s");
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            let why = connection(sent, &mut cursor, out, None, &mut failures).await?;
+            reconnect(&mut failures, &format!("following {stream}"), why).await?;
         }
     }
 }
@@ -88,35 +62,10 @@ impl Client {
                 .query(&[("takeover", takeover.to_string())])
                 .send()
                 .await;
-            let why = match sent {
-                Ok(resp) if resp.status().is_client_error() => {
-                    return Self::check(resp).await.map(drop);
-                }
-                Ok(resp) if resp.status().is_success() => {
-                    failures = 0;
-                    match copy_events(resp, &mut cursor, out, Some((self, name))).await {
-                        Ok(()) => "the server closed the subscription".to_owned(),
-                        Err(e @ Error::Io { .. }) => return Err(e),
-                        Err(e) => e.to_string(),
-                    }
-                }
-                Ok(resp) => Self::check(resp)
-                    .await
-                    .err()
-                    .map(|e| e.to_string())
-                    .unwrap_or_default(),
-                Err(e) => client_error(e).to_string(),
-            };
+            let why = connection(sent, &mut cursor, out, Some((self, name)), &mut failures).await?;
             // The hold left behind is this consumer's own.
             takeover = true;
-            failures += 1;
-            if failures > MAX_RECONNECTS {
-                return Err(Error::Request(format!(
-                    "gave up consuming {name} after {MAX_RECONNECTS} failed reconnections: {why}"
-                )));
-            }
-            eprintln!("strata: {why}; reconnecting in 1 s");
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            reconnect(&mut failures, &format!("consuming {name}"), why).await?;
         }
     }
 
@@ -131,6 +80,51 @@ impl Client {
             .map_err(client_error)?;
         Self::check(resp).await.map(drop)
     }
+}
+
+/// One connection of a subscription: copies its events to `out` until it ends, and says why it
+/// ended (to reconnect); a refusal (4xx) or an output that cannot be written is an error.
+async fn connection(
+    sent: reqwest::Result<reqwest::Response>,
+    cursor: &mut Option<String>,
+    out: &mut impl Write,
+    ack: Option<(&Client, &str)>,
+    failures: &mut u32,
+) -> Result<String> {
+    Ok(match sent {
+        // Refused (a bad parameter, rights, another consumer): retrying would not help.
+        Ok(resp) if resp.status().is_client_error() => {
+            return Client::check(resp).await.map(|_| String::new());
+        }
+        Ok(resp) if resp.status().is_success() => {
+            *failures = 0;
+            match copy_events(resp, cursor, out, ack).await {
+                Ok(()) => "the server closed the subscription".to_owned(),
+                Err(e @ Error::Io { .. }) => return Err(e),
+                Err(e) => e.to_string(),
+            }
+        }
+        Ok(resp) => Client::check(resp)
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
+        Err(e) => client_error(e).to_string(),
+    })
+}
+
+/// Counts a failed connection and waits a second before the next, giving up after
+/// [`MAX_RECONNECTS`] in a row.
+async fn reconnect(failures: &mut u32, doing: &str, why: String) -> Result<()> {
+    *failures += 1;
+    if *failures > MAX_RECONNECTS {
+        return Err(Error::Request(format!(
+            "gave up {doing} after {MAX_RECONNECTS} failed reconnections: {why}"
+        )));
+    }
+    eprintln!("strata: {why}; reconnecting in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(())
 }
 
 /// Writes the event lines of a subscription's answer to `out` as they come, keeping the last

@@ -137,6 +137,16 @@ fn follow_request(
     })
 }
 
+/// Refuses a parameter not in `allowed`, with `hint` saying what to use.
+pub(super) fn only(params: &HashMap<String, String>, allowed: &[&str], hint: &str) -> Result<()> {
+    match params.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(unknown) => Err(Error::BadRequest(format!(
+            "unknown parameter `{unknown}`; {hint}"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// `heartbeat_ms` of a subscription (default and at most 10 s).
 pub(super) fn heartbeat(params: &HashMap<String, String>) -> Result<Duration> {
     let heartbeat_ms: u64 =

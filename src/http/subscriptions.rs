@@ -77,14 +77,11 @@ pub(super) async fn events(
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    if let Some(unknown) = params
-        .keys()
-        .find(|k| !["takeover", "heartbeat_ms"].contains(&k.as_str()))
-    {
-        return Err(Error::BadRequest(format!(
-            "unknown parameter `{unknown}`; use takeover and heartbeat_ms (the subscription says what to read)"
-        )));
-    }
+    super::replay::only(
+        &params,
+        &["takeover", "heartbeat_ms"],
+        "use takeover and heartbeat_ms (the subscription says what to read)",
+    )?;
     let takeover = match params.get("takeover").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,

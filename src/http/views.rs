@@ -42,14 +42,11 @@ pub(super) async fn changes(
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    if let Some(unknown) = params
-        .keys()
-        .find(|k| !["follow", "heartbeat_ms"].contains(&k.as_str()))
-    {
-        return Err(Error::BadRequest(format!(
-            "unknown parameter `{unknown}`; use follow=true and heartbeat_ms"
-        )));
-    }
+    super::replay::only(
+        &params,
+        &["follow", "heartbeat_ms"],
+        "use follow=true and heartbeat_ms",
+    )?;
     if params.get("follow").map(String::as_str) != Some("true") {
         return Err(Error::BadRequest(
             "a view's changes are followed: add follow=true (its rows now are `SELECT * FROM` the view)".into(),

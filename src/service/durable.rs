@@ -360,6 +360,16 @@ impl Held {
         self.release().await;
     }
 
+    /// The subscription's state as this node's catalog has it now.
+    fn current(&self) -> Option<SubscriptionState> {
+        self.parts
+            .log
+            .subscriptions()
+            .borrow()
+            .get(&self.name)
+            .cloned()
+    }
+
     fn holds(&self, all: &strata_proto::SubscriptionCatalog) -> bool {
         all.get(&self.name)
             .and_then(|s| s.consumer.as_ref())
@@ -369,13 +379,7 @@ impl Held {
     /// Extends the hold, unless another consumer has it.
     async fn renew(&self) -> Result<()> {
         let _one = self.writes.lock().await;
-        let current = self
-            .parts
-            .log
-            .subscriptions()
-            .borrow()
-            .get(&self.name)
-            .cloned();
+        let current = self.current();
         let Some(mut state) = current else {
             return Err(Error::NotFound(format!(
                 "subscription {} was deleted",
@@ -403,13 +407,7 @@ impl Held {
     /// Gives the hold up, if it is still this consumer's.
     async fn release(&self) {
         let _one = self.writes.lock().await;
-        let current = self
-            .parts
-            .log
-            .subscriptions()
-            .borrow()
-            .get(&self.name)
-            .cloned();
+        let current = self.current();
         if let Some(mut state) = current
             && state.consumer.as_ref().is_some_and(|c| c.id == self.id)
         {
