@@ -104,6 +104,14 @@ fn durable_subscriptions_deliver_from_the_acknowledged_cursor_to_one_consumer() 
         assert_eq!(info["cursor"], acked_at.as_str(), "{info}");
         assert!(info["consumer"]["node"].is_string(), "{info}");
         assert!(info["lag"].as_u64().unwrap() > 0, "{info}");
+        let metric = format!(
+            "strata_subscription_lag{{subscription=\"billing\"}} {}",
+            info["lag"]
+        );
+        assert!(
+            metrics_text(&server).lines().any(|l| l == metric),
+            "{metric} in /metrics"
+        );
         // An older cursor never moves it back.
         let (_, body) = ack(&server, "billing", got[1]["cursor"].as_str().unwrap());
         assert_eq!(body["cursor"], acked_at.as_str());
@@ -153,6 +161,12 @@ fn durable_subscriptions_deliver_from_the_acknowledged_cursor_to_one_consumer() 
         // after them (a heartbeat carries that cursor at once).
         crate::common::eventually("the CLI's acknowledgement", || {
             (listed(&server, "billing")["lag"] == 0).then_some(())
+        });
+        crate::common::eventually("the lag metric", || {
+            metrics_text(&server)
+                .lines()
+                .any(|l| l == "strata_subscription_lag{subscription=\"billing\"} 0")
+                .then_some(())
         });
         drop(cli);
         crate::common::eventually("the consumer to let go", || {

@@ -188,7 +188,7 @@ impl DurableService {
             event_type: s.event_type.clone(),
             filter: s.filter.clone(),
             cursor: s.cursor.clone(),
-            lag: self.lag(s),
+            lag: lag(&self.parts, s),
             consumer: s
                 .consumer
                 .as_ref()
@@ -199,18 +199,6 @@ impl DurableService {
                 }),
             created_ms: s.created_ms,
         }
-    }
-
-    /// Offsets stored past the acknowledged cursor.
-    fn lag(&self, s: &SubscriptionState) -> Option<u64> {
-        let info = self.parts.stream_info(&s.stream).ok()?;
-        let acked: Cursor = s.cursor.parse().ok()?;
-        let stored = stored_offsets(&self.parts, &info).ok()?;
-        (0..info.partitions).try_fold(0u64, |lag, p| {
-            let end = stored.get(p as usize).copied().flatten()?;
-            let at = acked.offsets.get(&p).copied().unwrap_or(0);
-            Some(lag + end.saturating_sub(at))
-        })
     }
 
     /// Moves subscription `name`'s acknowledged cursor to `cursor` (partitions only ever move
@@ -234,6 +222,10 @@ impl DurableService {
         acked.merge(&given);
         latest.cursor = acked.to_string();
         self.parts.log.put_subscription(name, Some(&latest)).await?;
+        if let Some(lag) = lag(&self.parts, &latest) {
+            metrics::gauge!("strata_subscription_lag", "subscription" => name.to_owned())
+                .set(lag as f64);
+        }
         Ok(latest.cursor)
     }
 
@@ -296,6 +288,18 @@ impl DurableService {
     }
 }
 
+/// Offsets stored past a subscription's acknowledged cursor, over every partition.
+fn lag(parts: &Parts, s: &SubscriptionState) -> Option<u64> {
+    let info = parts.stream_info(&s.stream).ok()?;
+    let acked: Cursor = s.cursor.parse().ok()?;
+    let stored = stored_offsets(parts, &info).ok()?;
+    (0..info.partitions).try_fold(0u64, |lag, p| {
+        let end = stored.get(p as usize).copied().flatten()?;
+        let at = acked.offsets.get(&p).copied().unwrap_or(0);
+        Some(lag + end.saturating_sub(at))
+    })
+}
+
 /// A random id for a consumer's connection.
 fn consumer_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -324,6 +328,8 @@ impl Held {
     /// Forwards `inner` to `tx`, renewing the hold every third of [`LEASE`]; ends when the
     /// client goes away (and then releases the hold) or another consumer took over.
     async fn run(self, mut inner: Deliveries, tx: mpsc::Sender<Result<Delivery>>) {
+        let lag_gauge =
+            metrics::gauge!("strata_subscription_lag", "subscription" => self.name.clone());
         let mut catalog = self.parts.log.subscriptions();
         let mut renew = tokio::time::interval(LEASE / 3);
         renew.tick().await;
@@ -341,6 +347,9 @@ impl Held {
                     if let Err(e) = self.renew().await {
                         let _ = tx.send(Err(e)).await;
                         return;
+                    }
+                    if let Some(lag) = self.current().and_then(|s| lag(&self.parts, &s)) {
+                        lag_gauge.set(lag as f64);
                     }
                 }
                 changed = catalog.changed() => {
