@@ -24,6 +24,9 @@ use tokio::sync::mpsc;
 pub const MAX_VIEW_ROWS: usize = 1_000_000;
 /// The least time between two refreshes of a followed view.
 pub const MIN_REFRESH: Duration = Duration::from_millis(50);
+/// A follower waits this many times its last refresh's duration before the next, so that
+/// following a big view takes at most about a tenth of a core.
+pub const REFRESH_IDLE_FACTOR: u32 = 9;
 
 /// What following a view delivers.
 #[derive(Debug)]
@@ -194,6 +197,7 @@ impl ViewFollower {
         }
         let mut watchers = self.watchers();
         let mut moving = cursor.offsets.is_empty();
+        let mut cost = Duration::ZERO;
         loop {
             let quiet = self.heartbeat.saturating_sub(last_sent.elapsed());
             tokio::select! {
@@ -205,8 +209,11 @@ impl ViewFollower {
             let read = match self.position() {
                 Ok(now) if now == cursor => Ok(None),
                 Ok(_) => {
-                    tokio::time::sleep(MIN_REFRESH).await;
-                    self.refresh().await.map(Some)
+                    tokio::time::sleep(MIN_REFRESH.max(cost * REFRESH_IDLE_FACTOR)).await;
+                    let started = Instant::now();
+                    let read = self.refresh().await.map(Some);
+                    cost = started.elapsed();
+                    read
                 }
                 Err(e) => Err(e),
             };
