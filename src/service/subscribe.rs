@@ -405,6 +405,10 @@ impl Follow {
             for i in 0..self.partitions.len() {
                 let p = self.partitions[i];
                 let from = self.cursor.offsets.get(&p).copied().unwrap_or(0);
+                // This node's shard has stored nothing past the cursor: no read needed.
+                if self.watchers.get(i).is_some_and(|w| *w.borrow() <= from) {
+                    continue;
+                }
                 let read = self
                     .reader
                     .read(
