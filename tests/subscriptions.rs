@@ -258,6 +258,21 @@ fn subscription_filters_heartbeats_and_bad_requests() {
         });
         assert_eq!(beat.as_object().unwrap().len(), 1, "{beat}");
 
+        // A key's subscription reads its partition; the other keys' events move its cursor too.
+        let keyed = Follower::start(
+            &follow_url(&server, "orders", "key=k3&heartbeat_ms=200"),
+            &[],
+        );
+        let (mine, _) = keyed.events((0..30).filter(|i| i % 7 == 3).count());
+        assert!(mine.iter().all(|e| e["key"] == "k3"), "{mine:?}");
+        let p = mine[0]["partition"].as_u64().unwrap();
+        let stored = stream_info(&server, "orders")["offsets"][p as usize]["stored_offset"].clone();
+        eventually("the key's cursor at its partition's end", || {
+            let line = keyed.line(Duration::from_secs(2))?;
+            let v: Value = serde_json::from_str(&line).unwrap();
+            (v["cursor"] == format!("v1.orders.{p}-{stored}")).then_some(())
+        });
+
         // Refused before anything is delivered, with the reason.
         let other = "v1.payments.0-3";
         for (query, status, says) in [

@@ -27,6 +27,9 @@ pub const READ_ROWS: usize = 2048;
 pub const CLUSTER_POLL: Duration = Duration::from_millis(50);
 /// How often a subscription asks again for a partition that no live node serves (it moved).
 pub const MOVING_RETRY: Duration = Duration::from_millis(250);
+/// How soon after its last delivery a subscription that is caught up past events its filters
+/// dropped sends their cursor in a heartbeat (at most one such heartbeat per this interval).
+pub const SETTLE: Duration = Duration::from_millis(100);
 /// The longest a subscription stays silent: a heartbeat carries the cursor at least this often.
 pub const MAX_HEARTBEAT: Duration = Duration::from_secs(10);
 
@@ -406,7 +409,8 @@ impl Follow {
                 let p = self.partitions[i];
                 let from = self.cursor.offsets.get(&p).copied().unwrap_or(0);
                 // This node's shard has stored nothing past the cursor: no read needed.
-                if self.watchers.get(i).is_some_and(|w| *w.borrow() <= from) {
+                let stored = self.watchers.get(i).map(|w| *w.borrow());
+                if stored.is_some_and(|stored| stored <= from) {
                     continue;
                 }
                 let read = self
@@ -430,6 +434,14 @@ impl Follow {
                     }
                     Err(e) => return Err(e),
                 };
+                // Nothing for this subscription below what the shard had stored when the read
+                // began (other keys, records that are not events): the cursor moves past it.
+                if let Some(stored) = stored
+                    && batches.iter().all(|b| b.num_rows() == 0)
+                {
+                    self.cursor.offsets.insert(p, stored);
+                    continue;
+                }
                 for batch in batches.into_iter().filter(|b| b.num_rows() > 0) {
                     read_any = true;
                     let offsets = batch.column(schema::OFFSET).as_primitive::<Int64Type>();
@@ -458,9 +470,10 @@ impl Follow {
                     self.cursor.offsets.insert(p, next);
                 }
             }
-            // A heartbeat when quiet for its interval, and at once when caught up past events
-            // the filters dropped, so that the client's cursor covers them.
-            if last_sent.elapsed() >= self.heartbeat || (silent && !read_any) {
+            // A heartbeat when quiet for its interval, and soon (`SETTLE`) when caught up past
+            // events the filters dropped, so that the client's cursor covers them.
+            let settled = silent && !read_any && last_sent.elapsed() >= SETTLE;
+            if last_sent.elapsed() >= self.heartbeat || settled {
                 silent = false;
                 if tx
                     .send(Ok(Delivery::Heartbeat(self.cursor.clone())))
@@ -474,7 +487,10 @@ impl Follow {
             if read_any {
                 continue;
             }
-            let quiet = self.heartbeat.saturating_sub(last_sent.elapsed());
+            let mut quiet = self.heartbeat.saturating_sub(last_sent.elapsed());
+            if silent {
+                quiet = quiet.min(SETTLE.saturating_sub(last_sent.elapsed()));
+            }
             tokio::select! {
                 _ = tx.closed() => return Ok(()),
                 _ = tokio::time::sleep(quiet.min(MOVING_RETRY)), if moving => {}
