@@ -154,14 +154,18 @@ impl Services {
     /// The services of a node made of `parts`.
     pub fn new(parts: Parts) -> Self {
         let parts = Arc::new(parts);
+        let (query, subscribe) = (
+            QueryService::new(parts.clone()),
+            SubscribeService::new(parts.clone()),
+        );
         Self {
             streams: StreamService::new(parts.clone()),
             append: AppendService::new(parts.clone()),
-            query: QueryService::new(parts.clone()),
+            durable: DurableService::new(parts.clone(), subscribe.clone()),
+            view_changes: ViewChangesService::new(parts.clone(), query.clone()),
+            query,
             replay: ReplayService::new(parts.clone()),
-            subscribe: SubscribeService::new(parts.clone()),
-            durable: DurableService::new(parts.clone(), SubscribeService::new(parts.clone())),
-            view_changes: ViewChangesService::new(parts.clone(), QueryService::new(parts.clone())),
+            subscribe,
             views: ViewService::new(parts.clone()),
             cluster: ClusterService::new(parts.clone()),
             parts,

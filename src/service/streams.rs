@@ -197,6 +197,35 @@ pub(super) fn stored_offsets(parts: &Parts, info: &StreamInfo) -> Result<Vec<Opt
     })
 }
 
+/// The stored offsets of `partitions` of the stream (as [`stored_offsets`] knows them), as a
+/// position.
+///
+/// # Errors
+/// Unavailable while no live node holds one of them; the store's failures.
+pub(super) fn stored_position(
+    parts: &Parts,
+    info: &StreamInfo,
+    partitions: impl IntoIterator<Item = u32>,
+) -> Result<strata_proto::ConsistencyToken> {
+    let stored = stored_offsets(parts, info)?;
+    let offsets = partitions
+        .into_iter()
+        .map(|p| {
+            let o = stored.get(p as usize).copied().flatten().ok_or_else(|| {
+                strata_views::Error::Unavailable(format!(
+                    "no live node holds partition {p} of {} now; retry shortly",
+                    info.name
+                ))
+            })?;
+            Ok((p, o))
+        })
+        .collect::<Result<_>>()?;
+    Ok(strata_proto::ConsistencyToken {
+        stream: info.name.clone(),
+        offsets,
+    })
+}
+
 /// In a cluster, each partition's stored offset as its holder reports it: this node's own shard
 /// for the partitions it holds, otherwise the status the holder last published (`null` when no
 /// live node holds it).

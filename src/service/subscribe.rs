@@ -9,7 +9,7 @@
 //! holds no more than a few reads of server memory. Once caught up it waits for the store's next
 //! commit (this node's shards), or polls the holders every [`CLUSTER_POLL`] (a cluster).
 
-use super::{Error, Kind, Parts, Result, stream_name, streams::stored_offsets};
+use super::{Error, Kind, Parts, Result, stream_name, streams::stored_position};
 use crate::auth::{Operation, Principal};
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
@@ -214,15 +214,7 @@ impl SubscribeService {
                 }
             }
             Start::End => {
-                let stored = stored_offsets(&self.parts, info)?;
-                for (p, o) in cursor.offsets.iter_mut() {
-                    *o = stored.get(*p as usize).copied().flatten().ok_or_else(|| {
-                        unavailable(format!(
-                            "no live node holds partition {p} of {} now, so its end is not known; retry shortly",
-                            info.name
-                        ))
-                    })?;
-                }
+                cursor = stored_position(&self.parts, info, partitions.iter().copied())?;
             }
             Start::Time(t) => {
                 for (&p, o) in cursor.offsets.iter_mut() {
@@ -252,10 +244,6 @@ fn partitions(r: &FollowRequest, info: &StreamInfo) -> Result<Vec<u32>> {
         }
         (None, None) => (0..info.partitions).collect(),
     })
-}
-
-fn unavailable(message: String) -> Error {
-    strata_views::Error::Unavailable(message).into()
 }
 
 /// A checked subscription, ready to run.
@@ -354,16 +342,11 @@ impl Reader {
                         .column(schema::OFFSET)
                         .as_primitive::<Int64Type>()
                         .value(0) as u64),
-                    None => stored_offsets(parts, info)?
-                        .get(p as usize)
+                    None => Ok(stored_position(parts, info, [p])?
+                        .offsets
+                        .get(&p)
                         .copied()
-                        .flatten()
-                        .ok_or_else(|| {
-                            unavailable(format!(
-                                "no live node holds partition {p} of {} now; retry shortly",
-                                info.name
-                            ))
-                        }),
+                        .unwrap_or(0)),
                 }
             }
         }

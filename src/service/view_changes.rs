@@ -7,7 +7,7 @@
 //! each row is kept between refreshes, so a follower holds 8 bytes per group of server memory.
 
 use super::subscribe::{CLUSTER_POLL, Cursor, MAX_HEARTBEAT, MOVING_RETRY, changed};
-use super::{Error, Kind, Parts, QueryRequest, QueryService, Result, streams::stored_offsets};
+use super::{Error, Kind, Parts, QueryRequest, QueryService, Result, streams::stored_position};
 use crate::auth::{Operation, Principal};
 use arrow::array::{BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
@@ -120,22 +120,7 @@ struct ViewFollower {
 impl ViewFollower {
     /// The stream's stored position now (every partition).
     fn position(&self) -> Result<Cursor> {
-        let stored = stored_offsets(&self.parts, &self.info)?;
-        let offsets = (0..self.info.partitions)
-            .map(|p| {
-                let o = stored.get(p as usize).copied().flatten().ok_or_else(|| {
-                    strata_views::Error::Unavailable(format!(
-                        "no live node holds partition {p} of {} now; retry shortly",
-                        self.info.name
-                    ))
-                })?;
-                Ok((p, o))
-            })
-            .collect::<Result<_>>()?;
-        Ok(Cursor {
-            stream: self.info.name.clone(),
-            offsets,
-        })
+        stored_position(&self.parts, &self.info, 0..self.info.partitions)
     }
 
     /// Reads the view as of (at least) the stream's position now; returns the position and the

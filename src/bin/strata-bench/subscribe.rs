@@ -3,6 +3,7 @@
 //! second in total, and the server's CPU per delivered event).
 
 use crate::server::{Strata, post};
+use crate::views::percentile;
 use crate::{Result, Section, ms, progress, rate, row};
 use std::time::{Duration, Instant};
 
@@ -67,13 +68,6 @@ pub async fn scenario(strata: &Strata, quick: bool, ingest_rate: f64) -> Result<
     })
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[(((sorted.len() - 1) as f64 * p).round() as usize).min(sorted.len() - 1)]
-}
-
 async fn create(strata: &Strata, stream: &str) -> Result<()> {
     let resp = strata
         .http()
@@ -102,6 +96,26 @@ async fn subscribe(strata: &Strata, stream: &str) -> Result<reqwest::Response> {
     Ok(resp)
 }
 
+/// The next chunk of a subscription's answer appended to `pending`, then the complete lines in
+/// it, each given to `each`; `None` when the answer ended or stalled for `wait`.
+async fn next_lines(
+    resp: &mut reqwest::Response,
+    pending: &mut Vec<u8>,
+    wait: Duration,
+    mut each: impl FnMut(&[u8]),
+) -> Option<()> {
+    let chunk = tokio::time::timeout(wait, resp.chunk())
+        .await
+        .ok()?
+        .ok()??;
+    pending.extend_from_slice(&chunk);
+    if let Some(end) = pending.iter().rposition(|&b| b == b'\n') {
+        pending[..end].split(|&b| b == b'\n').for_each(&mut each);
+        pending.drain(..=end);
+    }
+    Some(())
+}
+
 /// The event index in `"id":"o0000000042"` of an event line.
 fn event_index(line: &[u8]) -> Option<u64> {
     const ID: &[u8] = b"\"id\":\"o";
@@ -124,22 +138,17 @@ async fn delivered_latency(strata: &Strata, target: f64, seconds: f64) -> Result
         let mut received: Vec<Option<Instant>> = vec![None; total as usize];
         let (mut count, mut pending) = (0u64, Vec::new());
         while count < total {
-            let chunk = match tokio::time::timeout(Duration::from_secs(30), resp.chunk()).await {
-                Ok(Ok(Some(chunk))) => chunk,
-                _ => return Err(format!("the subscriber got {count} of {total} events")),
-            };
-            let now = Instant::now();
-            pending.extend_from_slice(&chunk);
-            let Some(end) = pending.iter().rposition(|&b| b == b'\n') else {
-                continue;
-            };
-            for line in pending[..end].split(|&b| b == b'\n') {
+            let mut arrived = None;
+            let read = next_lines(&mut resp, &mut pending, Duration::from_secs(30), |line| {
+                let now = *arrived.get_or_insert_with(Instant::now);
                 if let Some(slot) = event_index(line).and_then(|i| received.get_mut(i as usize)) {
                     *slot = Some(now);
                     count += 1;
                 }
+            });
+            if read.await.is_none() {
+                return Err(format!("the subscriber got {count} of {total} events"));
             }
-            pending.drain(..=end);
         }
         Ok(received)
     });
@@ -194,18 +203,12 @@ async fn fan_out(strata: &Strata, events: u64) -> Result<(Duration, f64)> {
         readers.push(tokio::spawn(async move {
             let (mut count, mut pending) = (0u64, Vec::new());
             while count < events {
-                match tokio::time::timeout(Duration::from_secs(120), resp.chunk()).await {
-                    Ok(Ok(Some(chunk))) => pending.extend_from_slice(&chunk),
-                    _ => return Err(format!("a subscriber got {count} of {events} events")),
+                let read = next_lines(&mut resp, &mut pending, Duration::from_secs(120), |l| {
+                    count += u64::from(l.starts_with(b"{\"partition\""));
+                });
+                if read.await.is_none() {
+                    return Err(format!("a subscriber got {count} of {events} events"));
                 }
-                let Some(end) = pending.iter().rposition(|&b| b == b'\n') else {
-                    continue;
-                };
-                count += pending[..end]
-                    .split(|&b| b == b'\n')
-                    .filter(|l| l.starts_with(b"{\"partition\""))
-                    .count() as u64;
-                pending.drain(..=end);
             }
             Ok(Instant::now())
         }));

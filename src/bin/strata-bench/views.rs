@@ -75,7 +75,7 @@ fn context(batches: Vec<RecordBatch>) -> Result<SessionContext> {
     Ok(ctx)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
