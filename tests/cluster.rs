@@ -34,35 +34,43 @@ pub(crate) struct Cluster {
 
 impl Cluster {
     pub(crate) fn start(auth: &str) -> Option<Cluster> {
+        Self::start_nodes(
+            auth,
+            &[
+                ("i", "ingest"),
+                ("s1", "store"),
+                ("s2", "store"),
+                ("s3", "store"),
+            ],
+        )
+    }
+
+    /// Nodes of the given names and roles, on one broker and group.
+    pub(crate) fn start_nodes(auth: &str, nodes: &[(&str, &str)]) -> Option<Cluster> {
         kafka_brokers()?;
         let config = format!(
             "[cluster]\nsecret = \"{SECRET}\"\n{auth}{}",
             kafka_section(&unique("t"), &unique("g"))
         );
         let (tmp, dir) = data_dir();
-        let nodes = [
-            ("i", "ingest"),
-            ("s1", "store"),
-            ("s2", "store"),
-            ("s3", "store"),
-        ]
-        .into_iter()
-        .map(|(name, role)| {
-            Server::start_with(
-                Backend::Kafka,
-                &dir.join(name),
-                &config,
-                &[
-                    "--role",
-                    role,
-                    "--node-id",
-                    name,
-                    "--cluster-listen",
-                    "127.0.0.1:0",
-                ],
-            )
-        })
-        .collect();
+        let nodes = nodes
+            .iter()
+            .map(|&(name, role)| {
+                Server::start_with(
+                    Backend::Kafka,
+                    &dir.join(name),
+                    &config,
+                    &[
+                        "--role",
+                        role,
+                        "--node-id",
+                        name,
+                        "--cluster-listen",
+                        "127.0.0.1:0",
+                    ],
+                )
+            })
+            .collect();
         Some(Cluster { _tmp: tmp, nodes })
     }
 

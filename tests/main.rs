@@ -23,4 +23,5 @@ mod retention;
 mod schema;
 mod security;
 mod subscriptions;
+mod versions;
 mod views;

@@ -85,6 +85,15 @@ impl PeerServer {
 }
 
 impl PeerServer {
+    async fn decision(&self, body: &[u8]) -> Answer<Stream<arrow_flight::Result>> {
+        let request: crate::DecisionRequest = serde_json::from_slice(body)
+            .map_err(|e| Status::invalid_argument(format!("bad decision request: {e}")))?;
+        let decision = self.source.local_decision(&request).await.map_err(status)?;
+        let body = serde_json::to_vec(&decision).map_err(|e| Status::internal(e.to_string()))?;
+        let result = arrow_flight::Result { body: body.into() };
+        Ok(Response::new(futures::stream::iter([Ok(result)]).boxed()))
+    }
+
     fn rebuild(&self, body: &[u8]) -> Answer<Stream<arrow_flight::Result>> {
         let view: String = serde_json::from_slice(body)
             .map_err(|e| Status::invalid_argument(format!("bad rebuild request: {e}")))?;
@@ -150,6 +159,9 @@ impl FlightService for PeerServer {
         let action = request.into_inner();
         if action.r#type == REBUILD_ACTION {
             return self.rebuild(&action.body);
+        }
+        if action.r#type == crate::decisions::DECISION_ACTION {
+            return self.decision(&action.body).await;
         }
         if action.r#type != PROGRESS_ACTION {
             return Err(Status::invalid_argument(format!(

@@ -15,6 +15,7 @@
 //! [datafusion-distributed]: https://github.com/datafusion-contrib/datafusion-distributed
 
 mod codec;
+mod decisions;
 mod error;
 mod flight;
 mod map;
@@ -26,6 +27,7 @@ mod views;
 mod worker;
 
 pub use codec::ScanCodec;
+pub use decisions::DecisionRequest;
 pub use error::{Error, Result};
 pub use flight::{PeerTicket, Rebuilder};
 pub use map::{ClusterMap, LocalNode, node_url};

@@ -50,6 +50,10 @@ pub struct AppendOutcome {
     /// A consistency token: pass it as `after` to a read to see these events (see
     /// [`ConsistencyToken`]).
     pub token: String,
+    /// For an append with expected versions: each key's version after it (set once the store
+    /// has decided).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub versions: BTreeMap<String, u64>,
 }
 
 /// Ids a partition holds that the store may not have applied yet: appended (offset known) or in
@@ -157,18 +161,36 @@ impl Ingest {
     /// Appends a validated batch to `stream` (creating it if needed). Events with a key go to the
     /// key's partition (Kafka's murmur2), events without a key but with an id to the id's, the
     /// rest of the batch to one partition chosen round-robin per request.
+    ///
+    /// A batch in which an event states an expected version is *conditional*: all of it goes to
+    /// one partition (the keys' partition; events without a key follow) as one batch of
+    /// consecutive records, each carrying its place and its key's condition (see
+    /// [`strata_proto::condition`]). The store decides it; the caller learns the decision from
+    /// the store (this returns once the records are durable, decided or not).
     pub async fn append(&self, stream: &StreamName, events: Vec<Event>) -> Result<AppendOutcome> {
         let info = self.stream(stream).await?;
         let total = events.len();
         let sticky = self.sticky.fetch_add(1, Ordering::Relaxed) % info.partitions;
         let mut by_partition: BTreeMap<u32, Vec<Event>> = BTreeMap::new();
-        for event in events {
-            let p = match (&event.key, &event.id) {
-                (Some(key), _) => partition_for_key(key.as_bytes(), info.partitions),
-                (None, Some(id)) => partition_for_key(id.as_bytes(), info.partitions),
-                (None, None) => sticky,
-            };
-            by_partition.entry(p).or_default().push(event);
+        let conditional = events.iter().any(|e| e.condition.is_some());
+        if conditional {
+            let p = conditional_partition(&events, info.partitions)?;
+            // Refused before any id is reserved (a retry's subset is checked again after).
+            let stated: Vec<_> = events
+                .iter()
+                .map(|e| (e.key.as_deref(), e.condition.and_then(|c| c.expect)))
+                .collect();
+            strata_proto::condition::request_conditions(&stated)?;
+            by_partition.insert(p, events);
+        } else {
+            for event in events {
+                let p = match (&event.key, &event.id) {
+                    (Some(key), _) => partition_for_key(key.as_bytes(), info.partitions),
+                    (None, Some(id)) => partition_for_key(id.as_bytes(), info.partitions),
+                    (None, None) => sticky,
+                };
+                by_partition.entry(p).or_default().push(event);
+            }
         }
         let appends = by_partition
             .into_iter()
@@ -179,6 +201,7 @@ impl Ingest {
             duplicates: 0,
             partitions: Vec::new(),
             token: String::new(),
+            versions: BTreeMap::new(),
         };
         let mut first_error = None;
         for result in results {
@@ -241,6 +264,18 @@ impl Ingest {
         if events.is_empty() {
             return Ok(None);
         }
+        let events = match with_batch_places(events) {
+            Ok(events) => events,
+            Err((e, events)) => {
+                if let Some(pending) = &pending {
+                    let mut pending = pending.lock().await;
+                    for id in events.iter().filter_map(|e| e.id.as_ref()) {
+                        pending.by_id.remove(id);
+                    }
+                }
+                return Err(e);
+            }
+        };
         let count = events.len();
         let ids: Vec<Option<String>> = match pending {
             Some(_) => events.iter().map(|e| e.id.clone()).collect(),
@@ -268,6 +303,22 @@ impl Ingest {
             last_offset: range.last,
             count,
         }))
+    }
+
+    /// Forgets `ids` appended to `partition` that the store then rejected (a conditional batch),
+    /// so that a retry of them is not taken for a duplicate.
+    pub async fn forget_ids(&self, stream: &StreamName, partition: u32, ids: &[String]) {
+        let pending = self
+            .pending
+            .lock()
+            .get(&(stream.clone(), partition))
+            .cloned();
+        if let Some(pending) = pending {
+            let mut pending = pending.lock().await;
+            for id in ids {
+                pending.by_id.remove(id);
+            }
+        }
     }
 
     /// Drops events whose id the partition holds (stored, appended, in flight, or earlier in this
@@ -349,6 +400,64 @@ impl Ingest {
         pending.loaded = true;
         Ok(())
     }
+}
+
+/// The one partition of a conditional batch: its keys' (and its ids' when it has no key).
+fn conditional_partition(events: &[Event], partitions: u32) -> Result<u32> {
+    if events.len() > strata_proto::condition::MAX_BATCH as usize {
+        return Err(strata_proto::Error::InvalidCondition(format!(
+            "a request with expected versions holds at most {} events, this one {}",
+            strata_proto::condition::MAX_BATCH,
+            events.len()
+        ))
+        .into());
+    }
+    let mut chosen: Option<(u32, &str)> = None;
+    for key in events.iter().filter_map(|e| e.key.as_deref()) {
+        let p = partition_for_key(key.as_bytes(), partitions);
+        match chosen {
+            None => chosen = Some((p, key)),
+            Some((q, other)) if q != p => {
+                return Err(strata_proto::Error::InvalidCondition(format!(
+                    "the events of a request with expected versions must share a partition (they \
+                     are decided as one batch): key {other:?} is in partition {q}, key {key:?} in \
+                     partition {p}; send them in separate requests"
+                ))
+                .into());
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(chosen.map_or(0, |(p, _)| p))
+}
+
+/// Gives each event of a conditional batch its place (`index` of `count`) and moves each key's
+/// condition to the key's first event (see [`strata_proto::condition::request_conditions`]);
+/// a plain batch is returned as it is.
+/// On error the events come back (their ids were reserved).
+fn with_batch_places(
+    mut events: Vec<Event>,
+) -> std::result::Result<Vec<Event>, (crate::Error, Vec<Event>)> {
+    if events.iter().all(|e| e.condition.is_none()) {
+        return Ok(events);
+    }
+    let stated: Vec<(Option<&str>, Option<strata_proto::Expect>)> = events
+        .iter()
+        .map(|e| (e.key.as_deref(), e.condition.and_then(|c| c.expect)))
+        .collect();
+    let expects = match strata_proto::condition::request_conditions(&stated) {
+        Ok(expects) => expects,
+        Err(e) => return Err((e.into(), events)),
+    };
+    let count = u32::try_from(events.len()).unwrap_or(u32::MAX);
+    for (index, (event, expect)) in events.iter_mut().zip(expects).enumerate() {
+        event.condition = Some(strata_proto::Condition {
+            expect,
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            count,
+        });
+    }
+    Ok(events)
 }
 
 #[cfg(test)]

@@ -222,6 +222,7 @@ impl Columns {
             id,
             event_type,
             data,
+            condition: None,
         })
     }
 
@@ -431,6 +432,7 @@ mod tests {
                 id: Some("a".into()),
                 event_type: Some("order".into()),
                 data: "{\"x\": 1}".into(),
+                condition: None,
             }
         );
         assert_eq!(events[1].time_ms, 42);

@@ -6,7 +6,7 @@ use serde::de::{Deserializer, Error as _};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use strata_proto::fields::validate_fields;
-use strata_proto::{Event, FieldDef};
+use strata_proto::{Condition, Event, Expect, FieldDef};
 
 /// Limits applied while decoding one append body.
 #[derive(Clone, Copy, Debug)]
@@ -44,6 +44,10 @@ struct EventInput<'a> {
     event_type: Option<String>,
     #[serde(default)]
     time: Option<Value>,
+    #[serde(default)]
+    expected_version: Option<u64>,
+    #[serde(default)]
+    expect: Option<String>,
 }
 
 /// Keeps an explicit `null` as present (`data` may be any JSON value, `null` included).
@@ -142,12 +146,39 @@ fn decode_one(
         None | Some(Value::Null) => arrival_ms,
         Some(v) => parse_time(&v)?,
     };
+    let expect = match (input.expected_version, input.expect.as_deref()) {
+        (None, None) => None,
+        (Some(v), None) => Some(Expect::Version(v)),
+        (None, Some("none")) => Some(Expect::None),
+        (None, Some("exists")) => Some(Expect::Exists),
+        (None, Some(other)) => {
+            return Err(format!(
+                "`expect` must be \"none\" or \"exists\" (or give `expected_version`), got {other:?}"
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err("give `expected_version` or `expect`, not both".to_owned());
+        }
+    };
+    if expect.is_some() && input.key.is_none() {
+        return Err(
+            "an expected version needs a `key`: a version is the count of a key's events"
+                .to_owned(),
+        );
+    }
+    // The client's statement; the write path turns it into the record's place in its batch.
+    let condition = expect.map(|e| Condition {
+        expect: Some(e),
+        index: 0,
+        count: 0,
+    });
     Ok(Event {
         time_ms,
         key: input.key,
         id: input.id,
         event_type: input.event_type,
         data,
+        condition,
     })
 }
 
@@ -276,7 +307,8 @@ mod tests {
                 key: Some("k".into()),
                 id: Some("i".into()),
                 event_type: Some("t".into()),
-                data: "{\"a\":1}".into()
+                data: "{\"a\":1}".into(),
+                condition: None,
             }
         );
         assert_eq!(nd[1].time_ms, 42);

@@ -137,6 +137,7 @@ proptest! {
                 id: None,
                 event_type: None,
                 data: json!(t).to_string(),
+                condition: None,
             }).collect();
             encode_frame(offset, &events, &mut buf);
             offset += events.len() as u64;
@@ -177,7 +178,7 @@ proptest! {
                 log.create_stream(&s, 1, &[]).await.unwrap();
                 let mut next = 0u64;
                 for n in &appends {
-                    let events = (next..next + *n as u64).map(|i| Event { time_ms: i as i64, key: None, id: None, event_type: None, data: i.to_string() }).collect();
+                    let events = (next..next + *n as u64).map(|i| Event { time_ms: i as i64, key: None, id: None, event_type: None, data: i.to_string(), condition: None }).collect();
                     log.append(&s, 0, events).await.unwrap();
                     next += *n as u64;
                     ends.push((std::fs::metadata(&path).unwrap().len(), next));
@@ -213,7 +214,7 @@ proptest! {
             }
             assert_eq!(read.len() as u64, kept);
             assert!(read.iter().enumerate().all(|(i, r)| r.offset == i as u64 && r.event.data == i.to_string()));
-            let range = log.append(&s, 0, vec![Event { time_ms: 0, key: None, id: None, event_type: None, data: "1".into() }]).await.unwrap();
+            let range = log.append(&s, 0, vec![Event { time_ms: 0, key: None, id: None, event_type: None, data: "1".into(), condition: None }]).await.unwrap();
             assert_eq!(range.first, kept);
         });
     }

@@ -2,13 +2,16 @@
 //!
 //! Layout of one event (all integers little-endian):
 //! `time_ms: i64 | flags: u8 | [key_len: u32, key] | [id_len: u32, id] | [type_len: u32, type] | data_len: u32, data`
-//! where bits 0, 1 and 2 of `flags` say whether key, id and type are present.
+//! `[expect: u8, version: u64, index: u32, count: u32]`
+//! where bits 0, 1 and 2 of `flags` say whether key, id and type are present, and bit 3 whether a
+//! condition follows the data (`expect`: 0 none stated, 1 a version, 2 `none`, 3 `exists`).
 
-use crate::{Error, Event, Result};
+use crate::{Condition, Error, Event, Expect, Result};
 
 const HAS_KEY: u8 = 1;
 const HAS_ID: u8 = 2;
 const HAS_TYPE: u8 = 4;
+const HAS_CONDITION: u8 = 8;
 
 /// Appends the encoding of `event` to `out`.
 pub fn encode_event(event: &Event, out: &mut Vec<u8>) {
@@ -16,7 +19,8 @@ pub fn encode_event(event: &Event, out: &mut Vec<u8>) {
     out.extend_from_slice(&event.time_ms.to_le_bytes());
     let flags = (u8::from(event.key.is_some()) * HAS_KEY)
         | (u8::from(event.id.is_some()) * HAS_ID)
-        | (u8::from(event.event_type.is_some()) * HAS_TYPE);
+        | (u8::from(event.event_type.is_some()) * HAS_TYPE)
+        | (u8::from(event.condition.is_some()) * HAS_CONDITION);
     out.push(flags);
     for s in [&event.key, &event.id, &event.event_type]
         .into_iter()
@@ -25,6 +29,18 @@ pub fn encode_event(event: &Event, out: &mut Vec<u8>) {
         put_str(out, s);
     }
     put_str(out, &event.data);
+    if let Some(c) = &event.condition {
+        let (tag, version) = match c.expect {
+            None => (0u8, 0),
+            Some(Expect::Version(v)) => (1, v),
+            Some(Expect::None) => (2, 0),
+            Some(Expect::Exists) => (3, 0),
+        };
+        out.push(tag);
+        out.extend_from_slice(&version.to_le_bytes());
+        out.extend_from_slice(&c.index.to_le_bytes());
+        out.extend_from_slice(&c.count.to_le_bytes());
+    }
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -36,7 +52,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 pub fn decode_event(input: &mut &[u8]) -> Result<Event> {
     let time_ms = i64::from_le_bytes(take_array(input)?);
     let [flags] = take_array::<1>(input)?;
-    if flags & !(HAS_KEY | HAS_ID | HAS_TYPE) != 0 {
+    if flags & !(HAS_KEY | HAS_ID | HAS_TYPE | HAS_CONDITION) != 0 {
         return Err(Error::Corrupt(format!("unknown event flags {flags:#x}")));
     }
     let mut opt = |bit: u8| -> Result<Option<String>> {
@@ -50,12 +66,31 @@ pub fn decode_event(input: &mut &[u8]) -> Result<Event> {
     let id = opt(HAS_ID)?;
     let event_type = opt(HAS_TYPE)?;
     let data = take_str(input)?;
+    let condition = if flags & HAS_CONDITION != 0 {
+        let [tag] = take_array::<1>(input)?;
+        let version = u64::from_le_bytes(take_array(input)?);
+        let expect = match tag {
+            0 => None,
+            1 => Some(Expect::Version(version)),
+            2 => Some(Expect::None),
+            3 => Some(Expect::Exists),
+            t => return Err(Error::Corrupt(format!("unknown condition tag {t}"))),
+        };
+        Some(Condition {
+            expect,
+            index: u32::from_le_bytes(take_array(input)?),
+            count: u32::from_le_bytes(take_array(input)?),
+        })
+    } else {
+        None
+    };
     Ok(Event {
         time_ms,
         key,
         id,
         event_type,
         data,
+        condition,
     })
 }
 
@@ -92,13 +127,24 @@ mod tests {
             proptest::option::of(".{0,20}"),
             proptest::option::of("[a-z]{0,10}"),
             ".{0,100}",
+            proptest::option::of((0u8..4, any::<u64>(), any::<u32>(), any::<u32>())),
         )
-            .prop_map(|(time_ms, key, id, event_type, data)| Event {
+            .prop_map(|(time_ms, key, id, event_type, data, c)| Event {
                 time_ms,
                 key,
                 id,
                 event_type,
                 data,
+                condition: c.map(|(tag, v, index, count)| Condition {
+                    expect: match tag {
+                        0 => None,
+                        1 => Some(Expect::Version(v)),
+                        2 => Some(Expect::None),
+                        _ => Some(Expect::Exists),
+                    },
+                    index,
+                    count,
+                }),
             })
     }
 

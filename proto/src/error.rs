@@ -34,6 +34,9 @@ pub enum Error {
     /// A partition count outside the allowed range.
     #[error("invalid partition count {0}: must be between 1 and {max}", max = crate::StreamInfo::MAX_PARTITIONS)]
     InvalidPartitions(u32),
+    /// An expected-version condition that cannot be used as given.
+    #[error("invalid condition: {0}")]
+    InvalidCondition(String),
     /// A consistency token that does not parse.
     #[error("invalid consistency token {0}")]
     InvalidToken(String),

@@ -13,6 +13,9 @@ pub struct Event {
     pub event_type: Option<String>,
     /// The payload as compact JSON text (one line, no raw newlines).
     pub data: String,
+    /// The expected-version condition it travels with to the log (see [`crate::condition`]);
+    /// `None` for a plain append. Never stored in a shard.
+    pub condition: Option<crate::Condition>,
 }
 
 impl Event {
@@ -48,13 +51,15 @@ impl Record {
             self.event.key.as_deref(),
             self.event.id.as_deref(),
             self.event.event_type.as_deref(),
+            None,
             &self.event.data,
         );
     }
 }
 
 /// Writes one replay NDJSON line from the parts of a record; `data` must be JSON text (it was
-/// validated when the event was appended) and is copied verbatim.
+/// validated when the event was appended) and is copied verbatim. `version` (the event's place
+/// among its key's events) is written when known.
 #[allow(clippy::too_many_arguments)]
 pub fn write_ndjson_fields(
     out: &mut Vec<u8>,
@@ -64,6 +69,7 @@ pub fn write_ndjson_fields(
     key: Option<&str>,
     id: Option<&str>,
     event_type: Option<&str>,
+    version: Option<u64>,
     data: &str,
 ) {
     out.extend_from_slice(b"{\"partition\":");
@@ -90,6 +96,10 @@ pub fn write_ndjson_fields(
             }
             None => out.extend_from_slice(b"null"),
         }
+    }
+    if let Some(v) = version {
+        out.extend_from_slice(b",\"version\":");
+        push_u64(out, v);
     }
     out.extend_from_slice(b",\"data\":");
     out.extend_from_slice(if data.is_empty() {
@@ -212,7 +222,7 @@ mod tests {
             event_type in proptest::option::of("\\PC{0,8}"),
         ) {
             let mut out = Vec::new();
-            write_ndjson_fields(&mut out, partition, offset, 0, key.as_deref(), id.as_deref(), event_type.as_deref(), "{}");
+            write_ndjson_fields(&mut out, partition, offset, 0, key.as_deref(), id.as_deref(), event_type.as_deref(), None, "{}");
             prop_assert_eq!(out.last(), Some(&b'\n'));
             let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
             prop_assert_eq!(v["partition"].as_u64(), Some(u64::from(partition)));
@@ -234,6 +244,7 @@ mod tests {
                 id: None,
                 event_type: Some("order".into()),
                 data: r#"{"a":1}"#.into(),
+                condition: None,
             },
         };
         let mut out = Vec::new();

@@ -61,7 +61,7 @@ proptest! {
     #[test]
     fn fuzz_codec_damage(key in proptest::option::of("\\PC{0,20}"), data in "\\PC{0,40}", flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4), cut in any::<prop::sample::Index>()) {
         let mut buf = Vec::new();
-        encode_event(&Event { time_ms: 5, key, id: None, event_type: None, data }, &mut buf);
+        encode_event(&Event { time_ms: 5, key, id: None, event_type: None, data, condition: None }, &mut buf);
         for (at, x) in flips {
             let i = at.index(buf.len());
             buf[i] ^= x;

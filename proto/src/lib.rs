@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod codec;
+pub mod condition;
 mod error;
 mod event;
 pub mod fields;
@@ -18,6 +19,7 @@ mod partition;
 mod token;
 
 pub use cluster::{Feed, Held, HeldPartition, Membership, NodeStatus, Stall};
+pub use condition::{BatchDecision, Condition, Expect, KeyDecision};
 pub use error::{Error, Result};
 pub use event::{
     Event, Record, civil_from_days, format_time_ms, put_digits, write_ndjson_fields, write_time_ms,

@@ -36,11 +36,13 @@ impl IntoResponse for Error {
         if status.is_server_error() && kind != Kind::Busy {
             tracing::error!(status = status.as_u16(), error = %self, "request failed");
         }
-        let mut response = (
-            status,
-            axum::Json(serde_json::json!({ "error": self.to_string() })),
-        )
-            .into_response();
+        let body = match &self {
+            Error::VersionConflict { keys, .. } => {
+                serde_json::json!({ "error": self.to_string(), "keys": keys })
+            }
+            _ => serde_json::json!({ "error": self.to_string() }),
+        };
+        let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         match kind {
             Kind::Unauthenticated => {

@@ -197,6 +197,7 @@ mod tests {
             Arc::new(StringArray::from(vec![None, Some("e-9")])),
             Arc::new(StringArray::from(vec![Some("order"), None])),
             Arc::new(StringArray::from(vec!["{\"a\":1}", "{\"b\":\"x\\ny\"}"])),
+            Arc::new(Int64Array::from(vec![Some(3), None])),
         ];
         RecordBatch::try_new(schema, columns).unwrap()
     }

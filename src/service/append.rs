@@ -108,6 +108,12 @@ impl AppendService {
         })
         .await
         .map_err(|e| Error::BadRequest(format!("decoding failed: {e}")))??;
-        Ok(self.parts.ingest()?.append(&target.name, events).await?)
+        let conditional = events.iter().any(|e| e.condition.is_some());
+        if !conditional {
+            return Ok(self.parts.ingest()?.append(&target.name, events).await?);
+        }
+        let ids = events.iter().filter_map(|e| e.id.clone()).collect();
+        let outcome = self.parts.ingest()?.append(&target.name, events).await?;
+        super::conditional::decided(&self.parts, &target.name, outcome, ids).await
     }
 }

@@ -25,6 +25,14 @@ pub enum Error {
     /// It conflicts with what exists (a subscription consumed elsewhere, defined otherwise).
     #[error("{0}")]
     Conflict(String),
+    /// A conditional append whose expected versions did not hold: nothing of it was stored.
+    #[error("{message}")]
+    VersionConflict {
+        /// What did not hold, in words.
+        message: String,
+        /// Each key of the request: expected and actual version.
+        keys: Vec<strata_proto::KeyDecision>,
+    },
     /// A request over a configured size limit.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -97,7 +105,7 @@ impl Error {
         match self {
             Error::BadRequest(_) => Kind::Invalid,
             Error::NotFound(_) => Kind::NotFound,
-            Error::Conflict(_) => Kind::Conflict,
+            Error::Conflict(_) | Error::VersionConflict { .. } => Kind::Conflict,
             Error::PayloadTooLarge(_) => Kind::TooLarge,
             Error::Timeout(_) => Kind::Timeout,
             Error::WrongRole(_) => Kind::WrongRole,
@@ -150,6 +158,7 @@ fn log_kind(e: &strata_proto::Error) -> Kind {
     match e {
         E::InvalidName { .. }
         | E::InvalidToken(_)
+        | E::InvalidCondition(_)
         | E::InvalidField { .. }
         | E::InvalidPartitions(_)
         | E::UnknownPartition { .. } => Kind::Invalid,

@@ -20,6 +20,7 @@
 
 mod append;
 mod cluster;
+mod conditional;
 mod durable;
 mod error;
 mod query;

@@ -297,6 +297,7 @@ mod tests {
                 id: Some(format!("e-{offset}")),
                 event_type: None,
                 data: "{}".into(),
+                condition: None,
             },
         }
     }

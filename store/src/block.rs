@@ -132,9 +132,11 @@ pub(crate) fn stored_schema(fields: &[FieldDef]) -> SchemaRef {
 }
 
 /// The stored batch of `rows` (consecutive events of one partition). Declared fields are read from
-/// `data`, and only for events at or after the offset each field applies from.
+/// `data`, and only for events at or after the offset each field applies from. `versions` holds
+/// each row's version (empty: none known, all NULL).
 pub(crate) fn rows_to_stored(
     rows: &[(u64, Event)],
+    versions: &[Option<u64>],
     partition: u32,
     fields: &[FieldDef],
 ) -> Result<RecordBatch> {
@@ -151,6 +153,16 @@ pub(crate) fn rows_to_stored(
         strings(rows, |e| e.id.as_deref()),
         strings(rows, |e| e.event_type.as_deref()),
         strings(rows, |e| Some(e.data.as_str())),
+        if versions.len() == rows.len() {
+            Arc::new(
+                versions
+                    .iter()
+                    .map(|v| v.map(|v| v as i64))
+                    .collect::<Int64Array>(),
+            )
+        } else {
+            new_null_array(&DataType::Int64, rows.len())
+        },
     ];
     for (i, f) in fields.iter().enumerate() {
         columns.push(typed_array(f.field_type, values.iter().map(|row| &row[i])));
@@ -439,6 +451,7 @@ mod tests {
                         id: Some(format!("id{i}")),
                         event_type: None,
                         data: format!("{{\"i\":{i},\"amount\":{i}.5}}"),
+                        condition: None,
                     },
                 )
             })
@@ -459,15 +472,15 @@ mod tests {
                 since: vec![],
             },
         ];
-        let batch = rows_to_stored(&rows(), 1, &fields).unwrap();
-        assert_eq!(batch.num_columns(), 8);
-        let amount = batch.column(6).as_primitive::<Float64Type>();
+        let batch = rows_to_stored(&rows(), &[], 1, &fields).unwrap();
+        assert_eq!(batch.num_columns(), 9);
+        let amount = batch.column(7).as_primitive::<Float64Type>();
         assert!(
             amount.is_null(4),
             "partition 1 has the field from offset 105 on"
         );
         assert_eq!(amount.value(5), 5.5);
-        assert_eq!(batch.column(7).as_primitive::<Int64Type>().value(9), 9);
+        assert_eq!(batch.column(8).as_primitive::<Int64Type>().value(9), 9);
         assert!(batch.column(2).is_null(1));
 
         let (values, meta) = encode_block(&batch).unwrap();
@@ -487,11 +500,11 @@ mod tests {
         );
         assert_eq!(
             values.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
-            (1..=8).collect::<Vec<_>>()
+            (1..=9).collect::<Vec<_>>()
         );
         assert_eq!(
-            &decode_column(&values[6].1, String::new).unwrap(),
-            batch.column(6)
+            &decode_column(&values[7].1, String::new).unwrap(),
+            batch.column(7)
         );
         assert!(decode_column(&values[0].1[..10], String::new).is_err());
 
@@ -501,10 +514,10 @@ mod tests {
         assert_eq!(back.column(1).as_ref(), batch.column(7).as_ref());
 
         // A chunk written before `i` was declared widens with NULLs.
-        let narrow = rows_to_stored(&rows(), 1, &fields[..1]).unwrap();
+        let narrow = rows_to_stored(&rows(), &[], 1, &fields[..1]).unwrap();
         let wide = widen(narrow, &fields).unwrap();
-        assert_eq!(wide.num_columns(), 8);
-        assert_eq!(wide.column(7).null_count(), 10);
+        assert_eq!(wide.num_columns(), 9);
+        assert_eq!(wide.column(8).null_count(), 10);
     }
 
     #[test]

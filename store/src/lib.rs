@@ -10,6 +10,8 @@
 //! | `<shard>.bmeta` | first offset (u64 BE) | offset range, time range and row count of the block |
 //! | `<shard>.ids` | event id (of events in blocks) | offset |
 //! | `<shard>.keys` | key length (u16 BE), key, offset (u64 BE) (of events in blocks) | — |
+//! | `<shard>.versions` | event key | its version: events stored under it (u64 LE) |
+//! | `<shard>.decisions` | first offset of a conditional batch (u64 BE) | the decision (JSON) |
 //! | `view.<name>.<generation>` | a view's encoded group key | the group's encoded state |
 //!
 //! A commit writes a batch of events as one tail chunk and the shard's next offset in one fjall
@@ -33,6 +35,7 @@ mod scan;
 pub mod schema;
 mod shard;
 mod store;
+mod versions;
 mod views;
 
 pub use consumer::{Consumers, run_consumers};
@@ -44,3 +47,5 @@ pub use views::{ReadGroup, ViewDef, ViewFold, ViewPartition, ViewSet, ViewStatus
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod versions_tests;

@@ -6,7 +6,7 @@ use arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
 use strata_proto::write_ndjson_fields;
 
 /// Appends every row of `batch` (with all table columns, in table order) to `out` as one NDJSON
-/// line each: `{"partition","offset","time","key","id","type","data"}`.
+/// line each: `{"partition","offset","time","key","id","type","version","data"}`.
 pub fn write_batch(batch: &RecordBatch, out: &mut Vec<u8>) {
     if let Some(rows) = Rows::new(batch) {
         for i in 0..batch.num_rows() {
@@ -25,6 +25,7 @@ pub struct Rows<'a> {
     ids: &'a arrow::array::StringArray,
     types: &'a arrow::array::StringArray,
     data: &'a arrow::array::StringArray,
+    versions: &'a arrow::array::Int64Array,
 }
 
 impl<'a> Rows<'a> {
@@ -47,6 +48,7 @@ impl<'a> Rows<'a> {
             ids: batch.column(schema::ID).as_string::<i32>(),
             types: batch.column(schema::TYPE).as_string::<i32>(),
             data: batch.column(schema::DATA).as_string::<i32>(),
+            versions: batch.column(schema::VERSION).as_primitive::<Int64Type>(),
         })
     }
 
@@ -71,6 +73,7 @@ impl<'a> Rows<'a> {
             opt(self.keys, i),
             opt(self.ids, i),
             opt(self.types, i),
+            (!self.versions.is_null(i)).then(|| self.versions.value(i) as u64),
             self.data.value(i),
         );
     }

@@ -18,8 +18,11 @@ pub const ID: usize = 4;
 pub const TYPE: usize = 5;
 /// Column index of `data` (Utf8: the event's JSON text).
 pub const DATA: usize = 6;
+/// Column index of `version` (Int64, nullable): the event's place among its key's events, from 1
+/// (NULL without a key).
+pub const VERSION: usize = 7;
 /// Column index of the first declared field; field `i` is column `FIELDS + i`.
-pub const FIELDS: usize = 7;
+pub const FIELDS: usize = 8;
 
 /// The type of the `time` column.
 pub fn time_type() -> DataType {
@@ -46,10 +49,11 @@ static BASE: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("id", DataType::Utf8, true),
         Field::new("type", DataType::Utf8, true),
         Field::new("data", DataType::Utf8, false),
+        Field::new("version", DataType::Int64, true),
     ]))
 });
 
-/// The columns every stream has: `partition, offset, time, key, id, type, data`.
+/// The columns every stream has: `partition, offset, time, key, id, type, data, version`.
 pub fn table_schema() -> SchemaRef {
     BASE.clone()
 }

@@ -79,6 +79,14 @@ pub(crate) struct Shard {
     pub bmeta: Keyspace,
     pub ids: Keyspace,
     pub keys: Keyspace,
+    /// Key → its version (u64 LE): the number of events stored under it.
+    pub versions: Keyspace,
+    /// First offset of a conditional batch (u64 BE) → the decision on it (JSON).
+    pub decisions: Keyspace,
+    /// Recently committed key versions (see `versions.rs`).
+    pub version_cache: Mutex<std::collections::HashMap<String, u64>>,
+    /// The records of a conditional batch still arriving, not applied yet.
+    pub held: Mutex<Vec<strata_proto::Record>>,
     pub state: Mutex<ShardState>,
     /// The ids and keys of the tail's rows. Changed only under `state`'s lock (and taken after
     /// it); read alone by id lookups.
@@ -135,6 +143,10 @@ impl Shard {
             bmeta: db.keyspace(&name("bmeta"), small)?,
             ids: db.keyspace(&name("ids"), index)?,
             keys: db.keyspace(&name("keys"), index)?,
+            versions: db.keyspace(&name("versions"), index)?,
+            decisions: db.keyspace(&name("decisions"), small)?,
+            version_cache: Mutex::new(std::collections::HashMap::new()),
+            held: Mutex::new(Vec::new()),
             state: Mutex::new(state),
             tail_index: Mutex::new(TailIndex::default()),
             progress,

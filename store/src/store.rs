@@ -8,6 +8,7 @@ use crate::keys::{offset_key, state_key};
 use crate::scan::{ScanRequest, ShardScan};
 use crate::schema::{self, stream_schema};
 use crate::shard::{Shard, ShardState, ShardStatus};
+use crate::versions;
 use crate::views::{ViewDef, ViewFold, ViewPartition, ViewSet, ViewStatus, commit_views};
 use crate::{Error, Result};
 use arrow::array::{AsArray, RecordBatch};
@@ -15,7 +16,7 @@ use arrow::datatypes::Int64Type;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use strata_proto::{Catalog, IdLookup, Record, ShardSink, StreamInfo, StreamName};
@@ -237,46 +238,25 @@ impl Store {
         let mut state = shard.state.lock();
         let mut next = *state;
         let mut batch = self.db.batch();
-        // Which records to store: those not applied yet whose id the shard does not hold.
-        let mut skipped = 0u64;
-        let keep = {
-            let tail = shard.tail_index.lock();
-            let mut seen = HashSet::with_hasher(ahash::RandomState::new());
-            let mut keep = Vec::with_capacity(records.len());
-            for record in &records {
-                let fresh = record.offset >= next.next;
-                next.next = next.next.max(record.offset + 1);
-                let stored_id = match &record.event.id {
-                    Some(id) if fresh => {
-                        !seen.insert(id.as_str())
-                            || tail.id(id).is_some()
-                            || shard.ids.contains_key(id.as_bytes())?
-                    }
-                    _ => false,
-                };
-                skipped += u64::from(stored_id);
-                keep.push(fresh && !stored_id);
-            }
-            keep
-        };
-        let accepted: Vec<(u64, strata_proto::Event)> = records
-            .into_iter()
-            .zip(keep)
-            .filter(|(_, keep)| *keep)
-            .map(|(record, _)| (record.offset, record.event))
-            .collect();
-        next.next = next.next.max(through);
+        // Which records to store: those not applied yet whose id the shard does not hold, and
+        // the conditional batches that hold (see `versions.rs`).
+        let mut sorted = versions::sort_out(&shard, records, state.next)?;
+        next.next = sorted.next;
+        if !sorted.holding {
+            next.next = next.next.max(through);
+        }
         if next == *state {
             return Ok(state.next);
         }
         let mut chunk = None;
-        if let Some((first, _)) = accepted.first() {
-            let rows = rows_to_stored(&accepted, partition, &fields)?;
+        if let Some((first, _)) = sorted.accepted.first() {
+            let rows = rows_to_stored(&sorted.accepted, &sorted.versions, partition, &fields)?;
             batch.insert(&shard.tail, offset_key(*first), encode_tail(&rows)?);
-            next.tail_rows += accepted.len() as u64;
-            next.rows += accepted.len() as u64;
+            next.tail_rows += sorted.accepted.len() as u64;
+            next.rows += sorted.accepted.len() as u64;
             chunk = Some(rows);
         }
+        versions::write(&shard, &sorted, &mut batch)?;
         let views = self.views.fold_into(
             &slots,
             &info,
@@ -290,17 +270,15 @@ impl Store {
             // Id lookups wait for the commit, so they never miss an id it stores.
             let mut tail = shard.tail_index.lock();
             batch.commit()?;
-            for (offset, event) in accepted {
+            for (offset, event) in std::mem::take(&mut sorted.accepted) {
                 tail.add(offset, event.id, event.key);
             }
         }
         commit_views(views, partition, next.next);
         *state = next;
         drop(state);
-        if skipped > 0 {
-            metrics::counter!("strata_store_duplicates_skipped_total", "stream" => stream.to_string())
-                .increment(skipped);
-        }
+        count_sorted(stream, &sorted);
+        versions::remember(&shard, sorted);
         // The rows are readable in the tail now; their block is made after.
         shard.progress.send_replace(next.next);
         self.blocks.after_commit(&shard, &fields, next.tail_rows)?;
@@ -505,9 +483,43 @@ impl Store {
         })
     }
 
+    /// The decision on the conditional batch of `stream`/`partition` whose first record is at
+    /// `first`; `None` while the shard has not decided it (or it is not a batch's first record).
+    ///
+    /// # Errors
+    /// An unknown stream or partition; storage failures.
+    pub fn decision(
+        &self,
+        stream: &StreamName,
+        partition: u32,
+        first: u64,
+    ) -> Result<Option<strata_proto::BatchDecision>> {
+        versions::decision(&*self.shard(stream, partition)?, first)
+    }
+
     /// Flushes the store's journal to disk.
     pub fn persist(&self) -> Result<()> {
         Ok(self.db.persist(fjall::PersistMode::SyncAll)?)
+    }
+}
+
+/// Counts what a commit skipped, rejected and decided.
+fn count_sorted(stream: &StreamName, sorted: &versions::Sorted) {
+    let stream = stream.to_string();
+    if sorted.duplicates > 0 {
+        metrics::counter!("strata_store_duplicates_skipped_total", "stream" => stream.clone())
+            .increment(sorted.duplicates);
+    }
+    if sorted.rejected > 0 {
+        metrics::counter!("strata_conditional_rejected_events_total", "stream" => stream.clone())
+            .increment(sorted.rejected);
+    }
+    let refused = sorted.decisions.iter().filter(|(_, d)| !d.accepted).count() as u64;
+    for (decision, n) in [("accepted", sorted.batches), ("rejected", refused)] {
+        if n > 0 {
+            metrics::counter!("strata_conditional_batches_total", "stream" => stream.clone(), "decision" => decision)
+                .increment(n);
+        }
     }
 }
 

@@ -48,6 +48,7 @@ fn record(offset: u64, time_ms: i64, key: Option<&str>, id: Option<&str>) -> Rec
             id: id.map(str::to_owned),
             event_type: Some("t".into()),
             data: format!("{{\"o\":{offset}}}"),
+            condition: None,
         },
     }
 }

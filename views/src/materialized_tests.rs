@@ -100,6 +100,7 @@ fn batch(events: &[Ev], first_offset: usize) -> RecordBatch {
                 .map(|e| Some(e.data.clone()))
                 .collect::<StringArray>(),
         ),
+        arrow::array::new_null_array(&arrow::datatypes::DataType::Int64, events.len()),
     ];
     RecordBatch::try_new(strata_store::schema::table_schema(), columns).unwrap()
 }

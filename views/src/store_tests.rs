@@ -56,6 +56,7 @@ fn log_of(events: &[(Ev, Option<String>)]) -> Vec<Vec<Record>> {
                 id: id.clone(),
                 event_type: None,
                 data: e.data.clone(),
+                condition: None,
             },
         });
     }
@@ -185,6 +186,7 @@ async fn a_key_lookup_reads_one_group_and_agrees_with_a_scan() {
                 id: None,
                 event_type: None,
                 data: format!("{{\"qty\": {i}}}"),
+                condition: None,
             },
         })
         .collect();

@@ -42,6 +42,7 @@ fn setup(dir: &std::path::Path) -> (Arc<Store>, SqlEngine) {
                         if o % 2 == 0 { "NL" } else { "DE" },
                         o + u64::from(p)
                     ),
+                    condition: None,
                 },
             })
             .collect();

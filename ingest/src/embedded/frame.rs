@@ -105,6 +105,7 @@ mod tests {
                 id: None,
                 event_type: None,
                 data: "1".into(),
+                condition: None,
             },
             Event {
                 time_ms: 2,
@@ -112,6 +113,7 @@ mod tests {
                 id: Some("x".into()),
                 event_type: Some("t".into()),
                 data: "{}".into(),
+                condition: None,
             },
         ];
         let mut buf = Vec::new();

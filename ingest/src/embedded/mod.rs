@@ -318,6 +318,7 @@ mod tests {
             id: None,
             event_type: None,
             data: format!("{{\"i\":{i}}}"),
+            condition: None,
         }
     }
 

@@ -307,6 +307,7 @@ mod tests {
             id: None,
             event_type: None,
             data: format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(100)),
+            condition: None,
         }
     }
 

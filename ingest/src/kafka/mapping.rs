@@ -16,6 +16,12 @@
 //! are counted in `strata_kafka_non_json_values_total{kind="text|binary"}`. A record without a
 //! value stores `null`; one without a timestamp gets the time it was read.
 //!
+//! Expected-version appends (see `strata_proto::condition`) travel as headers: `strata-expect`
+//! (`N`, `none` or `exists`: the key's version before the batch) and, for a batch of more than
+//! one record, `strata-batch` (`index/count`) on each of its records. A plain Kafka producer
+//! conditions a record by setting `strata-expect`; a record whose condition headers do not parse
+//! goes to the dead-letter topic (reason `bad_condition`).
+//!
 //! A record with the header `strata-control` is not an event: strata writes one to each partition
 //! when fields are declared on an existing stream, to mark from which offset the new fields apply
 //! (Kafka's own end offsets are not relied on). Store nodes skip it; other consumers of the topic
@@ -24,12 +30,16 @@
 use base64::Engine;
 use rdkafka::Message;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use strata_proto::{Event, Record};
+use strata_proto::{Condition, Event, Record};
 
 /// Header carrying the event id.
 pub const ID_HEADER: &str = "id";
 /// Header carrying the event type.
 pub const TYPE_HEADER: &str = "type";
+/// Header carrying a record's expected version.
+pub const EXPECT_HEADER: &str = "strata-expect";
+/// Header carrying a record's place in a conditional batch.
+pub const BATCH_HEADER: &str = "strata-batch";
 /// Header marking a control record (not an event).
 pub const CONTROL_HEADER: &str = "strata-control";
 
@@ -50,11 +60,24 @@ pub fn control_headers(kind: &str) -> OwnedHeaders {
 
 /// The headers of an event's record (`None` when it has neither id nor type).
 pub fn headers_for(event: &Event) -> Option<OwnedHeaders> {
-    if event.id.is_none() && event.event_type.is_none() {
+    if event.id.is_none() && event.event_type.is_none() && event.condition.is_none() {
         return None;
     }
-    let mut headers = OwnedHeaders::new_with_capacity(2);
-    for (key, value) in [(ID_HEADER, &event.id), (TYPE_HEADER, &event.event_type)] {
+    let expect = event
+        .condition
+        .and_then(|c| c.expect)
+        .map(strata_proto::Expect::to_text);
+    let batch = event
+        .condition
+        .filter(|c| c.count > 1)
+        .map(|c| c.batch_text());
+    let mut headers = OwnedHeaders::new_with_capacity(4);
+    for (key, value) in [
+        (ID_HEADER, event.id.as_deref()),
+        (TYPE_HEADER, event.event_type.as_deref()),
+        (EXPECT_HEADER, expect.as_deref()),
+        (BATCH_HEADER, batch.as_deref()),
+    ] {
         if let Some(value) = value {
             headers = headers.insert(Header {
                 key,
@@ -63,6 +86,28 @@ pub fn headers_for(event: &Event) -> Option<OwnedHeaders> {
         }
     }
     Some(headers)
+}
+
+/// The condition a record's headers state, if any (see the module documentation).
+///
+/// # Errors
+/// Condition headers that do not parse.
+pub fn condition_of<M: Message>(message: &M) -> strata_proto::Result<Option<Condition>> {
+    let (mut expect, mut batch) = (None, None);
+    if let Some(headers) = message.headers() {
+        for header in headers.iter() {
+            let slot = match header.key {
+                EXPECT_HEADER => &mut expect,
+                BATCH_HEADER => &mut batch,
+                _ => continue,
+            };
+            *slot = Some(String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned());
+        }
+    }
+    if expect.is_none() && batch.is_none() {
+        return Ok(None);
+    }
+    Condition::from_headers(expect.as_deref(), batch.as_deref()).map(Some)
 }
 
 /// What kind of value a record held.
@@ -111,6 +156,9 @@ pub fn dead_letter_reason<M: Message>(
     let len = message.payload().map_or(0, <[u8]>::len);
     if len > config.max_value_bytes {
         return Some("too_large");
+    }
+    if condition_of(message).is_err() {
+        return Some("bad_condition");
     }
     match (kind, config.non_json) {
         (ValueKind::Json, _) | (_, super::NonJson::Store) => None,
@@ -185,6 +233,7 @@ pub fn record_from_message<M: Message>(message: &M, now_ms: i64) -> (Record, Val
             id,
             event_type,
             data,
+            condition: condition_of(message).ok().flatten(),
         },
     };
     (record, kind)
@@ -229,6 +278,7 @@ mod tests {
             id: Some("o-1".into()),
             event_type: Some("order".into()),
             data: r#"{"amount":3.5}"#.into(),
+            condition: None,
         };
         let message = OwnedMessage::new(
             Some(event.data.clone().into_bytes()),

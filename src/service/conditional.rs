@@ -1,0 +1,93 @@
+//! Expected-version appends: the write path puts a conditional batch in the log, the store node
+//! holding its partition decides it (see `strata_proto::condition`), and the append answers with
+//! that decision — `200` with each key's new version, or `409` naming each key's expected and
+//! actual version.
+
+use super::{Error, Parts, Result};
+use std::time::Duration;
+use strata_ingest::AppendOutcome;
+use strata_proto::{BatchDecision, StreamName};
+
+/// How long an append waits for the store's decision before answering `408` (the batch is
+/// durable and will be decided; a retry with the same ids learns how).
+const DECISION_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits for the decision on the conditional batch `outcome` appended to `stream` and turns it
+/// into the answer. `ids` are the batch's event ids, forgotten by the write path on a rejection
+/// so that a retry is not taken for a duplicate.
+///
+/// # Errors
+/// [`Error::VersionConflict`] when the batch was rejected; a timeout or an unreachable holder.
+pub(super) async fn decided(
+    parts: &Parts,
+    stream: &StreamName,
+    mut outcome: AppendOutcome,
+    ids: Vec<String>,
+) -> Result<AppendOutcome> {
+    // Every event was a duplicate of a stored one (a retry of an accepted batch): nothing to
+    // decide.
+    let Some(part) = outcome.partitions.first().cloned() else {
+        return Ok(outcome);
+    };
+    let through = part.last_offset + 1;
+    let decision = match (&parts.cluster, &parts.store) {
+        (Some(cluster), _) => {
+            cluster
+                .decision(
+                    stream,
+                    part.partition,
+                    part.first_offset,
+                    through,
+                    DECISION_WAIT,
+                )
+                .await?
+        }
+        (None, Some(store)) => {
+            let mut progress = store.subscribe(stream, part.partition)?;
+            let reached = tokio::time::timeout(DECISION_WAIT, progress.wait_for(|n| *n >= through));
+            if !matches!(reached.await, Ok(Ok(_))) {
+                return Err(undecided(stream, part.partition, part.first_offset));
+            }
+            store.decision(stream, part.partition, part.first_offset)?
+        }
+        (None, None) => {
+            return Err(Error::WrongRole(
+                "this node neither keeps shards nor knows a cluster, so it cannot learn whether \
+                 expected versions held; send conditional appends to a node with a store"
+                    .into(),
+            ));
+        }
+    };
+    let decision = decision.ok_or_else(|| undecided(stream, part.partition, part.first_offset))?;
+    if decision.accepted {
+        outcome.versions = decision
+            .keys
+            .into_iter()
+            .map(|k| (k.key, k.version))
+            .collect();
+        metrics::counter!("strata_conditional_appends_total", "stream" => stream.to_string(), "decision" => "accepted").increment(1);
+        return Ok(outcome);
+    }
+    metrics::counter!("strata_conditional_appends_total", "stream" => stream.to_string(), "decision" => "rejected").increment(1);
+    if let Ok(ingest) = parts.ingest() {
+        ingest.forget_ids(stream, part.partition, &ids).await;
+    }
+    Err(conflict(decision))
+}
+
+fn undecided(stream: &StreamName, partition: u32, first: u64) -> Error {
+    Error::Timeout(format!(
+        "the append is durable at offset {first} of partition {partition} of {stream}, but its \
+         expected versions were not decided within {} s; retry it with the same event ids to \
+         learn the outcome",
+        DECISION_WAIT.as_secs()
+    ))
+}
+
+fn conflict(decision: BatchDecision) -> Error {
+    let reason = decision.reason.unwrap_or_default();
+    Error::VersionConflict {
+        message: format!("expected versions did not hold, nothing was appended: {reason}"),
+        keys: decision.keys,
+    }
+}

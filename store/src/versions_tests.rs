@@ -1,0 +1,200 @@
+//! Conditional batches in the store: decisions and versions depend on the log alone, not on how
+//! it is read.
+
+use crate::schema;
+use crate::{ScanRequest, Store, StoreConfig};
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Int64Type;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use strata_proto::{Condition, Event, Expect, Record, StreamInfo, StreamName};
+
+fn stream() -> StreamName {
+    StreamName::new("s").unwrap()
+}
+
+fn open(dir: &std::path::Path) -> Arc<Store> {
+    let store = Store::open(
+        dir,
+        StoreConfig {
+            block_rows: 16,
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
+    let info = StreamInfo {
+        name: stream(),
+        partitions: 1,
+        fields: vec![],
+    };
+    store.set_catalog(Arc::new(BTreeMap::from([(stream(), info)])));
+    store
+}
+
+fn record(offset: u64, key: Option<&str>, condition: Option<Condition>) -> Record {
+    Record {
+        partition: 0,
+        offset,
+        event: Event {
+            time_ms: 1,
+            key: key.map(str::to_owned),
+            id: None,
+            event_type: None,
+            data: offset.to_string(),
+            condition,
+        },
+    }
+}
+
+fn cond(expect: Option<Expect>, index: u32, count: u32) -> Option<Condition> {
+    Some(Condition {
+        expect,
+        index,
+        count,
+    })
+}
+
+/// (offset, key, version) of every stored event, in offset order.
+fn stored(store: &Store) -> Vec<(u64, Option<String>, Option<i64>)> {
+    let mut out = Vec::new();
+    for batch in store
+        .scan(&stream(), 0, ScanRequest::all())
+        .unwrap()
+        .map(|b| b.unwrap())
+    {
+        let offsets = batch.column(schema::OFFSET).as_primitive::<Int64Type>();
+        let keys = batch.column(schema::KEY).as_string::<i32>();
+        let versions = batch.column(schema::VERSION).as_primitive::<Int64Type>();
+        for i in 0..batch.num_rows() {
+            out.push((
+                offsets.value(i) as u64,
+                (!keys.is_null(i)).then(|| keys.value(i).to_owned()),
+                (!versions.is_null(i)).then(|| versions.value(i)),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn batches_are_decided_whole_and_versions_count_per_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let log = vec![
+        record(0, Some("a"), None),
+        // a at 1: accepted, a → 3.
+        record(1, Some("a"), cond(Some(Expect::Version(1)), 0, 2)),
+        record(2, Some("a"), cond(None, 1, 2)),
+        // b is new but the batch expects it to exist: rejected whole (a too).
+        record(3, Some("a"), cond(Some(Expect::Version(3)), 0, 2)),
+        record(4, Some("b"), cond(Some(Expect::Exists), 1, 2)),
+        // A batch interrupted by another writer's record: rejected; the stray after it too.
+        record(5, Some("b"), cond(Some(Expect::None), 0, 2)),
+        record(6, Some("c"), None),
+        record(7, Some("b"), cond(None, 1, 2)),
+        // A batch whose read ends inside it waits for the rest.
+        record(8, Some("b"), cond(Some(Expect::None), 0, 2)),
+    ];
+    assert_eq!(
+        store.commit(&stream(), 0, log).unwrap(),
+        8,
+        "held at the open batch"
+    );
+    assert!(store.decision(&stream(), 0, 8).unwrap().is_none());
+    assert_eq!(
+        store
+            .commit(&stream(), 0, vec![record(9, None, cond(None, 1, 2))])
+            .unwrap(),
+        10
+    );
+    let d = |o| store.decision(&stream(), 0, o).unwrap().unwrap();
+    assert!(d(1).accepted);
+    assert_eq!(d(1).keys[0].version, 3);
+    let no = d(3);
+    assert!(!no.accepted);
+    assert_eq!((no.keys[1].key.as_str(), no.keys[1].actual), ("b", 0));
+    assert!(
+        no.reason
+            .unwrap()
+            .contains("\"b\" expected version exists, is at 0")
+    );
+    assert!(d(5).reason.unwrap().contains("consecutive"));
+    assert!(d(8).accepted);
+    assert_eq!(
+        stored(&store),
+        vec![
+            (0, Some("a".into()), Some(1)),
+            (1, Some("a".into()), Some(2)),
+            (2, Some("a".into()), Some(3)),
+            (6, Some("c".into()), Some(1)),
+            (8, Some("b".into()), Some(1)),
+            (9, None, None),
+        ]
+    );
+}
+
+fn arb_log() -> impl Strategy<Value = Vec<Record>> {
+    // Requests: plain events, or batches of 1–3 events with conditions on a few keys.
+    let keys = prop::sample::select(vec!["a", "b", "c"]);
+    let event = (keys, prop::option::of(0u64..4), any::<bool>());
+    prop::collection::vec(prop::collection::vec(event, 1..4), 1..30).prop_map(|requests| {
+        let mut log = Vec::new();
+        for request in requests {
+            let count = request.len() as u32;
+            let conditional = request.iter().any(|(_, e, _)| e.is_some());
+            for (i, (key, expect, none)) in request.into_iter().enumerate() {
+                let offset = log.len() as u64;
+                let expect = expect.map(|v| {
+                    if none && v == 0 {
+                        Expect::None
+                    } else {
+                        Expect::Version(v)
+                    }
+                });
+                let condition = conditional.then_some(Condition {
+                    expect,
+                    index: i as u32,
+                    count,
+                });
+                log.push(record(offset, Some(key), condition));
+            }
+        }
+        log
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn decisions_do_not_depend_on_how_the_log_is_read(
+        log in arb_log(),
+        cuts in prop::collection::vec(1usize..8, 1..20),
+    ) {
+        let one = tempfile::tempdir().unwrap();
+        let whole = open(one.path());
+        whole.commit(&stream(), 0, log.clone()).unwrap();
+        let two = tempfile::tempdir().unwrap();
+        let pieces = open(two.path());
+        let mut rest = log.as_slice();
+        for cut in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (head, tail) = rest.split_at((*cut).min(rest.len()));
+            pieces.commit(&stream(), 0, head.to_vec()).unwrap();
+            rest = tail;
+        }
+        prop_assert_eq!(stored(&whole), stored(&pieces));
+        for r in &log {
+            prop_assert_eq!(
+                whole.decision(&stream(), 0, r.offset).unwrap(),
+                pieces.decision(&stream(), 0, r.offset).unwrap()
+            );
+        }
+        // A reopened store reads the same.
+        drop(pieces);
+        let reopened = open(two.path());
+        prop_assert_eq!(stored(&whole), stored(&reopened));
+    }
+}
