@@ -155,10 +155,13 @@ fn events_from_a_plain_kafka_producer_are_stored_like_http_ones() {
             json!("null")
         ]
     );
-    // Replay from the shards and straight from the log agree.
+    // Replay from the shards and straight from the log agree (but for the store's `version`).
     for p in 0..3 {
-        let (status, stored) = replay(&server, "ext", &format!("partition={p}"));
+        let (status, mut stored) = replay(&server, "ext", &format!("partition={p}"));
         assert_eq!(status, 200);
+        for line in &mut stored {
+            line.as_object_mut().unwrap().remove("version");
+        }
         let (status, logged) = replay(&server, "ext", &format!("partition={p}&source=log"));
         assert_eq!(status, 200);
         assert_eq!(stored, logged, "partition {p}");

@@ -20,6 +20,7 @@
 
 mod analysts;
 mod cluster;
+mod conditional;
 mod data;
 mod kafka;
 mod peers;
