@@ -55,21 +55,7 @@ impl Cluster {
         let (tmp, dir) = data_dir();
         let nodes = nodes
             .iter()
-            .map(|&(name, role)| {
-                Server::start_with(
-                    Backend::Kafka,
-                    &dir.join(name),
-                    &config,
-                    &[
-                        "--role",
-                        role,
-                        "--node-id",
-                        name,
-                        "--cluster-listen",
-                        "127.0.0.1:0",
-                    ],
-                )
-            })
+            .map(|&(name, role)| node(&dir, &config, name, role))
             .collect();
         Some(Cluster { _tmp: tmp, nodes })
     }
@@ -77,6 +63,23 @@ impl Cluster {
     pub(crate) fn ingest(&self) -> &Server {
         &self.nodes[0]
     }
+}
+
+/// A Kafka node `name` of `role` in `dir/name`, on a node-to-node port of its own.
+fn node(dir: &std::path::Path, config: &str, name: &str, role: &str) -> Server {
+    Server::start_with(
+        Backend::Kafka,
+        &dir.join(name),
+        config,
+        &[
+            "--role",
+            role,
+            "--node-id",
+            name,
+            "--cluster-listen",
+            "127.0.0.1:0",
+        ],
+    )
 }
 
 /// Runs SQL with a bearer token (and `after` tokens); returns the status and the JSON body.
@@ -627,21 +630,7 @@ fn node_to_node_calls_use_tls_when_the_nodes_have_a_certificate() {
     );
     let nodes: Vec<Server> = [("i", "ingest"), ("s", "store")]
         .into_iter()
-        .map(|(name, role)| {
-            Server::start_with(
-                Backend::Kafka,
-                &dir.join(name),
-                &config,
-                &[
-                    "--role",
-                    role,
-                    "--node-id",
-                    name,
-                    "--cluster-listen",
-                    "127.0.0.1:0",
-                ],
-            )
-        })
+        .map(|(name, role)| node(&dir, &config, name, role))
         .collect();
     let client = reqwest::blocking::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())

@@ -84,6 +84,9 @@ fn writer(bases: Vec<String>, stream: &str, w: usize, seed: u64, requests: usize
                     }
                 }
             }
+            // A cluster's partition without a holder for a moment (the id check before the
+            // append, or the decision after it): the outcome is unknown, and checked as such.
+            Some((503, _)) => {}
             Some((status, body)) => panic!("writer {w}: unexpected {status}: {body}"),
             None => {
                 out.push(Sent { events, answer });
@@ -244,7 +247,7 @@ fn concurrent_conditional_appends_match_a_serial_model() {
             .unwrap()
             .as_nanos() as u64;
         eprintln!("{backend:?}: seed {seed}");
-        let sent = run_writers(&[server.base.clone()], "acct", 4, 40, seed);
+        let sent = run_writers(std::slice::from_ref(&server.base), "acct", 4, 40, seed);
         barrier(&server, "acct", 2);
         let (accepted, rejected) = check_against_model(&history(&server, "acct"), &sent);
         eprintln!(
@@ -373,7 +376,8 @@ fn two_ingest_nodes_and_a_plain_kafka_producer_share_expected_versions() {
         .as_nanos() as u64;
     eprintln!("seed {seed}");
 
-    // A plain producer (no strata code) on its own key: none, 1, 2, then a stale 1.
+    // A plain producer (no strata code) on its own key: none, 1, 2, then a stale 1, then a
+    // condition that does not parse (a dead letter).
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", kafka_brokers().unwrap())
         .set("partitioner", "murmur2_random")
@@ -382,7 +386,7 @@ fn two_ingest_nodes_and_a_plain_kafka_producer_share_expected_versions() {
         .unwrap();
     let topic = format!("{}acct", ingest.topic_prefix());
     let plain = std::thread::spawn(move || {
-        for (n, expect) in ["none", "1", "2", "1"].into_iter().enumerate() {
+        for (n, expect) in ["none", "1", "2", "1", "maybe"].into_iter().enumerate() {
             let id = format!("p{n}");
             let headers = OwnedHeaders::new()
                 .insert(Header {

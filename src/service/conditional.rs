@@ -12,6 +12,9 @@ use strata_proto::{BatchDecision, StreamName};
 /// durable and will be decided; a retry with the same ids learns how).
 const DECISION_WAIT: Duration = Duration::from_secs(30);
 
+/// How often a cluster node asks again for a decision while the partition has no holder.
+const MOVING_RETRY: Duration = Duration::from_millis(250);
+
 /// Waits for the decision on the conditional batch `outcome` appended to `stream` and turns it
 /// into the answer. `ids` are the batch's event ids, forgotten by the write path on a rejection
 /// so that a retry is not taken for a duplicate.

@@ -10,7 +10,6 @@
 //! | `<shard>.bmeta` | first offset (u64 BE) | offset range, time range and row count of the block |
 //! | `<shard>.ids` | event id (of events in blocks) | offset |
 //! | `<shard>.keys` | key length (u16 BE), key, offset (u64 BE) (of events in blocks) | — |
-//! | `<shard>.versions` | event key | its version: events stored under it (u64 LE) |
 //! | `<shard>.decisions` | first offset of a conditional batch (u64 BE) | the decision (JSON) |
 //! | `view.<name>.<generation>` | a view's encoded group key | the group's encoded state |
 //!

@@ -79,8 +79,6 @@ pub(crate) struct Shard {
     pub bmeta: Keyspace,
     pub ids: Keyspace,
     pub keys: Keyspace,
-    /// Key → its version (u64 LE): the number of events stored under it.
-    pub versions: Keyspace,
     /// First offset of a conditional batch (u64 BE) → the decision on it (JSON).
     pub decisions: Keyspace,
     /// Recently committed key versions (see `versions.rs`).
@@ -143,7 +141,6 @@ impl Shard {
             bmeta: db.keyspace(&name("bmeta"), small)?,
             ids: db.keyspace(&name("ids"), index)?,
             keys: db.keyspace(&name("keys"), index)?,
-            versions: db.keyspace(&name("versions"), index)?,
             decisions: db.keyspace(&name("decisions"), small)?,
             version_cache: Mutex::new(std::collections::HashMap::new()),
             held: Mutex::new(Vec::new()),

@@ -240,7 +240,7 @@ impl Store {
         let mut batch = self.db.batch();
         // Which records to store: those not applied yet whose id the shard does not hold, and
         // the conditional batches that hold (see `versions.rs`).
-        let mut sorted = versions::sort_out(&shard, records, state.next)?;
+        let mut sorted = versions::sort_out(&shard, records, &state)?;
         next.next = sorted.next;
         if !sorted.holding {
             next.next = next.next.max(through);

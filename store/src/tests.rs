@@ -9,12 +9,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use strata_proto::{Event, IdLookup, Record, StreamInfo, StreamName};
 
-fn stream() -> StreamName {
+pub(crate) fn stream() -> StreamName {
     StreamName::new("s").unwrap()
 }
 
 /// A store whose commits make their blocks themselves (the tests see exact block boundaries).
-fn open(dir: &std::path::Path, block_rows: usize) -> Arc<Store> {
+pub(crate) fn open(dir: &std::path::Path, block_rows: usize) -> Arc<Store> {
     open_with(dir, block_rows, 1)
 }
 

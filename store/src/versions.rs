@@ -7,9 +7,14 @@
 //! rejected whole. A batch whose records are still arriving (the read ended inside it) is held in
 //! memory, and the shard's next offset stays at its first record until it is complete, so that a
 //! restart reads it again. The decision goes into the shard's `decisions` keyspace under the
-//! batch's first offset, in the commit's write batch; key versions go into `versions`.
+//! batch's first offset, in the commit's write batch. A key's version is not stored apart: it is
+//! the count of the key's stored events, which the key index (blocks) and the tail index (the
+//! rest) already hold; recently committed versions are kept in memory so that a commit rarely
+//! counts.
 
-use crate::shard::Shard;
+use crate::index::TailIndex;
+use crate::keys::key_index_prefix;
+use crate::shard::{Shard, ShardState};
 use crate::{Error, Result};
 use std::collections::{HashMap, HashSet};
 use strata_proto::condition::{BatchDecision, decide, rejected};
@@ -41,8 +46,10 @@ pub(crate) struct Sorted {
     pub holding: bool,
 }
 
-/// Sorts out `records` (after the shard's held ones) against a shard whose next offset is `next`.
-pub(crate) fn sort_out(shard: &Shard, records: Vec<Record>, next: u64) -> Result<Sorted> {
+/// Sorts out `records` (after the shard's held ones) against a shard in `state` (whose lock the
+/// caller holds).
+pub(crate) fn sort_out(shard: &Shard, records: Vec<Record>, state: &ShardState) -> Result<Sorted> {
+    let (next, tail_start) = (state.next, state.tail_start);
     let mut all = std::mem::take(&mut *shard.held.lock());
     // A re-read after a reopen starts at the held batch again: keep one copy.
     let held_end = all.last().map(|r| r.offset + 1).unwrap_or(0);
@@ -77,7 +84,7 @@ pub(crate) fn sort_out(shard: &Shard, records: Vec<Record>, next: u64) -> Result
                 if let Some(id) = &record.event.id {
                     seen.insert(id.clone());
                 }
-                out.store(shard, record)?;
+                out.store(shard, &tail, tail_start, record)?;
             }
             continue;
         };
@@ -124,7 +131,7 @@ pub(crate) fn sort_out(shard: &Shard, records: Vec<Record>, next: u64) -> Result
                     r.event.condition.and_then(|c| c.expect),
                 )
             });
-        let mut decision = decide(conditions, |k| out.version_of(shard, k))?;
+        let mut decision = decide(conditions, |k| out.version_of(shard, &tail, tail_start, k))?;
         if pending.len() < count && decision.accepted {
             decision = rejected(
                 decision.keys,
@@ -145,7 +152,7 @@ pub(crate) fn sort_out(shard: &Shard, records: Vec<Record>, next: u64) -> Result
                 if let Some(id) = &r.event.id {
                     seen.insert(id.clone());
                 }
-                out.store(shard, r)?;
+                out.store(shard, &tail, tail_start, r)?;
             }
         } else {
             out.rejected += pending.len() as u64;
@@ -157,13 +164,25 @@ pub(crate) fn sort_out(shard: &Shard, records: Vec<Record>, next: u64) -> Result
 
 impl Sorted {
     /// Stores `record`'s event, with its key's next version.
-    fn store(&mut self, shard: &Shard, mut record: Record) -> Result<()> {
+    fn store(
+        &mut self,
+        shard: &Shard,
+        tail: &TailIndex,
+        tail_start: u64,
+        mut record: Record,
+    ) -> Result<()> {
         let version = match record.event.key.as_deref() {
-            Some(key) => {
-                let v = self.version_of(shard, key)? + 1;
-                self.touched.insert(key.to_owned(), v);
-                Some(v)
-            }
+            Some(key) => match self.touched.get_mut(key) {
+                Some(v) => {
+                    *v += 1;
+                    Some(*v)
+                }
+                None => {
+                    let v = stored_version(shard, tail, tail_start, key)? + 1;
+                    self.touched.insert(key.to_owned(), v);
+                    Some(v)
+                }
+            },
             None => None,
         };
         record.event.condition = None;
@@ -173,35 +192,49 @@ impl Sorted {
     }
 
     /// `key`'s version at this point of the commit.
-    fn version_of(&self, shard: &Shard, key: &str) -> Result<u64> {
+    fn version_of(
+        &self,
+        shard: &Shard,
+        tail: &TailIndex,
+        tail_start: u64,
+        key: &str,
+    ) -> Result<u64> {
         if let Some(v) = self.touched.get(key) {
             return Ok(*v);
         }
-        stored_version(shard, key)
+        stored_version(shard, tail, tail_start, key)
     }
 }
 
-/// `key`'s version as committed.
-pub(crate) fn stored_version(shard: &Shard, key: &str) -> Result<u64> {
+/// `key`'s version as committed: its events in blocks (key index entries below `tail_start`)
+/// and in the tail (the tail index, from `tail_start` on).
+fn stored_version(shard: &Shard, tail: &TailIndex, tail_start: u64, key: &str) -> Result<u64> {
     if let Some(v) = shard.version_cache.lock().get(key) {
         return Ok(*v);
     }
-    Ok(shard
-        .versions
-        .get(key.as_bytes())?
-        .and_then(|v| <[u8; 8]>::try_from(&*v).ok())
-        .map_or(0, u64::from_le_bytes))
+    let prefix = key_index_prefix(key);
+    let at = |offset: u64| {
+        let mut k = prefix.clone();
+        k.extend_from_slice(&offset.to_be_bytes());
+        k
+    };
+    let mut in_blocks = 0u64;
+    for item in shard.keys.range(at(0)..at(tail_start)) {
+        item.key().map_err(|e| {
+            Error::reading(e, &shard.label(), &shard.keys, || "the key index".into())
+        })?;
+        in_blocks += 1;
+    }
+    let in_tail = tail.key_offsets(key, &(tail_start..u64::MAX)).len() as u64;
+    Ok(in_blocks + in_tail)
 }
 
-/// Writes what `sorted` changed into the commit's write batch.
+/// Writes the commit's decisions into its write batch.
 pub(crate) fn write(
     shard: &Shard,
     sorted: &Sorted,
     batch: &mut fjall::OwnedWriteBatch,
 ) -> Result<()> {
-    for (key, version) in &sorted.touched {
-        batch.insert(&shard.versions, key.as_bytes(), version.to_le_bytes());
-    }
     for (first, decision) in &sorted.decisions {
         let value = serde_json::to_vec(decision).map_err(|e| Error::Corrupt {
             location: shard.label(),

@@ -87,10 +87,12 @@ async fn run(strata: &Strata, load: Load, length: Duration) -> Result<(f64, u64)
                 let mut i = 0usize;
                 while Instant::now() < deadline {
                     i += 1;
+                    // Each load its own keys; in the spread-out ones, each client cycles through
+                    // its own share.
                     let key = match load {
                         Load::HotKey => "hot".to_owned(),
-                        // Each client cycles through its own share of the keys.
-                        _ => format!("acct-{}", (c + CLIENTS * i) % KEYS),
+                        Load::Plain => format!("plain-{}", (c + CLIENTS * i) % KEYS),
+                        Load::ManyKeys => format!("acct-{}", (c + CLIENTS * i) % KEYS),
                     };
                     let version = known.get(&key).copied().unwrap_or(0);
                     let event = match load {
