@@ -35,15 +35,24 @@ pub(super) async fn decided(
     let through = part.last_offset + 1;
     let decision = match (&parts.cluster, &parts.store) {
         (Some(cluster), _) => {
-            cluster
-                .decision(
-                    stream,
-                    part.partition,
-                    part.first_offset,
-                    through,
-                    DECISION_WAIT,
-                )
-                .await?
+            // A partition changing hands has no holder for a moment: ask again until one
+            // answers (the batch is durable; whoever holds the partition next decides it alike).
+            let deadline = tokio::time::Instant::now() + DECISION_WAIT;
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let asked = cluster
+                    .decision(stream, part.partition, part.first_offset, through, left)
+                    .await;
+                match asked {
+                    Err(strata_views::Error::Unavailable(_)) if !left.is_zero() => {
+                        tokio::time::sleep(MOVING_RETRY.min(left)).await;
+                    }
+                    Err(strata_views::Error::Unavailable(_)) => {
+                        return Err(undecided(stream, part.partition, part.first_offset));
+                    }
+                    answer => break answer?,
+                }
+            }
         }
         (None, Some(store)) => {
             let mut progress = store.subscribe(stream, part.partition)?;
