@@ -82,7 +82,7 @@ pub(crate) struct Shard {
     /// First offset of a conditional batch (u64 BE) → the decision on it (JSON).
     pub decisions: Keyspace,
     /// Recently committed key versions (see `versions.rs`).
-    pub version_cache: Mutex<std::collections::HashMap<String, u64>>,
+    pub version_cache: Mutex<crate::versions::VersionCache>,
     /// The records of a conditional batch still arriving, not applied yet.
     pub held: Mutex<Vec<strata_proto::Record>>,
     pub state: Mutex<ShardState>,
@@ -142,7 +142,7 @@ impl Shard {
             ids: db.keyspace(&name("ids"), index)?,
             keys: db.keyspace(&name("keys"), index)?,
             decisions: db.keyspace(&name("decisions"), small)?,
-            version_cache: Mutex::new(std::collections::HashMap::new()),
+            version_cache: Mutex::new(crate::versions::VersionCache::new(state.rows)),
             held: Mutex::new(Vec::new()),
             state: Mutex::new(state),
             tail_index: Mutex::new(TailIndex::default()),

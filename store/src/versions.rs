@@ -16,12 +16,16 @@ use crate::index::TailIndex;
 use crate::keys::key_index_prefix;
 use crate::shard::{Shard, ShardState};
 use crate::{Error, Result};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 use strata_proto::condition::{BatchDecision, decide, rejected};
 use strata_proto::{Event, Record};
 
-/// Key versions a shard keeps in memory beyond its keyspace (cleared when full).
-const CACHED_VERSIONS: usize = 262_144;
+/// Key versions a shard keeps in memory (cleared when full). While a shard's memory holds every
+/// key it ever stored (it started empty and was never cleared), a key not in it is at version 0
+/// without counting.
+const CACHED_VERSIONS: usize = 65_536;
 
 /// What a commit stores, and what it decided.
 #[derive(Default)]
@@ -206,11 +210,35 @@ impl Sorted {
     }
 }
 
+/// A shard's memory of its keys' versions.
+#[derive(Debug, Default)]
+pub(crate) struct VersionCache {
+    versions: HashMap<String, u64>,
+    /// Whether `versions` holds every key the shard stores.
+    complete: bool,
+}
+
+impl VersionCache {
+    /// The memory of a shard that has stored `rows` events so far.
+    pub(crate) fn new(rows: u64) -> Self {
+        Self {
+            versions: HashMap::default(),
+            complete: rows == 0,
+        }
+    }
+}
+
 /// `key`'s version as committed: its events in blocks (key index entries below `tail_start`)
 /// and in the tail (the tail index, from `tail_start` on).
 fn stored_version(shard: &Shard, tail: &TailIndex, tail_start: u64, key: &str) -> Result<u64> {
-    if let Some(v) = shard.version_cache.lock().get(key) {
-        return Ok(*v);
+    {
+        let cache = shard.version_cache.lock();
+        if let Some(v) = cache.versions.get(key) {
+            return Ok(*v);
+        }
+        if cache.complete {
+            return Ok(0);
+        }
     }
     let prefix = key_index_prefix(key);
     let at = |offset: u64| {
@@ -248,10 +276,11 @@ pub(crate) fn write(
 /// Remembers the committed versions of `sorted` in memory.
 pub(crate) fn remember(shard: &Shard, sorted: Sorted) {
     let mut cache = shard.version_cache.lock();
-    if cache.len() + sorted.touched.len() > CACHED_VERSIONS {
-        cache.clear();
+    if cache.versions.len() + sorted.touched.len() > CACHED_VERSIONS {
+        cache.versions.clear();
+        cache.complete = false;
     }
-    cache.extend(sorted.touched);
+    cache.versions.extend(sorted.touched);
 }
 
 /// The decision on the batch whose first record is at `first`, if one was taken.
