@@ -474,3 +474,29 @@ fn decisions_survive_kill_9_and_a_store_rebuild() {
     };
     assert_eq!(strip(&rebuilt), strip(&after_restart));
 }
+
+/// An ingest node that could not learn the decision refuses a conditional append before writing
+/// anything.
+#[test]
+fn an_ingest_node_without_a_cluster_refuses_expected_versions_and_writes_nothing() {
+    if kafka_brokers().is_none() {
+        eprintln!("no Kafka broker (STRATA_TEST_KAFKA_BROKERS); skipped");
+        return;
+    }
+    let (_tmp, dir) = data_dir();
+    let config = kafka_section(&unique("t"), &unique("g"));
+    let server = Server::start_with(Backend::Kafka, &dir, &config, &["--role", "ingest"]);
+    create_stream(&server, "acct", 1);
+    let (status, answer) = append(
+        &server,
+        "acct",
+        r#"{"key":"k","data":1,"expected_version":0}"#,
+    );
+    assert_eq!(status, 421, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("cannot learn"),
+        "{answer}"
+    );
+    let info = stream_info(&server, "acct");
+    assert_eq!(info["offsets"][0]["next_offset"], 0, "{info}");
+}

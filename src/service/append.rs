@@ -112,6 +112,7 @@ impl AppendService {
         if !conditional {
             return Ok(self.parts.ingest()?.append(&target.name, events).await?);
         }
+        super::conditional::check_can_decide(&self.parts)?;
         let ids = events.iter().filter_map(|e| e.id.clone()).collect();
         let outcome = self.parts.ingest()?.append(&target.name, events).await?;
         super::conditional::decided(&self.parts, &target.name, outcome, ids).await

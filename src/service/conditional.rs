@@ -62,13 +62,7 @@ pub(super) async fn decided(
             }
             store.decision(stream, part.partition, part.first_offset)?
         }
-        (None, None) => {
-            return Err(Error::WrongRole(
-                "this node neither keeps shards nor knows a cluster, so it cannot learn whether \
-                 expected versions held; send conditional appends to a node with a store"
-                    .into(),
-            ));
-        }
+        (None, None) => return Err(cannot_decide()),
     };
     let decision = decision.ok_or_else(|| undecided(stream, part.partition, part.first_offset))?;
     if decision.accepted {
@@ -85,6 +79,27 @@ pub(super) async fn decided(
         ingest.forget_ids(stream, part.partition, &ids).await;
     }
     Err(conflict(decision))
+}
+
+/// Refuses, before anything is appended, a conditional append this node could not learn the
+/// outcome of (a node with neither shards nor a cluster to ask).
+///
+/// # Errors
+/// [`Error::WrongRole`].
+pub(super) fn check_can_decide(parts: &Parts) -> Result<()> {
+    if parts.cluster.is_none() && parts.store.is_none() {
+        return Err(cannot_decide());
+    }
+    Ok(())
+}
+
+fn cannot_decide() -> Error {
+    Error::WrongRole(
+        "this node neither keeps shards nor takes part in a cluster, so it cannot learn whether \
+         expected versions held; send appends with expected versions to a node with a store or \
+         a cluster port"
+            .into(),
+    )
 }
 
 fn undecided(stream: &StreamName, partition: u32, first: u64) -> Error {
