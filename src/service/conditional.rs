@@ -55,11 +55,20 @@ pub(super) async fn decided(
             }
         }
         (None, Some(store)) => {
-            let mut progress = store.subscribe(stream, part.partition)?;
-            let reached = tokio::time::timeout(DECISION_WAIT, progress.wait_for(|n| *n >= through));
-            if !matches!(reached.await, Ok(Ok(_))) {
-                return Err(undecided(stream, part.partition, part.first_offset));
-            }
+            strata_views::wait_stored(
+                store.as_ref(),
+                stream,
+                part.partition,
+                through,
+                DECISION_WAIT,
+            )
+            .await
+            .map_err(|e| match e {
+                strata_views::Error::Timeout(_) => {
+                    undecided(stream, part.partition, part.first_offset)
+                }
+                e => e.into(),
+            })?;
             store.decision(stream, part.partition, part.first_offset)?
         }
         (None, None) => return Err(cannot_decide()),

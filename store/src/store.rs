@@ -515,7 +515,8 @@ fn count_sorted(stream: &StreamName, sorted: &versions::Sorted) {
             .increment(sorted.rejected);
     }
     let refused = sorted.decisions.iter().filter(|(_, d)| !d.accepted).count() as u64;
-    for (decision, n) in [("accepted", sorted.batches), ("rejected", refused)] {
+    let accepted = sorted.decisions.len() as u64 - refused;
+    for (decision, n) in [("accepted", accepted), ("rejected", refused)] {
         if n > 0 {
             metrics::counter!("strata_conditional_batches_total", "stream" => stream.clone(), "decision" => decision)
                 .increment(n);

@@ -38,8 +38,6 @@ pub(crate) struct Sorted {
     pub duplicates: u64,
     /// Records of rejected batches (and strays of batches never begun).
     pub rejected: u64,
-    /// Batches accepted.
-    pub batches: u64,
     /// Decisions by first offset.
     pub decisions: Vec<(u64, BatchDecision)>,
     /// Keys' new versions.
@@ -147,7 +145,6 @@ pub(crate) fn sort_out(shard: &Shard, records: Vec<Record>, state: &ShardState) 
             );
         }
         if decision.accepted {
-            out.batches += 1;
             for (r, dup) in pending.drain(..).zip(dups) {
                 if dup {
                     out.duplicates += 1;

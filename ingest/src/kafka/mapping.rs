@@ -88,28 +88,6 @@ pub fn headers_for(event: &Event) -> Option<OwnedHeaders> {
     Some(headers)
 }
 
-/// The condition a record's headers state, if any (see the module documentation).
-///
-/// # Errors
-/// Condition headers that do not parse.
-pub fn condition_of<M: Message>(message: &M) -> strata_proto::Result<Option<Condition>> {
-    let (mut expect, mut batch) = (None, None);
-    if let Some(headers) = message.headers() {
-        for header in headers.iter() {
-            let slot = match header.key {
-                EXPECT_HEADER => &mut expect,
-                BATCH_HEADER => &mut batch,
-                _ => continue,
-            };
-            *slot = Some(String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned());
-        }
-    }
-    if expect.is_none() && batch.is_none() {
-        return Ok(None);
-    }
-    Condition::from_headers(expect.as_deref(), batch.as_deref()).map(Some)
-}
-
 /// What kind of value a record held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ValueKind {
@@ -150,17 +128,17 @@ fn json_string(text: &str) -> String {
 /// Why a consumed record goes to the dead-letter topic instead of a shard, if it does.
 pub fn dead_letter_reason<M: Message>(
     message: &M,
-    kind: ValueKind,
+    consumed: &Consumed,
     config: &super::KafkaConfig,
 ) -> Option<&'static str> {
     let len = message.payload().map_or(0, <[u8]>::len);
     if len > config.max_value_bytes {
         return Some("too_large");
     }
-    if condition_of(message).is_err() {
+    if consumed.bad_condition {
         return Some("bad_condition");
     }
-    match (kind, config.non_json) {
+    match (consumed.kind, config.non_json) {
         (ValueKind::Json, _) | (_, super::NonJson::Store) => None,
         (ValueKind::Text, super::NonJson::DeadLetter) => Some("not_json"),
         (ValueKind::Binary, super::NonJson::DeadLetter) => Some("not_utf8"),
@@ -204,17 +182,28 @@ pub fn count_value(stream: &str, kind: ValueKind, n: u64) {
     }
 }
 
-/// The record a consumed message becomes, and what its value was; `now_ms` stands in for a
-/// missing timestamp.
-pub fn record_from_message<M: Message>(message: &M, now_ms: i64) -> (Record, ValueKind) {
+/// What a consumed message becomes.
+pub struct Consumed {
+    /// The record (without a condition when its condition headers do not parse).
+    pub record: Record,
+    /// What its value was.
+    pub kind: ValueKind,
+    /// Whether its condition headers do not parse (see the module documentation).
+    pub bad_condition: bool,
+}
+
+/// The record a consumed message becomes, what its value was, and whether its condition
+/// headers parse; `now_ms` stands in for a missing timestamp.
+pub fn record_from_message<M: Message>(message: &M, now_ms: i64) -> Consumed {
     let (data, kind) = data_from_value(message.payload());
-    let mut id = None;
-    let mut event_type = None;
+    let [mut id, mut event_type, mut expect, mut batch] = [None, None, None, None];
     if let Some(headers) = message.headers() {
         for header in headers.iter() {
             let slot = match header.key {
                 ID_HEADER => &mut id,
                 TYPE_HEADER => &mut event_type,
+                EXPECT_HEADER => &mut expect,
+                BATCH_HEADER => &mut batch,
                 _ => continue,
             };
             if let Some(value) = header.value {
@@ -222,6 +211,10 @@ pub fn record_from_message<M: Message>(message: &M, now_ms: i64) -> (Record, Val
             }
         }
     }
+    let condition = match (&expect, &batch) {
+        (None, None) => Ok(None),
+        _ => Condition::from_headers(expect.as_deref(), batch.as_deref()).map(Some),
+    };
     let record = Record {
         partition: u32::try_from(message.partition()).unwrap_or(0),
         offset: u64::try_from(message.offset()).unwrap_or(0),
@@ -233,10 +226,14 @@ pub fn record_from_message<M: Message>(message: &M, now_ms: i64) -> (Record, Val
             id,
             event_type,
             data,
-            condition: condition_of(message).ok().flatten(),
+            condition: condition.as_ref().ok().copied().flatten(),
         },
     };
-    (record, kind)
+    Consumed {
+        record,
+        kind,
+        bad_condition: condition.is_err(),
+    }
 }
 
 #[cfg(test)]
@@ -289,7 +286,7 @@ mod tests {
             17,
             headers_for(&event),
         );
-        let (record, kind) = record_from_message(&message, 0);
+        let Consumed { record, kind, .. } = record_from_message(&message, 0);
         assert_eq!(kind, ValueKind::Json);
         assert_eq!(record.partition, 2);
         assert_eq!(record.offset, 17);
@@ -315,7 +312,7 @@ mod tests {
             Some(control_headers("fields")),
         );
         assert!(is_control(&control));
-        let (record, kind) = record_from_message(&bare, 99);
+        let Consumed { record, kind, .. } = record_from_message(&bare, 99);
         assert_eq!(kind, ValueKind::Text);
         assert_eq!(record.event.time_ms, 99);
         assert_eq!(record.event.data, r#""plain""#);

@@ -75,11 +75,11 @@ impl LogReader for KafkaReader {
                     }
                     Some(Ok(message)) => {
                         // What store nodes set aside is not an event of the stream here either.
-                        let (record, kind) = record_from_message(&message, now);
-                        if dead_letter_reason(&message, kind, &config).is_some() {
-                            skipped_to = Some(record.offset + 1);
+                        let consumed = record_from_message(&message, now);
+                        if dead_letter_reason(&message, &consumed, &config).is_some() {
+                            skipped_to = Some(consumed.record.offset + 1);
                         } else {
-                            out.push(record);
+                            out.push(consumed.record);
                         }
                     }
                     Some(Err(e))

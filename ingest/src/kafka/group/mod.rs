@@ -141,13 +141,13 @@ impl Batch {
         if is_control(m) {
             return false;
         }
-        let (record, kind) = record_from_message(m, now_ms);
-        if let Some(reason) = dead_letter_reason(m, kind, config) {
+        let consumed = record_from_message(m, now_ms);
+        if let Some(reason) = dead_letter_reason(m, &consumed, config) {
             self.dead.push((m.detach(), reason));
             return true;
         }
-        self.records.push(record);
-        match kind {
+        self.records.push(consumed.record);
+        match consumed.kind {
             ValueKind::Json => {}
             ValueKind::Text => self.text += 1,
             ValueKind::Binary => self.binary += 1,
