@@ -3,7 +3,7 @@
 use crate::block::{BlockMeta, as_table_type, decode_column, decode_tail, tail_meta};
 use crate::keys::{column_key, key_index_prefix, offset_key};
 use crate::schema::{self, field_type, stream_schema, table_schema};
-use crate::shard::{Shard, ShardState, block_metas};
+use crate::shard::{Shard, ShardState, block_metas, start_at};
 use crate::{Error, Result};
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int32Array, RecordBatch, RecordBatchOptions,
@@ -79,17 +79,31 @@ pub struct ShardScan {
     remaining: usize,
 }
 
-/// Every block and tail chunk of a shard, in offset order.
-fn sources(shard: &Shard, snapshot: &fjall::Snapshot, state: ShardState) -> Result<Vec<Source>> {
-    let mut out: Vec<Source> = block_metas(shard, snapshot)?
-        .into_iter()
-        .map(Source::Block)
-        .collect();
-    for item in snapshot.range(&shard.tail, offset_key(state.tail_start)..) {
-        let (k, v) = item.into_inner().map_err(|e| {
-            Error::reading(e, &shard.label(), &shard.tail, || "the row tail".into())
-        })?;
+/// The blocks and tail chunks of a shard that may hold offsets in `offsets`, in offset order: a
+/// read near the end (a subscription's next events) opens only the chunks it needs.
+fn sources(
+    shard: &Shard,
+    snapshot: &fjall::Snapshot,
+    state: ShardState,
+    offsets: &Range<u64>,
+) -> Result<Vec<Source>> {
+    let mut out: Vec<Source> = Vec::new();
+    if offsets.start < state.tail_start {
+        out.extend(
+            block_metas(shard, snapshot, offsets)?
+                .into_iter()
+                .map(Source::Block),
+        );
+    }
+    let tail_error = |e| Error::reading(e, &shard.label(), &shard.tail, || "the row tail".into());
+    let from =
+        start_at(snapshot, &shard.tail, state.tail_start, offsets.start).map_err(tail_error)?;
+    for item in snapshot.range(&shard.tail, offset_key(from)..) {
+        let (k, v) = item.into_inner().map_err(tail_error)?;
         let meta = tail_meta(&v, || format!("{} tail chunk {:?}", shard.label(), &*k))?;
+        if meta.first >= offsets.end {
+            break;
+        }
         out.push(Source::Tail(meta, v));
     }
     Ok(out)
@@ -108,7 +122,7 @@ impl ShardScan {
         tail_keyed: Vec<u64>,
     ) -> Result<Self> {
         let schema = Arc::new(stream_schema(info).project(&request.projection)?);
-        let all = sources(&shard, &snapshot, state)?;
+        let all = sources(&shard, &snapshot, state, &request.offsets)?;
         let phase = match &request.key {
             Some(key) => {
                 let prefix = key_index_prefix(key);
@@ -420,7 +434,7 @@ pub(crate) fn offset_for_time(
 ) -> Result<u64> {
     let projection = [schema::OFFSET, schema::TIME];
     let schema = Arc::new(table_schema().project(&projection)?);
-    for source in sources(shard, snapshot, state)? {
+    for source in sources(shard, snapshot, state, &(0..u64::MAX))? {
         if source.meta().max_time < time_ms {
             continue;
         }

@@ -5,7 +5,7 @@
 
 use crate::block::BlockMeta;
 use crate::index::{TailIndex, load_tail_index};
-use crate::keys::{shard_keyspace, state_key};
+use crate::keys::{offset_key, shard_keyspace, state_key};
 use crate::{Error, Result};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, Readable};
 use parking_lot::Mutex;
@@ -155,15 +155,51 @@ impl Shard {
     }
 }
 
-/// Block metadata of a shard, ascending, through a snapshot.
-pub(crate) fn block_metas(shard: &Shard, snapshot: &fjall::Snapshot) -> Result<Vec<BlockMeta>> {
-    snapshot
-        .iter(&shard.bmeta)
-        .map(|item| {
-            let (k, v) = item.into_inner().map_err(|e| {
-                Error::reading(e, &shard.label(), &shard.bmeta, || "the block index".into())
-            })?;
-            BlockMeta::decode(&v, || format!("{} block {:?}", shard.label(), &*k))
-        })
-        .collect()
+/// Metadata of the shard's blocks that may hold offsets in `offsets`, ascending, through a
+/// snapshot (a read near the end skips the blocks before it unread).
+pub(crate) fn block_metas(
+    shard: &Shard,
+    snapshot: &fjall::Snapshot,
+    offsets: &std::ops::Range<u64>,
+) -> Result<Vec<BlockMeta>> {
+    let index_error =
+        |e| Error::reading(e, &shard.label(), &shard.bmeta, || "the block index".into());
+    let from = start_at(snapshot, &shard.bmeta, 0, offsets.start).map_err(index_error)?;
+    let mut out = Vec::new();
+    for item in snapshot.range(&shard.bmeta, offset_key(from)..) {
+        let (k, v) = item.into_inner().map_err(index_error)?;
+        let meta = BlockMeta::decode(&v, || format!("{} block {:?}", shard.label(), &*k))?;
+        if meta.first >= offsets.end {
+            break;
+        }
+        out.push(meta);
+    }
+    Ok(out)
+}
+
+/// Where a read of `keyspace` (keyed by first offsets, from `low` on) must start to see offset
+/// `start`: the last key at or below it, or `low` when there is none.
+///
+/// # Errors
+/// A storage failure reading the key.
+pub(crate) fn start_at(
+    snapshot: &fjall::Snapshot,
+    keyspace: &fjall::Keyspace,
+    low: u64,
+    start: u64,
+) -> fjall::Result<u64> {
+    if start <= low {
+        return Ok(low);
+    }
+    match snapshot
+        .range(keyspace, offset_key(low)..=offset_key(start))
+        .next_back()
+    {
+        Some(item) => Ok(item
+            .key()?
+            .get(..8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(low, u64::from_be_bytes)),
+        None => Ok(low),
+    }
 }
