@@ -85,7 +85,10 @@ impl BlockMaker {
         let (job_shard, job_fields) = (shard.clone(), fields.to_vec());
         let spawned = std::thread::Builder::new()
             .name("strata-blocks".into())
-            .spawn(move || job.background(&job_shard, &job_fields));
+            .spawn(move || {
+                crate::cpu::background_priority();
+                job.background(&job_shard, &job_fields);
+            });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot start a block thread; the commit makes the block");
             shard.making_blocks.store(false, Ordering::Release);

@@ -90,6 +90,7 @@ impl Store {
             // LZ4 over them was ~7 % of an ingest node's CPU, for a file that lives seconds.
             .journal_compression(fjall::CompressionType::None)
             .open()?;
+        crate::cpu::background_priority_of_fjall_workers();
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
         let (_, catalog) = watch::channel(Catalog::default());
         let views = ViewSet::open(&db, &meta)?;
