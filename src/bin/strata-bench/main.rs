@@ -84,6 +84,10 @@ struct Args {
     /// Runs only scenario 1 (durable ingest against its peers) and prints its rows; for profiling.
     #[arg(long)]
     ingest_only: bool,
+    /// Runs only scenario 9 (subscriptions) with appends paced at half of this ingest rate
+    /// (events/s) and prints its rows; for profiling.
+    #[arg(long)]
+    subscribe_only: Option<f64>,
 }
 
 const BATCH: u64 = 1000;
@@ -150,6 +154,14 @@ async fn run(args: Args) -> Result<()> {
     .map_err(|e| e.to_string())?;
     let mut strata = Strata::start(&args.strata, &args.work.join("data"), &config).await?;
     strata.create_orders(4).await?;
+    if let Some(rate) = args.subscribe_only {
+        let section = subscribe::scenario(&strata, args.quick, rate).await?;
+        for r in &section.rows {
+            println!("{} | {} | {} | {}", r.metric, r.strata, r.peer, r.ratio);
+        }
+        strata.stop();
+        return Ok(());
+    }
     let (section, ingest_rate) = scenarios::ingest(&args, &strata, &events_path, ingest_n).await?;
     if args.ingest_only {
         for r in &section.rows {

@@ -19,7 +19,7 @@ pub async fn scenario(strata: &Strata, quick: bool, ingest_rate: f64) -> Result<
     progress(&format!(
         "scenario 9: append → delivered at {target:.0} events/s for {seconds} s"
     ));
-    let latencies = delivered_latency(strata, target, seconds).await?;
+    let (latencies, acked) = delivered_latency(strata, target, seconds).await?;
     let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
 
     let events: u64 = if quick { 2_000 } else { 50_000 };
@@ -40,6 +40,18 @@ pub async fn scenario(strata: &Strata, quick: bool, ingest_rate: f64) -> Result<
             None,
             "p99 ≤ 20 ms",
             Some(p99 <= Duration::from_millis(20)),
+        ),
+        row(
+            "of which the append's answer (durable in the log), p50 / p99 per request",
+            format!(
+                "{} / {}",
+                ms(percentile(&acked, 0.5).as_secs_f64()),
+                ms(percentile(&acked, 0.99).as_secs_f64())
+            ),
+            "",
+            None,
+            "",
+            None,
         ),
         row(
             format!(
@@ -131,8 +143,13 @@ fn event_index(line: &[u8]) -> Option<u64> {
 }
 
 /// Paced appends of `PER` events at `target` events/s for `seconds` from 4 clients into a fresh
-/// stream followed by one subscriber; each event's latency from its request to its delivery.
-async fn delivered_latency(strata: &Strata, target: f64, seconds: f64) -> Result<Vec<Duration>> {
+/// stream followed by one subscriber; each event's latency from its request to its delivery, and
+/// each request's latency to its answer (both sorted).
+async fn delivered_latency(
+    strata: &Strata,
+    target: f64,
+    seconds: f64,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
     const CLIENTS: u64 = 4;
     create(strata, "follow_latency").await?;
     let batches = ((target * seconds) / PER as f64).max(CLIENTS as f64) as u64 / CLIENTS * CLIENTS;
@@ -174,18 +191,22 @@ async fn delivered_latency(strata: &Strata, target: f64, seconds: f64) -> Result
                 for i in batch * PER..(batch + 1) * PER {
                     crate::data::write_event(i, total, &mut body);
                 }
-                sent.push((batch, Instant::now()));
+                let at = Instant::now();
                 post(&http, &url, body, "application/x-ndjson").await?;
+                sent.push((batch, at, at.elapsed()));
             }
             Ok::<_, String>(sent)
         }));
     }
     let mut sent_at = vec![Instant::now(); batches as usize];
+    let mut acked = Vec::new();
     for c in clients {
-        for (batch, at) in c.await.map_err(|e| e.to_string())?? {
+        for (batch, at, answered) in c.await.map_err(|e| e.to_string())?? {
             sent_at[batch as usize] = at;
+            acked.push(answered);
         }
     }
+    acked.sort();
     let received = reader.await.map_err(|e| e.to_string())??;
     let mut latencies: Vec<Duration> = received
         .iter()
@@ -193,7 +214,7 @@ async fn delivered_latency(strata: &Strata, target: f64, seconds: f64) -> Result
         .filter_map(|(i, r)| Some(r.as_ref()?.duration_since(sent_at[i / PER as usize])))
         .collect();
     latencies.sort();
-    Ok(latencies)
+    Ok((latencies, acked))
 }
 
 /// `events` appended as fast as 4 clients go while `FAN_OUT` subscribers follow the stream:
