@@ -208,13 +208,64 @@ async fn delivered_latency(
     }
     acked.sort();
     let received = reader.await.map_err(|e| e.to_string())??;
-    let mut latencies: Vec<Duration> = received
+    let timed: Vec<(Instant, Duration)> = received
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| Some(r.as_ref()?.duration_since(sent_at[i / PER as usize])))
+        .filter_map(|(i, r)| {
+            let sent = sent_at[i / PER as usize];
+            Some((sent, r.as_ref()?.duration_since(sent)))
+        })
         .collect();
+    report_tail(&timed, started.into_std());
+    let mut latencies: Vec<Duration> = timed.iter().map(|(_, l)| *l).collect();
     latencies.sort();
     Ok((latencies, acked))
+}
+
+/// Prints where the slowest 1 % of `timed` (each event's send time and latency) fell: in how
+/// many of the run's 100 ms windows, so that stalls (few windows) tell apart from a machine short
+/// of CPU throughout (many), with p99.9 and the maximum.
+fn report_tail(timed: &[(Instant, Duration)], started: Instant) {
+    let mut by_latency: Vec<&(Instant, Duration)> = timed.iter().collect();
+    by_latency.sort_by_key(|(_, l)| std::cmp::Reverse(*l));
+    let slowest = &by_latency[..timed.len().div_ceil(100).min(timed.len())];
+    let window = |at: &Instant| at.saturating_duration_since(started).as_millis() / 100;
+    let windows: std::collections::BTreeSet<u128> =
+        slowest.iter().map(|(at, _)| window(at)).collect();
+    let all: std::collections::BTreeSet<u128> = timed.iter().map(|(at, _)| window(at)).collect();
+    let nth = |q: f64| {
+        by_latency
+            .get(((1.0 - q) * timed.len() as f64) as usize)
+            .map(|(_, l)| *l)
+    };
+    if std::env::var_os("STRATA_BENCH_WINDOWS").is_some() {
+        let mut worst = std::collections::BTreeMap::<u128, Duration>::new();
+        for (at, l) in slowest {
+            let w = worst.entry(window(at)).or_default();
+            *w = (*w).max(*l);
+        }
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(started.elapsed());
+        progress(&format!(
+            "scenario 9: paced appends began at {epoch:?} after the epoch"
+        ));
+        for (w, l) in worst {
+            progress(&format!(
+                "scenario 9: slow window at {} ms: max {l:?}",
+                w * 100
+            ));
+        }
+    }
+    progress(&format!(
+        "scenario 9: the slowest 1 % ({} events) were sent in {} of {} 100-ms windows; p99.9 {:?}, max {:?}",
+        slowest.len(),
+        windows.len(),
+        all.len(),
+        nth(0.999).unwrap_or_default(),
+        by_latency.first().map(|(_, l)| *l).unwrap_or_default(),
+    ));
 }
 
 /// `events` appended as fast as 4 clients go while `FAN_OUT` subscribers follow the stream:

@@ -199,6 +199,16 @@ impl Writer {
         })
     }
 
+    /// strata patch: writes out the IO buffer and returns a second handle of the journal file,
+    /// so that its bulk can be synced without holding the journal's lock (see `worker_pool.rs`).
+    pub(crate) fn flushed_handle(&mut self) -> std::io::Result<File> {
+        if self.is_buffer_dirty {
+            self.file.flush()?;
+            self.is_buffer_dirty = false;
+        }
+        self.file.get_ref().try_clone()
+    }
+
     /// Persists the journal file.
     pub(crate) fn persist(&mut self, mode: PersistMode) -> std::io::Result<()> {
         log::trace!(
