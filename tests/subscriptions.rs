@@ -478,14 +478,17 @@ fn a_cluster_subscription_resumes_on_another_node_after_its_node_dies() {
     // subscription, and (below) for s3 to know s2's hold before s3 acknowledges — an
     // acknowledgement written from a view without the hold would drop it (the known limit of
     // the whole-state catalog record that the README states under durable subscriptions).
-    let listed = |node: &Server, consumer: bool| {
-        let all: Vec<Value> = http()
+    let subscriptions = |node: &Server| -> Option<Vec<Value>> {
+        http()
             .get(node.url("/v1/subscriptions"))
             .send()
             .ok()?
             .json()
-            .ok()?;
-        all.iter()
+            .ok()
+    };
+    let listed = |node: &Server, consumer: bool| {
+        subscriptions(node)?
+            .iter()
             .any(|s| s["name"] == "audit" && (!consumer || s["consumer"].is_object()))
             .then_some(())
     };
@@ -505,12 +508,7 @@ fn a_cluster_subscription_resumes_on_another_node_after_its_node_dies() {
         .unwrap();
     assert_eq!(acked.status().as_u16(), 200);
     eventually("the acknowledgement seen from the ingest node", || {
-        let all: Vec<Value> = http()
-            .get(ingest.url("/v1/subscriptions"))
-            .send()
-            .ok()?
-            .json()
-            .ok()?;
+        let all = subscriptions(ingest)?;
         (all[0]["cursor"] == cursor.as_str() && all[0]["consumer"].is_object()).then_some(())
     });
     let refused = http()
