@@ -18,6 +18,12 @@ pub(crate) fn offset_key(offset: u64) -> [u8; 8] {
     offset.to_be_bytes()
 }
 
+/// The offset in an [`offset_key`] (or in an index entry's 8-byte offset); `None` unless `bytes`
+/// is 8 bytes long.
+pub(crate) fn offset_from(bytes: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
+}
+
 /// Key of column `column` (a table column index, ≥ 1) of the block starting at `first`, in
 /// `blocks`.
 pub(crate) fn column_key(first: u64, column: usize) -> [u8; 10] {

@@ -1,7 +1,7 @@
 //! Shard scans: the only read interface the query layer and replay use.
 
 use crate::block::{BlockMeta, as_table_type, decode_column, decode_tail, tail_meta};
-use crate::keys::{column_key, key_index_prefix, offset_key};
+use crate::keys::{column_key, key_index_prefix, offset_from, offset_key};
 use crate::schema::{self, field_type, stream_schema, table_schema};
 use crate::shard::{Shard, ShardState, block_metas, start_at};
 use crate::{Error, Result};
@@ -131,14 +131,12 @@ impl ShardScan {
                     let k = item.key().map_err(|e| {
                         Error::reading(e, &shard.label(), &shard.keys, || "the key index".into())
                     })?;
-                    let offset = k
-                        .get(prefix.len()..)
-                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                        .map(u64::from_be_bytes)
-                        .ok_or_else(|| Error::Corrupt {
+                    let offset = k.get(prefix.len()..).and_then(offset_from).ok_or_else(|| {
+                        Error::Corrupt {
                             location: format!("{} key index", shard.label()),
                             reason: "entry without an offset".into(),
-                        })?;
+                        }
+                    })?;
                     // Entries at or after the tail start belong to the tail index (a layout of
                     // before it had them here too).
                     if offset < state.tail_start && request.offsets.contains(&offset) {

@@ -5,7 +5,7 @@
 
 use crate::block::BlockMeta;
 use crate::index::{TailIndex, load_tail_index};
-use crate::keys::{offset_key, shard_keyspace, state_key};
+use crate::keys::{offset_from, offset_key, shard_keyspace, state_key};
 use crate::{Error, Result};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, Readable};
 use parking_lot::Mutex;
@@ -195,11 +195,7 @@ pub(crate) fn start_at(
         .range(keyspace, offset_key(low)..=offset_key(start))
         .next_back()
     {
-        Some(item) => Ok(item
-            .key()?
-            .get(..8)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map_or(low, u64::from_be_bytes)),
+        Some(item) => Ok(offset_from(&item.key()?).unwrap_or(low)),
         None => Ok(low),
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::block::{encode_tail, rows_to_stored};
 use crate::blocks::BlockMaker;
-use crate::keys::{offset_key, state_key};
+use crate::keys::{offset_from, offset_key, state_key};
 use crate::scan::{ScanRequest, ShardScan};
 use crate::schema::{self, stream_schema};
 use crate::shard::{Shard, ShardState, ShardStatus};
@@ -549,9 +549,7 @@ impl IdLookup for Store {
                     return Ok(in_tail);
                 }
                 let found = shard.ids.get(id.as_bytes()).map_err(Error::from)?;
-                Ok(found
-                    .and_then(|v| <[u8; 8]>::try_from(&*v).ok())
-                    .map(u64::from_be_bytes))
+                Ok(found.and_then(|v| offset_from(&v)))
             })
             .collect()
     }

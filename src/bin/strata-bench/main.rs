@@ -91,6 +91,13 @@ struct Args {
 }
 
 const BATCH: u64 = 1000;
+
+/// Prints a section's rows, one per line (the `--ingest-only` and `--subscribe-only` runs).
+fn print_rows(section: &Section) {
+    for r in &section.rows {
+        println!("{} | {} | {} | {}", r.metric, r.strata, r.peer, r.ratio);
+    }
+}
 const CLIENTS: u64 = 4;
 
 type Result<T> = std::result::Result<T, String>;
@@ -155,18 +162,13 @@ async fn run(args: Args) -> Result<()> {
     let mut strata = Strata::start(&args.strata, &args.work.join("data"), &config).await?;
     strata.create_orders(4).await?;
     if let Some(rate) = args.subscribe_only {
-        let section = subscribe::scenario(&strata, args.quick, rate).await?;
-        for r in &section.rows {
-            println!("{} | {} | {} | {}", r.metric, r.strata, r.peer, r.ratio);
-        }
+        print_rows(&subscribe::scenario(&strata, args.quick, rate).await?);
         strata.stop();
         return Ok(());
     }
     let (section, ingest_rate) = scenarios::ingest(&args, &strata, &events_path, ingest_n).await?;
     if args.ingest_only {
-        for r in &section.rows {
-            println!("{} | {} | {} | {}", r.metric, r.strata, r.peer, r.ratio);
-        }
+        print_rows(&section);
         strata.stop();
         return Ok(());
     }
