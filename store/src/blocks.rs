@@ -2,10 +2,11 @@
 //! columnar block (and the rest of the tail one chunk).
 //!
 //! A block takes tens of milliseconds (reading and concatenating the tail, encoding the columns,
-//! writing the id and key tables). Made inside the commit that filled the tail, it delayed that
-//! commit's visibility and every commit of the partition queued behind it (the p99 of append →
-//! visible). So a thread of its own makes it while commits go on: the shard's lock is held only
-//! for the write batch that swaps the tail's rows for the block. Commits make blocks themselves
+//! writing the column, id and key tables into the bulk database, see `bulk.rs`). Made inside the
+//! commit that filled the tail, it delayed that commit's visibility and every commit of the
+//! partition queued behind it (the p99 of append → visible). So a thread of its own makes it while
+//! commits go on: the shard's lock is held only for the write batch that swaps the tail's rows for
+//! the block's metadata. Commits make blocks themselves
 //! only when the tail has fallen `store.block_backlog` blocks behind, which bounds the tail (and its
 //! in-memory index) when appends outrun the block maker.
 //!
@@ -13,6 +14,7 @@
 //! start), not on when a block is made, so a rebuild from the log makes the same blocks.
 
 use crate::block::{decode_tail, encode_block, encode_tail, stored_offsets, stored_schema, widen};
+use crate::bulk;
 use crate::index::index_block;
 use crate::keys::{column_key, offset_key, state_key};
 use crate::shard::Shard;
@@ -179,13 +181,17 @@ impl BlockMaker {
             return Ok(false);
         }
         let block = all.slice(0, block_rows);
-        let (columns, meta) = encode_block(&block)?;
+        let (mut columns, meta) = encode_block(&block)?;
+        columns.sort_unstable_by_key(|(column, _)| *column);
+        bulk::ingest(
+            &shard.blocks,
+            columns
+                .into_iter()
+                .map(|(column, value)| (column_key(meta.first, column).to_vec(), value)),
+        )?;
         index_block(shard, &block)?;
         let rest = all.slice(block_rows, all.num_rows() - block_rows);
         let mut batch = self.db.batch();
-        for (column, value) in columns {
-            batch.insert(&shard.blocks, column_key(meta.first, column), value);
-        }
         batch.insert(&shard.bmeta, offset_key(meta.first), meta.encode());
         for k in keys {
             batch.remove(&shard.tail, k);

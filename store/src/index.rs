@@ -5,11 +5,12 @@
 //! (those entries were most of a commit's cost: each one is a journal record and a memtable
 //! skip-list insert, then flushed and compacted again). When the tail's oldest rows become a
 //! block, their `ids` and `keys` entries are written sorted, straight into new tables of the
-//! keyspaces ([`index_block`], fjall's bulk ingestion: no journal, no memtable), and then leave the
-//! tail index. An event is thus always found in at least one of the two; the keyspaces answer for
+//! keyspaces ([`index_block`], fjall's bulk ingestion into the bulk database, see `bulk.rs`: no
+//! journal, no memtable), and then leave the tail index. An event is thus always found in at least one of the two; the keyspaces answer for
 //! offsets before the shard's tail start, the tail index for the rest.
 
 use crate::block::decode_tail;
+use crate::bulk;
 use crate::keys::{key_index_key, offset_key};
 use crate::schema;
 use crate::shard::Shard;
@@ -125,7 +126,7 @@ pub(crate) fn index_block(shard: &Shard, block: &RecordBatch) -> Result<()> {
     id_entries.sort_unstable();
     // Ingestion needs strictly ascending keys; a shard stores an id once, but never trust it.
     id_entries.dedup_by(|b, a| a.0 == b.0);
-    ingest(
+    bulk::ingest(
         &shard.ids,
         id_entries
             .into_iter()
@@ -137,26 +138,8 @@ pub(crate) fn index_block(shard: &Shard, block: &RecordBatch) -> Result<()> {
         .collect();
     key_entries.sort_unstable();
     key_entries.dedup();
-    ingest(
+    bulk::ingest(
         &shard.keys,
         key_entries.into_iter().map(|k| (k, Vec::new())),
     )
-}
-
-/// Bulk-writes `entries` (keys strictly ascending) into new tables of `keyspace`; nothing when
-/// there are none.
-fn ingest(
-    keyspace: &fjall::Keyspace,
-    entries: impl Iterator<Item = (Vec<u8>, Vec<u8>)>,
-) -> Result<()> {
-    let mut entries = entries.peekable();
-    if entries.peek().is_none() {
-        return Ok(());
-    }
-    let mut ingestion = keyspace.start_ingestion()?;
-    for (key, value) in entries {
-        ingestion.write(key, value)?;
-    }
-    ingestion.finish()?;
-    Ok(())
 }

@@ -1,6 +1,7 @@
 //! strata store nodes: consume log partitions into fjall shards and read them back.
 //!
-//! Each partition of each stream is one shard, a set of fjall keyspaces in one database:
+//! Each partition of each stream is one shard, a set of fjall keyspaces; those written once per
+//! block by bulk ingestion (`blocks`, `ids`, `keys`) are in a second database (see `bulk.rs`):
 //!
 //! | keyspace | key | value |
 //! |---|---|---|
@@ -16,14 +17,15 @@
 //! A commit writes a batch of events as one tail chunk and the shard's next offset in one fjall
 //! write batch, so a restart resumes exactly where the shard left off; the ids and keys of tail
 //! rows are indexed in memory (rebuilt from the tail on open). Once the tail holds a block's worth
-//! of rows, a background thread bulk-writes their `ids` and `keys` entries as sorted tables, and
-//! one more batch turns them into a columnar block (delta plus main, as column stores do) while
-//! commits go on (see `blocks.rs`). Scans read blocks and tail chunks,
+//! of rows, a background thread bulk-writes their columns and `ids` and `keys` entries as sorted
+//! tables, and one more batch turns them into a columnar block (delta plus main, as column stores
+//! do) while commits go on (see `blocks.rs`). Scans read blocks and tail chunks,
 //! skipping those outside offset and time filters; the query layer sees only [`Store::scan`] and
 //! Arrow record batches.
 
 mod block;
 mod blocks;
+mod bulk;
 mod consumer;
 mod cpu;
 mod error;

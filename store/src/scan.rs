@@ -68,11 +68,11 @@ enum Phase {
     Done,
 }
 
-/// An iterator of record batches over one shard, reading one consistent snapshot. Blocking.
+/// An iterator of record batches over one shard, reading one consistent snapshot (the blocks
+/// and tail chunks it lists are fixed when it starts). Blocking.
 pub struct ShardScan {
     shard: Arc<Shard>,
     fields: Vec<FieldDef>,
-    snapshot: fjall::Snapshot,
     request: ScanRequest,
     schema: SchemaRef,
     phase: Phase,
@@ -127,7 +127,9 @@ impl ShardScan {
             Some(key) => {
                 let prefix = key_index_prefix(key);
                 let mut offsets = VecDeque::new();
-                for item in snapshot.prefix(&shard.keys, &prefix) {
+                // Not through the snapshot (the bulk database is not in it, see bulk.rs): entries
+                // of a block made since are at or after the snapshot's tail start.
+                for item in shard.keys.prefix(&prefix) {
                     let k = item.key().map_err(|e| {
                         Error::reading(e, &shard.label(), &shard.keys, || "the key index".into())
                     })?;
@@ -159,7 +161,6 @@ impl ShardScan {
         Ok(Self {
             shard,
             fields: info.fields.clone(),
-            snapshot,
             request,
             schema,
             phase,
@@ -178,14 +179,7 @@ impl ShardScan {
         projection: &[usize],
         schema: SchemaRef,
     ) -> Result<RecordBatch> {
-        read_source(
-            &self.shard,
-            &self.snapshot,
-            &self.fields,
-            source,
-            projection,
-            schema,
-        )
+        read_source(&self.shard, &self.fields, source, projection, schema)
     }
 
     /// Reads `projection` plus the offsets and times of `source` (those two last).
@@ -337,7 +331,6 @@ impl Iterator for ShardScan {
 /// declared field written after the source was stored reads as NULL.
 fn read_source(
     shard: &Shard,
-    snapshot: &fjall::Snapshot,
     fields: &[FieldDef],
     source: &Source,
     projection: &[usize],
@@ -390,13 +383,13 @@ fn read_source(
                     meta.first
                 )
             };
-            let read = snapshot
-                .get(&shard.blocks, column_key(meta.first, c))
-                .map_err(|e| {
-                    Error::reading(e, &shard.label(), &shard.blocks, || {
-                        format!("block at offset {} column {c}", meta.first)
-                    })
-                })?;
+            // Not through the snapshot (the bulk database is not in it, see bulk.rs): the block
+            // is listed in the snapshot's metadata, so its columns were written before.
+            let read = shard.blocks.get(column_key(meta.first, c)).map_err(|e| {
+                Error::reading(e, &shard.label(), &shard.blocks, || {
+                    format!("block at offset {} column {c}", meta.first)
+                })
+            })?;
             match read {
                 Some(bytes) => {
                     let t = schema.field(i).data_type();
@@ -436,7 +429,7 @@ pub(crate) fn offset_for_time(
         if source.meta().max_time < time_ms {
             continue;
         }
-        let batch = read_source(shard, snapshot, &[], &source, &projection, schema.clone())?;
+        let batch = read_source(shard, &[], &source, &projection, schema.clone())?;
         let offsets = batch.column(0).as_primitive::<Int64Type>();
         let times = batch.column(1).as_primitive::<TimestampMillisecondType>();
         if let Some(i) = times.values().iter().position(|&t| t >= time_ms) {

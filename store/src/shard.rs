@@ -4,6 +4,7 @@
 //! publishing the new one, and a view's lock is only ever taken after it (see `views`).
 
 use crate::block::BlockMeta;
+use crate::bulk;
 use crate::index::{TailIndex, load_tail_index};
 use crate::keys::{offset_from, offset_key, shard_keyspace, state_key};
 use crate::{Error, Result};
@@ -103,9 +104,11 @@ impl Shard {
         format!("{}/{}", self.stream, self.partition)
     }
 
-    /// Opens the keyspaces of `stream`/`partition` in `db` and reads its state from `meta`.
+    /// Opens the keyspaces of `stream`/`partition` in `db` (its `blocks`, `ids` and `keys` in
+    /// `bulk`, see `bulk.rs`) and reads its state from `meta`.
     pub(crate) fn open(
         db: &Database,
+        bulk_db: &Database,
         meta: &Keyspace,
         stream: &StreamName,
         partition: u32,
@@ -113,9 +116,15 @@ impl Shard {
         let name = |kind: &str| shard_keyspace(stream, partition, kind);
         let small = || KeyspaceCreateOptions::default().max_memtable_size(8 << 20);
         // Index entries are short and mostly distinct: LZ4 gains little on them and cost ~2% of
-        // ingest CPU (flushes, bulk writes and compactions).
+        // ingest CPU (bulk writes and compactions).
         let index =
             || small().data_block_compression_policy(fjall::config::CompressionPolicy::disabled());
+        // Column values are read whole and often; uncompressed, see block.rs.
+        let columns = || {
+            small().with_kv_separation(Some(
+                KvSeparationOptions::default().compression(fjall::CompressionType::None),
+            ))
+        };
         let state = match meta.get(state_key(stream, partition))? {
             Some(bytes) => ShardState::decode(&bytes).ok_or_else(|| Error::Corrupt {
                 location: format!("meta of {stream}/{partition}"),
@@ -132,15 +141,10 @@ impl Shard {
             tail: db.keyspace(&name("tail"), || {
                 KeyspaceCreateOptions::default().max_memtable_size(32 << 20)
             })?,
-            blocks: db.keyspace(&name("blocks"), || {
-                // Column values are read whole and often; uncompressed, see block.rs.
-                small().with_kv_separation(Some(
-                    KvSeparationOptions::default().compression(fjall::CompressionType::None),
-                ))
-            })?,
+            blocks: bulk::keyspace(db, bulk_db, &name("blocks"), columns)?,
             bmeta: db.keyspace(&name("bmeta"), small)?,
-            ids: db.keyspace(&name("ids"), index)?,
-            keys: db.keyspace(&name("keys"), index)?,
+            ids: bulk::keyspace(db, bulk_db, &name("ids"), index)?,
+            keys: bulk::keyspace(db, bulk_db, &name("keys"), index)?,
             decisions: db.keyspace(&name("decisions"), small)?,
             version_cache: Mutex::new(crate::versions::VersionCache::new(state.rows)),
             held: Mutex::new(Vec::new()),

@@ -1,5 +1,5 @@
 //! The store: one fjall database holding a shard per stream partition and the materialized views
-//! over them ([`ViewSet`]). Commits and view catch-up take the shard's lock here; the view set
+//! over them ([`ViewSet`]), and one for what shards write in bulk (`bulk.rs`). Commits and view catch-up take the shard's lock here; the view set
 //! takes each view's lock after it.
 
 use crate::block::{encode_tail, rows_to_stored};
@@ -30,7 +30,8 @@ pub struct StoreConfig {
     pub block_rows: usize,
     /// Most events applied in one store commit.
     pub commit_max_events: usize,
-    /// fjall block cache, in bytes.
+    /// fjall block cache, in bytes: half for the shards' database, half for the bulk database
+    /// (blocks and their id and key indexes, see `bulk.rs`).
     pub cache_bytes: u64,
     /// Blocks are made in the background while commits go on; a commit makes them itself once
     /// the tail holds this many blocks' worth of rows (1: every block in the commit that fills
@@ -50,9 +51,12 @@ impl Default for StoreConfig {
     }
 }
 
-/// A store node's data: every shard it holds, in one fjall database.
+/// A store node's data: every shard it holds, in one fjall database (and what a shard writes
+/// once, in bulk, in a second one, see `bulk.rs`).
 pub struct Store {
     pub(crate) db: Database,
+    /// The shards' `blocks`, `ids` and `keys` keyspaces.
+    bulk: Database,
     pub(crate) meta: Keyspace,
     config: StoreConfig,
     shards: RwLock<HashMap<(StreamName, u32), Arc<Shard>>>,
@@ -83,13 +87,15 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Arc<Self>> {
+        let bulk_cache = config.cache_bytes / 2;
         let db = Database::builder(dir)
-            .cache_size(config.cache_bytes)
+            .cache_size(config.cache_bytes - bulk_cache)
             .max_journaling_size(64 << 20)
             // The journal holds every tail chunk and block once more on its way to the tables;
             // LZ4 over them was ~7 % of an ingest node's CPU, for a file that lives seconds.
             .journal_compression(fjall::CompressionType::None)
             .open()?;
+        let bulk = crate::bulk::open_database(&dir.join(crate::bulk::FOLDER), bulk_cache)?;
         crate::cpu::background_priority_of_fjall_workers();
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
         let (_, catalog) = watch::channel(Catalog::default());
@@ -98,6 +104,7 @@ impl Store {
         Ok(Arc::new(Self {
             blocks,
             db,
+            bulk,
             meta,
             config,
             shards: RwLock::new(HashMap::new()),
@@ -170,7 +177,9 @@ impl Store {
         if let Some(shard) = shards.get(&(stream.clone(), partition)) {
             return Ok(shard.clone());
         }
-        let shard = Arc::new(Shard::open(&self.db, &self.meta, stream, partition)?);
+        let shard = Arc::new(Shard::open(
+            &self.db, &self.bulk, &self.meta, stream, partition,
+        )?);
         shards.insert((stream.clone(), partition), shard.clone());
         Ok(shard)
     }
@@ -498,8 +507,9 @@ impl Store {
         versions::decision(&*self.shard(stream, partition)?, first)
     }
 
-    /// Flushes the store's journal to disk.
+    /// Flushes the store's journals to disk.
     pub fn persist(&self) -> Result<()> {
+        self.bulk.persist(fjall::PersistMode::SyncAll)?;
         Ok(self.db.persist(fjall::PersistMode::SyncAll)?)
     }
 }

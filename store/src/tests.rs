@@ -211,6 +211,48 @@ fn ids_are_stored_once() {
     assert_eq!(store.stored_next_offset(&stream(), 1).unwrap(), 6);
 }
 
+/// Whether `name` is that of a keyspace of the bulk database.
+fn bulk_keyspace(name: &str) -> bool {
+    ["blocks", "ids", "keys"].iter().any(|k| name.ends_with(k))
+}
+
+/// The `blocks`/`ids`/`keys` keyspaces in the shards' database and in the bulk database of the
+/// store at `dir` (closed).
+fn bulk_keyspaces(dir: &std::path::Path) -> (usize, usize) {
+    let db = fjall::Database::builder(dir).open().unwrap();
+    let index = fjall::Database::builder(dir.join("bulk")).open().unwrap();
+    let count = |db: &fjall::Database| {
+        db.list_keyspace_names()
+            .iter()
+            .filter(|n| bulk_keyspace(n))
+            .count()
+    };
+    (count(&db), count(&index))
+}
+
+/// Moves the bulk keyspaces of the store at `dir` (closed) back into the shards' database, where
+/// a store of before kept them.
+fn to_old_layout(dir: &std::path::Path) {
+    let db = fjall::Database::builder(dir).open().unwrap();
+    let index = fjall::Database::builder(dir.join("bulk")).open().unwrap();
+    for name in index.list_keyspace_names() {
+        let from = index
+            .keyspace(&name, fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        let to = db
+            .keyspace(&name, fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        let mut batch = db.batch();
+        for item in from.iter() {
+            let (k, v) = item.into_inner().unwrap();
+            batch.insert(&to, k, v);
+        }
+        batch.commit().unwrap();
+        index.delete_keyspace(from).unwrap();
+    }
+    db.persist(fjall::PersistMode::SyncAll).unwrap();
+}
+
 #[test]
 fn keys_and_ids_are_found_in_blocks_and_in_the_tail_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -233,12 +275,22 @@ fn keys_and_ids_are_found_in_blocks_and_in_the_tail_across_a_restart() {
     store.commit(&stream(), 1, records(7..10)).unwrap();
     // Blocks 0..4 and 4..8, tail 8..10.
     assert_eq!(by_key(&store, "k1"), vec![1, 4, 7]);
-    for reopen in [false, true] {
+    for (reopen, old_layout) in [(false, false), (true, false), (true, true)] {
         if reopen {
             drop(store);
+            if old_layout {
+                assert_eq!(bulk_keyspaces(dir.path()), (0, 3));
+                to_old_layout(dir.path());
+                assert_eq!(bulk_keyspaces(dir.path()), (3, 0));
+            }
             store = open(dir.path(), 4);
         }
         assert_eq!(by_key(&store, "k0"), vec![0, 3, 6, 9], "reopened: {reopen}");
+        if old_layout {
+            // Opened, the store moved its shard's keyspaces into the bulk database.
+            let names = store.db.list_keyspace_names();
+            assert!(!names.iter().any(|n| bulk_keyspace(n)));
+        }
         assert_eq!(by_key(&store, "k2"), vec![2, 5, 8], "reopened: {reopen}");
         assert_eq!(
             store
