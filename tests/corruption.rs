@@ -121,17 +121,22 @@ fn a_damaged_shard_file_fails_reads_with_its_location_until_rebuilt_from_the_log
                  count(id) AS ids, count(time) AS times FROM s";
     assert_eq!(json!(rows(&server, query)), total);
     assert!(server.stop());
-    // Every large table and blob file of the shard (its blocks and row tail; not fjall's own
-    // keyspace 0).
-    let tables: Vec<PathBuf> = files_under(&dir.join("store/keyspaces"))
+    // Every large table and blob file of the shard (its blocks, in the bulk database, and its row
+    // tail; not fjall's own keyspace 0 of either database).
+    let own = [dir.join("store/keyspaces/0"), dir.join("store/bulk/keyspaces/0")];
+    let tables: Vec<PathBuf> = files_under(&dir.join("store"))
         .into_iter()
         .filter(|p| {
             p.parent()
                 .is_some_and(|d| d.ends_with("tables") || d.ends_with("blobs"))
-                && !p.starts_with(dir.join("store/keyspaces/0"))
+                && !own.iter().any(|o| p.starts_with(o))
                 && std::fs::metadata(p).unwrap().len() > 1_000_000
         })
         .collect();
+    assert!(
+        tables.iter().any(|p| p.starts_with(dir.join("store/bulk"))),
+        "no block file in the bulk database: {tables:?}"
+    );
     assert!(!tables.is_empty(), "no flushed table file");
     for table in &tables {
         damage(table, 8);
