@@ -123,7 +123,10 @@ fn a_damaged_shard_file_fails_reads_with_its_location_until_rebuilt_from_the_log
     assert!(server.stop());
     // Every large table and blob file of the shard (its blocks, in the bulk database, and its row
     // tail; not fjall's own keyspace 0 of either database).
-    let own = [dir.join("store/keyspaces/0"), dir.join("store/bulk/keyspaces/0")];
+    let own = [
+        dir.join("store/keyspaces/0"),
+        dir.join("store/bulk/keyspaces/0"),
+    ];
     let tables: Vec<PathBuf> = files_under(&dir.join("store"))
         .into_iter()
         .filter(|p| {

@@ -474,10 +474,9 @@ fn a_cluster_subscription_resumes_on_another_node_after_its_node_dies() {
         .send()
         .unwrap();
     assert_eq!(created.status().as_u16(), 201);
-    // Each node learns the catalog topic's records asynchronously: wait for s2 to know the
-    // subscription, and (below) for s3 to know s2's hold before s3 acknowledges — an
-    // acknowledgement written from a view without the hold would drop it (the known limit of
-    // the whole-state catalog record that the README states under durable subscriptions).
+    // Each node learns the catalog topic's records asynchronously: wait for s2 and s3 to know
+    // the subscription. s3 then acknowledges without waiting to know s2's hold: its record must
+    // not drop that hold (it only moves the cursor, see `SubscriptionState::applied_over`).
     let subscriptions = |node: &Server| -> Option<Vec<Value>> {
         http()
             .get(node.url("/v1/subscriptions"))
@@ -493,9 +492,9 @@ fn a_cluster_subscription_resumes_on_another_node_after_its_node_dies() {
             .then_some(())
     };
     eventually("the subscription known on s2", || listed(s2, false));
+    eventually("the subscription known on s3", || listed(s3, false));
     let consumer = Follower::start(&s2.url("/v1/subscriptions/audit/events"), &[]);
     let (refunds, _) = consumer.events(20);
-    eventually("s2's hold known on s3", || listed(s3, true));
     assert!(refunds.iter().all(|e| e["type"] == "refund"));
     let cursor = refunds.last().unwrap()["cursor"]
         .as_str()
@@ -511,6 +510,7 @@ fn a_cluster_subscription_resumes_on_another_node_after_its_node_dies() {
         let all = subscriptions(ingest)?;
         (all[0]["cursor"] == cursor.as_str() && all[0]["consumer"].is_object()).then_some(())
     });
+    eventually("s2's hold known on s3", || listed(s3, true));
     let refused = http()
         .get(s3.url("/v1/subscriptions/audit/events"))
         .send()

@@ -102,6 +102,47 @@ pub struct SubscriptionState {
     /// Its consumer now, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumer: Option<SubscriptionConsumer>,
+    /// Set on a record that only moves the cursor (an acknowledgement): its `consumer` is what
+    /// its writer knew, not a change of the hold (see [`SubscriptionState::applied_over`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hold_unchanged: bool,
+}
+
+impl SubscriptionState {
+    /// This catalog record of a subscription, applied where `previous` was known under its
+    /// name. Within one subscription (same stream, same creation time) the acknowledged cursor
+    /// only moves forward, per partition, and a record with [`Self::hold_unchanged`] keeps the
+    /// consumer known before. Nodes that write from a stale view of the catalog (on Kafka each
+    /// learns it asynchronously) then cannot drop a hold or move a cursor back, and every node
+    /// that applies the catalog in order agrees.
+    #[must_use]
+    pub fn applied_over(mut self, previous: Option<&Self>) -> Self {
+        let hold_unchanged = std::mem::take(&mut self.hold_unchanged);
+        let Some(previous) =
+            previous.filter(|p| p.stream == self.stream && p.created_ms == self.created_ms)
+        else {
+            return self;
+        };
+        if let (Ok(mut cursor), Ok(given)) = (
+            previous.cursor.parse::<crate::ConsistencyToken>(),
+            self.cursor.parse::<crate::ConsistencyToken>(),
+        ) && cursor.stream == given.stream
+        {
+            cursor.merge(&given);
+            self.cursor = cursor.to_string();
+        }
+        if hold_unchanged {
+            self.consumer.clone_from(&previous.consumer);
+        }
+        self
+    }
+
+    /// Whether `entry` (a node's state of this subscription's name) already reflects this
+    /// record: applying it again would change nothing. How a writer knows its record was read.
+    #[must_use]
+    pub fn absorbed_in(&self, entry: Option<&Self>) -> bool {
+        entry.is_some_and(|e| self.clone().applied_over(Some(e)) == *e)
+    }
 }
 
 /// The one consumer of a durable subscription: it holds it until `until_ms` unless it renews.
@@ -269,5 +310,67 @@ pub trait ShardSink: IdLookup {
     /// [`ShardSink::commit_through`] up to the last record.
     fn commit(&self, stream: &StreamName, partition: u32, records: Vec<Record>) -> Result<u64> {
         self.commit_through(stream, partition, records, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(cursor: &str, consumer: Option<&str>, created_ms: i64) -> SubscriptionState {
+        SubscriptionState {
+            stream: StreamName::new("orders").unwrap(),
+            event_type: None,
+            filter: None,
+            cursor: cursor.into(),
+            created_ms,
+            consumer: consumer.map(|id| SubscriptionConsumer {
+                id: id.into(),
+                node: "n".into(),
+                since_ms: 1,
+                until_ms: 2,
+            }),
+            hold_unchanged: false,
+        }
+    }
+
+    fn ack_record(s: &SubscriptionState) -> SubscriptionState {
+        SubscriptionState {
+            consumer: None,
+            hold_unchanged: true,
+            ..s.clone()
+        }
+    }
+
+    #[test]
+    fn stale_records_neither_move_a_cursor_back_nor_drop_a_hold() {
+        let known = state("v1.orders.0-5.1-2", Some("c1"), 1);
+        // A renewal written before its node saw the acknowledgement of partition 0.
+        let renewal = state("v1.orders.0-3.1-4", Some("c1"), 1).applied_over(Some(&known));
+        assert_eq!(renewal.cursor, "v1.orders.0-5.1-4");
+        // An acknowledgement written by a node that had not seen the hold.
+        let acked = ack_record(&state("v1.orders.0-6.1-2", None, 1)).applied_over(Some(&renewal));
+        assert_eq!(acked.cursor, "v1.orders.0-6.1-4");
+        assert_eq!(acked.consumer, renewal.consumer);
+        assert!(!acked.hold_unchanged);
+        assert!(ack_record(&acked).absorbed_in(Some(&acked)));
+        assert!(!state("v1.orders.0-7", None, 1).absorbed_in(Some(&acked)));
+        // A release does drop it; a new subscription of the same name starts over.
+        let released = state("v1.orders.0-6.1-4", None, 1).applied_over(Some(&acked));
+        assert_eq!(released.consumer, None);
+        let again = state("v1.orders", None, 9).applied_over(Some(&acked));
+        assert_eq!((again.cursor.as_str(), again.consumer), ("v1.orders", None));
+    }
+
+    #[test]
+    fn old_records_without_the_flag_still_read() {
+        let json = r#"{"stream":"orders","cursor":"v1.orders.0-1","created_ms":1}"#;
+        let s: SubscriptionState = serde_json::from_str(json).unwrap();
+        assert!(!s.hold_unchanged);
+        assert!(
+            !serde_json::to_string(&s)
+                .unwrap()
+                .contains("hold_unchanged")
+        );
     }
 }

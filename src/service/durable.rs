@@ -156,6 +156,7 @@ impl DurableService {
             cursor: cursor.to_string(),
             created_ms: now_ms(),
             consumer: None,
+            hold_unchanged: false,
         };
         self.parts.log.put_subscription(name, Some(&state)).await?;
         Ok((self.view(name, &state), true))
@@ -221,7 +222,10 @@ impl DurableService {
         let mut acked: Cursor = latest.cursor.parse()?;
         acked.merge(&given);
         latest.cursor = acked.to_string();
+        // This node's view of the hold may be stale: the record must not change it.
+        latest.hold_unchanged = true;
         self.parts.log.put_subscription(name, Some(&latest)).await?;
+        latest.hold_unchanged = false;
         if let Some(lag) = lag(&self.parts, &latest) {
             metrics::gauge!("strata_subscription_lag", "subscription" => name.to_owned())
                 .set(lag as f64);

@@ -41,7 +41,10 @@ impl Subscriptions {
         let _one = self.write.lock();
         let mut next = (**self.current.borrow()).clone();
         match state {
-            Some(s) => next.insert(name.to_owned(), s.clone()),
+            Some(s) => {
+                let state = s.clone().applied_over(next.get(name));
+                next.insert(name.to_owned(), state)
+            }
             None => next.remove(name),
         };
         let bytes = serde_json::to_vec_pretty(&next)
@@ -87,6 +90,7 @@ mod tests {
             cursor: "v1.orders.0-3".into(),
             created_ms: 1,
             consumer: None,
+            hold_unchanged: false,
         };
         subs.put("billing", Some(&state)).unwrap();
         subs.put("gone", Some(&state)).unwrap();

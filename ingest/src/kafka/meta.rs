@@ -102,7 +102,10 @@ fn apply_subscription(
 ) -> bool {
     match payload.map(serde_json::from_slice::<SubscriptionState>) {
         None => subscriptions.remove(name).is_some(),
-        Some(Ok(state)) => subscriptions.insert(name.to_owned(), state.clone()) != Some(state),
+        Some(Ok(record)) => {
+            let state = record.applied_over(subscriptions.get(name));
+            subscriptions.insert(name.to_owned(), state.clone()) != Some(state)
+        }
         Some(Err(_)) => {
             tracing::warn!(subscription = name, "ignoring an unreadable subscription");
             false

@@ -412,7 +412,10 @@ impl Log for KafkaLog {
             .map_err(|e| Error::Unavailable(format!("cannot encode subscription {name}: {e}")))?;
         let key = format!("{}{name}", meta::SUBSCRIPTION_PREFIX);
         let what = format!("subscription {name}");
-        let wanted = |all: &SubscriptionCatalog| all.get(name) == state;
+        let wanted = |all: &SubscriptionCatalog| match state {
+            Some(record) => record.absorbed_in(all.get(name)),
+            None => !all.contains_key(name),
+        };
         self.put_entry(&key, value, self.meta.subscriptions(), wanted, &what)
             .await
     }
