@@ -225,7 +225,6 @@ impl DurableService {
         // This node's view of the hold may be stale: the record must not change it.
         latest.hold_unchanged = true;
         self.parts.log.put_subscription(name, Some(&latest)).await?;
-        latest.hold_unchanged = false;
         if let Some(lag) = lag(&self.parts, &latest) {
             metrics::gauge!("strata_subscription_lag", "subscription" => name.to_owned())
                 .set(lag as f64);

@@ -6,9 +6,9 @@
 //! commit that filled the tail, it delayed that commit's visibility and every commit of the
 //! partition queued behind it (the p99 of append → visible). So a thread of its own makes it while
 //! commits go on: the shard's lock is held only for the write batch that swaps the tail's rows for
-//! the block's metadata. Commits make blocks themselves
-//! only when the tail has fallen `store.block_backlog` blocks behind, which bounds the tail (and its
-//! in-memory index) when appends outrun the block maker.
+//! the block's metadata. Commits make blocks themselves only when the tail has fallen
+//! `store.block_backlog` blocks behind, which bounds the tail (and its in-memory index) when
+//! appends outrun the block maker.
 //!
 //! Block boundaries depend only on the stored events (every `block_rows` rows from the tail
 //! start), not on when a block is made, so a rebuild from the log makes the same blocks.
