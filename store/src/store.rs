@@ -1,6 +1,6 @@
 //! The store: one fjall database holding a shard per stream partition and the materialized views
-//! over them ([`ViewSet`]), and one for what shards write in bulk (`bulk.rs`). Commits and view catch-up take the shard's lock here; the view set
-//! takes each view's lock after it.
+//! over them ([`ViewSet`]), and one for what shards write in bulk (`bulk.rs`). Commits and view
+//! catch-up take the shard's lock here; the view set takes each view's lock after it.
 
 use crate::block::{encode_tail, rows_to_stored};
 use crate::blocks::BlockMaker;

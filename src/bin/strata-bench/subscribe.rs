@@ -216,16 +216,14 @@ async fn delivered_latency(
             Some((sent, r.as_ref()?.duration_since(sent)))
         })
         .collect();
-    report_tail(&timed, started.into_std());
-    let mut latencies: Vec<Duration> = timed.iter().map(|(_, l)| *l).collect();
-    latencies.sort();
+    let latencies = report_tail(&timed, started.into_std());
     Ok((latencies, acked))
 }
 
 /// Prints where the slowest 1 % of `timed` (each event's send time and latency) fell: in how
 /// many of the run's 100 ms windows, so that stalls (few windows) tell apart from a machine short
-/// of CPU throughout (many), with p99.9 and the maximum.
-fn report_tail(timed: &[(Instant, Duration)], started: Instant) {
+/// of CPU throughout (many), with p99.9 and the maximum. Returns the latencies, ascending.
+fn report_tail(timed: &[(Instant, Duration)], started: Instant) -> Vec<Duration> {
     let mut by_latency: Vec<&(Instant, Duration)> = timed.iter().collect();
     by_latency.sort_by_key(|(_, l)| std::cmp::Reverse(*l));
     let slowest = &by_latency[..timed.len().div_ceil(100).min(timed.len())];
@@ -266,6 +264,7 @@ fn report_tail(timed: &[(Instant, Duration)], started: Instant) {
         nth(0.999).unwrap_or_default(),
         by_latency.first().map(|(_, l)| *l).unwrap_or_default(),
     ));
+    by_latency.iter().rev().map(|(_, l)| *l).collect()
 }
 
 /// `events` appended as fast as 4 clients go while `FAN_OUT` subscribers follow the stream:
