@@ -7,6 +7,7 @@
 //! carry their SQL and bound parameters, and are authorised again on each `DoGet`. Errors become
 //! gRPC statuses in [`status`], one place.
 
+mod ahead;
 mod handle;
 
 use crate::auth::{Auth, Principal};
@@ -186,24 +187,11 @@ impl FlightSql {
             let _held = &permit;
             b.map_err(|e| FlightError::Tonic(Box::new(status(&e))))
         });
-        let mut stream = FlightDataEncoderBuilder::new()
+        let stream = FlightDataEncoderBuilder::new()
             .with_schema(result.schema)
             .build(batches)
             .map_err(Status::from);
-        // The query runs and encodes on a task of its own, a few messages ahead of the
-        // connection's writes (as the HTTP answer does); a client that goes away closes the
-        // channel, which ends the task and the query with it.
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            while let Some(message) = stream.next().await {
-                if tx.send(message).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(Response::new(Box::pin(ahead::read_ahead(stream))))
     }
 
     /// The flight of a metadata command (catalogs, schemas, tables, …): its answer's `schema`,
