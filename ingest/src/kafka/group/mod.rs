@@ -9,26 +9,25 @@
 
 mod bridge;
 mod consume;
+mod dead_letters;
 mod rebalance;
 
-use super::mapping::{
-    ValueKind, count_value, dead_letter_headers, dead_letter_reason, is_control,
-    record_from_message,
-};
+use super::mapping::{ValueKind, count_value, dead_letter_reason, is_control, record_from_message};
 use super::{KafkaConfig, RetentionGap};
 use crate::Result;
+use dead_letters::DeadLetterContext;
 use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::BaseProducer;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use strata_proto::{Error, Record, ShardSink, StreamName};
@@ -88,24 +87,6 @@ impl RetentionGapInfo {
                  (was the topic deleted and made anew?). Consuming it is stopped",
                 self.stream, self.partition, self.log_end, self.stored
             )
-        }
-    }
-}
-
-/// Counts dead-letter copies the brokers did not take.
-#[derive(Default)]
-struct DeadLetterContext {
-    failed: AtomicU64,
-}
-
-impl ClientContext for DeadLetterContext {}
-
-impl ProducerContext for DeadLetterContext {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if result.is_err() {
-            self.failed.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -252,65 +233,6 @@ impl GroupContext {
         count_value(stream.as_str(), ValueKind::Text, batch.text);
         count_value(stream.as_str(), ValueKind::Binary, batch.binary);
         Ok(next)
-    }
-
-    /// Copies `dead` to the dead-letter topic and waits until the brokers have them all, so that
-    /// the shard may move past them.
-    fn send_dead_letters(
-        &self,
-        stream: &StreamName,
-        dead: &[(OwnedMessage, &'static str)],
-    ) -> strata_proto::Result<()> {
-        let failed_before = self.dead_letters.context().failed.load(Ordering::Relaxed);
-        let topic = self.config.dead_letter_topic();
-        for (message, reason) in dead {
-            let headers = dead_letter_headers(message, reason);
-            let mut record = BaseRecord::<[u8], [u8]>::to(&topic).headers(headers);
-            if let Some(key) = message.key() {
-                record = record.key(key);
-            }
-            if let Some(value) = message.payload() {
-                record = record.payload(value);
-            }
-            let mut full_for = 0;
-            loop {
-                match self.dead_letters.send(record) {
-                    Ok(()) => break,
-                    Err((e, r))
-                        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull)
-                            && full_for < 100 =>
-                    {
-                        // The queue drains as the brokers acknowledge; wait (bounded) for room.
-                        full_for += 1;
-                        self.dead_letters.poll(Duration::from_millis(50));
-                        record = r;
-                    }
-                    Err((e, _)) => {
-                        return Err(super::unavailable(
-                            "cannot write to the dead-letter topic",
-                            &e,
-                        ));
-                    }
-                }
-            }
-        }
-        self.dead_letters
-            .flush(self.config.timeout())
-            .map_err(|e| {
-                super::unavailable("the dead-letter topic did not take its records", &e)
-            })?;
-        if self.dead_letters.context().failed.load(Ordering::Relaxed) != failed_before {
-            return Err(Error::Unavailable(
-                "the brokers refused a dead-letter record".into(),
-            ));
-        }
-        for (message, reason) in dead {
-            tracing::warn!(%stream, partition = message.partition(), offset = message.offset(), reason,
-                "record set aside in the dead-letter topic {topic}");
-            metrics::counter!("strata_kafka_dead_letters_total", "stream" => stream.to_string(), "reason" => *reason)
-                .increment(1);
-        }
-        Ok(())
     }
 
     /// After the consumer said an assigned partition's position is not in the log: finds which
