@@ -27,7 +27,7 @@ pub(crate) async fn scenario(
             strata.base_url().into(),
             args.work.join("orders.parquet").into(),
             n.to_string().into(),
-            runs.min(3).to_string().into(),
+            runs.to_string().into(),
         ],
     )
     .await?;
