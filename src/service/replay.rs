@@ -178,17 +178,21 @@ const ENCODERS: usize = 2;
 /// blocking pool (encoding is most of a replay's CPU). The first error ends the chunks.
 fn ndjson(mut batches: mpsc::Receiver<Scanned>) -> Chunks {
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(ENCODERS);
+    let buffers = Buffers::new();
     tokio::spawn(async move {
         let mut chunks = futures::stream::poll_fn(move |cx| batches.poll_recv(cx))
-            .map(|batch| async move {
-                let batch = batch.map_err(std::io::Error::other)?;
-                tokio::task::spawn_blocking(move || {
-                    let mut out = Vec::with_capacity(batch.num_rows() * 384);
-                    strata_store::ndjson::write_batch(&batch, &mut out);
-                    Bytes::from(out)
-                })
-                .await
-                .map_err(std::io::Error::other)
+            .map(|batch| {
+                let buffers = buffers.clone();
+                async move {
+                    let batch = batch.map_err(std::io::Error::other)?;
+                    tokio::task::spawn_blocking(move || {
+                        let mut out = buffers.take(batch.num_rows() * 384);
+                        strata_store::ndjson::write_batch(&batch, &mut out);
+                        buffers.chunk(out)
+                    })
+                    .await
+                    .map_err(std::io::Error::other)
+                }
             })
             .buffered(ENCODERS);
         while let Some(chunk) = chunks.next().await {
@@ -199,6 +203,60 @@ fn ndjson(mut batches: mpsc::Receiver<Scanned>) -> Chunks {
         }
     });
     rx
+}
+
+/// The chunk buffers of one replay, handed back once the connection has written them: a replay
+/// reuses a few buffers instead of a fresh one per batch, whose pages the allocator has returned
+/// to the OS since and the kernel must fault in and zero again (a quarter of the server's CPU in
+/// a replay of 10M events before this).
+#[derive(Clone)]
+struct Buffers(Arc<parking_lot::Mutex<Vec<Vec<u8>>>>);
+
+/// Buffers a replay keeps: the ones being encoded, queued and written, and one spare.
+const KEPT_BUFFERS: usize = 2 * ENCODERS + 2;
+
+impl Buffers {
+    fn new() -> Self {
+        Self(Arc::new(parking_lot::Mutex::new(Vec::new())))
+    }
+
+    /// An empty buffer with room for `bytes`.
+    fn take(&self, bytes: usize) -> Vec<u8> {
+        let mut buffer = self.0.lock().pop().unwrap_or_default();
+        buffer.reserve(bytes);
+        buffer
+    }
+
+    /// `buffer` as a chunk that returns it here when dropped.
+    fn chunk(&self, buffer: Vec<u8>) -> Bytes {
+        Bytes::from_owner(Returned {
+            buffer,
+            home: self.clone(),
+        })
+    }
+}
+
+/// A written chunk's buffer on its way back to its [`Buffers`].
+struct Returned {
+    buffer: Vec<u8>,
+    home: Buffers,
+}
+
+impl AsRef<[u8]> for Returned {
+    fn as_ref(&self) -> &[u8] {
+        &self.buffer
+    }
+}
+
+impl Drop for Returned {
+    fn drop(&mut self) {
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.clear();
+        let mut kept = self.home.0.lock();
+        if kept.len() < KEPT_BUFFERS {
+            kept.push(buffer);
+        }
+    }
 }
 
 /// Replays from the shards of whichever nodes hold the partitions (this one, or a peer over the
@@ -377,6 +435,29 @@ mod tests {
             partitions,
             fields: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_written_chunk_hands_its_buffer_back_and_few_are_kept() {
+        let buffers = Buffers::new();
+        let mut out = buffers.take(1 << 20);
+        out.extend_from_slice(b"{\"offset\":0}\n");
+        let address = out.as_ptr();
+        let chunk = buffers.chunk(out);
+        assert_eq!(&chunk[..], b"{\"offset\":0}\n");
+        // A clone (hyper may hold one) keeps the buffer out until the last is dropped.
+        let clone = chunk.clone();
+        drop(chunk);
+        assert!(buffers.0.lock().is_empty());
+        drop(clone);
+        let again = buffers.take(10);
+        assert!(again.is_empty() && again.capacity() >= 1 << 20);
+        assert_eq!(again.as_ptr(), address, "the same buffer, not a new one");
+        let chunks: Vec<Bytes> = (0..KEPT_BUFFERS + 3)
+            .map(|_| buffers.chunk(buffers.take(64)))
+            .collect();
+        drop(chunks);
+        assert_eq!(buffers.0.lock().len(), KEPT_BUFFERS);
     }
 
     fn plan(r: ReplayRequest, partitions: u32) -> Result<Plan> {
