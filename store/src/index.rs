@@ -6,8 +6,9 @@
 //! skip-list insert, then flushed and compacted again). When the tail's oldest rows become a
 //! block, their `ids` and `keys` entries are written sorted, straight into new tables of the
 //! keyspaces ([`index_block`], fjall's bulk ingestion into the bulk database, see `bulk.rs`: no
-//! journal, no memtable), and then leave the tail index. An event is thus always found in at least one of the two; the keyspaces answer for
-//! offsets before the shard's tail start, the tail index for the rest.
+//! journal, no memtable), and then leave the tail index. An event is thus always found in at
+//! least one of the two; the keyspaces answer for offsets before the shard's tail start, the tail
+//! index for the rest.
 
 use crate::block::decode_tail;
 use crate::bulk;

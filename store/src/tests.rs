@@ -220,7 +220,9 @@ fn bulk_keyspace(name: &str) -> bool {
 /// store at `dir` (closed).
 fn bulk_keyspaces(dir: &std::path::Path) -> (usize, usize) {
     let db = fjall::Database::builder(dir).open().unwrap();
-    let index = fjall::Database::builder(dir.join("bulk")).open().unwrap();
+    let index = fjall::Database::builder(dir.join(crate::bulk::FOLDER))
+        .open()
+        .unwrap();
     let count = |db: &fjall::Database| {
         db.list_keyspace_names()
             .iter()
@@ -234,7 +236,9 @@ fn bulk_keyspaces(dir: &std::path::Path) -> (usize, usize) {
 /// a store of before kept them.
 fn to_old_layout(dir: &std::path::Path) {
     let db = fjall::Database::builder(dir).open().unwrap();
-    let index = fjall::Database::builder(dir.join("bulk")).open().unwrap();
+    let index = fjall::Database::builder(dir.join(crate::bulk::FOLDER))
+        .open()
+        .unwrap();
     for name in index.list_keyspace_names() {
         let from = index
             .keyspace(&name, fjall::KeyspaceCreateOptions::default)
