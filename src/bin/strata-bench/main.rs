@@ -88,11 +88,21 @@ struct Args {
     /// (events/s) and prints its rows; for profiling.
     #[arg(long)]
     subscribe_only: Option<f64>,
+    /// Runs only scenario 5 (the Kafka path against a plain rdkafka producer, on
+    /// `--kafka-brokers`) and prints its rows; for profiling.
+    #[arg(long)]
+    kafka_only: bool,
 }
 
 const BATCH: u64 = 1000;
 
-/// Prints a section's rows, one per line (the `--ingest-only` and `--subscribe-only` runs).
+/// Events of scenario 5.
+fn kafka_events(args: &Args) -> u64 {
+    args.kafka_events
+        .unwrap_or(if args.quick { 5_000 } else { 500_000 })
+}
+
+/// Prints a section's rows, one per line (the `--…-only` runs).
 fn print_rows(section: &Section) {
     for r in &section.rows {
         println!("{} | {} | {} | {}", r.metric, r.strata, r.peer, r.ratio);
@@ -146,6 +156,16 @@ async fn run(args: Args) -> Result<()> {
         for r in rows {
             println!("{} | {} | {} | {}", r.metric, r.strata, r.peer, r.ratio);
         }
+        return Ok(());
+    }
+
+    if args.kafka_only {
+        let brokers = args
+            .kafka_brokers
+            .as_deref()
+            .ok_or("--kafka-only needs --kafka-brokers (or STRATA_BENCH_KAFKA_BROKERS)")?;
+        let kafka_n = kafka_events(&args).min(total_n);
+        print_rows(&kafka::scenario(&args, brokers, &events_path, kafka_n).await?);
         return Ok(());
     }
 
@@ -229,10 +249,7 @@ async fn run(args: Args) -> Result<()> {
 
     // 5. The Kafka path, with the main node stopped so that both sides have the machine.
     if let Some(brokers) = &args.kafka_brokers {
-        let kafka_n = args
-            .kafka_events
-            .unwrap_or(if args.quick { 5_000 } else { 500_000 })
-            .min(total_n);
+        let kafka_n = kafka_events(&args).min(total_n);
         sections.push(kafka::scenario(&args, brokers, &events_path, kafka_n).await?);
         // 7. Cluster-wide SQL, on the same broker.
         let cluster_n = args
