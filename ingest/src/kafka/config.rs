@@ -60,7 +60,10 @@ pub struct KafkaConfig {
     pub static_membership: bool,
     /// How often new topics and status are looked for, in milliseconds.
     pub refresh_ms: u64,
-    /// Producer `linger.ms`: how long a batch may wait to fill.
+    /// Producer `linger.ms`: how long a batch may wait to fill. An append is answered only once
+    /// the brokers acknowledged it, so this wait is added to every append; 1 ms lets the records
+    /// of one append go out in one batch per partition, and appends that arrive while others are
+    /// in flight still share batches.
     pub linger_ms: u64,
     /// What store nodes do with a record whose value is not JSON (written by another client):
     /// set it aside in the dead-letter topic (the default) or store it as a JSON string.
@@ -88,7 +91,7 @@ impl Default for KafkaConfig {
             session_timeout_ms: 10_000,
             static_membership: false,
             refresh_ms: 2_000,
-            linger_ms: 5,
+            linger_ms: 1,
             non_json: NonJson::default(),
             max_value_bytes: 1 << 20,
             retention_gap: RetentionGap::default(),
