@@ -1,6 +1,6 @@
 //! Warm restart. A restarted store node gets its partitions back from the group only after a
-//! join and a sync, which some brokers make slow (Tansu pauses every static member's join and
-//! sync for 3 s). Until the group's first assignment arrives, a plain consumer (no group
+//! join and a sync, which some brokers make slow (Tansu holds every join for half the session
+//! timeout, and a static member's join and sync for at least 3 s). Until the group's first assignment arrives, a plain consumer (no group
 //! membership, no commits) catches up the partitions the node held when it stopped, so that the
 //! node's shards — and everything a single node answers — are current within a second or so of
 //! the restart.
