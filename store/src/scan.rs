@@ -393,7 +393,7 @@ fn read_source(
             match read {
                 Some(bytes) => {
                     let t = schema.field(i).data_type();
-                    let array = as_table_type(decode_column(&bytes, label)?, t)?;
+                    let array = as_table_type(decode_column(bytes, label)?, t)?;
                     if array.len() != rows {
                         return Err(Error::Corrupt {
                             location: label(),
