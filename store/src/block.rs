@@ -455,7 +455,7 @@ mod tests {
             (0..1000).map(|i| format!("{{\"n\":{i}}}")),
         ));
         let ints: ArrayRef = Arc::new(Int64Array::from_iter_values(0..1000));
-        for array in [text.clone(), ints.clone()] {
+        for array in [text.clone(), ints] {
             let value = encode_column(&array).unwrap();
             let stored = value.as_ptr_range();
             let (stored_start, stored_end) = (stored.start as usize, stored.end as usize);

@@ -1,9 +1,9 @@
 //! Warm restart. A restarted store node gets its partitions back from the group only after a
 //! join and a sync, which some brokers make slow (Tansu holds every join for half the session
-//! timeout, and a static member's join and sync for at least 3 s). Until the group's first assignment arrives, a plain consumer (no group
-//! membership, no commits) catches up the partitions the node held when it stopped, so that the
-//! node's shards — and everything a single node answers — are current within a second or so of
-//! the restart.
+//! timeout, and a static member's join and sync for at least 3 s). Until the group's first
+//! assignment arrives, a plain consumer (no group membership, no commits) catches up the
+//! partitions the node held when it stopped, so that the node's shards — and everything a single
+//! node answers — are current within a second or so of the restart.
 //!
 //! Safety: shard commits are ordered by offset and skip what is stored, and the bridge is stopped
 //! (and joined) before the group's assignment reads the shards' next offsets, so the group's
