@@ -2,7 +2,8 @@
 //! appends each partition's share to the log.
 
 use crate::Result;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use crate::pending::{Id, PendingIds};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -54,50 +55,6 @@ pub struct AppendOutcome {
     /// has decided).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub versions: BTreeMap<String, u64>,
-}
-
-/// Ids a partition holds that the store may not have applied yet: appended (offset known) or in
-/// flight (offset `None`).
-#[derive(Default)]
-struct PendingIds {
-    loaded: bool,
-    by_id: HashMap<String, Option<u64>, ahash::RandomState>,
-    /// Appended ids in the order they were recorded (offsets ascending but for concurrent
-    /// appends, whose ids then stay a little longer).
-    by_offset: VecDeque<(u64, String)>,
-}
-
-impl PendingIds {
-    /// Forgets ids below `stored`: from there on the store's index answers for them.
-    fn prune(&mut self, stored: u64) {
-        while self.by_offset.front().is_some_and(|(o, _)| *o < stored) {
-            if let Some((_, id)) = self.by_offset.pop_front() {
-                self.by_id.remove(&id);
-            }
-        }
-    }
-
-    fn record(&mut self, id: String, offset: u64) {
-        match self.by_id.get_mut(&id) {
-            Some(slot) => *slot = Some(offset),
-            None => {
-                self.by_id.insert(id.clone(), Some(offset));
-            }
-        }
-        self.by_offset.push_back((offset, id));
-    }
-
-    /// Forgets the oldest appended ids beyond `keep` (a node without a store to prune against).
-    fn cap(&mut self, keep: usize) {
-        while self.by_offset.len() > keep {
-            match self.by_offset.pop_front() {
-                Some((_, id)) => {
-                    self.by_id.remove(&id);
-                }
-                None => break,
-            }
-        }
-    }
 }
 
 /// The pending ids of one partition, locked across the store lookup and the reservation.
@@ -257,30 +214,26 @@ impl Ingest {
         } else {
             None
         };
-        let events = match &pending {
+        let (events, ids) = match &pending {
             Some(pending) => self.reserve_ids(stream, partition, pending, events).await?,
-            None => events,
+            None => (events, Vec::new()),
         };
         if events.is_empty() {
             return Ok(None);
         }
         let events = match with_batch_places(events) {
             Ok(events) => events,
-            Err((e, events)) => {
+            Err(e) => {
                 if let Some(pending) = &pending {
                     let mut pending = pending.lock().await;
-                    for id in events.iter().filter_map(|e| e.id.as_ref()) {
-                        pending.by_id.remove(id);
+                    for id in ids.iter().flatten() {
+                        pending.forget(id);
                     }
                 }
                 return Err(e);
             }
         };
         let count = events.len();
-        let ids: Vec<Option<String>> = match pending {
-            Some(_) => events.iter().map(|e| e.id.clone()).collect(),
-            None => Vec::new(),
-        };
         let result = self.log.append(stream, partition, events).await;
         if let Some(pending) = pending {
             let mut pending = pending.lock().await;
@@ -288,9 +241,7 @@ impl Ingest {
                 let Some(id) = id else { continue };
                 match &result {
                     Ok(range) => pending.record(id, range.first + i as u64),
-                    Err(_) => {
-                        pending.by_id.remove(&id);
-                    }
+                    Err(_) => pending.forget(&id),
                 }
             }
         }
@@ -316,20 +267,21 @@ impl Ingest {
         if let Some(pending) = pending {
             let mut pending = pending.lock().await;
             for id in ids {
-                pending.by_id.remove(id);
+                pending.forget(id);
             }
         }
     }
 
     /// Drops events whose id the partition holds (stored, appended, in flight, or earlier in this
-    /// batch) and marks the remaining ids as in flight.
+    /// batch) and marks the remaining ids as in flight; returns the kept events and, beside each,
+    /// its id as the pending set holds it.
     async fn reserve_ids(
         &self,
         stream: &StreamName,
         partition: u32,
         pending: &Mutex<PendingIds>,
         events: Vec<Event>,
-    ) -> Result<Vec<Event>> {
+    ) -> Result<(Vec<Event>, Vec<Option<Id>>)> {
         let mut pending = pending.lock().await;
         let stored = match &self.ids {
             Some(ids) => ids.stored_next_offset(stream, partition)?,
@@ -353,18 +305,26 @@ impl Ingest {
         };
         let mut in_store = in_store.into_iter();
         let mut kept = Vec::with_capacity(events.len());
+        let mut ids = Vec::with_capacity(events.len());
         for event in events {
-            if let Some(id) = &event.id {
-                let stored_already = in_store.next().flatten().is_some();
-                // An id earlier in this batch is already reserved here, so it counts as held.
-                if stored_already || pending.by_id.contains_key(id) {
-                    continue;
+            let held = match &event.id {
+                Some(id) => {
+                    let stored_already = in_store.next().flatten().is_some();
+                    // An id earlier in this batch is already reserved here, so it counts as held.
+                    if stored_already {
+                        continue;
+                    }
+                    match pending.reserve(id) {
+                        Some(held) => Some(held),
+                        None => continue,
+                    }
                 }
-                pending.by_id.insert(id.clone(), None);
-            }
+                None => None,
+            };
             kept.push(event);
+            ids.push(held);
         }
-        Ok(kept)
+        Ok((kept, ids))
     }
 
     /// Reads the ids of the log's records the store has not applied yet (the log's tail after a
@@ -392,7 +352,7 @@ impl Ingest {
                 }
                 for record in batch {
                     if let Some(id) = record.event.id {
-                        pending.record(id, record.offset);
+                        pending.record(Id::from(id), record.offset);
                     }
                 }
             }
@@ -434,10 +394,7 @@ fn conditional_partition(events: &[Event], partitions: u32) -> Result<u32> {
 /// Gives each event of a conditional batch its place (`index` of `count`) and moves each key's
 /// condition to the key's first event (see [`strata_proto::condition::request_conditions`]);
 /// a plain batch is returned as it is.
-/// On error the events come back (their ids were reserved).
-fn with_batch_places(
-    mut events: Vec<Event>,
-) -> std::result::Result<Vec<Event>, (crate::Error, Vec<Event>)> {
+fn with_batch_places(mut events: Vec<Event>) -> Result<Vec<Event>> {
     if events.iter().all(|e| e.condition.is_none()) {
         return Ok(events);
     }
@@ -445,10 +402,7 @@ fn with_batch_places(
         .iter()
         .map(|e| (e.key.as_deref(), e.condition.and_then(|c| c.expect)))
         .collect();
-    let expects = match strata_proto::condition::request_conditions(&stated) {
-        Ok(expects) => expects,
-        Err(e) => return Err((e.into(), events)),
-    };
+    let expects = strata_proto::condition::request_conditions(&stated)?;
     let count = u32::try_from(events.len()).unwrap_or(u32::MAX);
     for (index, (event, expect)) in events.iter_mut().zip(expects).enumerate() {
         event.condition = Some(strata_proto::Condition {
@@ -458,25 +412,4 @@ fn with_batch_places(
         });
     }
     Ok(events)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::PendingIds;
-
-    #[test]
-    fn pending_ids_are_pruned_below_the_store_and_capped_without_one() {
-        let mut pending = PendingIds::default();
-        for i in 0..10 {
-            pending.record(format!("id{i}"), i);
-        }
-        pending.prune(3);
-        assert!(!pending.by_id.contains_key("id2"));
-        assert!(pending.by_id.contains_key("id3"));
-        pending.cap(4);
-        assert_eq!(pending.by_offset.len(), 4);
-        assert_eq!(pending.by_id.len(), 4);
-        assert!(pending.by_id.contains_key("id9"));
-        assert!(!pending.by_id.contains_key("id5"));
-    }
 }

@@ -13,6 +13,7 @@ mod error;
 #[cfg(test)]
 mod fuzz;
 pub mod kafka;
+mod pending;
 
 pub use append::{AppendOutcome, Ingest, IngestConfig, PartitionAppend};
 pub use embedded::{EmbeddedLog, EmbeddedLogConfig};
