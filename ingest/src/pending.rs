@@ -27,32 +27,38 @@ impl PendingIds {
         self.hasher.hash_one(id)
     }
 
-    /// Whether `id` is held (appended or in flight).
+    /// Whether `id`, of `hash`, is held (appended or in flight).
+    fn holds(&self, hash: u64, id: &str) -> bool {
+        self.held.find(hash, |h| &**h == id).is_some()
+    }
+
+    /// Holds `id`, of `hash`, known not to be held.
+    fn hold(&mut self, hash: u64, id: Id) {
+        let hasher = &self.hasher;
+        self.held.insert_unique(hash, id, |h| hasher.hash_one(&**h));
+    }
+
     #[cfg(test)]
     fn contains(&self, id: &str) -> bool {
-        self.held.find(self.hash(id), |h| &**h == id).is_some()
+        self.holds(self.hash(id), id)
     }
 
     /// Holds `id` as in flight and returns it shared, or `None` when it is held already.
     pub(crate) fn reserve(&mut self, id: &str) -> Option<Id> {
         let hash = self.hash(id);
-        if self.held.find(hash, |h| &**h == id).is_some() {
+        if self.holds(hash, id) {
             return None;
         }
         let shared = Id::from(id);
-        let hasher = &self.hasher;
-        self.held
-            .insert_unique(hash, shared.clone(), |h| hasher.hash_one(&**h));
+        self.hold(hash, shared.clone());
         Some(shared)
     }
 
     /// Notes that `id` was appended at `offset` (holding it if it was not).
     pub(crate) fn record(&mut self, id: Id, offset: u64) {
         let hash = self.hash(&id);
-        if self.held.find(hash, |h| **h == *id).is_none() {
-            let hasher = &self.hasher;
-            self.held
-                .insert_unique(hash, id.clone(), |h| hasher.hash_one(&**h));
+        if !self.holds(hash, &id) {
+            self.hold(hash, id.clone());
         }
         self.by_offset.push_back((offset, hash, id));
     }

@@ -4,6 +4,7 @@
 //! the same broker.
 
 use crate::server::Strata;
+use crate::views::percentile;
 use crate::{Args, BATCH, CLIENTS, Result, Section, mib, progress, rate, read_batches, row};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -142,7 +143,9 @@ pub async fn scenario(args: &Args, brokers: &str, events: &Path, n: u64) -> Resu
         .map(|(p, s)| format!("{:.2}×", p.as_secs_f64() / s.as_secs_f64()))
         .collect::<Vec<_>>()
         .join(", ");
-    let (strata, peer) = (median(strata_times), median(peer_times));
+    strata_times.sort();
+    peer_times.sort();
+    let (strata, peer) = (percentile(&strata_times, 0.5), percentile(&peer_times, 0.5));
     let (strata_s, peer_s) = (strata.as_secs_f64(), peer.as_secs_f64());
     let ratio = peer_s / strata_s;
     Ok(Section {
@@ -195,10 +198,4 @@ async fn through_strata(
     let rss = node.peak_rss();
     node.stop();
     Ok((took, rss))
-}
-
-/// The middle of `times`.
-fn median(mut times: Vec<Duration>) -> Duration {
-    times.sort();
-    times.get(times.len() / 2).copied().unwrap_or_default()
 }
