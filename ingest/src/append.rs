@@ -352,7 +352,8 @@ impl Ingest {
                 }
                 for record in batch {
                     if let Some(id) = record.event.id {
-                        pending.record(Id::from(id), record.offset);
+                        let id = pending.id(&id);
+                        pending.record(id, record.offset);
                     }
                 }
             }

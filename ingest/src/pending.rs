@@ -1,14 +1,28 @@
 //! The ids a partition holds that its store may not have applied yet — appended (offset known)
 //! or in flight — against which the write path drops retried events. Each id is one shared
-//! string, held by the set and by the append that reserved it, and its hash is kept beside it in
-//! arrival order, so that forgetting the oldest ids neither hashes nor compares their text again.
+//! string, held by the set and by the append that reserved it, together with the hash the set
+//! gave it, so that recording it once appended and forgetting it when old neither hashes nor
+//! compares its text again.
 
 use hashbrown::HashTable;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-/// An id as the pending set holds it, shared with the append that reserved it.
-pub(crate) type Id = Arc<str>;
+/// An id as the pending set holds it, shared with the append that reserved it, with its hash
+/// under that set's hasher (so only the set that made it may take it back).
+#[derive(Clone)]
+pub(crate) struct Id {
+    hash: u64,
+    text: Arc<str>,
+}
+
+impl std::ops::Deref for Id {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
 
 /// The pending ids of one partition.
 #[derive(Default)]
@@ -16,10 +30,10 @@ pub(crate) struct PendingIds {
     /// Whether the ids of the log's tail the store has not applied were read in.
     pub(crate) loaded: bool,
     hasher: ahash::RandomState,
-    held: HashTable<Id>,
-    /// Appended ids in the order they were recorded, with their offset and hash (offsets
-    /// ascending but for concurrent appends, whose ids then stay a little longer).
-    by_offset: VecDeque<(u64, u64, Id)>,
+    held: HashTable<Arc<str>>,
+    /// Appended ids in the order they were recorded, with their offset (offsets ascending but
+    /// for concurrent appends, whose ids then stay a little longer).
+    by_offset: VecDeque<(u64, Id)>,
 }
 
 impl PendingIds {
@@ -33,9 +47,17 @@ impl PendingIds {
     }
 
     /// Holds `id`, of `hash`, known not to be held.
-    fn hold(&mut self, hash: u64, id: Id) {
+    fn hold(&mut self, hash: u64, id: Arc<str>) {
         let hasher = &self.hasher;
         self.held.insert_unique(hash, id, |h| hasher.hash_one(&**h));
+    }
+
+    /// `text` as an id of this set (hashed once, here).
+    pub(crate) fn id(&self, text: &str) -> Id {
+        Id {
+            hash: self.hash(text),
+            text: Arc::from(text),
+        }
     }
 
     #[cfg(test)]
@@ -45,22 +67,20 @@ impl PendingIds {
 
     /// Holds `id` as in flight and returns it shared, or `None` when it is held already.
     pub(crate) fn reserve(&mut self, id: &str) -> Option<Id> {
-        let hash = self.hash(id);
-        if self.holds(hash, id) {
+        let id = self.id(id);
+        if self.holds(id.hash, &id) {
             return None;
         }
-        let shared = Id::from(id);
-        self.hold(hash, shared.clone());
-        Some(shared)
+        self.hold(id.hash, id.text.clone());
+        Some(id)
     }
 
-    /// Notes that `id` was appended at `offset` (holding it if it was not).
+    /// Notes that `id` (made by this set) was appended at `offset`, holding it if it was not.
     pub(crate) fn record(&mut self, id: Id, offset: u64) {
-        let hash = self.hash(&id);
-        if !self.holds(hash, &id) {
-            self.hold(hash, id.clone());
+        if !self.holds(id.hash, &id) {
+            self.hold(id.hash, id.text.clone());
         }
-        self.by_offset.push_back((offset, hash, id));
+        self.by_offset.push_back((offset, id));
     }
 
     /// Lets go of `id` (its append failed, or the store rejected it).
@@ -72,7 +92,7 @@ impl PendingIds {
 
     /// Forgets ids below `stored`: from there on the store's index answers for them.
     pub(crate) fn prune(&mut self, stored: u64) {
-        while self.by_offset.front().is_some_and(|(o, _, _)| *o < stored) {
+        while self.by_offset.front().is_some_and(|(o, _)| *o < stored) {
             self.forget_oldest();
         }
     }
@@ -85,14 +105,14 @@ impl PendingIds {
     }
 
     fn forget_oldest(&mut self) {
-        let Some((_, hash, id)) = self.by_offset.pop_front() else {
+        let Some((_, id)) = self.by_offset.pop_front() else {
             return;
         };
         // Mostly the very string the set holds, so no text is read; an id recorded twice (the
         // log's tail read after a restart) is found by its text.
         if let Ok(entry) = self
             .held
-            .find_entry(hash, |h| Arc::ptr_eq(h, &id) || **h == *id)
+            .find_entry(id.hash, |h| Arc::ptr_eq(h, &id.text) || **h == *id)
         {
             entry.remove();
         }
@@ -115,7 +135,8 @@ mod tests {
     fn pending_ids_are_pruned_below_the_store_and_capped_without_one() {
         let mut pending = PendingIds::default();
         for i in 0..10 {
-            pending.record(Id::from(format!("id{i}")), i);
+            let id = pending.id(&format!("id{i}"));
+            pending.record(id, i);
         }
         pending.prune(3);
         assert!(!pending.contains("id2"));
@@ -170,7 +191,8 @@ mod tests {
                         let id = format!("id{}", i % 40);
                         set.insert(id.clone());
                         queue.push_back((offset, id.clone()));
-                        pending.record(Id::from(id), offset);
+                        let id = pending.id(&id);
+                        pending.record(id, offset);
                     }
                     Op::Forget(i) => {
                         let id = format!("id{}", i % 40);
