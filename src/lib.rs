@@ -6,6 +6,7 @@
 //! through its front ends ([`http`]). [`node::run`] runs a node until its shutdown token is
 //! cancelled; `main.rs` only parses the command line and handles signals.
 
+pub mod allocator;
 pub mod auth;
 pub mod client;
 pub mod config;

@@ -14,17 +14,6 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's `purge_delay` option (the C enum's value; libmimalloc-sys 0.1.49 does not name it).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Freed memory goes back to the OS after 10 ms instead of mimalloc's default second: a query
-/// that the memory limit stops (a hash table doubling, say) otherwise leaves every superseded
-/// buffer resident meanwhile, and the process's RSS went to 4–5× `limits.query_memory_bytes`.
-fn tune_allocator() {
-    // SAFETY: sets one integer option of the allocator; no pointers are involved.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10) };
-}
-
 /// strata: a log-structured event store with materialized views.
 #[derive(Parser)]
 #[command(name = "strata", version, about)]
@@ -150,7 +139,7 @@ enum Failure {
 }
 
 fn main() -> ExitCode {
-    tune_allocator();
+    strata::allocator::tune();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -112,7 +112,13 @@ const CLIENTS: u64 = 4;
 
 type Result<T> = std::result::Result<T, String>;
 
+/// strata's allocator, set as the server sets it: the in-process scenarios (the view fold, store
+/// commits) and their in-process peer then run on what a node runs on.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
+    strata::allocator::tune();
     let args = <Args as clap::Parser>::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
