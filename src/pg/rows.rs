@@ -237,12 +237,20 @@ impl Column<'_> {
             Column::Int16(a) => buf.put_slice(digits.format(a.value(i)).as_bytes()),
             Column::Int32(a) => buf.put_slice(digits.format(a.value(i)).as_bytes()),
             Column::Int64(a) => buf.put_slice(digits.format(a.value(i)).as_bytes()),
-            Column::Float32(a, extra) => {
-                buf.put_slice(ExtraFloatDigits(*extra).format_f32(a.value(i)).as_bytes());
-            }
-            Column::Float64(a, extra) => {
-                buf.put_slice(ExtraFloatDigits(*extra).format_f64(a.value(i)).as_bytes());
-            }
+            // pgwire writes the shortest exact form (ryu) for `extra_float_digits` ≥ 1, the
+            // setting's default, through a string of its own per value: written here directly.
+            Column::Float32(a, extra) => match a.value(i) {
+                v if *extra >= 1 && v.is_finite() && v != 0.0 => {
+                    buf.put_slice(ryu::Buffer::new().format_finite(v).as_bytes());
+                }
+                v => buf.put_slice(ExtraFloatDigits(*extra).format_f32(v).as_bytes()),
+            },
+            Column::Float64(a, extra) => match a.value(i) {
+                v if *extra >= 1 && v.is_finite() && v != 0.0 => {
+                    buf.put_slice(ryu::Buffer::new().format_finite(v).as_bytes());
+                }
+                v => buf.put_slice(ExtraFloatDigits(*extra).format_f64(v).as_bytes()),
+            },
             Column::Timestamp {
                 values,
                 per_second,
