@@ -337,6 +337,11 @@ where
     if batch.num_columns() != 1 {
         return Err(corrupt("a column value must hold one array"));
     }
+    // Nothing may follow the batch but the stream's end (as the copying reader checked).
+    if decoder.decode(&mut ipc)?.is_some() {
+        return Err(corrupt("a column value must hold one batch"));
+    }
+    decoder.finish()?;
     Ok(batch.column(0).clone())
 }
 
@@ -473,6 +478,23 @@ mod tests {
         // A truncated value is corrupt, not a panic.
         let value = encode_column(&text).unwrap();
         assert!(decode_column(value[..value.len() / 2].to_vec(), String::new).is_err());
+        // So is one with more than its batch: a second batch, or anything after the end.
+        let mut two = vec![COLUMN_VERSION];
+        {
+            let batch = RecordBatch::try_new(
+                Arc::new(Schema::new(vec![Field::new("c", DataType::Utf8, true)])),
+                vec![text.clone()],
+            )
+            .unwrap();
+            let mut w = StreamWriter::try_new(&mut two, &batch.schema()).unwrap();
+            w.write(&batch).unwrap();
+            w.write(&batch).unwrap();
+            w.finish().unwrap();
+        }
+        assert!(decode_column(two, String::new).is_err());
+        let mut trailing = encode_column(&text).unwrap();
+        trailing.extend_from_slice(b"junk");
+        assert!(decode_column(trailing, String::new).is_err());
     }
 
     fn rows() -> Vec<(u64, Event)> {
