@@ -383,6 +383,12 @@ impl Config {
                 "store.block_rows and store.commit_max_events must be positive".into(),
             ));
         }
+        if self.store.decisions_keep_ms < 30_000 {
+            return Err(crate::Error::Config(format!(
+                "store.decisions_keep_ms is {}: at least 30000 (an expected-version append waits up to 30 s for its decision)",
+                self.store.decisions_keep_ms
+            )));
+        }
         if self.role != Role::All && self.log.backend != LogBackend::Kafka {
             return Err(crate::Error::Config(format!(
                 "role {} needs the Kafka log (--log kafka): the embedded log lives in one process",
@@ -473,6 +479,13 @@ mod tests {
             ..Overrides::default()
         };
         assert!(Config::load(&bad).is_err());
+
+        // Decisions are kept at least as long as an append waits for one.
+        std::fs::write(&path, "[store]\ndecisions_keep_ms = 1000\n").unwrap();
+        let err = Config::load(&o).unwrap_err().to_string();
+        assert!(err.contains("store.decisions_keep_ms is 1000"), "{err}");
+        std::fs::write(&path, "[store]\ndecisions_keep_ms = 60000\n").unwrap();
+        assert_eq!(Config::load(&o).unwrap().store.decisions_keep_ms, 60_000);
     }
 
     #[test]

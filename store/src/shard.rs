@@ -82,6 +82,9 @@ pub(crate) struct Shard {
     pub keys: Keyspace,
     /// First offset of a conditional batch (u64 BE) → the decision on it (JSON).
     pub decisions: Keyspace,
+    /// The first offsets of the decisions in `decisions`, oldest first, with when they were
+    /// taken (those found at open: the open), for their expiry (see `versions::expire_decisions`).
+    pub decided: Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>,
     /// Recently committed key versions (see `versions.rs`).
     pub version_cache: Mutex<crate::versions::VersionCache>,
     /// The records of a conditional batch still arriving, not applied yet.
@@ -146,6 +149,7 @@ impl Shard {
             ids: bulk::keyspace(db, bulk_db, &name("ids"), index)?,
             keys: bulk::keyspace(db, bulk_db, &name("keys"), index)?,
             decisions: db.keyspace(&name("decisions"), small)?,
+            decided: Mutex::new(std::collections::VecDeque::new()),
             version_cache: Mutex::new(crate::versions::VersionCache::new(state.rows)),
             held: Mutex::new(Vec::new()),
             state: Mutex::new(state),
@@ -155,6 +159,17 @@ impl Shard {
             block_maker: Mutex::new(()),
         };
         *shard.tail_index.lock() = load_tail_index(&shard, state.tail_start)?;
+        let opened = std::time::Instant::now();
+        let mut decided = shard.decided.lock();
+        for item in shard.decisions.iter() {
+            let key = item.key().map_err(|e| {
+                Error::reading(e, &shard.label(), &shard.decisions, || "decisions".into())
+            })?;
+            if let Some(first) = offset_from(&key) {
+                decided.push_back((first, opened));
+            }
+        }
+        drop(decided);
         Ok(shard)
     }
 }

@@ -38,6 +38,10 @@ pub struct StoreConfig {
     /// it, as the shard's writes are then ordered exactly; higher lets appends run ahead of the
     /// block maker, and bounds the tail and its in-memory index).
     pub block_backlog: u64,
+    /// How long the decision on a conditional batch is kept after the commit that took it, in
+    /// milliseconds: an append waits up to 30 s for it (from any node), and nothing reads it
+    /// after; older decisions are deleted by the shard's next commits.
+    pub decisions_keep_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -47,6 +51,7 @@ impl Default for StoreConfig {
             commit_max_events: 8_192,
             cache_bytes: 128 << 20,
             block_backlog: 4,
+            decisions_keep_ms: 600_000,
         }
     }
 }
@@ -267,6 +272,8 @@ impl Store {
             chunk = Some(rows);
         }
         versions::write(&shard, &sorted, &mut batch)?;
+        let keep = std::time::Duration::from_millis(self.config.decisions_keep_ms);
+        let expired = versions::expire_decisions(&shard, keep, &mut batch);
         let views = self.views.fold_into(
             &slots,
             &info,
@@ -284,6 +291,7 @@ impl Store {
                 tail.add(offset, event.id, event.key);
             }
         }
+        versions::decided(&shard, expired, &sorted);
         commit_views(views, partition, next.next);
         *state = next;
         drop(state);

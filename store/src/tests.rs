@@ -20,7 +20,7 @@ pub(crate) fn open(dir: &std::path::Path, block_rows: usize) -> Arc<Store> {
 
 /// A store whose blocks are made in the background until the tail is `backlog` blocks long.
 fn open_with(dir: &std::path::Path, block_rows: usize, backlog: u64) -> Arc<Store> {
-    let store = Store::open(
+    open_config(
         dir,
         StoreConfig {
             block_rows,
@@ -28,7 +28,11 @@ fn open_with(dir: &std::path::Path, block_rows: usize, backlog: u64) -> Arc<Stor
             ..StoreConfig::default()
         },
     )
-    .unwrap();
+}
+
+/// A store with `config`, holding [`stream`].
+pub(crate) fn open_config(dir: &std::path::Path, config: StoreConfig) -> Arc<Store> {
+    let store = Store::open(dir, config).unwrap();
     let info = StreamInfo {
         name: stream(),
         partitions: 2,

@@ -270,6 +270,36 @@ pub(crate) fn write(
     Ok(())
 }
 
+/// Deletes, in the commit's write batch, the decisions taken more than `keep` ago; returns how
+/// many, for [`decided`] to forget once the batch is committed.
+pub(crate) fn expire_decisions(
+    shard: &Shard,
+    keep: std::time::Duration,
+    batch: &mut fjall::OwnedWriteBatch,
+) -> usize {
+    let taken = shard.decided.lock();
+    let now = std::time::Instant::now();
+    let mut expired = 0;
+    for (first, at) in taken.iter() {
+        if now.duration_since(*at) < keep {
+            break;
+        }
+        batch.remove(&shard.decisions, crate::keys::offset_key(*first));
+        expired += 1;
+    }
+    expired
+}
+
+/// After a commit: forgets the `expired` decisions it deleted and notes when `sorted`'s were
+/// taken.
+pub(crate) fn decided(shard: &Shard, expired: usize, sorted: &Sorted) {
+    let mut taken = shard.decided.lock();
+    let expired = expired.min(taken.len());
+    taken.drain(..expired);
+    let now = std::time::Instant::now();
+    taken.extend(sorted.decisions.iter().map(|(first, _)| (*first, now)));
+}
+
 /// Remembers the committed versions of `sorted` in memory.
 pub(crate) fn remember(shard: &Shard, sorted: Sorted) {
     let mut cache = shard.version_cache.lock();

@@ -117,6 +117,48 @@ fn batches_are_decided_whole_and_versions_count_per_key() {
     );
 }
 
+#[test]
+fn decisions_are_deleted_once_kept_long_enough_and_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |keep_ms| crate::StoreConfig {
+        block_rows: 16,
+        decisions_keep_ms: keep_ms,
+        ..crate::StoreConfig::default()
+    };
+    let batch = |at: u64| {
+        vec![
+            record(at, Some("a"), cond(None, 0, 2)),
+            record(at + 1, Some("b"), cond(None, 1, 2)),
+        ]
+    };
+    let decided = |store: &Store, first| store.decision(&stream(), 0, first).unwrap().is_some();
+    {
+        // Kept (the default): every decision stays through later commits.
+        let store = crate::tests::open_config(dir.path(), config(600_000));
+        store.commit(&stream(), 0, batch(0)).unwrap();
+        store.commit(&stream(), 0, batch(2)).unwrap();
+        assert!(decided(&store, 0) && decided(&store, 2));
+    }
+    {
+        // Reopened with no time to keep them: those found at open go with the next commit,
+        // and each commit's own decision with the one after it.
+        let store = crate::tests::open_config(dir.path(), config(0));
+        assert!(decided(&store, 0) && decided(&store, 2));
+        store.commit(&stream(), 0, batch(4)).unwrap();
+        assert!(!decided(&store, 0) && !decided(&store, 2));
+        assert!(decided(&store, 4), "a decision outlives its own commit");
+        store
+            .commit(&stream(), 0, vec![record(6, Some("c"), None)])
+            .unwrap();
+        assert!(!decided(&store, 4));
+        assert_eq!(store.shard(&stream(), 0).unwrap().decided.lock().len(), 0);
+    }
+    // What was deleted stays deleted.
+    let store = crate::tests::open_config(dir.path(), config(600_000));
+    assert!(!decided(&store, 0) && !decided(&store, 4));
+    assert_eq!(stored(&store).len(), 7);
+}
+
 fn arb_log() -> impl Strategy<Value = Vec<Record>> {
     // Requests: plain events, or batches of 1–3 events with conditions on a few keys.
     let keys = prop::sample::select(vec!["a", "b", "c"]);
