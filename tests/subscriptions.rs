@@ -451,12 +451,38 @@ fn a_cluster_subscription_resumes_on_another_node_after_its_node_dies() {
     );
     let (rest, _) = third.events(70);
     seen.extend(rest);
+    // Caught up, the subscription waits for the holders to say a partition stored more: over an
+    // idle second and a half it reads nothing (polling every 50 ms made ~120 reads of its four
+    // partitions), and an event appended then still arrives. (While the killed node's partitions
+    // are still changing hands it retries them every 250 ms: a quiet window is waited for.)
+    let reads = |node: &Server| {
+        metrics_text(node)
+            .lines()
+            .find_map(|l| l.strip_prefix("strata_subscription_reads_total{stream=\"orders\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let mut idle = f64::MAX;
+    for _ in 0..8 {
+        let before = reads(cluster.ingest());
+        std::thread::sleep(Duration::from_millis(1500));
+        idle = idle.min(reads(cluster.ingest()) - before);
+        if idle < 10.0 {
+            break;
+        }
+    }
+    assert!(idle < 10.0, "{idle} reads while idle, at the fewest");
+    let appended = Instant::now();
+    append_range(cluster.ingest(), "orders", 320..321);
+    let (rest, _) = third.events(1);
+    let delivered = appended.elapsed();
+    seen.extend(rest);
     let ns = ns_in_order(&seen);
     let unique: HashSet<usize> = ns.iter().copied().collect();
     assert_eq!(unique.len(), ns.len(), "duplicates");
-    assert_eq!(unique, (0..320).collect());
+    assert_eq!(unique, (0..321).collect());
     eprintln!(
-        "cluster subscription: resumed on another node after a kill -9: the 150 events it had not seen in {resumed:?}, {} heartbeats meanwhile",
+        "cluster subscription: resumed on another node after a kill -9: the 150 events it had not seen in {resumed:?}, {} heartbeats meanwhile; idle: {idle} reads in 1.5 s; an event appended then delivered through the ingest node in {delivered:?}",
         beats.len()
     );
 

@@ -94,6 +94,19 @@ impl PeerServer {
         Ok(Response::new(futures::stream::iter([Ok(result)]).boxed()))
     }
 
+    async fn stored_past(&self, body: &[u8]) -> Answer<Stream<arrow_flight::Result>> {
+        let request: crate::StoredRequest = serde_json::from_slice(body)
+            .map_err(|e| Status::invalid_argument(format!("bad stored-past request: {e}")))?;
+        let stored = self
+            .source
+            .local_stored_past(&request)
+            .await
+            .map_err(status)?;
+        let body = serde_json::to_vec(&stored).map_err(|e| Status::internal(e.to_string()))?;
+        let result = arrow_flight::Result { body: body.into() };
+        Ok(Response::new(futures::stream::iter([Ok(result)]).boxed()))
+    }
+
     fn rebuild(&self, body: &[u8]) -> Answer<Stream<arrow_flight::Result>> {
         let view: String = serde_json::from_slice(body)
             .map_err(|e| Status::invalid_argument(format!("bad rebuild request: {e}")))?;
@@ -162,6 +175,9 @@ impl FlightService for PeerServer {
         }
         if action.r#type == crate::decisions::DECISION_ACTION {
             return self.decision(&action.body).await;
+        }
+        if action.r#type == crate::stored::STORED_ACTION {
+            return self.stored_past(&action.body).await;
         }
         if action.r#type != PROGRESS_ACTION {
             return Err(Status::invalid_argument(format!(

@@ -23,6 +23,7 @@ mod peers;
 mod plan;
 mod replay;
 mod source;
+mod stored;
 mod views;
 mod worker;
 
@@ -34,6 +35,7 @@ pub use map::{ClusterMap, LocalNode, node_url};
 pub use peers::PeerTls;
 pub use replay::{ReplayBatches, ReplayTicket};
 pub use source::ClusterSource;
+pub use stored::StoredRequest;
 pub use views::{ProgressRequest, ViewTicket};
 pub use worker::SECRET_HEADER;
 

@@ -7,7 +7,8 @@
 //! A subscription reads its partitions in turn, at most [`READ_ROWS`] events at a time, and sends
 //! each read only when the client has taken the one before (a bounded channel), so a slow reader
 //! holds no more than a few reads of server memory. Once caught up it waits for the store's next
-//! commit (this node's shards), or polls the holders every [`CLUSTER_POLL`] (a cluster).
+//! commit (this node's shards), or for the holders to answer that one of their partitions has
+//! stored past it (a cluster; `strata_cluster::Cluster::stored_past`).
 
 use super::{Error, Kind, Parts, Result, stream_name, streams::stored_position};
 use crate::auth::{Operation, Principal};
@@ -23,7 +24,8 @@ use tokio::sync::{mpsc, watch};
 
 /// The most events one read of one partition returns.
 pub const READ_ROWS: usize = 2048;
-/// How often a subscription served from other nodes' shards asks them for new events.
+/// How often a subscription served from other nodes' shards asks them for new events while they
+/// cannot be asked to tell it (a holder unreachable); view change feeds poll at 5× this.
 pub const CLUSTER_POLL: Duration = Duration::from_millis(50);
 /// How often a subscription asks again for a partition that no live node serves (it moved).
 pub const MOVING_RETRY: Duration = Duration::from_millis(250);
@@ -125,6 +127,7 @@ impl SubscribeService {
             cursor: prepared.cursor,
             heartbeat: r.heartbeat.clamp(Duration::from_millis(100), MAX_HEARTBEAT),
             watchers,
+            seen: std::collections::BTreeMap::new(),
         };
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(follow.run(tx));
@@ -272,6 +275,8 @@ impl Reader {
         key: Option<&str>,
         fields: bool,
     ) -> Result<Vec<RecordBatch>> {
+        metrics::counter!("strata_subscription_reads_total", "stream" => name.to_string())
+            .increment(1);
         match self {
             Reader::Local(store) => {
                 let (store, name, key) = (store.clone(), name.clone(), key.map(str::to_owned));
@@ -365,6 +370,10 @@ struct Follow {
     heartbeat: Duration,
     /// This node's shards' progress, one per followed partition (empty in a cluster).
     watchers: Vec<watch::Receiver<u64>>,
+    /// In a cluster: each partition's next offset as its holder last reported it (every event
+    /// below it has been read), so that waiting for new events skips those the key or filter
+    /// left out.
+    seen: std::collections::BTreeMap<u32, u64>,
 }
 
 impl Follow {
@@ -391,8 +400,12 @@ impl Follow {
             for i in 0..self.partitions.len() {
                 let p = self.partitions[i];
                 let from = self.cursor.offsets.get(&p).copied().unwrap_or(0);
-                // This node's shard has stored nothing past the cursor: no read needed.
-                let stored = self.watchers.get(i).map(|w| *w.borrow());
+                // This node's shard has stored nothing past the cursor (or, in a cluster, the
+                // holder said so when last asked): no read needed.
+                let stored = match self.watchers.get(i) {
+                    Some(w) => Some(*w.borrow()),
+                    None => self.seen.get(&p).copied(),
+                };
                 if stored.is_some_and(|stored| stored <= from) {
                     continue;
                 }
@@ -477,7 +490,37 @@ impl Follow {
             tokio::select! {
                 _ = tx.closed() => return Ok(()),
                 _ = tokio::time::sleep(quiet.min(MOVING_RETRY)), if moving => {}
-                _ = changed(&mut self.watchers, quiet, CLUSTER_POLL), if !moving => {}
+                () = self.wait_for_events(quiet), if !moving => {}
+            }
+        }
+    }
+
+    /// Waits until a followed partition may hold events past the cursor, or `quiet` has passed:
+    /// this node's shards' commits, or (a cluster) the holders' answer once one of theirs has
+    /// stored past what this subscription has seen — polling every [`CLUSTER_POLL`] only while
+    /// a holder cannot be asked.
+    async fn wait_for_events(&mut self, quiet: Duration) {
+        let Reader::Cluster(cluster) = &self.reader else {
+            return changed(&mut self.watchers, quiet, CLUSTER_POLL).await;
+        };
+        let from: Vec<(u32, u64)> = self
+            .partitions
+            .iter()
+            .map(|p| {
+                let at = self.cursor.offsets.get(p).copied().unwrap_or(0);
+                (*p, at.max(self.seen.get(p).copied().unwrap_or(0)))
+            })
+            .collect();
+        match cluster.stored_past(&self.cursor.stream, &from, quiet).await {
+            Ok(stored) => {
+                for (p, next) in stored {
+                    let seen = self.seen.entry(p).or_default();
+                    *seen = (*seen).max(next);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "a subscription polls: its holders cannot be asked");
+                tokio::time::sleep(quiet.min(CLUSTER_POLL)).await;
             }
         }
     }
