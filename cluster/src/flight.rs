@@ -36,6 +36,9 @@ pub enum PeerTicket {
 pub(crate) struct PeerServer {
     pub(crate) source: Arc<ClusterSource>,
     pub(crate) rebuilder: Arc<OnceLock<Rebuilder>>,
+    /// Turns true when the node stops serving: calls that wait (`stored_past`) answer then
+    /// instead of holding the graceful shutdown for their whole wait.
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The `DoAction` type asking a node to rebuild a view in its store (body: the view's name as a
@@ -97,11 +100,13 @@ impl PeerServer {
     async fn stored_past(&self, body: &[u8]) -> Answer<Stream<arrow_flight::Result>> {
         let request: crate::StoredRequest = serde_json::from_slice(body)
             .map_err(|e| Status::invalid_argument(format!("bad stored-past request: {e}")))?;
-        let stored = self
-            .source
-            .local_stored_past(&request)
-            .await
-            .map_err(status)?;
+        let mut stopping = self.stopping.clone();
+        let stored = tokio::select! {
+            stored = self.source.local_stored_past(&request) => stored.map_err(status)?,
+            _ = stopping.wait_for(|stopping| *stopping) => {
+                return Err(Status::unavailable("the node is stopping"));
+            }
+        };
         let body = serde_json::to_vec(&stored).map_err(|e| Status::internal(e.to_string()))?;
         let result = arrow_flight::Result { body: body.into() };
         Ok(Response::new(futures::stream::iter([Ok(result)]).boxed()))

@@ -211,10 +211,16 @@ impl Cluster {
                 secret: self.secret.clone(),
             },
         );
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let shutdown = async move {
+            shutdown.await;
+            stop.send_replace(true);
+        };
         let replays = InterceptedService::new(
             arrow_flight::flight_service_server::FlightServiceServer::new(flight::PeerServer {
                 source: self.source.clone(),
                 rebuilder: self.rebuilder.clone(),
+                stopping,
             }),
             SecretCheck {
                 secret: self.secret.clone(),
