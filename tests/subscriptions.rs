@@ -455,13 +455,8 @@ fn a_cluster_subscription_resumes_on_another_node_after_its_node_dies() {
     // idle second and a half it reads nothing (polling every 50 ms made ~120 reads of its four
     // partitions), and an event appended then still arrives. (While the killed node's partitions
     // are still changing hands it retries them every 250 ms: a quiet window is waited for.)
-    let reads = |node: &Server| {
-        metrics_text(node)
-            .lines()
-            .find_map(|l| l.strip_prefix("strata_subscription_reads_total{stream=\"orders\"} "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let reads =
+        |node: &Server| metric_value(node, "strata_subscription_reads_total{stream=\"orders\"}");
     let mut idle = f64::MAX;
     for _ in 0..8 {
         let before = reads(cluster.ingest());
@@ -578,11 +573,7 @@ fn rss(pid: u32) -> u64 {
 
 /// `strata_subscriptions{stream="orders"}` from /metrics (0 when absent).
 fn subscriptions_gauge(server: &Server) -> f64 {
-    metrics_text(server)
-        .lines()
-        .find_map(|l| l.strip_prefix("strata_subscriptions{stream=\"orders\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    metric_value(server, "strata_subscriptions{stream=\"orders\"}")
 }
 
 /// A reader taking 1M pending events at 64 KiB/s holds the server to a few reads' worth of

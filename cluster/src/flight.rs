@@ -41,6 +41,13 @@ pub(crate) struct PeerServer {
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
 }
 
+/// An action's one result: `value` as JSON.
+fn one_result(value: &impl serde::Serialize) -> Answer<Stream<arrow_flight::Result>> {
+    let body = serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))?;
+    let result = arrow_flight::Result { body: body.into() };
+    Ok(Response::new(futures::stream::iter([Ok(result)]).boxed()))
+}
+
 /// The `DoAction` type asking a node to rebuild a view in its store (body: the view's name as a
 /// JSON string); its results are the rebuild's progress, then its outcome (JSON `RebuildEvent`s).
 pub(crate) const REBUILD_ACTION: &str = "view_rebuild";
@@ -92,9 +99,7 @@ impl PeerServer {
         let request: crate::DecisionRequest = serde_json::from_slice(body)
             .map_err(|e| Status::invalid_argument(format!("bad decision request: {e}")))?;
         let decision = self.source.local_decision(&request).await.map_err(status)?;
-        let body = serde_json::to_vec(&decision).map_err(|e| Status::internal(e.to_string()))?;
-        let result = arrow_flight::Result { body: body.into() };
-        Ok(Response::new(futures::stream::iter([Ok(result)]).boxed()))
+        one_result(&decision)
     }
 
     async fn stored_past(&self, body: &[u8]) -> Answer<Stream<arrow_flight::Result>> {
@@ -107,9 +112,7 @@ impl PeerServer {
                 return Err(Status::unavailable("the node is stopping"));
             }
         };
-        let body = serde_json::to_vec(&stored).map_err(|e| Status::internal(e.to_string()))?;
-        let result = arrow_flight::Result { body: body.into() };
-        Ok(Response::new(futures::stream::iter([Ok(result)]).boxed()))
+        one_result(&stored)
     }
 
     fn rebuild(&self, body: &[u8]) -> Answer<Stream<arrow_flight::Result>> {
@@ -196,9 +199,7 @@ impl FlightService for PeerServer {
         let progress = tokio::task::spawn_blocking(move || source.local_progress(&question))
             .await
             .map_err(blocking_failed)?;
-        let body = serde_json::to_vec(&progress).map_err(|e| Status::internal(e.to_string()))?;
-        let result = arrow_flight::Result { body: body.into() };
-        Ok(Response::new(futures::stream::iter([Ok(result)]).boxed()))
+        one_result(&progress)
     }
 
     async fn handshake(

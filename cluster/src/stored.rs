@@ -42,18 +42,16 @@ impl ClusterSource {
             watchers.push((p, from, progress));
         }
         let wait = Duration::from_millis(r.wait_ms).min(MAX_WAIT);
-        let waits = watchers.iter().map(|(_, from, progress)| {
-            let (from, mut progress) = (*from, progress.clone());
-            Box::pin(async move {
-                // A shard closing (the node stopping) ends its watch: wait out the time instead
-                // of answering at once, again and again.
-                if progress.wait_for(|next| *next > from).await.is_err() {
-                    futures::future::pending::<()>().await;
-                }
-            })
+        let waits = watchers.iter_mut().map(|(_, from, progress)| async move {
+            // A shard closing (the node stopping) ends its watch: wait out the time instead of
+            // answering at once, again and again.
+            if progress.wait_for(|next| *next > *from).await.is_err() {
+                futures::future::pending::<()>().await;
+            }
         });
         let mut any = futures::stream::FuturesUnordered::from_iter(waits);
         let _ = tokio::time::timeout(wait, any.next()).await;
+        drop(any);
         Ok(watchers
             .iter()
             .map(|(p, _, progress)| (*p, *progress.borrow()))

@@ -360,6 +360,15 @@ pub fn metrics_text(server: &Server) -> String {
         .unwrap()
 }
 
+/// The value of one series (`name{labels}` exactly as `/metrics` writes it), 0 when absent.
+pub fn metric_value(server: &Server, series: &str) -> f64 {
+    metrics_text(server)
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Runs SQL; returns status and JSON body (rows, or the error).
 pub fn sql(server: &Server, query: &str) -> (u16, Value) {
     let resp = http()
