@@ -558,6 +558,29 @@ fn a_cluster_subscription_resumes_on_another_node_after_its_node_dies() {
         (v["row"]["type"] == "order").then(|| v["row"]["n"].as_u64().unwrap())
     });
     assert!(total <= 320 - 320 / 3);
+    // Each later change arrives too: the follower asks the holders to say when they store more
+    // (a holder's published status alone would tell it only every `refresh_ms`).
+    let count = |expected: u64| {
+        eventually("the view's change", || {
+            let line = view.line(Duration::from_secs(5))?;
+            let v: Value = serde_json::from_str(&line).unwrap();
+            assert!(v.get("error").is_none(), "{v}");
+            (v["row"]["type"] == "order" && v["row"]["n"] == expected).then_some(())
+        });
+    };
+    if total < 214 {
+        count(214);
+    }
+    let mut latencies = Vec::new();
+    for (i, expected) in [(322, 215), (323, 216), (325, 217)] {
+        let appended = Instant::now();
+        append_range(ingest, "orders", i..i + 1);
+        count(expected);
+        latencies.push(appended.elapsed());
+    }
+    eprintln!(
+        "cluster view follower: appended → changed row delivered through the ingest node in {latencies:?}"
+    );
 }
 
 /// The resident set of `pid` now, in bytes (`VmRSS`).

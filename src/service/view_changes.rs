@@ -5,6 +5,9 @@
 //! partitions' states apply as for `/v1/sql`) once its stream has moved, waiting with `after` until
 //! the view has applied that position, and sends the rows whose content is new. Only a hash of
 //! each row is kept between refreshes, so a follower holds 8 bytes per group of server memory.
+//! A follower waits for its stream's shards to store more: this node's own shards tell it; in a
+//! cluster it asks the partitions' holders directly (`stored_past`), whose published statuses
+//! would tell it only every `refresh_ms`.
 
 use super::subscribe::{CLUSTER_POLL, Cursor, MAX_HEARTBEAT, MOVING_RETRY, changed};
 use super::{Error, Kind, Parts, QueryRequest, QueryService, Result, streams::stored_position};
@@ -13,7 +16,7 @@ use arrow::array::{BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::row::{RowConverter, SortField};
 use futures::TryStreamExt;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,6 +84,7 @@ impl ViewChangesService {
             sql: format!("SELECT * FROM \"{name}\""),
             info,
             seen: HashSet::new(),
+            stored: BTreeMap::new(),
             heartbeat: heartbeat.clamp(Duration::from_millis(100), MAX_HEARTBEAT),
         };
         // The first read happens here, so that what would fail it is the request's status;
@@ -114,13 +118,54 @@ struct ViewFollower {
     info: StreamInfo,
     /// Hashes of the rows delivered last.
     seen: HashSet<u64>,
+    /// In a cluster: each partition's next offset as its holder last reported it, ahead of the
+    /// status it publishes.
+    stored: BTreeMap<u32, u64>,
     heartbeat: Duration,
 }
 
 impl ViewFollower {
     /// The stream's stored position now (every partition).
     fn position(&self) -> Result<Cursor> {
-        stored_position(&self.parts, &self.info, 0..self.info.partitions)
+        let mut cursor = stored_position(&self.parts, &self.info, 0..self.info.partitions)?;
+        for (p, offset) in &mut cursor.offsets {
+            if let Some(&reported) = self.stored.get(p) {
+                *offset = (*offset).max(reported);
+            }
+        }
+        Ok(cursor)
+    }
+
+    /// Waits until a partition may have stored past `cursor`, or `quiet` has passed: this node's
+    /// shards tell `watchers`; in a cluster the holders are asked, and polled every 250 ms only
+    /// while they cannot be.
+    async fn wait_for_changes(
+        &mut self,
+        watchers: &mut [tokio::sync::watch::Receiver<u64>],
+        cursor: &Cursor,
+        quiet: Duration,
+    ) {
+        let Some(cluster) = &self.parts.cluster else {
+            return changed(watchers, quiet, CLUSTER_POLL * 5).await;
+        };
+        let from: Vec<(u32, u64)> = (0..self.info.partitions)
+            .map(|p| {
+                let at = cursor.offsets.get(&p).copied().unwrap_or(0);
+                (p, at.max(self.stored.get(&p).copied().unwrap_or(0)))
+            })
+            .collect();
+        match cluster.stored_past(&self.info.name, &from, quiet).await {
+            Ok(stored) => {
+                for (p, next) in stored {
+                    let at = self.stored.entry(p).or_default();
+                    *at = (*at).max(next);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "a view follower polls: its holders cannot be asked");
+                tokio::time::sleep(quiet.min(CLUSTER_POLL * 5)).await;
+            }
+        }
     }
 
     /// Reads the view as of (at least) the stream's position now; returns the position and the
@@ -188,7 +233,7 @@ impl ViewFollower {
             tokio::select! {
                 _ = tx.closed() => return Ok(()),
                 _ = tokio::time::sleep(quiet.min(MOVING_RETRY)), if moving => {}
-                _ = changed(&mut watchers, quiet, CLUSTER_POLL * 5), if !moving => {}
+                () = self.wait_for_changes(&mut watchers, &cursor, quiet), if !moving => {}
             }
             // A partition changing hands is waited out, with heartbeats meanwhile.
             let read = match self.position() {
