@@ -154,7 +154,10 @@ impl PartitionLog {
             config,
             buf: Vec::new(),
         };
-        tokio::spawn(writer.run(rx));
+        std::thread::Builder::new()
+            .name(format!("strata-log-{partition}"))
+            .spawn(move || writer.run(rx))
+            .map_err(|e| Error::io(dir.display().to_string(), e))?;
         Ok(Self { shared, tx })
     }
 
@@ -264,8 +267,10 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<AppendReq>) {
-        while let Some(first) = rx.recv().await {
+    /// Writes each group of waiting appends and fsyncs it, on a thread of its own, until every
+    /// sender is gone.
+    fn run(mut self, mut rx: mpsc::Receiver<AppendReq>) {
+        while let Some(first) = rx.blocking_recv() {
             let mut bytes = first.events.iter().map(Event::approx_size).sum::<usize>();
             let mut group = vec![first];
             while bytes < self.config.group_commit_bytes {
@@ -279,19 +284,7 @@ impl Writer {
             }
             let (events, replies): (Vec<_>, Vec<_>) =
                 group.into_iter().map(|r| (r.events, r.reply)).unzip();
-            let task = tokio::task::spawn_blocking(move || {
-                let result = self.write_group(&events);
-                (self, result)
-            });
-            let result;
-            (self, result) = match task.await {
-                Ok(done) => done,
-                Err(e) => {
-                    tracing::error!(error = %e, "log writer task failed");
-                    return;
-                }
-            };
-            match result {
+            match self.write_group(&events) {
                 Ok(ranges) => {
                     for (reply, range) in replies.into_iter().zip(ranges) {
                         let _ = reply.send(Ok(range));
