@@ -1,4 +1,4 @@
-//! One partition of the embedded log: a group-commit writer task and cheap readers.
+//! One partition of the embedded log: a group-commit writer thread and cheap readers.
 
 use super::frame::{FrameHeader, HEADER_LEN, decode_payload, encode_frame};
 use super::segment::{
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use strata_proto::{Error, Event, OffsetRange, Record, Result};
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// State shared by the writer task and the readers of a partition.
+/// State shared by the writer thread and the readers of a partition.
 pub(crate) struct PartitionShared {
     dir: PathBuf,
     partition: u32,
@@ -41,7 +41,7 @@ struct AppendReq {
     reply: oneshot::Sender<Result<OffsetRange>>,
 }
 
-/// Handle to one partition; appends go through its writer task.
+/// Handle to one partition; appends go through its writer thread.
 pub(crate) struct PartitionLog {
     shared: Arc<PartitionShared>,
     tx: mpsc::Sender<AppendReq>,
@@ -55,7 +55,7 @@ pub(crate) struct WriterConfig {
 }
 
 impl PartitionLog {
-    /// Opens (recovering) or creates the partition in `dir` and starts its writer task.
+    /// Opens (recovering) or creates the partition in `dir` and starts its writer thread.
     pub fn open(dir: &Path, partition: u32, config: WriterConfig) -> Result<Self> {
         let at = |e| Error::io(dir.display().to_string(), e);
         std::fs::create_dir_all(dir).map_err(at)?;
