@@ -503,25 +503,47 @@ impl Follow {
         let Reader::Cluster(cluster) = &self.reader else {
             return changed(&mut self.watchers, quiet, CLUSTER_POLL).await;
         };
-        let from: Vec<(u32, u64)> = self
-            .partitions
-            .iter()
-            .map(|p| {
-                let at = self.cursor.offsets.get(p).copied().unwrap_or(0);
-                (*p, at.max(self.seen.get(p).copied().unwrap_or(0)))
-            })
-            .collect();
-        match cluster.stored_past(&self.cursor.stream, &from, quiet).await {
-            Ok(stored) => {
-                for (p, next) in stored {
-                    let seen = self.seen.entry(p).or_default();
-                    *seen = (*seen).max(next);
-                }
+        wait_for_holders(
+            cluster,
+            &self.cursor,
+            self.partitions.iter().copied(),
+            &mut self.seen,
+            quiet,
+            CLUSTER_POLL,
+        )
+        .await;
+    }
+}
+
+/// Waits at most `quiet` until one of `partitions` of `cursor`'s stream has stored an event at or
+/// past where the caller is (its `cursor`, or what the holders reported before, in `reported`),
+/// asking the partitions' holders (`stored_past`), and notes in `reported` what they answered.
+/// While a holder cannot be asked, it sleeps `poll` at most instead.
+pub(super) async fn wait_for_holders(
+    cluster: &strata_cluster::Cluster,
+    cursor: &Cursor,
+    partitions: impl IntoIterator<Item = u32>,
+    reported: &mut std::collections::BTreeMap<u32, u64>,
+    quiet: Duration,
+    poll: Duration,
+) {
+    let from: Vec<(u32, u64)> = partitions
+        .into_iter()
+        .map(|p| {
+            let at = cursor.offsets.get(&p).copied().unwrap_or(0);
+            (p, at.max(reported.get(&p).copied().unwrap_or(0)))
+        })
+        .collect();
+    match cluster.stored_past(&cursor.stream, &from, quiet).await {
+        Ok(stored) => {
+            for (p, next) in stored {
+                let at = reported.entry(p).or_default();
+                *at = (*at).max(next);
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "a subscription polls: its holders cannot be asked");
-                tokio::time::sleep(quiet.min(CLUSTER_POLL)).await;
-            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "a follower polls: its partitions' holders cannot be asked");
+            tokio::time::sleep(quiet.min(poll)).await;
         }
     }
 }

@@ -9,7 +9,9 @@
 //! cluster it asks the partitions' holders directly (`stored_past`), whose published statuses
 //! would tell it only every `refresh_ms`.
 
-use super::subscribe::{CLUSTER_POLL, Cursor, MAX_HEARTBEAT, MOVING_RETRY, changed};
+use super::subscribe::{
+    CLUSTER_POLL, Cursor, MAX_HEARTBEAT, MOVING_RETRY, changed, wait_for_holders,
+};
 use super::{Error, Kind, Parts, QueryRequest, QueryService, Result, streams::stored_position};
 use crate::auth::{Operation, Principal};
 use arrow::array::{BooleanArray, RecordBatch};
@@ -148,24 +150,15 @@ impl ViewFollower {
         let Some(cluster) = &self.parts.cluster else {
             return changed(watchers, quiet, CLUSTER_POLL * 5).await;
         };
-        let from: Vec<(u32, u64)> = (0..self.info.partitions)
-            .map(|p| {
-                let at = cursor.offsets.get(&p).copied().unwrap_or(0);
-                (p, at.max(self.stored.get(&p).copied().unwrap_or(0)))
-            })
-            .collect();
-        match cluster.stored_past(&self.info.name, &from, quiet).await {
-            Ok(stored) => {
-                for (p, next) in stored {
-                    let at = self.stored.entry(p).or_default();
-                    *at = (*at).max(next);
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "a view follower polls: its holders cannot be asked");
-                tokio::time::sleep(quiet.min(CLUSTER_POLL * 5)).await;
-            }
-        }
+        wait_for_holders(
+            cluster,
+            cursor,
+            0..self.info.partitions,
+            &mut self.stored,
+            quiet,
+            CLUSTER_POLL * 5,
+        )
+        .await;
     }
 
     /// Reads the view as of (at least) the stream's position now; returns the position and the
