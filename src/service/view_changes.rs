@@ -120,8 +120,10 @@ struct ViewFollower {
     info: StreamInfo,
     /// Hashes of the rows delivered last.
     seen: HashSet<u64>,
-    /// In a cluster: each partition's next offset as its holder last reported it, ahead of the
-    /// status it publishes.
+    /// In a cluster: each partition's next offset as its holder reported it since the last
+    /// refresh, ahead of the status it publishes (taken into the next refresh's position, then
+    /// forgotten, so that a partition changing hands meanwhile is not waited for past its new
+    /// holder's store).
     stored: BTreeMap<u32, u64>,
     heartbeat: Duration,
 }
@@ -234,9 +236,17 @@ impl ViewFollower {
                 Ok(_) => {
                     tokio::time::sleep(MIN_REFRESH.max(cost * REFRESH_IDLE_FACTOR)).await;
                     let started = Instant::now();
+                    let reported = !self.stored.is_empty();
                     let read = self.refresh().await.map(Some);
+                    self.stored.clear();
                     cost = started.elapsed();
-                    read
+                    match read {
+                        // A holder's report outran its partition moving to another node.
+                        Err(e) if reported && e.kind() == Kind::Timeout => {
+                            Err(strata_views::Error::Unavailable(e.to_string()).into())
+                        }
+                        read => read,
+                    }
                 }
                 Err(e) => Err(e),
             };
