@@ -19,3 +19,11 @@ pub use append::{AppendOutcome, Ingest, IngestConfig, PartitionAppend};
 pub use embedded::{EmbeddedLog, EmbeddedLogConfig};
 pub use error::{Error, Result};
 pub use kafka::{KafkaConfig, KafkaLog, NonJson, RetentionGap, RetentionGapInfo, StoreGroup};
+
+/// Whether blocking work may run in place on this thread (`tokio::task::block_in_place`, which
+/// hands the runtime's other tasks to another worker meanwhile): on a multi-threaded runtime. On
+/// a current-thread runtime it would panic, and such work goes to the blocking pool instead.
+pub fn can_block_in_place() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}

@@ -126,9 +126,7 @@ impl AppendService {
 async fn off_the_runtime<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> std::result::Result<T, tokio::task::JoinError> {
-    if tokio::runtime::Handle::current().runtime_flavor()
-        == tokio::runtime::RuntimeFlavor::MultiThread
-    {
+    if strata_ingest::can_block_in_place() {
         return Ok(tokio::task::block_in_place(work));
     }
     tokio::task::spawn_blocking(work).await

@@ -7,7 +7,7 @@
 //! <stream>/<partition>/<base>.log   segments of checksummed frames (see [`frame`])
 //! <stream>/<partition>/<base>.idx   sparse index of a sealed segment
 //! ```
-//! Every partition has one writer thread: appends queue up while the previous group is being
+//! Every partition has one writer task: appends queue up while the previous group is being
 //! fsync'd and the next group shares one `fdatasync` (group commit). Readers only ever see
 //! durable frames. Opening a partition truncates a torn tail of its active segment, which holds
 //! nothing that was acknowledged.
@@ -76,7 +76,7 @@ pub struct EmbeddedLog {
 
 impl EmbeddedLog {
     /// Opens the log in `dir` (creating it), recovering every partition of every stream.
-    /// Each partition starts a writer thread.
+    /// Must be called inside a tokio runtime: each partition starts a writer task.
     pub fn open(dir: &Path, config: EmbeddedLogConfig) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
         let catalog_path = dir.join("catalog.json");
