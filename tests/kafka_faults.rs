@@ -103,7 +103,7 @@ fn check_exactly_once(server: &Server, acked: &HashSet<String>) {
     let deadline = Instant::now() + Duration::from_secs(90);
     let stored: Vec<String> = loop {
         let (status, v) = sql(server, "SELECT id FROM f");
-        if status == 200 {
+        let last = if status == 200 {
             let ids: Vec<String> = v
                 .as_array()
                 .unwrap()
@@ -111,13 +111,23 @@ fn check_exactly_once(server: &Server, acked: &HashSet<String>) {
                 .map(|r| r["id"].as_str().unwrap().to_owned())
                 .collect();
             let have: HashSet<&String> = ids.iter().collect();
-            if acked.iter().all(|id| have.contains(id)) {
+            let missing: Vec<&String> = acked.iter().filter(|id| !have.contains(id)).collect();
+            if missing.is_empty() {
                 break ids;
             }
-        }
+            format!(
+                "{} of {} acknowledged ids missing (e.g. {:?}), {} rows stored",
+                missing.len(),
+                acked.len(),
+                &missing[..missing.len().min(5)],
+                ids.len()
+            )
+        } else {
+            format!("the query answered {status}: {v}")
+        };
         assert!(
             Instant::now() < deadline,
-            "acknowledged events missing from the shards; log:\n{}",
+            "acknowledged events missing from the shards: {last}; log:\n{}",
             server.log()
         );
         std::thread::sleep(Duration::from_millis(200));
