@@ -237,20 +237,18 @@ impl Column<'_> {
             Column::Int16(a) => buf.put_slice(digits.format(a.value(i)).as_bytes()),
             Column::Int32(a) => buf.put_slice(digits.format(a.value(i)).as_bytes()),
             Column::Int64(a) => buf.put_slice(digits.format(a.value(i)).as_bytes()),
-            // pgwire writes the shortest exact form (ryu) for `extra_float_digits` ≥ 1, the
-            // setting's default, through a string of its own per value: written here directly.
-            Column::Float32(a, extra) => match a.value(i) {
-                v if *extra >= 1 && v.is_finite() && v != 0.0 => {
-                    buf.put_slice(ryu::Buffer::new().format_finite(v).as_bytes());
-                }
-                v => buf.put_slice(ExtraFloatDigits(*extra).format_f32(v).as_bytes()),
-            },
-            Column::Float64(a, extra) => match a.value(i) {
-                v if *extra >= 1 && v.is_finite() && v != 0.0 => {
-                    buf.put_slice(ryu::Buffer::new().format_finite(v).as_bytes());
-                }
-                v => buf.put_slice(ExtraFloatDigits(*extra).format_f64(v).as_bytes()),
-            },
+            Column::Float32(a, extra) => {
+                let v = a.value(i);
+                put_float(buf, v, *extra, v.is_finite() && v != 0.0, |d| {
+                    d.format_f32(v)
+                });
+            }
+            Column::Float64(a, extra) => {
+                let v = a.value(i);
+                put_float(buf, v, *extra, v.is_finite() && v != 0.0, |d| {
+                    d.format_f64(v)
+                });
+            }
             Column::Timestamp {
                 values,
                 per_second,
@@ -308,6 +306,23 @@ fn timestamp(buf: &mut BytesMut, seconds: i64, fraction: i64, per_second: i64) -
     strata_proto::put_digits(&mut text[20..26], micros);
     buf.put_slice(&text);
     true
+}
+
+/// Writes float `v` as pgwire formats it for `extra` (`extra_float_digits`). pgwire writes the
+/// shortest exact form (ryu) for `extra` ≥ 1, the setting's default, through a string of its own
+/// per value: a finite, non-zero `v` is written here directly; the rest (`pgwire`) as pgwire does.
+fn put_float<F: ryu::Float, S: AsRef<str>>(
+    buf: &mut BytesMut,
+    v: F,
+    extra: i8,
+    finite_nonzero: bool,
+    pgwire: impl FnOnce(ExtraFloatDigits) -> S,
+) {
+    if extra >= 1 && finite_nonzero {
+        buf.put_slice(ryu::Buffer::new().format_finite(v).as_bytes());
+    } else {
+        buf.put_slice(pgwire(ExtraFloatDigits(extra)).as_ref().as_bytes());
+    }
 }
 
 #[cfg(test)]
