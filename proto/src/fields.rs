@@ -256,6 +256,7 @@ impl<'de> Deserialize<'de> for MemberName<'de> {
         d.deserialize_str(Name)
     }
 }
+
 impl<'de> Visitor<'de> for Extract<'_> {
     type Value = std::result::Result<Vec<FieldValue>, (usize, String)>;
 
