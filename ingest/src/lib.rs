@@ -20,10 +20,20 @@ pub use embedded::{EmbeddedLog, EmbeddedLogConfig};
 pub use error::{Error, Result};
 pub use kafka::{KafkaConfig, KafkaLog, NonJson, RetentionGap, RetentionGapInfo, StoreGroup};
 
-/// Whether blocking work may run in place on this thread (`tokio::task::block_in_place`, which
-/// hands the runtime's other tasks to another worker meanwhile): on a multi-threaded runtime. On
-/// a current-thread runtime it would panic, and such work goes to the blocking pool instead.
-pub fn can_block_in_place() -> bool {
-    tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+/// Runs blocking or CPU-bound `work` where it does not hold up the runtime's other tasks: on this
+/// thread, which hands them to another worker meanwhile (`tokio::task::block_in_place`), on a
+/// multi-threaded runtime — sparing the caller a trip to the blocking pool and back — and on the
+/// blocking pool otherwise (on a current-thread runtime `block_in_place` would panic).
+///
+/// # Errors
+/// The blocking pool's task failed (it panicked or the runtime is shutting down).
+pub async fn off_the_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::result::Result<T, tokio::task::JoinError> {
+    let multi_threaded = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_threaded {
+        return Ok(tokio::task::block_in_place(work));
+    }
+    tokio::task::spawn_blocking(work).await
 }

@@ -102,7 +102,7 @@ impl AppendService {
             max_events: self.parts.limits.max_batch_events,
         };
         let fields = target.fields.unwrap_or_default();
-        let events = off_the_runtime(move || match format {
+        let events = strata_ingest::off_the_runtime(move || match format {
             BodyFormat::Json => decode_batch(&body, arrival, &limits, &fields),
             BodyFormat::ArrowStream => decode_arrow(&body, arrival, &limits, &fields),
         })
@@ -117,17 +117,4 @@ impl AppendService {
         let outcome = self.parts.ingest()?.append(&target.name, events).await?;
         super::conditional::decided(&self.parts, &target.name, outcome, ids).await
     }
-}
-
-/// Runs `work` (CPU-bound, such as decoding a body) where it does not hold up the runtime's other
-/// tasks: on this thread, which hands them to another worker meanwhile (`block_in_place`), on a
-/// multi-threaded runtime — sparing the request the trip to the blocking pool and back, about
-/// 1.5 ms of a 1000-event append on a busy node — and on the blocking pool otherwise.
-async fn off_the_runtime<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> std::result::Result<T, tokio::task::JoinError> {
-    if strata_ingest::can_block_in_place() {
-        return Ok(tokio::task::block_in_place(work));
-    }
-    tokio::task::spawn_blocking(work).await
 }

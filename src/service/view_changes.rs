@@ -29,6 +29,10 @@ use tokio::sync::mpsc;
 pub const MAX_VIEW_ROWS: usize = 1_000_000;
 /// The least time between two refreshes of a followed view.
 pub const MIN_REFRESH: Duration = Duration::from_millis(50);
+
+/// How often a follower looks again while nothing tells it of new events (no local shard to
+/// watch, no holder that can be asked).
+const VIEW_POLL: Duration = CLUSTER_POLL.saturating_mul(5);
 /// A follower waits this many times its last refresh's duration before the next, so that
 /// following a big view takes at most about a tenth of a core.
 pub const REFRESH_IDLE_FACTOR: u32 = 9;
@@ -150,7 +154,7 @@ impl ViewFollower {
         quiet: Duration,
     ) {
         let Some(cluster) = &self.parts.cluster else {
-            return changed(watchers, quiet, CLUSTER_POLL * 5).await;
+            return changed(watchers, quiet, VIEW_POLL).await;
         };
         wait_for_holders(
             cluster,
@@ -158,7 +162,7 @@ impl ViewFollower {
             0..self.info.partitions,
             &mut self.stored,
             quiet,
-            CLUSTER_POLL * 5,
+            VIEW_POLL,
         )
         .await;
     }

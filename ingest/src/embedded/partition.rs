@@ -285,21 +285,17 @@ impl Writer {
             let (events, replies): (Vec<_>, Vec<_>) =
                 group.into_iter().map(|r| (r.events, r.reply)).unzip();
             let result;
-            if crate::can_block_in_place() {
-                result = tokio::task::block_in_place(|| self.write_group(&events));
-            } else {
-                let task = tokio::task::spawn_blocking(move || {
-                    let result = self.write_group(&events);
-                    (self, result)
-                });
-                (self, result) = match task.await {
-                    Ok(done) => done,
-                    Err(e) => {
-                        tracing::error!(error = %e, "log writer task failed");
-                        return;
-                    }
-                };
-            }
+            let written = crate::off_the_runtime(move || {
+                let result = self.write_group(&events);
+                (self, result)
+            });
+            (self, result) = match written.await {
+                Ok(done) => done,
+                Err(e) => {
+                    tracing::error!(error = %e, "log writer task failed");
+                    return;
+                }
+            };
             match result {
                 Ok(ranges) => {
                     for (reply, range) in replies.into_iter().zip(ranges) {
