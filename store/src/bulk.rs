@@ -1,6 +1,7 @@
 //! The bulk database: a second fjall database (the store's `bulk` folder) holding what a shard
 //! writes once, by bulk ingestion, when its tail's oldest rows become a block: the block's
-//! columns (`blocks`) and its id and key index entries (`ids`, `keys`, see `index.rs`).
+//! columns (`blocks`) and its id and key index entries (`ids`, `keys`, see `index.rs`; `kver`,
+//! see `key_versions.rs`).
 //!
 //! Why a database of its own: fjall's ingestion holds its database's journal lock while it
 //! finishes, fsyncs and registers its tables, and every write batch of that database (each commit

@@ -59,6 +59,13 @@ impl TailIndex {
         })
     }
 
+    /// How many tail rows with key `key` are at or after `from`.
+    pub fn count_key_from(&self, key: &str, from: u64) -> u64 {
+        self.keys.get(key).map_or(0, |offsets| {
+            (offsets.len() - offsets.partition_point(|o| *o < from)) as u64
+        })
+    }
+
     /// Notes every row of `batch` whose offset, key and id columns are at `columns`.
     fn add_rows(&mut self, batch: &RecordBatch, columns: [usize; 3]) -> Result<()> {
         let (offsets, keys, ids) = index_columns(batch, columns)?;
@@ -116,8 +123,9 @@ pub(crate) fn load_tail_index(shard: &Shard, tail_start: u64) -> Result<TailInde
     Ok(index)
 }
 
-/// Writes the `ids` and `keys` entries of `block` (a stored batch about to become a block) into
-/// new tables of those keyspaces, sorted. Written again after a crash, they are the same entries.
+/// Writes the `ids`, `keys` and `kver` (see `key_versions.rs`) entries of `block` (a stored batch
+/// about to become a block) into new tables of those keyspaces, sorted. Written again after a
+/// crash, they are the same entries.
 pub(crate) fn index_block(shard: &Shard, block: &RecordBatch) -> Result<()> {
     let (offsets, keys, ids) = index_columns(block, STORED)?;
     let mut id_entries: Vec<(&str, u64)> = (0..offsets.len())
@@ -142,5 +150,6 @@ pub(crate) fn index_block(shard: &Shard, block: &RecordBatch) -> Result<()> {
     bulk::ingest(
         &shard.keys,
         key_entries.into_iter().map(|k| (k, Vec::new())),
-    )
+    )?;
+    crate::key_versions::index_block(shard, block, [STORED[0], STORED[1], schema::VERSION - 1])
 }

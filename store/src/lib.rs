@@ -1,7 +1,7 @@
 //! strata store nodes: consume log partitions into fjall shards and read them back.
 //!
 //! Each partition of each stream is one shard, a set of fjall keyspaces; those written once per
-//! block by bulk ingestion (`blocks`, `ids`, `keys`) are in a second database (see `bulk.rs`):
+//! block by bulk ingestion (`blocks`, `ids`, `keys`, `kver`) are in a second database (see `bulk.rs`):
 //!
 //! | keyspace | key | value |
 //! |---|---|---|
@@ -11,6 +11,7 @@
 //! | `<shard>.bmeta` | first offset (u64 BE) | offset range, time range and row count of the block |
 //! | `<shard>.ids` | event id (of events in blocks) | offset |
 //! | `<shard>.keys` | key length (u16 BE), key, offset (u64 BE) (of events in blocks) | — |
+//! | `<shard>.kver` | key length (u16 BE), key (of events in blocks) | the key's version at its last event in a block, the offset after that block (u64 BE each) |
 //! | `<shard>.decisions` | first offset of a conditional batch (u64 BE) | the decision (JSON) |
 //! | `view.<name>.<generation>` | a view's encoded group key | the group's encoded state |
 //!
@@ -30,6 +31,7 @@ mod consumer;
 mod cpu;
 mod error;
 mod index;
+mod key_versions;
 mod keys;
 pub mod ndjson;
 mod scan;

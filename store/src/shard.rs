@@ -80,6 +80,8 @@ pub(crate) struct Shard {
     pub bmeta: Keyspace,
     pub ids: Keyspace,
     pub keys: Keyspace,
+    /// Key versions through the shard's blocks (see `key_versions.rs`).
+    pub kver: Keyspace,
     /// First offset of a conditional batch (u64 BE) → the decision on it (JSON).
     pub decisions: Keyspace,
     /// The first offsets of the decisions in `decisions`, oldest first, with when they were
@@ -107,7 +109,7 @@ impl Shard {
         format!("{}/{}", self.stream, self.partition)
     }
 
-    /// Opens the keyspaces of `stream`/`partition` in `db` (its `blocks`, `ids` and `keys` in
+    /// Opens the keyspaces of `stream`/`partition` in `db` (its `blocks`, `ids`, `keys` and `kver` in
     /// `bulk`, see `bulk.rs`) and reads its state from `meta`.
     pub(crate) fn open(
         db: &Database,
@@ -148,6 +150,7 @@ impl Shard {
             bmeta: db.keyspace(&name("bmeta"), small)?,
             ids: bulk::keyspace(db, bulk_db, &name("ids"), index)?,
             keys: bulk::keyspace(db, bulk_db, &name("keys"), index)?,
+            kver: bulk::keyspace(db, bulk_db, &name("kver"), index)?,
             decisions: db.keyspace(&name("decisions"), small)?,
             decided: Mutex::new(std::collections::VecDeque::new()),
             version_cache: Mutex::new(crate::versions::VersionCache::new(state.rows)),
@@ -159,6 +162,7 @@ impl Shard {
             block_maker: Mutex::new(()),
         };
         *shard.tail_index.lock() = load_tail_index(&shard, state.tail_start)?;
+        crate::key_versions::build_if_behind(&shard, state.tail_start)?;
         let opened = std::time::Instant::now();
         let mut decided = shard.decided.lock();
         for item in shard.decisions.iter() {

@@ -7,13 +7,12 @@
 //! rejected whole. A batch whose records are still arriving (the read ended inside it) is held in
 //! memory, and the shard's next offset stays at its first record until it is complete, so that a
 //! restart reads it again. The decision goes into the shard's `decisions` keyspace under the
-//! batch's first offset, in the commit's write batch. A key's version is not stored apart: it is
-//! the count of the key's stored events, which the key index (blocks) and the tail index (the
-//! rest) already hold; recently committed versions are kept in memory so that a commit rarely
-//! counts.
+//! batch's first offset, in the commit's write batch. A key's version is the count of the key's
+//! stored events: recently committed versions are kept in memory; past them, the version through
+//! the shard's blocks is read from `kver` and the tail index's rows after it are added (see
+//! `key_versions.rs`).
 
 use crate::index::TailIndex;
-use crate::keys::key_index_prefix;
 use crate::shard::{Shard, ShardState};
 use crate::{Error, Result};
 use std::collections::HashSet;
@@ -24,8 +23,9 @@ use strata_proto::{Event, Record};
 
 /// Key versions a shard keeps in memory (cleared when full). While a shard's memory holds every
 /// key it ever stored (it started empty and was never cleared), a key not in it is at version 0
-/// without counting.
-const CACHED_VERSIONS: usize = 65_536;
+/// without a read.
+/// (A few under test, so that tests read versions past it.)
+const CACHED_VERSIONS: usize = if cfg!(test) { 4 } else { 65_536 };
 
 /// What a commit stores, and what it decided.
 #[derive(Default)]
@@ -225,8 +225,8 @@ impl VersionCache {
     }
 }
 
-/// `key`'s version as committed: its events in blocks (key index entries below `tail_start`)
-/// and in the tail (the tail index, from `tail_start` on).
+/// `key`'s version as committed: from memory, else its blocks' entry and its tail rows (see
+/// `key_versions.rs`).
 fn stored_version(shard: &Shard, tail: &TailIndex, tail_start: u64, key: &str) -> Result<u64> {
     {
         let cache = shard.version_cache.lock();
@@ -237,21 +237,7 @@ fn stored_version(shard: &Shard, tail: &TailIndex, tail_start: u64, key: &str) -
             return Ok(0);
         }
     }
-    let prefix = key_index_prefix(key);
-    let at = |offset: u64| {
-        let mut k = prefix.clone();
-        k.extend_from_slice(&offset.to_be_bytes());
-        k
-    };
-    let mut in_blocks = 0u64;
-    for item in shard.keys.range(at(0)..at(tail_start)) {
-        item.key().map_err(|e| {
-            Error::reading(e, &shard.label(), &shard.keys, || "the key index".into())
-        })?;
-        in_blocks += 1;
-    }
-    let in_tail = tail.key_offsets(key, &(tail_start..u64::MAX)).len() as u64;
-    Ok(in_blocks + in_tail)
+    crate::key_versions::stored(shard, tail, tail_start, key)
 }
 
 /// Writes the commit's decisions into its write batch.

@@ -159,6 +159,89 @@ fn decisions_are_deleted_once_kept_long_enough_and_across_a_reopen() {
     assert_eq!(stored(&store).len(), 7);
 }
 
+#[test]
+fn versions_past_memory_are_read_back_and_built_for_a_shard_made_before_kver() {
+    // Keys k0..k9 in turn (more than the shard keeps in memory under test), blocks of 16.
+    let keyed = |range: std::ops::Range<u64>| -> Vec<Record> {
+        range
+            .map(|o| record(o, Some(&format!("k{}", o % 10)), None))
+            .collect()
+    };
+    let whole = tempfile::tempdir().unwrap();
+    let expected = open(whole.path());
+    expected.commit(&stream(), 0, keyed(0..120)).unwrap();
+    let versions = stored(&expected);
+    // Each key's n-th event is at version n, wherever it is stored.
+    for (offset, _, version) in &versions {
+        assert_eq!(*version, Some((offset / 10 + 1) as i64), "offset {offset}");
+    }
+    // A store of before (no key versions beside its blocks), and one whose last blocks were
+    // made by a strata of before (the marker behind, a key's entry not moved on).
+    for stale in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.commit(&stream(), 0, keyed(0..70)).unwrap();
+        drop(store);
+        {
+            let bulk = fjall::Database::builder(dir.path().join(crate::bulk::FOLDER))
+                .open()
+                .unwrap();
+            let kver = bulk
+                .keyspace(
+                    &crate::keys::shard_keyspace(&stream(), 0, "kver"),
+                    fjall::KeyspaceCreateOptions::default,
+                )
+                .unwrap();
+            let marker = kver.get([0u8]).unwrap().expect("blocks wrote a marker");
+            assert_eq!(
+                *marker,
+                64u64.to_be_bytes(),
+                "through the fourth block of 16"
+            );
+            if stale {
+                kver.insert([0u8], 32u64.to_be_bytes()).unwrap();
+                kver.remove(crate::keys::key_index_prefix("k3")).unwrap();
+            } else {
+                bulk.delete_keyspace(kver).unwrap();
+            }
+            bulk.persist(fjall::PersistMode::SyncAll).unwrap();
+        }
+        let store = open(dir.path());
+        let shard = store.shard(&stream(), 0).unwrap();
+        let marker = shard.kver.get([0u8]).unwrap();
+        assert_eq!(marker.as_deref(), Some(&64u64.to_be_bytes()[..]), "rebuilt");
+        store.commit(&stream(), 0, keyed(70..120)).unwrap();
+        assert_eq!(stored(&store), versions, "stale: {stale}");
+    }
+}
+
+#[test]
+fn key_versions_of_a_block_not_committed_yet_count_the_tail_rows_they_cover() {
+    let keyed = |range: std::ops::Range<u64>| -> Vec<Record> {
+        range
+            .map(|o| record(o, Some(&format!("k{}", o % 3)), None))
+            .collect()
+    };
+    let whole = tempfile::tempdir().unwrap();
+    let expected = open(whole.path());
+    expected.commit(&stream(), 0, keyed(0..30)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // A block (0..16) and a tail (16..24).
+    store.commit(&stream(), 0, keyed(0..24)).unwrap();
+    let shard = store.shard(&stream(), 0).unwrap();
+    // The block maker wrote the next block's key versions (its rows: the tail's) and has not
+    // committed it yet, or crashed in between; the shard's memory of versions is gone.
+    let (_, chunk) = shard.tail.iter().next().unwrap().into_inner().unwrap();
+    let rows = crate::block::decode_tail(&chunk, None, || "tail".into()).unwrap();
+    assert_eq!(rows.num_rows(), 8);
+    let columns = [schema::OFFSET - 1, schema::KEY - 1, schema::VERSION - 1];
+    crate::key_versions::index_block(&shard, &rows, columns).unwrap();
+    *shard.version_cache.lock() = crate::versions::VersionCache::new(1);
+    store.commit(&stream(), 0, keyed(24..30)).unwrap();
+    assert_eq!(stored(&store), stored(&expected));
+}
+
 fn arb_log() -> impl Strategy<Value = Vec<Record>> {
     // Requests: plain events, or batches of 1–3 events with conditions on a few keys.
     let keys = prop::sample::select(vec!["a", "b", "c"]);
