@@ -71,6 +71,14 @@ impl ShardState {
     }
 }
 
+/// Runs of an index keyspace (`ids`, `keys`, `kver`) in level 0 before they are compacted into
+/// level 1 (fjall's default: 4). Every block ingests one run into each, and a run of keys or of
+/// random ids spans the whole key range, so each compaction rewrites all of level 1: with 4 the
+/// store spent 7.4–8.6 µs of CPU per event ingesting 2M events, with 12 5.5–6.7 (BENCHMARKS.md
+/// 1e). Point reads check each run's bloom filter; key scans merge the runs. fjall keeps a
+/// keyspace's strategy from its creation: shards made before this keep 4.
+const INDEX_L0_RUNS: u8 = 12;
+
 /// One partition's shard: its keyspaces and progress.
 pub(crate) struct Shard {
     pub stream: StreamName,
@@ -122,8 +130,13 @@ impl Shard {
         let small = || KeyspaceCreateOptions::default().max_memtable_size(8 << 20);
         // Index entries are short and mostly distinct: LZ4 gains little on them and cost ~2% of
         // ingest CPU (bulk writes and compactions).
-        let index =
-            || small().data_block_compression_policy(fjall::config::CompressionPolicy::disabled());
+        let index = || {
+            small()
+                .data_block_compression_policy(fjall::config::CompressionPolicy::disabled())
+                .compaction_strategy(std::sync::Arc::new(
+                    fjall::compaction::Leveled::default().with_l0_threshold(INDEX_L0_RUNS),
+                ))
+        };
         // Column values are read whole and often; uncompressed, see block.rs.
         let columns = || {
             small().with_kv_separation(Some(
