@@ -14,7 +14,9 @@
 //! rows (block boundaries are fixed), a crash before the block's commit writes the same entries
 //! again. Readers therefore read it as it is now, not through the shards' snapshot: they look up
 //! only blocks listed in their snapshot's block metadata, and index entries before their
-//! snapshot's tail start, all written before the commit that made them visible.
+//! snapshot's tail start, all written before the commit that made them visible. (A key's `kver`
+//! entry is the one exception: each block with the key replaces it, and its reader, the shard's
+//! commit, allows for an entry ahead of the tail start, see `key_versions.rs`.)
 //!
 //! A store of before kept these keyspaces in the shards' database; [`keyspace`] moves them here
 //! when the shard opens.

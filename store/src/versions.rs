@@ -23,8 +23,7 @@ use strata_proto::{Event, Record};
 
 /// Key versions a shard keeps in memory (cleared when full). While a shard's memory holds every
 /// key it ever stored (it started empty and was never cleared), a key not in it is at version 0
-/// without a read.
-/// (A few under test, so that tests read versions past it.)
+/// without a read. A few under test, so that tests read versions past it.
 const CACHED_VERSIONS: usize = if cfg!(test) { 4 } else { 65_536 };
 
 /// What a commit stores, and what it decided.
