@@ -159,14 +159,17 @@ fn decisions_are_deleted_once_kept_long_enough_and_across_a_reopen() {
     assert_eq!(stored(&store).len(), 7);
 }
 
+/// Plain events at `range`, keyed `k0`..`k{keys - 1}` in turn.
+fn keyed(range: std::ops::Range<u64>, keys: u64) -> Vec<Record> {
+    range
+        .map(|o| record(o, Some(&format!("k{}", o % keys)), None))
+        .collect()
+}
+
 #[test]
 fn versions_past_memory_are_read_back_and_built_for_a_shard_made_before_kver() {
     // Keys k0..k9 in turn (more than the shard keeps in memory under test), blocks of 16.
-    let keyed = |range: std::ops::Range<u64>| -> Vec<Record> {
-        range
-            .map(|o| record(o, Some(&format!("k{}", o % 10)), None))
-            .collect()
-    };
+    let keyed = |range| keyed(range, 10);
     let whole = tempfile::tempdir().unwrap();
     let expected = open(whole.path());
     expected.commit(&stream(), 0, keyed(0..120)).unwrap();
@@ -217,11 +220,7 @@ fn versions_past_memory_are_read_back_and_built_for_a_shard_made_before_kver() {
 
 #[test]
 fn key_versions_of_a_block_not_committed_yet_count_the_tail_rows_they_cover() {
-    let keyed = |range: std::ops::Range<u64>| -> Vec<Record> {
-        range
-            .map(|o| record(o, Some(&format!("k{}", o % 3)), None))
-            .collect()
-    };
+    let keyed = |range| keyed(range, 3);
     let whole = tempfile::tempdir().unwrap();
     let expected = open(whole.path());
     expected.commit(&stream(), 0, keyed(0..30)).unwrap();
