@@ -405,12 +405,27 @@ fn with_batch_places(mut events: Vec<Event>) -> Result<Vec<Event>> {
         .collect();
     let expects = strata_proto::condition::request_conditions(&stated)?;
     let count = u32::try_from(events.len()).unwrap_or(u32::MAX);
+    let batch_id = new_batch_id();
     for (index, (event, expect)) in events.iter_mut().zip(expects).enumerate() {
         event.condition = Some(strata_proto::Condition {
             expect,
             index: u32::try_from(index).unwrap_or(u32::MAX),
             count,
+            batch_id,
         });
     }
     Ok(events)
+}
+
+/// A conditional batch's tag (see [`strata_proto::Condition::batch_id`]): a count of this
+/// process's batches hashed with keys drawn at random per process, never 0.
+fn new_batch_id() -> u64 {
+    use std::hash::BuildHasher;
+    use std::sync::LazyLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static KEYS: LazyLock<std::collections::hash_map::RandomState> =
+        LazyLock::new(std::collections::hash_map::RandomState::new);
+    static BATCHES: AtomicU64 = AtomicU64::new(0);
+    KEYS.hash_one(BATCHES.fetch_add(1, Ordering::Relaxed))
+        .max(1)
 }

@@ -171,6 +171,7 @@ fn decode_one(
         expect: Some(e),
         index: 0,
         count: 0,
+        batch_id: 0,
     });
     Ok(Event {
         time_ms,

@@ -2,9 +2,10 @@
 //!
 //! Layout of one event (all integers little-endian):
 //! `time_ms: i64 | flags: u8 | [key_len: u32, key] | [id_len: u32, id] | [type_len: u32, type] | data_len: u32, data`
-//! `[expect: u8, version: u64, index: u32, count: u32]`
-//! where bits 0, 1 and 2 of `flags` say whether key, id and type are present, and bit 3 whether a
-//! condition follows the data (`expect`: 0 none stated, 1 a version, 2 `none`, 3 `exists`).
+//! `[expect: u8, version: u64, index: u32, count: u32, [batch_id: u64]]`
+//! where bits 0, 1 and 2 of `flags` say whether key, id and type are present, bit 3 whether a
+//! condition follows the data (`expect`: 0 none stated, 1 a version, 2 `none`, 3 `exists`), and
+//! bit 4 whether the condition ends with its batch's tag (absent: 0).
 
 use crate::{Condition, Error, Event, Expect, Result};
 
@@ -12,6 +13,7 @@ const HAS_KEY: u8 = 1;
 const HAS_ID: u8 = 2;
 const HAS_TYPE: u8 = 4;
 const HAS_CONDITION: u8 = 8;
+const HAS_BATCH_ID: u8 = 16;
 
 /// Appends the encoding of `event` to `out`.
 pub fn encode_event(event: &Event, out: &mut Vec<u8>) {
@@ -20,7 +22,8 @@ pub fn encode_event(event: &Event, out: &mut Vec<u8>) {
     let flags = (u8::from(event.key.is_some()) * HAS_KEY)
         | (u8::from(event.id.is_some()) * HAS_ID)
         | (u8::from(event.event_type.is_some()) * HAS_TYPE)
-        | (u8::from(event.condition.is_some()) * HAS_CONDITION);
+        | (u8::from(event.condition.is_some()) * HAS_CONDITION)
+        | (u8::from(event.condition.is_some_and(|c| c.batch_id != 0)) * HAS_BATCH_ID);
     out.push(flags);
     for s in [&event.key, &event.id, &event.event_type]
         .into_iter()
@@ -40,6 +43,9 @@ pub fn encode_event(event: &Event, out: &mut Vec<u8>) {
         out.extend_from_slice(&version.to_le_bytes());
         out.extend_from_slice(&c.index.to_le_bytes());
         out.extend_from_slice(&c.count.to_le_bytes());
+        if c.batch_id != 0 {
+            out.extend_from_slice(&c.batch_id.to_le_bytes());
+        }
     }
 }
 
@@ -52,7 +58,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 pub fn decode_event(input: &mut &[u8]) -> Result<Event> {
     let time_ms = i64::from_le_bytes(take_array(input)?);
     let [flags] = take_array::<1>(input)?;
-    if flags & !(HAS_KEY | HAS_ID | HAS_TYPE | HAS_CONDITION) != 0 {
+    if flags & !(HAS_KEY | HAS_ID | HAS_TYPE | HAS_CONDITION | HAS_BATCH_ID) != 0 {
         return Err(Error::Corrupt(format!("unknown event flags {flags:#x}")));
     }
     let mut opt = |bit: u8| -> Result<Option<String>> {
@@ -76,10 +82,18 @@ pub fn decode_event(input: &mut &[u8]) -> Result<Event> {
             3 => Some(Expect::Exists),
             t => return Err(Error::Corrupt(format!("unknown condition tag {t}"))),
         };
+        let index = u32::from_le_bytes(take_array(input)?);
+        let count = u32::from_le_bytes(take_array(input)?);
+        let batch_id = if flags & HAS_BATCH_ID != 0 {
+            u64::from_le_bytes(take_array(input)?)
+        } else {
+            0
+        };
         Some(Condition {
             expect,
-            index: u32::from_le_bytes(take_array(input)?),
-            count: u32::from_le_bytes(take_array(input)?),
+            index,
+            count,
+            batch_id,
         })
     } else {
         None
@@ -127,7 +141,13 @@ mod tests {
             proptest::option::of(".{0,20}"),
             proptest::option::of("[a-z]{0,10}"),
             ".{0,100}",
-            proptest::option::of((0u8..4, any::<u64>(), any::<u32>(), any::<u32>())),
+            proptest::option::of((
+                0u8..4,
+                any::<u64>(),
+                any::<u32>(),
+                any::<u32>(),
+                prop_oneof![Just(0u64), any::<u64>()],
+            )),
         )
             .prop_map(|(time_ms, key, id, event_type, data, c)| Event {
                 time_ms,
@@ -135,7 +155,7 @@ mod tests {
                 id,
                 event_type,
                 data,
-                condition: c.map(|(tag, v, index, count)| Condition {
+                condition: c.map(|(tag, v, index, count, batch_id)| Condition {
                     expect: match tag {
                         0 => None,
                         1 => Some(Expect::Version(v)),
@@ -144,6 +164,7 @@ mod tests {
                     },
                     index,
                     count,
+                    batch_id,
                 }),
             })
     }

@@ -104,6 +104,11 @@ pub struct Condition {
     pub index: u32,
     /// Records in the batch.
     pub count: u32,
+    /// The batch's tag, the same on each of its records and drawn at random per request by the
+    /// node that wrote it (0: none, as from a plain producer or a log of before): the store
+    /// gathers a batch's records only from records with its tag, so that two writers' batches of
+    /// the same size interleaved in a partition are never taken for one.
+    pub batch_id: u64,
 }
 
 impl Condition {
@@ -112,12 +117,17 @@ impl Condition {
         format!("{}/{}", self.index, self.count)
     }
 
-    /// The condition of a record carrying the `strata-expect` header `expect` and the
-    /// `strata-batch` header `batch` (`None`: a batch of one).
+    /// The condition of a record carrying the `strata-expect` header `expect`, the
+    /// `strata-batch` header `batch` (`None`: a batch of one) and the `strata-batch-id` header
+    /// `batch_id` (decimal; `None`: untagged).
     ///
     /// # Errors
     /// [`Error::InvalidCondition`] for a header that does not parse or a place outside its batch.
-    pub fn from_headers(expect: Option<&str>, batch: Option<&str>) -> Result<Self> {
+    pub fn from_headers(
+        expect: Option<&str>,
+        batch: Option<&str>,
+        batch_id: Option<&str>,
+    ) -> Result<Self> {
         let expect = expect.map(Expect::parse).transpose()?;
         let (index, count) = match batch {
             None => (0, 1),
@@ -139,10 +149,19 @@ impl Condition {
                 "record {index} of a batch of {count} (a batch has 1 to {MAX_BATCH} records)"
             )));
         }
+        let batch_id = match batch_id {
+            None => 0,
+            Some(text) => text.trim().parse::<u64>().map_err(|_| {
+                Error::InvalidCondition(format!(
+                    "the batch id header must be a decimal number, got {text:?}"
+                ))
+            })?,
+        };
         Ok(Self {
             expect,
             index,
             count,
+            batch_id,
         })
     }
 }
@@ -314,11 +333,14 @@ mod tests {
         assert_eq!(Expect::parse("none").unwrap(), Expect::None);
         assert!(Expect::parse("-1").is_err());
         assert!(Expect::Exists.holds(2) && !Expect::Exists.holds(0));
-        let c = Condition::from_headers(Some("exists"), Some("2/5")).unwrap();
-        assert_eq!((c.index, c.count), (2, 5));
-        assert!(Condition::from_headers(None, Some("5/5")).is_err());
-        assert!(Condition::from_headers(None, Some("0/0")).is_err());
-        assert!(Condition::from_headers(None, Some("x")).is_err());
+        let c = Condition::from_headers(Some("exists"), Some("2/5"), Some("77")).unwrap();
+        assert_eq!((c.index, c.count, c.batch_id), (2, 5, 77));
+        let untagged = Condition::from_headers(Some("exists"), Some("2/5"), None).unwrap();
+        assert_eq!(untagged.batch_id, 0);
+        assert!(Condition::from_headers(None, Some("5/5"), None).is_err());
+        assert!(Condition::from_headers(None, Some("0/0"), None).is_err());
+        assert!(Condition::from_headers(None, Some("x"), None).is_err());
+        assert!(Condition::from_headers(None, Some("0/2"), Some("-1")).is_err());
     }
 
     #[test]

@@ -102,7 +102,9 @@ pub(crate) fn sort_out(shard: &Shard, records: Vec<Record>, state: &ShardState) 
         while pending.len() < count {
             let in_place = records.peek().is_some_and(|r| {
                 r.event.condition.is_some_and(|c| {
-                    c.index as usize == pending.len() && c.count == condition.count
+                    c.index as usize == pending.len()
+                        && c.count == condition.count
+                        && c.batch_id == condition.batch_id
                 })
             });
             match records.peek() {

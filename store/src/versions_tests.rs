@@ -30,11 +30,17 @@ fn record(offset: u64, key: Option<&str>, condition: Option<Condition>) -> Recor
     }
 }
 
+/// An untagged batch's condition (as from a plain Kafka producer).
 fn cond(expect: Option<Expect>, index: u32, count: u32) -> Option<Condition> {
+    tagged(expect, index, count, 0)
+}
+
+fn tagged(expect: Option<Expect>, index: u32, count: u32, batch_id: u64) -> Option<Condition> {
     Some(Condition {
         expect,
         index,
         count,
+        batch_id,
     })
 }
 
@@ -115,6 +121,30 @@ fn batches_are_decided_whole_and_versions_count_per_key() {
             (9, None, None),
         ]
     );
+}
+
+#[test]
+fn two_writers_batches_of_one_size_interleaved_are_never_taken_for_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // Writers A (tag 7) and B (tag 9), two records each, interleaved record by record: B's first
+    // record and A's second sit in place by index and count, but not by tag.
+    let log = vec![
+        record(0, Some("a"), tagged(Some(Expect::None), 0, 2, 7)),
+        record(1, Some("b"), tagged(Some(Expect::None), 0, 2, 9)),
+        record(2, Some("a"), tagged(None, 1, 2, 7)),
+        record(3, Some("b"), tagged(None, 1, 2, 9)),
+        // A batch with its records together is stored.
+        record(4, Some("c"), tagged(Some(Expect::None), 0, 2, 11)),
+        record(5, Some("c"), tagged(None, 1, 2, 11)),
+    ];
+    store.commit(&stream(), 0, log).unwrap();
+    let offsets: Vec<u64> = stored(&store).iter().map(|(o, _, _)| *o).collect();
+    assert_eq!(offsets, vec![4, 5], "only the whole batch is stored");
+    for first in [0, 1] {
+        let decision = store.decision(&stream(), 0, first).unwrap().unwrap();
+        assert!(!decision.accepted, "batch at {first}: {decision:?}");
+    }
 }
 
 #[test]
@@ -249,6 +279,7 @@ fn arb_log() -> impl Strategy<Value = Vec<Record>> {
         let mut log = Vec::new();
         for request in requests {
             let count = request.len() as u32;
+            let batch_id = log.len() as u64 + 1;
             let conditional = request.iter().any(|(_, e, _)| e.is_some());
             for (i, (key, expect, none)) in request.into_iter().enumerate() {
                 let offset = log.len() as u64;
@@ -263,6 +294,7 @@ fn arb_log() -> impl Strategy<Value = Vec<Record>> {
                     expect,
                     index: i as u32,
                     count,
+                    batch_id,
                 });
                 log.push(record(offset, Some(key), condition));
             }

@@ -18,9 +18,12 @@
 //!
 //! Expected-version appends (see `strata_proto::condition`) travel as headers: `strata-expect`
 //! (`N`, `none` or `exists`: the key's version before the batch) and, for a batch of more than
-//! one record, `strata-batch` (`index/count`) on each of its records. A plain Kafka producer
-//! conditions a record by setting `strata-expect`; a record whose condition headers do not parse
-//! goes to the dead-letter topic (reason `bad_condition`).
+//! one record, `strata-batch` (`index/count`) and `strata-batch-id` (the batch's tag, decimal:
+//! the store gathers a batch only from records with its tag) on each of its records. A plain
+//! Kafka producer conditions a record by setting `strata-expect` (and a batch with all three,
+//! tagged: untagged batches are told apart only by their records' places, so two of one size
+//! interleaved could be taken for one); a record whose condition headers do not parse goes to
+//! the dead-letter topic (reason `bad_condition`).
 //!
 //! A record with the header `strata-control` is not an event: strata writes one to each partition
 //! when fields are declared on an existing stream, to mark from which offset the new fields apply
@@ -40,6 +43,8 @@ pub const TYPE_HEADER: &str = "type";
 pub const EXPECT_HEADER: &str = "strata-expect";
 /// Header carrying a record's place in a conditional batch.
 pub const BATCH_HEADER: &str = "strata-batch";
+/// Header carrying a conditional batch's tag (decimal, the same on each of its records).
+pub const BATCH_ID_HEADER: &str = "strata-batch-id";
 /// Header marking a control record (not an event).
 pub const CONTROL_HEADER: &str = "strata-control";
 
@@ -71,12 +76,17 @@ pub fn headers_for(event: &Event) -> Option<OwnedHeaders> {
         .condition
         .filter(|c| c.count > 1)
         .map(|c| c.batch_text());
-    let mut headers = OwnedHeaders::new_with_capacity(4);
+    let batch_id = event
+        .condition
+        .filter(|c| c.count > 1 && c.batch_id != 0)
+        .map(|c| c.batch_id.to_string());
+    let mut headers = OwnedHeaders::new_with_capacity(5);
     for (key, value) in [
         (ID_HEADER, event.id.as_deref()),
         (TYPE_HEADER, event.event_type.as_deref()),
         (EXPECT_HEADER, expect.as_deref()),
         (BATCH_HEADER, batch.as_deref()),
+        (BATCH_ID_HEADER, batch_id.as_deref()),
     ] {
         if let Some(value) = value {
             headers = headers.insert(Header {
@@ -196,7 +206,8 @@ pub struct Consumed {
 /// headers parse; `now_ms` stands in for a missing timestamp.
 pub fn record_from_message<M: Message>(message: &M, now_ms: i64) -> Consumed {
     let (data, kind) = data_from_value(message.payload());
-    let [mut id, mut event_type, mut expect, mut batch] = [None, None, None, None];
+    let [mut id, mut event_type, mut expect, mut batch, mut batch_id] =
+        [None, None, None, None, None];
     if let Some(headers) = message.headers() {
         for header in headers.iter() {
             let slot = match header.key {
@@ -204,6 +215,7 @@ pub fn record_from_message<M: Message>(message: &M, now_ms: i64) -> Consumed {
                 TYPE_HEADER => &mut event_type,
                 EXPECT_HEADER => &mut expect,
                 BATCH_HEADER => &mut batch,
+                BATCH_ID_HEADER => &mut batch_id,
                 _ => continue,
             };
             if let Some(value) = header.value {
@@ -213,7 +225,8 @@ pub fn record_from_message<M: Message>(message: &M, now_ms: i64) -> Consumed {
     }
     let condition = match (&expect, &batch) {
         (None, None) => Ok(None),
-        _ => Condition::from_headers(expect.as_deref(), batch.as_deref()).map(Some),
+        _ => Condition::from_headers(expect.as_deref(), batch.as_deref(), batch_id.as_deref())
+            .map(Some),
     };
     let record = Record {
         partition: u32::try_from(message.partition()).unwrap_or(0),
@@ -291,6 +304,29 @@ mod tests {
         assert_eq!(record.partition, 2);
         assert_eq!(record.offset, 17);
         assert_eq!(record.event, event);
+
+        // A record of a conditional batch keeps its place and its batch's tag.
+        let conditional = Event {
+            condition: Some(Condition {
+                expect: Some(strata_proto::Expect::Version(4)),
+                index: 1,
+                count: 3,
+                batch_id: 12_345_678_901,
+            }),
+            ..event
+        };
+        let message = OwnedMessage::new(
+            Some(conditional.data.clone().into_bytes()),
+            Some(b"c-1".to_vec()),
+            "strata.orders".into(),
+            Timestamp::CreateTime(conditional.time_ms),
+            2,
+            18,
+            headers_for(&conditional),
+        );
+        let consumed = record_from_message(&message, 0);
+        assert!(!consumed.bad_condition);
+        assert_eq!(consumed.record.event, conditional);
 
         let bare = OwnedMessage::new(
             Some(b"plain".to_vec()),
