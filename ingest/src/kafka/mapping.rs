@@ -280,6 +280,19 @@ mod tests {
         );
     }
 
+    /// The record strata writes for `event` at `offset` of partition 2.
+    fn message_of(event: &Event, offset: i64) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(event.data.clone().into_bytes()),
+            event.key.clone().map(String::into_bytes),
+            "strata.orders".into(),
+            Timestamp::CreateTime(event.time_ms),
+            2,
+            offset,
+            headers_for(event),
+        )
+    }
+
     #[test]
     fn event_round_trips_through_a_message() {
         let event = Event {
@@ -290,16 +303,7 @@ mod tests {
             data: r#"{"amount":3.5}"#.into(),
             condition: None,
         };
-        let message = OwnedMessage::new(
-            Some(event.data.clone().into_bytes()),
-            Some(b"c-1".to_vec()),
-            "strata.orders".into(),
-            Timestamp::CreateTime(event.time_ms),
-            2,
-            17,
-            headers_for(&event),
-        );
-        let Consumed { record, kind, .. } = record_from_message(&message, 0);
+        let Consumed { record, kind, .. } = record_from_message(&message_of(&event, 17), 0);
         assert_eq!(kind, ValueKind::Json);
         assert_eq!(record.partition, 2);
         assert_eq!(record.offset, 17);
@@ -315,16 +319,7 @@ mod tests {
             }),
             ..event
         };
-        let message = OwnedMessage::new(
-            Some(conditional.data.clone().into_bytes()),
-            Some(b"c-1".to_vec()),
-            "strata.orders".into(),
-            Timestamp::CreateTime(conditional.time_ms),
-            2,
-            18,
-            headers_for(&conditional),
-        );
-        let consumed = record_from_message(&message, 0);
+        let consumed = record_from_message(&message_of(&conditional, 18), 0);
         assert!(!consumed.bad_condition);
         assert_eq!(consumed.record.event, conditional);
 
