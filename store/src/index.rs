@@ -90,12 +90,15 @@ impl TailIndex {
 }
 
 /// Where a stored batch (see `block::stored_schema`) has its offsets, keys and ids.
-const STORED: [usize; 3] = [schema::OFFSET - 1, schema::KEY - 1, schema::ID - 1];
+pub(crate) const STORED: [usize; 3] = [schema::OFFSET - 1, schema::KEY - 1, schema::ID - 1];
 
-type IndexColumns<'a> = (&'a [i64], &'a StringArray, &'a StringArray);
+pub(crate) type IndexColumns<'a> = (&'a [i64], &'a StringArray, &'a StringArray);
 
 /// The offsets, keys and ids of `batch`, at `columns`.
-fn index_columns(batch: &RecordBatch, [o, k, i]: [usize; 3]) -> Result<IndexColumns<'_>> {
+pub(crate) fn index_columns(
+    batch: &RecordBatch,
+    [o, k, i]: [usize; 3],
+) -> Result<IndexColumns<'_>> {
     let corrupt = || Error::Corrupt {
         location: "stored batch".into(),
         reason: "offset, key or id column missing or of the wrong type".into(),
@@ -151,5 +154,5 @@ pub(crate) fn index_block(shard: &Shard, block: &RecordBatch) -> Result<()> {
         &shard.keys,
         key_entries.into_iter().map(|k| (k, Vec::new())),
     )?;
-    crate::key_versions::index_block(shard, block, [STORED[0], STORED[1], schema::VERSION - 1])
+    crate::key_versions::index_block(shard, block)
 }

@@ -21,7 +21,7 @@ use crate::bulk;
 use crate::index::TailIndex;
 use crate::keys::key_index_prefix;
 use crate::shard::Shard;
-use crate::{Error, Result};
+use crate::{Error, Result, schema};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
 
@@ -67,28 +67,21 @@ pub(crate) fn stored(shard: &Shard, tail: &TailIndex, tail_start: u64, key: &str
     Ok(version + tail.count_key_from(key, through.max(tail_start)))
 }
 
-/// Writes the `kver` entries of `block` (a stored batch about to become a block, whose offset,
-/// key and version columns are at `columns`): each key's version at its last row, through the
-/// offset after the block.
+/// Writes the `kver` entries of `block` (a stored batch about to become a block): each key's
+/// version at its last row, through the offset after the block.
 ///
 /// # Errors
 /// Storage failures; a malformed batch.
-pub(crate) fn index_block(shard: &Shard, block: &RecordBatch, columns: [usize; 3]) -> Result<()> {
-    let corrupt = || Error::Corrupt {
-        location: format!("{} block", shard.label()),
-        reason: "offset, key or version column missing or of the wrong type".into(),
-    };
-    let column = |c: usize| block.columns().get(c).ok_or_else(corrupt);
-    let offsets = column(columns[0])?
-        .as_primitive_opt::<Int64Type>()
-        .ok_or_else(corrupt)?
-        .values();
-    let keys = column(columns[1])?
-        .as_string_opt::<i32>()
-        .ok_or_else(corrupt)?;
-    let versions = column(columns[2])?
-        .as_primitive_opt::<Int64Type>()
-        .ok_or_else(corrupt)?;
+pub(crate) fn index_block(shard: &Shard, block: &RecordBatch) -> Result<()> {
+    let (offsets, keys, _) = crate::index::index_columns(block, crate::index::STORED)?;
+    let versions = block
+        .columns()
+        .get(schema::VERSION - 1)
+        .and_then(|c| c.as_primitive_opt::<Int64Type>())
+        .ok_or_else(|| Error::Corrupt {
+            location: format!("{} block", shard.label()),
+            reason: "version column missing or of the wrong type".into(),
+        })?;
     let (Some(first), Some(last)) = (offsets.first(), offsets.last()) else {
         return Ok(());
     };
