@@ -48,12 +48,19 @@ pub struct QueryResult {
     pub batches: BoxStream<'static, Result<RecordBatch>>,
 }
 
-/// Records a query's duration when its result has been consumed (or dropped).
-struct QueryTimer(Instant);
+/// Records a query's duration when its result has been consumed (or dropped), and hands the
+/// memory a failed query freed back to the OS (see [`crate::allocator::release_freed`]).
+struct QueryTimer {
+    started: Instant,
+    failed: bool,
+}
 
 impl Drop for QueryTimer {
     fn drop(&mut self) {
-        metrics::histogram!("strata_query_seconds").record(self.0.elapsed().as_secs_f64());
+        metrics::histogram!("strata_query_seconds").record(self.started.elapsed().as_secs_f64());
+        if self.failed {
+            crate::allocator::release_freed();
+        }
     }
 }
 
@@ -82,7 +89,10 @@ impl QueryService {
     /// memory limit, the wrong role.
     pub async fn query(&self, who: &Principal, request: QueryRequest) -> Result<QueryResult> {
         who.authorize(Operation::Browse)?;
-        let timer = QueryTimer(Instant::now());
+        let mut timer = QueryTimer {
+            started: Instant::now(),
+            failed: false,
+        };
         let engine = self.parts.sql()?;
         let access = who.access();
         let clustered = self.parts.node.cluster.is_some();
@@ -137,7 +147,9 @@ impl QueryService {
                     .map_err(strata_views::Error::from)?;
                 Ok::<_, strata_views::Error>((output.schema, batches, first))
             };
-            match tokio::time::timeout_at(deadline, started).await {
+            let started = tokio::time::timeout_at(deadline, started).await;
+            timer.failed = !matches!(started, Ok(Ok(_)));
+            match started {
                 Err(_) => return Err(too_long()),
                 Ok(Ok(started)) => break started,
                 Ok(Err(e)) => {
@@ -157,7 +169,7 @@ impl QueryService {
         };
         let rest = futures::stream::unfold(
             (batches, false, timer),
-            move |(mut batches, failed, timer)| async move {
+            move |(mut batches, failed, mut timer)| async move {
                 if failed {
                     return None;
                 }
@@ -174,6 +186,7 @@ impl QueryService {
                     Err(_) => Err(too_long()),
                 };
                 let failed = next.is_err();
+                timer.failed |= failed;
                 Some((next, (batches, failed, timer)))
             },
         );
