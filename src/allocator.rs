@@ -8,8 +8,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// since v3, stated here so that an upgrade does not change it).
 ///
 /// Memory kept is reused by the next allocations without a page fault. Handing it back after
-/// 10 ms instead cost a query 20k page faults per million rows answered and a fifth of its CPU
-/// (BENCHMARKS.md 2a). What the delay would otherwise cost — a query that the memory limit stops
+/// 10 ms instead cost a query 20k page faults per million rows answered and about a quarter of
+/// its CPU (BENCHMARKS.md 2a). What the delay would otherwise cost — a query that the memory limit stops
 /// leaving every buffer it had outgrown resident for a second, so that a few such queries in a row
 /// took the process to 4–5× `limits.query_memory_bytes` — is handed back when the query ends
 /// ([`release_freed`]).
@@ -24,7 +24,8 @@ pub fn tune() {
 
 /// Hands memory that was freed back to the OS now rather than after [`PURGE_DELAY_MS`]: for a
 /// query that failed (stopped by a limit, most often, with the buffers it had outgrown freed).
-/// A few hundred microseconds; no effect on another allocator.
+/// Tens of microseconds when little is free (too many to spend on every query); no effect on
+/// another allocator.
 pub fn release_freed() {
     // SAFETY: asks the allocator to purge what it holds free; no pointers are involved.
     unsafe { libmimalloc_sys::mi_collect(true) };
