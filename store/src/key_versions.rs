@@ -19,7 +19,7 @@
 
 use crate::bulk;
 use crate::index::TailIndex;
-use crate::keys::key_index_prefix;
+use crate::keys::{key_index_key, key_index_prefix};
 use crate::shard::Shard;
 use crate::{Error, Result, schema};
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -109,14 +109,11 @@ pub(crate) fn index_block(shard: &Shard, block: &RecordBatch) -> Result<()> {
 
 /// How many `keys` entries `key` has below `end`.
 fn count_in_key_index(shard: &Shard, key: &str, end: u64) -> Result<u64> {
-    let prefix = key_index_prefix(key);
-    let at = |offset: u64| {
-        let mut k = prefix.clone();
-        k.extend_from_slice(&offset.to_be_bytes());
-        k
-    };
     let mut count = 0;
-    for item in shard.keys.range(at(0)..at(end)) {
+    for item in shard
+        .keys
+        .range(key_index_key(key, 0)..key_index_key(key, end))
+    {
         item.key().map_err(|e| {
             Error::reading(e, &shard.label(), &shard.keys, || "the key index".into())
         })?;
