@@ -408,16 +408,20 @@ pub(crate) fn encode_block(batch: &RecordBatch) -> Result<(EncodedColumns, Block
 
 /// Whether a text column has at most one distinct value per four rows.
 fn few_distinct(array: &ArrayRef) -> bool {
+    /// The values are borrowed from the column, not copied: a key column of a block often has
+    /// thousands of distinct values before it is found to have too many.
+    fn at_most<'a>(mut values: impl Iterator<Item = Option<&'a str>>, limit: usize) -> bool {
+        let mut seen = std::collections::HashSet::new();
+        values.all(|v| {
+            seen.insert(v);
+            seen.len() <= limit
+        })
+    }
     let limit = array.len() / 4;
-    let mut seen = std::collections::HashSet::new();
-    let mut add = |v: Option<&str>| {
-        seen.insert(v.map(str::to_owned));
-        seen.len() <= limit
-    };
     if let Some(a) = array.as_string_opt::<i32>() {
-        a.iter().all(&mut add)
+        at_most(a.iter(), limit)
     } else if let Some(a) = array.as_string_view_opt() {
-        a.iter().all(add)
+        at_most(a.iter(), limit)
     } else {
         false
     }

@@ -1,5 +1,5 @@
 //! Making blocks: once a shard's tail holds `block_rows` rows, its oldest `block_rows` become one
-//! columnar block (and the rest of the tail one chunk).
+//! columnar block (and the rows past it of the chunk it ends in, a chunk of their own).
 //!
 //! A block takes tens of milliseconds (reading and concatenating the tail, encoding the columns,
 //! writing the column, id and key tables into the bulk database, see `bulk.rs`). Made inside the
@@ -19,6 +19,7 @@ use crate::index::index_block;
 use crate::keys::{column_key, offset_key, state_key};
 use crate::shard::Shard;
 use crate::{Result, StoreConfig};
+use arrow::array::RecordBatch;
 use fjall::{Database, Keyspace, Readable};
 use parking_lot::{Condvar, Mutex};
 use std::sync::Arc;
@@ -148,7 +149,7 @@ impl BlockMaker {
     }
 
     /// Makes the shard's next block if its tail is long enough; returns whether it made one.
-    fn make_one(&self, shard: &Shard, fields: &[FieldDef]) -> Result<bool> {
+    pub(crate) fn make_one(&self, shard: &Shard, fields: &[FieldDef]) -> Result<bool> {
         let started = std::time::Instant::now();
         let block_rows = self.block_rows;
         let (state, snapshot) = {
@@ -158,14 +159,21 @@ impl BlockMaker {
         if state.tail_rows < block_rows as u64 {
             return Ok(false);
         }
-        // The tail as of the snapshot; commits after it add chunks at later offsets.
+        // The tail's oldest chunks as of the snapshot, as far as the block reaches (commits after
+        // it add chunks at later offsets). Only the chunk the block ends in is written again, for
+        // its rows past the block: a tail running blocks behind is not rewritten block by block.
         let mut keys = Vec::new();
         let mut chunks = Vec::new();
+        let mut rows = 0usize;
         for item in snapshot.range(&shard.tail, offset_key(state.tail_start)..) {
             let (k, v) = item.into_inner()?;
             let label = || format!("{} tail chunk {:?}", shard.label(), &*k);
             chunks.push(widen(decode_tail(&v, None, label)?, fields)?);
             keys.push(k);
+            rows += chunks.last().map_or(0, RecordBatch::num_rows);
+            if rows >= block_rows {
+                break;
+            }
         }
         drop(snapshot);
         let all = arrow::compute::concat_batches(&stored_schema(fields), &chunks)?;

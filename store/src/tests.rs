@@ -529,3 +529,60 @@ fn view_state_is_kept_per_partition_and_old_layouts_are_refolded() {
     }
     assert_eq!(counts(store.views().groups("v", None).unwrap()), 8);
 }
+
+#[test]
+fn a_block_rewrites_only_the_tail_chunk_it_ends_in() {
+    let dir = tempfile::tempdir().unwrap();
+    // The store's own maker never starts (its blocks are longer than this tail); a maker of
+    // ten-row blocks makes one.
+    let store = open(dir.path(), 1000);
+    let maker = crate::blocks::BlockMaker::new(
+        store.db.clone(),
+        store.meta.clone(),
+        &StoreConfig {
+            block_rows: 10,
+            ..StoreConfig::default()
+        },
+    );
+    let records = |range: std::ops::Range<u64>| -> Vec<Record> {
+        range
+            .map(|o| record(o, 0, Some("k"), Some(&format!("i{o}"))))
+            .collect()
+    };
+    for range in [0..4, 4..12, 12..25] {
+        store.commit(&stream(), 1, records(range)).unwrap();
+    }
+    let shard = store.shard(&stream(), 1).unwrap();
+    let chunks = |shard: &crate::shard::Shard| -> Vec<(Vec<u8>, Vec<u8>)> {
+        shard
+            .tail
+            .iter()
+            .map(|item| {
+                let (k, v) = item.into_inner().unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect()
+    };
+    let before = chunks(&shard);
+    assert_eq!(before.len(), 3);
+    assert!(maker.make_one(&shard, &[]).unwrap());
+    let after = chunks(&shard);
+    let keys: Vec<&[u8]> = after.iter().map(|(k, _)| k.as_slice()).collect();
+    assert_eq!(
+        keys,
+        [
+            crate::keys::offset_key(10).as_slice(),
+            crate::keys::offset_key(12).as_slice()
+        ],
+        "the rest of chunk 4..12 is a chunk of its own, chunk 12..25 stays"
+    );
+    assert_eq!(
+        after[1], before[2],
+        "a chunk past the block is not written again"
+    );
+    assert_eq!(store.status(&stream()).unwrap()[1].tail_rows, 15);
+    assert_eq!(
+        offsets_of(&scan(&store, ScanRequest::all()), schema::OFFSET),
+        (0..25).collect::<Vec<_>>()
+    );
+}
