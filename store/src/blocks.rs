@@ -1,14 +1,14 @@
 //! Making blocks: once a shard's tail holds `block_rows` rows, its oldest `block_rows` become one
 //! columnar block (and the rows past it of the chunk it ends in, a chunk of their own).
 //!
-//! A block takes tens of milliseconds (reading and concatenating the tail, encoding the columns,
-//! writing the column, id and key tables into the bulk database, see `bulk.rs`). Made inside the
-//! commit that filled the tail, it delayed that commit's visibility and every commit of the
-//! partition queued behind it (the p99 of append → visible). So a thread of its own makes it while
-//! commits go on: the shard's lock is held only for the write batch that swaps the tail's rows for
-//! the block's metadata. Commits make blocks themselves only when the tail has fallen
-//! `store.block_backlog` blocks behind, which bounds the tail (and its in-memory index) when
-//! appends outrun the block maker.
+//! A block takes tens of milliseconds (reading and concatenating its tail chunks, encoding the
+//! columns, writing the column, id and key tables into the bulk database, see `bulk.rs`). Made
+//! inside the commit that filled the tail, it delayed that commit's visibility and every commit
+//! of the partition queued behind it (the p99 of append → visible). So a thread of its own makes
+//! it while commits go on: the shard's lock is held only for the write batch that swaps the
+//! tail's rows for the block's metadata. Commits make blocks themselves only when the tail has
+//! fallen `store.block_backlog` blocks behind, which bounds the tail (and its in-memory index)
+//! when appends outrun the block maker.
 //!
 //! Block boundaries depend only on the stored events (every `block_rows` rows from the tail
 //! start), not on when a block is made, so a rebuild from the log makes the same blocks.
