@@ -19,7 +19,6 @@ use crate::index::index_block;
 use crate::keys::{column_key, offset_key, state_key};
 use crate::shard::Shard;
 use crate::{Result, StoreConfig};
-use arrow::array::RecordBatch;
 use fjall::{Database, Keyspace, Readable};
 use parking_lot::{Condvar, Mutex};
 use std::sync::Arc;
@@ -168,9 +167,10 @@ impl BlockMaker {
         for item in snapshot.range(&shard.tail, offset_key(state.tail_start)..) {
             let (k, v) = item.into_inner()?;
             let label = || format!("{} tail chunk {:?}", shard.label(), &*k);
-            chunks.push(widen(decode_tail(&v, None, label)?, fields)?);
+            let chunk = widen(decode_tail(&v, None, label)?, fields)?;
+            rows += chunk.num_rows();
+            chunks.push(chunk);
             keys.push(k);
-            rows += chunks.last().map_or(0, RecordBatch::num_rows);
             if rows >= block_rows {
                 break;
             }
