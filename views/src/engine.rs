@@ -1,6 +1,8 @@
 //! The read-only SQL engine.
 
 use crate::materialized::{ViewStatement, view_statement};
+use crate::plan_cache::{self, Cached, Lookup, PlanCache, Shape};
+use crate::sandbox::{check_read_only, verify_read_only};
 use crate::source::ShardSource;
 use crate::table::{ReadAfter, StreamTable};
 use crate::view_table::ViewTable;
@@ -10,19 +12,16 @@ use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::ParamValues;
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::SessionContext;
 use datafusion::execution::context::SessionState;
-use datafusion::execution::context::{SQLOptions, SessionContext};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{SendableRecordBatchStream, execute_stream};
 use datafusion::prelude::SessionConfig;
-use datafusion::sql::parser::Statement as DfStatement;
-use datafusion::sql::sqlparser::ast::Statement;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -186,7 +185,7 @@ pub fn runtime_env(memory_bytes: Option<usize>) -> Result<Arc<RuntimeEnv>> {
 
 /// Which session plans a query: the plain one (HTTP, Flight SQL), or the PostgreSQL one, with
 /// `pg_catalog`, PostgreSQL's dialect and the functions its clients call.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Flavor {
     /// DataFusion's SQL over the streams and views.
     #[default]
@@ -222,6 +221,8 @@ pub struct Described {
 enum Planned {
     View(ViewStatement),
     Plan(Box<SessionState>, LogicalPlan),
+    /// A plan optimised already (from the plan cache), with its values in place.
+    Optimized(Box<SessionState>, LogicalPlan),
 }
 
 /// Answers read-only SQL over the store's streams, and keeps its materialized views.
@@ -243,6 +244,8 @@ pub struct SqlEngine {
     pub(crate) unloaded: Mutex<HashMap<String, String>>,
     pub(crate) rebuilding: Mutex<HashSet<String>>,
     pub(crate) wake: Notify,
+    /// Optimised plans of queries over views, by shape.
+    pub(crate) plans: PlanCache,
 }
 
 impl SqlEngine {
@@ -316,6 +319,7 @@ impl SqlEngine {
             unloaded: Mutex::new(HashMap::new()),
             rebuilding: Mutex::new(HashSet::new()),
             wake: Notify::new(),
+            plans: PlanCache::default(),
         })
     }
 
@@ -373,8 +377,11 @@ impl SqlEngine {
     pub async fn run(&self, query: Query<'_>) -> Result<QueryOutput> {
         let started = Instant::now();
         let result = async {
+            // A plan is kept by shape only for a query without values of its own and without
+            // offsets to wait for (those live in the session the plan is made in).
+            let cache = query.params.is_none() && query.after.is_none();
             let planned = self
-                .plan(query.sql, query.access, query.after, query.flavor)
+                .plan(query.sql, query.access, query.after, query.flavor, cache)
                 .await?;
             self.start(planned, query.access, query.params).await
         }
@@ -392,7 +399,7 @@ impl SqlEngine {
     /// # Errors
     /// As [`SqlEngine::run`] before it starts the query.
     pub async fn describe(&self, sql: &str, access: &Access, flavor: Flavor) -> Result<Described> {
-        match self.plan(sql, access, None, flavor).await? {
+        match self.plan(sql, access, None, flavor, false).await? {
             Planned::View(ViewStatement::Show) => Ok(Described {
                 schema: crate::manage::show_views_schema(),
                 params: Vec::new(),
@@ -401,7 +408,7 @@ impl SqlEngine {
                 schema: crate::manage::message_schema(),
                 params: Vec::new(),
             }),
-            Planned::Plan(_, plan) => {
+            Planned::Plan(_, plan) | Planned::Optimized(_, plan) => {
                 let types = plan.get_parameter_types()?;
                 let mut numbered = Vec::with_capacity(types.len());
                 for (name, ty) in types {
@@ -434,6 +441,7 @@ impl SqlEngine {
         access: &Access,
         after: Option<ReadAfter>,
         flavor: Flavor,
+        cache: bool,
     ) -> Result<Planned> {
         let mut state = match flavor {
             Flavor::Plain => self.query_state.clone(),
@@ -448,15 +456,54 @@ impl SqlEngine {
             return Ok(Planned::View(view));
         }
         check_read_only(&statement)?;
+        if cache
+            && let Some(shape) = plan_cache::shape(&statement, flavor, &self.views)
+            && let Some(plan) = self.cached_plan(&state, shape).await
+        {
+            self.check_tables(&plan, access)?;
+            return Ok(Planned::Optimized(Box::new(state), plan));
+        }
         let plan = state.statement_to_plan(statement).await?;
-        SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false)
-            .verify_plan(&plan)
-            .map_err(|e| Error::ReadOnly(e.strip_backtrace()))?;
+        verify_read_only(&plan)?;
         self.check_tables(&plan, access)?;
         Ok(Planned::Plan(Box::new(state), plan))
+    }
+
+    /// The optimised plan of `shape` with its values in place, from the cache or planned now
+    /// and kept; `None` when the shape is not kept (or its plan does not take the values), and
+    /// the statement is planned in full.
+    async fn cached_plan(&self, state: &SessionState, shape: Shape) -> Option<LogicalPlan> {
+        let cached = match self.plans.get(&shape, &self.views) {
+            Lookup::Skip => {
+                metrics::counter!("strata_query_plan_cache_total", "outcome" => "skip")
+                    .increment(1);
+                return None;
+            }
+            Lookup::Hit(cached) => {
+                metrics::counter!("strata_query_plan_cache_total", "outcome" => "hit").increment(1);
+                cached
+            }
+            Lookup::Miss => {
+                metrics::counter!("strata_query_plan_cache_total", "outcome" => "miss")
+                    .increment(1);
+                let planned = async {
+                    let plan = state.statement_to_plan(shape.template.clone()).await.ok()?;
+                    verify_read_only(&plan).ok()?;
+                    let views = plan_cache::cacheable(&plan, &shape.values)?;
+                    let plan = state.optimize(&plan).ok()?;
+                    Some(Cached { plan, views })
+                }
+                .await;
+                let Some(cached) = planned else {
+                    self.plans.put(&shape, None);
+                    return None;
+                };
+                let cached = Arc::new(cached);
+                self.plans.put(&shape, Some(cached.clone()));
+                cached
+            }
+        };
+        cached.plan.clone().with_param_values(shape.values).ok()
     }
 
     async fn start(
@@ -468,6 +515,16 @@ impl SqlEngine {
         let (state, plan) = match planned {
             Planned::View(view) => return self.view_statement(view, access).await,
             Planned::Plan(state, plan) => (*state, plan),
+            Planned::Optimized(state, plan) => {
+                let physical = state
+                    .query_planner()
+                    .create_physical_plan(&plan, state.as_ref())
+                    .await?;
+                return Ok(QueryOutput {
+                    schema: Arc::new(plan.schema().as_arrow().clone()),
+                    batches: execute_stream(physical, state.task_ctx())?,
+                });
+            }
         };
         let plan = match params {
             Some(values) => plan.with_param_values(values)?,
@@ -523,68 +580,4 @@ async fn explain_with(
         schema: schema.clone(),
         batches: Box::pin(RecordBatchStreamAdapter::new(schema, stream)),
     })
-}
-
-impl SqlEngine {
-    /// Refuses a plan that reads a table `access` does not cover. The plan is walked, not the
-    /// SQL text, so aliases, CTEs and subqueries cannot hide a table.
-    fn check_tables(&self, plan: &LogicalPlan, access: &Access) -> Result<()> {
-        if access.streams.is_none() {
-            return Ok(());
-        }
-        let mut tables = BTreeSet::new();
-        plan.apply_with_subqueries(|node| {
-            if let LogicalPlan::TableScan(scan) = node {
-                tables.insert(scan.table_name.clone());
-            }
-            Ok(TreeNodeRecursion::Continue)
-        })?;
-        for table in tables {
-            if matches!(table.schema(), Some("information_schema" | "pg_catalog")) {
-                // Names and columns of tables, not their rows.
-                continue;
-            }
-            let name = table.table();
-            match self.views.get(name) {
-                Some(view) => access.require_stream(&view.stream, &format!("view {name}"))?,
-                None => access.require_stream(name, "this query")?,
-            }
-        }
-        Ok(())
-    }
-}
-
-fn check_read_only(statement: &DfStatement) -> Result<()> {
-    let refuse = |what: &str| {
-        Err(Error::ReadOnly(format!(
-            "{what} is not allowed; send SELECT, WITH, EXPLAIN or SHOW"
-        )))
-    };
-    match statement {
-        DfStatement::Statement(s) => match s.as_ref() {
-            Statement::Query(_) | Statement::ShowTables { .. } | Statement::ShowColumns { .. } => {
-                Ok(())
-            }
-            Statement::Explain { statement, .. } => match statement.as_ref() {
-                Statement::Query(_) => Ok(()),
-                other => refuse(&format!("EXPLAIN of {}", keyword(other))),
-            },
-            other => refuse(&keyword(other)),
-        },
-        DfStatement::Explain(e) => check_read_only(&e.statement),
-        DfStatement::CreateExternalTable(_) => refuse("CREATE EXTERNAL TABLE"),
-        DfStatement::CopyTo(_) => refuse("COPY"),
-        DfStatement::Reset(_) => refuse("RESET"),
-    }
-}
-
-/// The leading keywords of a statement, for messages (`CREATE TABLE`, `INSERT`, …).
-fn keyword(s: &Statement) -> String {
-    let text = s.to_string();
-    let words: Vec<&str> = text.split_whitespace().take(3).collect();
-    let n = match words.first().map(|w| w.to_ascii_uppercase()).as_deref() {
-        Some("CREATE" | "DROP" | "ALTER") => 2,
-        _ => 1,
-    };
-    words[..n.min(words.len())].join(" ").to_ascii_uppercase()
 }

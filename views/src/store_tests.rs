@@ -171,10 +171,9 @@ proptest! {
     }
 }
 
-#[tokio::test]
-async fn a_key_lookup_reads_one_group_and_agrees_with_a_scan() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, engine) = open(dir.path());
+/// A store with 50 events of stream `s` (keys k0–k4, ten each) and the view `by_key` over them.
+async fn by_key(dir: &std::path::Path) -> (Arc<Store>, Arc<SqlEngine>) {
+    let (store, engine) = open(dir);
     let s = StreamName::new("s").unwrap();
     let records: Vec<Record> = (0..50u64)
         .map(|i| Record {
@@ -196,6 +195,14 @@ async fn a_key_lookup_reads_one_group_and_agrees_with_a_scan() {
         .await
         .unwrap();
     engine.catch_up_views().await;
+    (store, engine)
+}
+
+#[tokio::test]
+async fn a_key_lookup_reads_one_group_and_agrees_with_a_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = by_key(dir.path()).await;
+    // Twice: planned in full (or as a shape) the first time, from the kept plan the second.
     for (filter, expected) in [
         ("key = 'k3'", vec!["k3|10|255"]),
         ("'k3' = key", vec!["k3|10|255"]),
@@ -210,9 +217,16 @@ async fn a_key_lookup_reads_one_group_and_agrees_with_a_scan() {
         ("key IN ('k1', 'k4') AND qty > 250", vec!["k4|10|265"]),
         ("key = NULL", vec![]),
         ("key IN ('k1', NULL)", vec!["k1|10|235"]),
+        ("key = 'k1'", vec!["k1|10|235"]),
+        ("'k2' = key", vec!["k2|10|245"]),
+        ("key = 'k4' AND key = 'k1'", vec![]),
+        ("key = 'k4' AND n = 10", vec!["k4|10|265"]),
+        ("key = 'k4' AND n = 11", vec![]),
     ] {
-        let got = rows(&engine, &format!("SELECT * FROM by_key WHERE {filter}")).await;
-        assert_eq!(got, expected, "{filter}");
+        for _ in 0..2 {
+            let got = rows(&engine, &format!("SELECT * FROM by_key WHERE {filter}")).await;
+            assert_eq!(got, expected, "{filter}");
+        }
     }
     // What the view table reads, before DataFusion applies the filters again: one group for a
     // lookup, every group otherwise.
@@ -238,6 +252,25 @@ async fn a_key_lookup_reads_one_group_and_agrees_with_a_scan() {
             .unwrap();
         let n: usize = batches.iter().map(|b| b.num_rows()).sum();
         assert_eq!(n, read, "{filter}");
+    }
+    // An equality on a group column the point read does not apply is applied by the scan
+    // itself (DataFusion was told the scan applies it exactly).
+    for filters in [
+        vec![col("key").eq(lit("k3")), col("key").eq(lit("k1"))],
+        vec![col("key").eq(lit(3i64))],
+    ] {
+        let exec = table
+            .scan(&state, Some(&vec![1]), &filters, None)
+            .await
+            .unwrap();
+        let batches = datafusion::physical_plan::collect(exec, engine.ctx.task_ctx())
+            .await
+            .unwrap();
+        assert_eq!(
+            batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+            0,
+            "{filters:?}"
+        );
     }
     // Planning reads nothing; running the plan reads the view once.
     let counting = Arc::new(CountingSource {
@@ -340,4 +373,57 @@ impl ShardSource for CountingSource {
     ) -> Option<(String, u64)> {
         ShardSource::views_behind(self.store.as_ref(), stream, partition, offset)
     }
+}
+
+#[tokio::test]
+async fn a_lookup_plan_is_kept_by_shape_and_left_when_its_view_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, engine) = by_key(dir.path()).await;
+    let lookup = |k: &str| format!("SELECT key, n FROM by_key WHERE key = '{k}'");
+    assert_eq!(rows(&engine, &lookup("k1")).await, ["k1|10"]);
+    // Kept with the key as a placeholder that the view's scan applies (a point read once the
+    // key is in): nothing filters above the scan.
+    let kept = engine.plans.kept();
+    assert_eq!(kept.len(), 1);
+    assert!(
+        kept[0].contains("full_filters=[by_key.key = $1]") && !kept[0].contains("Filter:"),
+        "{}",
+        kept[0]
+    );
+    // Another key, the same shape: the kept plan answers with this key.
+    assert_eq!(rows(&engine, &lookup("k2")).await, ["k2|10"]);
+    assert_eq!(rows(&engine, &lookup("nope")).await, Vec::<String>::new());
+    assert_eq!(engine.plans.kept().len(), 1);
+    // Grants are checked on the kept plan too.
+    let other = crate::Access {
+        admin: false,
+        streams: Some(["t".to_owned()].into()),
+    };
+    let refused = engine.query_as(&lookup("k1"), &other).await.err().unwrap();
+    assert!(matches!(refused, crate::Error::Forbidden(_)), "{refused}");
+    // Not kept: stream scans, functions that are not immutable (the optimiser folds `now()`).
+    for sql in [
+        "SELECT count(*) AS n FROM s WHERE key = 'k1'",
+        "SELECT key, now() > TIMESTAMP '2000-01-01' AS later FROM by_key WHERE key = 'k1'",
+    ] {
+        rows(&engine, sql).await;
+    }
+    assert_eq!(
+        rows(
+            &engine,
+            "SELECT key FROM by_key WHERE n = 10 AND key = 'k0'"
+        )
+        .await,
+        ["k0"]
+    );
+    assert_eq!(engine.plans.kept().len(), 2);
+    // The view replaced by another definition: the shape is planned again over the new one.
+    engine.query("DROP MATERIALIZED VIEW by_key").await.unwrap();
+    engine
+        .query("CREATE MATERIALIZED VIEW by_key AS SELECT key, max(json_get_int(data, 'qty')) AS n FROM s GROUP BY key")
+        .await
+        .unwrap();
+    engine.catch_up_views().await;
+    assert_eq!(rows(&engine, &lookup("k1")).await, ["k1|46"]);
+    assert_eq!(rows(&engine, &lookup("k2")).await, ["k2|47"]);
 }

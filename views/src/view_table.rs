@@ -14,6 +14,7 @@ use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::filter::FilterExecBuilder;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -25,8 +26,10 @@ use strata_proto::StreamName;
 
 /// A materialized view as a SQL table. Equality filters on every group column of the view
 /// (`country = 'NL'`, `country IN ('NL', 'DE')`) become point reads of those groups, which apply
-/// them exactly; anything else reads the view's groups in full, and DataFusion applies the
-/// other filters after the read.
+/// them exactly; anything else reads the view's groups in full, the scan applies the equalities
+/// on group columns it did not read by, and DataFusion applies the other filters after the
+/// read. An equality may compare with a placeholder (`country = $1`): a plan kept for its
+/// shape (the engine's plan cache) gets the value before it runs.
 pub struct ViewTable {
     source: Arc<dyn ShardSource>,
     name: String,
@@ -74,6 +77,31 @@ impl ViewTable {
                 Some((c, values))
             }
             _ => None,
+        }
+    }
+
+    /// Whether `expr` is an equality on a group column with literals or placeholders (`col = v`,
+    /// `col = $1`, `col IN (v, …)`): the scan applies it, by the point read or a filter.
+    fn pins_group_column(&self, expr: &Expr) -> bool {
+        let key_columns = self.plan.key_columns();
+        let schema = self.plan.schema();
+        let group = |e: &Expr| match e {
+            Expr::Column(c) => schema
+                .index_of(&c.name)
+                .is_ok_and(|i| key_columns.contains(&Some(i))),
+            _ => false,
+        };
+        let value = |e: &Expr| matches!(e, Expr::Literal(..) | Expr::Placeholder(_));
+        match expr {
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::Eq,
+                right,
+            }) => (group(left) && value(right)) || (value(left) && group(right)),
+            Expr::InList(list) if !list.negated && list.list.len() <= 1000 => {
+                group(&list.expr) && list.list.iter().all(value)
+            }
+            _ => false,
         }
     }
 
@@ -142,19 +170,15 @@ impl TableProvider for ViewTable {
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        // A filter that pinned a group column is applied exactly by the point read: the stored
-        // key of each value is the group whose column equals it (`lookup_key` names a key only
-        // for a value of the key's own type that survives the cast unchanged, never NULL), so
-        // DataFusion need not filter (nor repartition to filter) the groups read.
-        let used = self
-            .lookup_keys(filters)
-            .map(|(_, used)| used)
-            .unwrap_or_default();
+        // An equality on a group column is applied exactly by the scan: by the point read when
+        // the filters pin every group column (the stored key of each value is the group whose
+        // column equals it; `lookup_key` names a key only for a value of the key's own type that
+        // survives the cast unchanged, never NULL), otherwise by a filter over the groups read.
+        // So DataFusion need not filter (nor repartition to filter) again.
         Ok(filters
             .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                if used.contains(&i) {
+            .map(|f| {
+                if self.pins_group_column(f) {
                     TableProviderFilterPushDown::Exact
                 } else if self.equalities(f).is_some() {
                     TableProviderFilterPushDown::Inexact
@@ -167,23 +191,61 @@ impl TableProvider for ViewTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let schema = match projection {
+        let (keys, used) = match self.lookup_keys(&filters.iter().collect::<Vec<_>>()) {
+            Some((keys, used)) => (Some(keys), used),
+            None => (None, Vec::new()),
+        };
+        // Equalities on group columns the point read does not apply (it did not pin every
+        // group column, or a value cannot be a key): the scan filters by them itself, as
+        // `supports_filters_pushdown` promised.
+        let rest: Vec<Expr> = filters
+            .iter()
+            .enumerate()
+            .filter(|(i, f)| !used.contains(i) && self.pins_group_column(f))
+            .map(|(_, f)| f.clone())
+            .collect();
+        let Some(predicate) = datafusion::logical_expr::utils::conjunction(rest) else {
+            return Ok(Arc::new(self.exec(keys, projection.cloned())?));
+        };
+        let all = self.exec(keys, None)?;
+        let schema = datafusion::common::DFSchema::try_from(self.plan.schema())?;
+        let predicate = state.create_physical_expr(predicate, &schema)?;
+        Ok(Arc::new(
+            FilterExecBuilder::new(predicate, Arc::new(all))
+                .apply_projection(projection.cloned())?
+                .build()?,
+        ))
+    }
+}
+
+impl ViewTable {
+    /// The plan this view is maintained by (a cached plan over it is valid while the view's
+    /// registry holds the same one).
+    pub(crate) fn view_plan(&self) -> &Arc<ViewPlan> {
+        &self.plan
+    }
+
+    /// A read of the groups `keys` (all of them when `None`), of the columns `projection`.
+    fn exec(
+        &self,
+        keys: Option<Vec<Vec<u8>>>,
+        projection: Option<Vec<usize>>,
+    ) -> Result<ViewScanExec> {
+        let schema = match &projection {
             Some(p) => Arc::new(self.plan.schema().project(p)?),
             None => self.plan.schema(),
         };
-        Ok(Arc::new(ViewScanExec {
+        Ok(ViewScanExec {
             source: self.source.clone(),
             name: self.name.clone(),
             plan: self.plan.clone(),
-            keys: self
-                .lookup_keys(&filters.iter().collect::<Vec<_>>())
-                .map(|(keys, _)| keys),
-            projection: projection.cloned(),
+            keys,
+            projection,
             properties: Arc::new(PlanProperties::new(
                 EquivalenceProperties::new(schema.clone()),
                 Partitioning::UnknownPartitioning(1),
@@ -191,7 +253,7 @@ impl TableProvider for ViewTable {
                 Boundedness::Bounded,
             )),
             schema,
-        }))
+        })
     }
 }
 

@@ -1,0 +1,276 @@
+//! Plans of repeated queries over materialized views, kept by their shape.
+//!
+//! A view lookup (`SELECT * FROM by_customer WHERE customer = 'c000042'`) is mostly DataFusion
+//! planning: parsing is cheap, turning the statement into a plan and optimising it is not. The
+//! literals of a query's `column = literal` conjuncts are taken out as placeholders; the
+//! statement that is left (its *shape*) is planned and optimised once, and later queries of the
+//! same shape put their literals into that optimised plan and only plan it physically.
+//!
+//! Only shapes whose every table is a materialized view are kept (a view's table answers the same
+//! way until the view is replaced, which the entry checks on every use), and only plans whose
+//! functions are immutable (`now()` is folded into a constant by the optimiser). A literal is
+//! taken out only when its type is the one the placeholder is inferred to have, so the plan is the
+//! one the literal would have got.
+
+use crate::engine::{Flavor, ViewRegistry};
+use crate::materialized::ViewPlan;
+use crate::view_table::ViewTable;
+use arrow::datatypes::DataType;
+use datafusion::common::ScalarValue;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::datasource::source_as_provider;
+use datafusion::logical_expr::{Expr as LExpr, LogicalPlan, Volatility};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{
+    BinaryOperator, Expr, ObjectName, SetExpr, Statement, Value, visit_expressions, visit_relations,
+};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+/// The most shapes kept; when full, the cache starts over.
+const MAX_SHAPES: usize = 512;
+
+/// A statement with the literals of its `column = literal` conjuncts taken out.
+pub(crate) struct Shape {
+    /// The statement with `$1`, `$2`, … in place of the literals.
+    pub(crate) template: DfStatement,
+    /// The literals, in placeholder order.
+    pub(crate) values: Vec<ScalarValue>,
+    key: Key,
+}
+
+/// A shape by its session, its text and the types of the literals taken out of it.
+type Key = (Flavor, String, Vec<DataType>);
+
+/// A shape's optimised plan, with placeholders, and the views it was planned over.
+pub(crate) struct Cached {
+    /// The optimised plan.
+    pub(crate) plan: LogicalPlan,
+    pub(crate) views: Vec<(String, Arc<ViewPlan>)>,
+}
+
+enum Entry {
+    Plan(Arc<Cached>),
+    /// A shape that is not kept (planned in full every time).
+    Skip,
+}
+
+/// What the cache knows of a shape.
+pub(crate) enum Lookup {
+    /// Its plan, planned over the views as they are now.
+    Hit(Arc<Cached>),
+    /// Not known yet (or its views changed since).
+    Miss,
+    /// Known not to be kept.
+    Skip,
+}
+
+/// Optimised plans by shape.
+#[derive(Default)]
+pub(crate) struct PlanCache {
+    entries: Mutex<HashMap<Key, Entry>>,
+}
+
+impl PlanCache {
+    /// What is kept for `shape`.
+    pub(crate) fn get(&self, shape: &Shape, views: &ViewRegistry) -> Lookup {
+        match self.entries.lock().get(&shape.key) {
+            None => Lookup::Miss,
+            Some(Entry::Skip) => Lookup::Skip,
+            Some(Entry::Plan(cached)) => {
+                let current = cached
+                    .views
+                    .iter()
+                    .all(|(name, plan)| views.get(name).is_some_and(|now| Arc::ptr_eq(&now, plan)));
+                if current {
+                    Lookup::Hit(cached.clone())
+                } else {
+                    Lookup::Miss
+                }
+            }
+        }
+    }
+
+    /// The plans kept, as `EXPLAIN` shows them.
+    #[cfg(test)]
+    pub(crate) fn kept(&self) -> Vec<String> {
+        self.entries
+            .lock()
+            .values()
+            .filter_map(|e| match e {
+                Entry::Plan(cached) => Some(cached.plan.display_indent().to_string()),
+                Entry::Skip => None,
+            })
+            .collect()
+    }
+
+    /// Keeps `plan` (optimised, with the shape's placeholders) for `shape`, or remembers that
+    /// the shape is not kept (`None`).
+    pub(crate) fn put(&self, shape: &Shape, plan: Option<Arc<Cached>>) {
+        let mut entries = self.entries.lock();
+        if entries.len() >= MAX_SHAPES && !entries.contains_key(&shape.key) {
+            entries.clear();
+        }
+        let entry = match plan {
+            Some(cached) => Entry::Plan(cached),
+            None => Entry::Skip,
+        };
+        entries.insert(shape.key.clone(), entry);
+    }
+}
+
+/// The shape of `statement` when it is a query that reads only materialized views of
+/// `registry` and has no placeholders of its own; `None` otherwise.
+pub(crate) fn shape(
+    statement: &DfStatement,
+    flavor: Flavor,
+    registry: &ViewRegistry,
+) -> Option<Shape> {
+    let DfStatement::Statement(inner) = statement else {
+        return None;
+    };
+    let Statement::Query(query) = inner.as_ref() else {
+        return None;
+    };
+    let only_views = visit_relations(inner.as_ref(), |name: &ObjectName| {
+        let view = name
+            .0
+            .last()
+            .and_then(|part| part.as_ident())
+            .map(|ident| match ident.quote_style {
+                Some(_) => ident.value.clone(),
+                None => ident.value.to_ascii_lowercase(),
+            })
+            .and_then(|name| registry.get(&name));
+        if view.is_some() {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        }
+    });
+    if only_views.is_break() || has_placeholders(inner.as_ref()) {
+        return None;
+    }
+    let mut query = query.clone();
+    let mut values = Vec::new();
+    if let SetExpr::Select(select) = query.body.as_mut()
+        && let Some(selection) = select.selection.as_mut()
+    {
+        take_literals(selection, &mut values);
+    }
+    let template = Statement::Query(query);
+    let types = values.iter().map(ScalarValue::data_type).collect();
+    let key = (flavor, template.to_string(), types);
+    Some(Shape {
+        template: DfStatement::Statement(Box::new(template)),
+        values,
+        key,
+    })
+}
+
+fn has_placeholders(statement: &Statement) -> bool {
+    visit_expressions(statement, |e: &Expr| match e {
+        Expr::Value(v) if matches!(v.value, Value::Placeholder(_)) => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    })
+    .is_break()
+}
+
+/// Replaces the literal of each `column = literal` (or `literal = column`) among the `AND`ed
+/// conjuncts of `expr` with the next placeholder, pushing the literal to `values`.
+fn take_literals(expr: &mut Expr, values: &mut Vec<ScalarValue>) {
+    match expr {
+        Expr::Nested(inner) => take_literals(inner, values),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            take_literals(left, values);
+            take_literals(right, values);
+        }
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } => {
+            let column = |e: &Expr| matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_));
+            if column(left) {
+                take_literal(right, values);
+            } else if column(right) {
+                take_literal(left, values);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Replaces `expr` with the next placeholder when it is a string or a 64-bit integer literal
+/// (the types DataFusion gives them: `Utf8`, `Int64`).
+fn take_literal(expr: &mut Expr, values: &mut Vec<ScalarValue>) {
+    let Expr::Value(v) = expr else {
+        return;
+    };
+    let value = match &v.value {
+        Value::SingleQuotedString(s) => ScalarValue::Utf8(Some(s.clone())),
+        Value::Number(n, false) => match n.parse::<i64>() {
+            Ok(n) => ScalarValue::Int64(Some(n)),
+            Err(_) => return,
+        },
+        _ => return,
+    };
+    values.push(value);
+    v.value = Value::Placeholder(format!("${}", values.len()));
+}
+
+/// The views `plan` reads when it reads nothing else and calls only immutable functions, which
+/// is when its optimised form can be kept; `None` otherwise. `values` must have the types
+/// inferred for the plan's placeholders.
+pub(crate) fn cacheable(
+    plan: &LogicalPlan,
+    values: &[ScalarValue],
+) -> Option<Vec<(String, Arc<ViewPlan>)>> {
+    let types = plan.get_parameter_types().ok()?;
+    if types.len() != values.len() {
+        return None;
+    }
+    for (i, value) in values.iter().enumerate() {
+        match types.get(&format!("${}", i + 1)) {
+            Some(Some(t)) if *t == value.data_type() => {}
+            _ => return None,
+        }
+    }
+    let mut views = Vec::new();
+    let mut ok = true;
+    let walked = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let view = source_as_provider(&scan.source).ok().and_then(|provider| {
+                provider
+                    .downcast_ref::<ViewTable>()
+                    .map(|t| (scan.table_name.table().to_owned(), t.view_plan().clone()))
+            });
+            match view {
+                Some(view) => views.push(view),
+                None => ok = false,
+            }
+        }
+        for expr in node.expressions() {
+            expr.apply(|e| {
+                if let LExpr::ScalarFunction(f) = e
+                    && f.func.signature().volatility != Volatility::Immutable
+                {
+                    ok = false;
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+        }
+        Ok(if ok {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
+    (walked.is_ok() && ok && !views.is_empty()).then_some(views)
+}
