@@ -14,13 +14,14 @@ use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::ParamValues;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::TaskContext;
 use datafusion::execution::context::SessionContext;
 use datafusion::execution::context::SessionState;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{SendableRecordBatchStream, execute_stream};
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, execute_stream};
 use datafusion::prelude::SessionConfig;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -223,6 +224,17 @@ enum Planned {
     Plan(Box<SessionState>, LogicalPlan),
     /// A plan optimised already (from the plan cache), with its values in place.
     Optimized(Box<SessionState>, LogicalPlan),
+    /// A physical plan from the plan cache with its values bound, its columns, and the task
+    /// context it runs in.
+    Physical(Arc<dyn ExecutionPlan>, SchemaRef, Arc<TaskContext>),
+}
+
+/// What the plan cache gives for a query.
+enum FromCache {
+    /// The kept plan with its values bound in its view scans.
+    Physical(Arc<Cached>, Arc<dyn ExecutionPlan>),
+    /// The kept optimised plan with its values in place.
+    Logical(LogicalPlan),
 }
 
 /// Answers read-only SQL over the store's streams, and keeps its materialized views.
@@ -246,6 +258,11 @@ pub struct SqlEngine {
     pub(crate) wake: Notify,
     /// Optimised plans of queries over views, by shape.
     pub(crate) plans: PlanCache,
+    /// Whether the plan cache keeps physical plans too (not when queries span nodes, whose
+    /// plans are made per query).
+    physical_cache: bool,
+    /// The task contexts of kept physical plans: plain, PostgreSQL.
+    tasks: [Arc<TaskContext>; 2],
 }
 
 impl SqlEngine {
@@ -306,6 +323,8 @@ impl SqlEngine {
             }
         };
         let (query_state, pg_state) = (session(ctx.state()), session(pg.state()));
+        let physical_cache = parts.distribute.is_none();
+        let tasks = [query_state.task_ctx(), pg_state.task_ctx()];
         Ok(Self {
             ctx,
             query_state,
@@ -320,6 +339,8 @@ impl SqlEngine {
             rebuilding: Mutex::new(HashSet::new()),
             wake: Notify::new(),
             plans: PlanCache::default(),
+            physical_cache,
+            tasks,
         })
     }
 
@@ -408,6 +429,10 @@ impl SqlEngine {
                 schema: crate::manage::message_schema(),
                 params: Vec::new(),
             }),
+            Planned::Physical(_, schema, _) => Ok(Described {
+                schema,
+                params: Vec::new(),
+            }),
             Planned::Plan(_, plan) | Planned::Optimized(_, plan) => {
                 let types = plan.get_parameter_types()?;
                 let mut numbered = Vec::with_capacity(types.len());
@@ -443,25 +468,37 @@ impl SqlEngine {
         flavor: Flavor,
         cache: bool,
     ) -> Result<Planned> {
-        let mut state = match flavor {
-            Flavor::Plain => self.query_state.clone(),
-            Flavor::Postgres => self.pg_state.clone(),
+        let base = match flavor {
+            Flavor::Plain => &self.query_state,
+            Flavor::Postgres => &self.pg_state,
         };
-        if let Some(after) = after {
-            state.config_mut().set_extension(Arc::new(after));
-        }
-        let dialect = state.config().options().sql_parser.dialect;
-        let statement = state.sql_to_statement(sql, &dialect)?;
+        let dialect = base.config().options().sql_parser.dialect;
+        let statement = base.sql_to_statement(sql, &dialect)?;
         if let Some(view) = view_statement(&statement)? {
             return Ok(Planned::View(view));
         }
         check_read_only(&statement)?;
-        if cache
-            && let Some(shape) = plan_cache::shape(&statement, flavor, &self.views)
-            && let Some(plan) = self.cached_plan(&state, shape).await
-        {
-            self.check_tables(&plan, access)?;
-            return Ok(Planned::Optimized(Box::new(state), plan));
+        let mut state = base.clone();
+        if let Some(after) = after {
+            state.config_mut().set_extension(Arc::new(after));
+        }
+        if cache && let Some(shape) = plan_cache::shape(&statement, flavor, &self.views) {
+            match self.cached_plan(&state, shape).await {
+                Some(FromCache::Physical(cached, physical)) => {
+                    self.check_tables(&cached.plan, access)?;
+                    let schema = Arc::new(cached.plan.schema().as_arrow().clone());
+                    let task = match flavor {
+                        Flavor::Plain => self.tasks[0].clone(),
+                        Flavor::Postgres => self.tasks[1].clone(),
+                    };
+                    return Ok(Planned::Physical(physical, schema, task));
+                }
+                Some(FromCache::Logical(plan)) => {
+                    self.check_tables(&plan, access)?;
+                    return Ok(Planned::Optimized(Box::new(state), plan));
+                }
+                None => {}
+            }
         }
         let plan = state.statement_to_plan(statement).await?;
         verify_read_only(&plan)?;
@@ -469,10 +506,11 @@ impl SqlEngine {
         Ok(Planned::Plan(Box::new(state), plan))
     }
 
-    /// The optimised plan of `shape` with its values in place, from the cache or planned now
-    /// and kept; `None` when the shape is not kept (or its plan does not take the values), and
-    /// the statement is planned in full.
-    async fn cached_plan(&self, state: &SessionState, shape: Shape) -> Option<LogicalPlan> {
+    /// The plan of `shape` with its values in place, from the cache or planned now and kept:
+    /// physical when the kept plan binds its values in its view scans, else the optimised
+    /// logical plan; `None` when the shape is not kept (or its plan does not take the values),
+    /// and the statement is planned in full.
+    async fn cached_plan(&self, state: &SessionState, shape: Shape) -> Option<FromCache> {
         let cached = match self.plans.get(&shape, &self.views) {
             Lookup::Skip => {
                 metrics::counter!("strata_query_plan_cache_total", "outcome" => "skip")
@@ -491,7 +529,20 @@ impl SqlEngine {
                     verify_read_only(&plan).ok()?;
                     let views = plan_cache::cacheable(&plan, &shape.values)?;
                     let plan = state.optimize(&plan).ok()?;
-                    Some(Cached { plan, views })
+                    let physical = match self.physical_cache {
+                        true => state
+                            .query_planner()
+                            .create_physical_plan(&plan, state)
+                            .await
+                            .ok()
+                            .filter(|p| plan_cache::reusable(p)),
+                        false => None,
+                    };
+                    Some(Cached {
+                        plan,
+                        views,
+                        physical,
+                    })
                 }
                 .await;
                 let Some(cached) = planned else {
@@ -503,7 +554,14 @@ impl SqlEngine {
                 cached
             }
         };
-        cached.plan.clone().with_param_values(shape.values).ok()
+        let values = ParamValues::from(shape.values);
+        if let Some(physical) = &cached.physical
+            && let Some(bound) = plan_cache::bind(physical, &values)
+        {
+            return Some(FromCache::Physical(cached, bound));
+        }
+        let plan = cached.plan.clone().with_param_values(values).ok()?;
+        Some(FromCache::Logical(plan))
     }
 
     async fn start(
@@ -515,6 +573,12 @@ impl SqlEngine {
         let (state, plan) = match planned {
             Planned::View(view) => return self.view_statement(view, access).await,
             Planned::Plan(state, plan) => (*state, plan),
+            Planned::Physical(physical, schema, task) => {
+                return Ok(QueryOutput {
+                    schema,
+                    batches: execute_stream(physical, task)?,
+                });
+            }
             Planned::Optimized(state, plan) => {
                 let physical = state
                     .query_planner()

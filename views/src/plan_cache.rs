@@ -14,12 +14,14 @@
 
 use crate::engine::{Flavor, ViewRegistry};
 use crate::materialized::ViewPlan;
-use crate::view_table::ViewTable;
+use crate::view_table::{ViewScanExec, ViewTable};
 use arrow::datatypes::DataType;
-use datafusion::common::ScalarValue;
+use datafusion::common::tree_node::Transformed;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::{Expr as LExpr, LogicalPlan, Volatility};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr, ObjectName, SetExpr, Statement, Value, visit_expressions, visit_relations,
@@ -49,6 +51,9 @@ pub(crate) struct Cached {
     /// The optimised plan.
     pub(crate) plan: LogicalPlan,
     pub(crate) views: Vec<(String, Arc<ViewPlan>)>,
+    /// Its physical plan, when every placeholder sits in a view scan's filters (bound by
+    /// [`bind`]) and every node can run again.
+    pub(crate) physical: Option<Arc<dyn ExecutionPlan>>,
 }
 
 enum Entry {
@@ -93,14 +98,23 @@ impl PlanCache {
         }
     }
 
-    /// The plans kept, as `EXPLAIN` shows them.
+    /// The plans kept, as `EXPLAIN` shows them (after a line `physical` when the physical plan
+    /// is kept too).
     #[cfg(test)]
     pub(crate) fn kept(&self) -> Vec<String> {
         self.entries
             .lock()
             .values()
             .filter_map(|e| match e {
-                Entry::Plan(cached) => Some(cached.plan.display_indent().to_string()),
+                Entry::Plan(cached) => Some(format!(
+                    "{}{}",
+                    if cached.physical.is_some() {
+                        "physical\n"
+                    } else {
+                        ""
+                    },
+                    cached.plan.display_indent()
+                )),
                 Entry::Skip => None,
             })
             .collect()
@@ -273,4 +287,48 @@ pub(crate) fn cacheable(
         })
     });
     (walked.is_ok() && ok && !views.is_empty()).then_some(views)
+}
+
+/// Whether every node of `plan` may run again and concurrently as it is: nodes that keep
+/// nothing from one run to the next (a hash join keeps its build side, a repartition its
+/// channels).
+pub(crate) fn reusable(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    const STATELESS: [&str; 7] = [
+        "ViewScanExec",
+        "ProjectionExec",
+        "FilterExec",
+        "CoalesceBatchesExec",
+        "CooperativeExec",
+        "GlobalLimitExec",
+        "LocalLimitExec",
+    ];
+    STATELESS.contains(&plan.name()) && plan.children().into_iter().all(reusable)
+}
+
+/// `plan` with `values` bound in its pending view scans; `None` when a scan's bound filters
+/// do not all become its point read.
+pub(crate) fn bind(
+    plan: &Arc<dyn ExecutionPlan>,
+    values: &ParamValues,
+) -> Option<Arc<dyn ExecutionPlan>> {
+    let mut whole = true;
+    let bound = plan
+        .clone()
+        .transform_up(|node| {
+            let Some(scan) = node.downcast_ref::<ViewScanExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            if !scan.is_pending() {
+                return Ok(Transformed::no(node));
+            }
+            match scan.bind(values)? {
+                Some(bound) => Ok(Transformed::yes(Arc::new(bound) as Arc<dyn ExecutionPlan>)),
+                None => {
+                    whole = false;
+                    Ok(Transformed::new(node, false, TreeNodeRecursion::Stop))
+                }
+            }
+        })
+        .ok()?;
+    whole.then_some(bound.data)
 }

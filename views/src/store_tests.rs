@@ -408,15 +408,14 @@ async fn a_lookup_plan_is_kept_by_shape_and_left_when_its_view_changes() {
     ] {
         rows(&engine, sql).await;
     }
-    assert_eq!(
-        rows(
-            &engine,
-            "SELECT key FROM by_key WHERE n = 10 AND key = 'k0'"
-        )
-        .await,
-        ["k0"]
-    );
-    assert_eq!(engine.plans.kept().len(), 2);
+    // A placeholder outside the view's scan (`n` is not a group column): the optimised plan is
+    // kept, not the physical one.
+    let both = |n: u32| format!("SELECT key FROM by_key WHERE n = {n} AND key = 'k0'");
+    assert_eq!(rows(&engine, &both(10)).await, ["k0"]);
+    assert_eq!(rows(&engine, &both(9)).await, Vec::<String>::new());
+    let kept = engine.plans.kept();
+    assert_eq!(kept.len(), 2);
+    assert_eq!(kept.iter().filter(|k| k.starts_with("physical")).count(), 1);
     // The view replaced by another definition: the shape is planned again over the new one.
     engine.query("DROP MATERIALIZED VIEW by_key").await.unwrap();
     engine

@@ -7,7 +7,8 @@ use crate::table::ReadAfter;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::ScalarValue;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
@@ -196,6 +197,16 @@ impl TableProvider for ViewTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if filters.iter().any(|f| {
+            f.exists(|e| Ok(matches!(e, Expr::Placeholder(_))))
+                .unwrap_or(true)
+        }) {
+            // A kept plan (the engine's plan cache): the filters are bound to values before it
+            // runs ([`ViewScanExec::bind`]).
+            let mut exec = self.exec(None, projection.cloned())?;
+            exec.pending = filters.to_vec();
+            return Ok(Arc::new(exec));
+        }
         let (keys, used) = match self.lookup_keys(&filters.iter().collect::<Vec<_>>()) {
             Some((keys, used)) => (Some(keys), used),
             None => (None, Vec::new()),
@@ -245,6 +256,7 @@ impl ViewTable {
             name: self.name.clone(),
             plan: self.plan.clone(),
             keys,
+            pending: Vec::new(),
             projection,
             properties: Arc::new(PlanProperties::new(
                 EquivalenceProperties::new(schema.clone()),
@@ -266,6 +278,9 @@ pub struct ViewScanExec {
     plan: Arc<ViewPlan>,
     /// The encoded keys of the groups to read; `None` reads every group.
     keys: Option<Vec<Vec<u8>>>,
+    /// Filters with placeholders, which [`ViewScanExec::bind`] turns into keys; a scan with
+    /// pending filters does not run.
+    pending: Vec<Expr>,
     projection: Option<Vec<usize>>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
@@ -285,6 +300,46 @@ impl DisplayAs for ViewScanExec {
             .map(|f| f.name().as_str())
             .collect();
         write!(f, ", projection=[{}]", names.join(", "))
+    }
+}
+
+impl ViewScanExec {
+    /// Whether this scan waits for placeholder values.
+    pub(crate) fn is_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// This scan with the placeholders of its filters replaced by `values`, reading the groups
+    /// they pin; `None` when the bound filters do not all become the point read (the plan must
+    /// then be made again with the values in place).
+    ///
+    /// # Errors
+    /// A placeholder without a value.
+    pub(crate) fn bind(&self, values: &ParamValues) -> Result<Option<Self>> {
+        let bound = self
+            .pending
+            .iter()
+            .map(|f| {
+                f.clone()
+                    .transform(|e| match e {
+                        Expr::Placeholder(p) => {
+                            let (value, metadata) =
+                                values.get_placeholders_with_values(&p.id)?.into_inner();
+                            Ok(Transformed::yes(Expr::Literal(value, metadata)))
+                        }
+                        other => Ok(Transformed::no(other)),
+                    })
+                    .map(|t| t.data)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let table = ViewTable::new(self.source.clone(), self.name.clone(), self.plan.clone());
+        let Some((keys, used)) = table.lookup_keys(&bound.iter().collect::<Vec<_>>()) else {
+            return Ok(None);
+        };
+        if used.len() != bound.len() {
+            return Ok(None);
+        }
+        Ok(Some(table.exec(Some(keys), self.projection.clone())?))
     }
 }
 
@@ -308,6 +363,11 @@ impl ExecutionPlan for ViewScanExec {
             return Err(DataFusionError::Internal(format!(
                 "ViewScanExec has no partition {partition}"
             )));
+        }
+        if self.is_pending() {
+            return Err(DataFusionError::Plan(
+                "a placeholder of the query has no value".into(),
+            ));
         }
         let (source, name, plan) = (self.source.clone(), self.name.clone(), self.plan.clone());
         let (keys, projection) = (self.keys.clone(), self.projection.clone());
