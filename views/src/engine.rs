@@ -529,14 +529,15 @@ impl SqlEngine {
                     verify_read_only(&plan).ok()?;
                     let views = plan_cache::cacheable(&plan, &shape.values)?;
                     let plan = state.optimize(&plan).ok()?;
-                    let physical = match self.physical_cache {
-                        true => state
+                    let physical = if self.physical_cache {
+                        state
                             .query_planner()
                             .create_physical_plan(&plan, state)
                             .await
                             .ok()
-                            .filter(|p| plan_cache::reusable(p)),
-                        false => None,
+                            .filter(plan_cache::reusable)
+                    } else {
+                        None
                     };
                     Some(Cached {
                         plan,
