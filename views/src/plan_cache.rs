@@ -3,8 +3,11 @@
 //! A view lookup (`SELECT * FROM by_customer WHERE customer = 'c000042'`) is mostly DataFusion
 //! planning: parsing is cheap, turning the statement into a plan and optimising it is not. The
 //! literals of a query's `column = literal` conjuncts are taken out as placeholders; the
-//! statement that is left (its *shape*) is planned and optimised once, and later queries of the
-//! same shape put their literals into that optimised plan and only plan it physically.
+//! statement that is left (its *shape*) is planned and optimised once. When every placeholder
+//! ends up in a view scan's filters and every node of the physical plan can run again, the
+//! physical plan is kept too and later queries of the shape bind their literals into its view
+//! scans ([`bind`]); otherwise they put their literals into the optimised plan and plan it
+//! physically.
 //!
 //! Only shapes whose every table is a materialized view are kept (a view's table answers the same
 //! way until the view is replaced, which the entry checks on every use), and only plans whose
