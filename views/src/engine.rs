@@ -23,6 +23,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, execute_stream};
 use datafusion::prelude::SessionConfig;
+use datafusion::sql::parser::Statement as DfStatement;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -41,6 +42,10 @@ pub(crate) struct ViewRegistry {
 impl ViewRegistry {
     pub(crate) fn get(&self, name: &str) -> Option<Arc<ViewPlan>> {
         self.plans.read().get(name).cloned()
+    }
+
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.plans.read().contains_key(name)
     }
 }
 
@@ -222,11 +227,6 @@ pub struct Described {
 enum Planned {
     View(ViewStatement),
     Plan(Box<SessionState>, LogicalPlan),
-    /// A plan optimised already (from the plan cache), with its values in place.
-    Optimized(Box<SessionState>, LogicalPlan),
-    /// A physical plan from the plan cache with its values bound, its columns, and the task
-    /// context it runs in.
-    Physical(Arc<dyn ExecutionPlan>, SchemaRef, Arc<TaskContext>),
 }
 
 /// What the plan cache gives for a query.
@@ -398,11 +398,19 @@ impl SqlEngine {
     pub async fn run(&self, query: Query<'_>) -> Result<QueryOutput> {
         let started = Instant::now();
         let result = async {
+            let (base, statement) = self.parse(query.sql, query.flavor)?;
             // A plan is kept by shape only for a query without values of its own and without
             // offsets to wait for (those live in the session the plan is made in).
-            let cache = query.params.is_none() && query.after.is_none();
+            if query.params.is_none() && query.after.is_none() {
+                let kept = self
+                    .from_cache(base, &statement, query.access, query.flavor)
+                    .await?;
+                if let Some(output) = kept {
+                    return Ok(output);
+                }
+            }
             let planned = self
-                .plan(query.sql, query.access, query.after, query.flavor, cache)
+                .plan(base, statement, query.access, query.after)
                 .await?;
             self.start(planned, query.access, query.params).await
         }
@@ -420,7 +428,8 @@ impl SqlEngine {
     /// # Errors
     /// As [`SqlEngine::run`] before it starts the query.
     pub async fn describe(&self, sql: &str, access: &Access, flavor: Flavor) -> Result<Described> {
-        match self.plan(sql, access, None, flavor, false).await? {
+        let (base, statement) = self.parse(sql, flavor)?;
+        match self.plan(base, statement, access, None).await? {
             Planned::View(ViewStatement::Show) => Ok(Described {
                 schema: crate::manage::show_views_schema(),
                 params: Vec::new(),
@@ -429,11 +438,7 @@ impl SqlEngine {
                 schema: crate::manage::message_schema(),
                 params: Vec::new(),
             }),
-            Planned::Physical(_, schema, _) => Ok(Described {
-                schema,
-                params: Vec::new(),
-            }),
-            Planned::Plan(_, plan) | Planned::Optimized(_, plan) => {
+            Planned::Plan(_, plan) => {
                 let types = plan.get_parameter_types()?;
                 let mut numbered = Vec::with_capacity(types.len());
                 for (name, ty) in types {
@@ -460,20 +465,24 @@ impl SqlEngine {
         }
     }
 
-    async fn plan(
-        &self,
-        sql: &str,
-        access: &Access,
-        after: Option<ReadAfter>,
-        flavor: Flavor,
-        cache: bool,
-    ) -> Result<Planned> {
+    /// `sql` parsed in the session of `flavor`, and that session.
+    fn parse(&self, sql: &str, flavor: Flavor) -> Result<(&SessionState, DfStatement)> {
         let base = match flavor {
             Flavor::Plain => &self.query_state,
             Flavor::Postgres => &self.pg_state,
         };
         let dialect = base.config().options().sql_parser.dialect;
-        let statement = base.sql_to_statement(sql, &dialect)?;
+        Ok((base, base.sql_to_statement(sql, &dialect)?))
+    }
+
+    /// `statement` planned in a session made from `base` (waiting for `after`) and checked.
+    async fn plan(
+        &self,
+        base: &SessionState,
+        statement: DfStatement,
+        access: &Access,
+        after: Option<ReadAfter>,
+    ) -> Result<Planned> {
         if let Some(view) = view_statement(&statement)? {
             return Ok(Planned::View(view));
         }
@@ -482,28 +491,51 @@ impl SqlEngine {
         if let Some(after) = after {
             state.config_mut().set_extension(Arc::new(after));
         }
-        if cache && let Some(shape) = plan_cache::shape(&statement, flavor, &self.views) {
-            match self.cached_plan(&state, shape).await {
-                Some(FromCache::Physical(cached, physical)) => {
-                    self.check_tables(&cached.plan, access)?;
-                    let schema = Arc::new(cached.plan.schema().as_arrow().clone());
-                    let task = match flavor {
-                        Flavor::Plain => self.tasks[0].clone(),
-                        Flavor::Postgres => self.tasks[1].clone(),
-                    };
-                    return Ok(Planned::Physical(physical, schema, task));
-                }
-                Some(FromCache::Logical(plan)) => {
-                    self.check_tables(&plan, access)?;
-                    return Ok(Planned::Optimized(Box::new(state), plan));
-                }
-                None => {}
-            }
-        }
         let plan = state.statement_to_plan(statement).await?;
         verify_read_only(&plan)?;
         self.check_tables(&plan, access)?;
         Ok(Planned::Plan(Box::new(state), plan))
+    }
+
+    /// `statement` started from the plan kept for its shape (planned now and kept on a miss);
+    /// `None` when the statement has no shape or its shape is not kept, and it is planned in
+    /// full. The session is cloned only when the kept plan is a logical one.
+    async fn from_cache(
+        &self,
+        base: &SessionState,
+        statement: &DfStatement,
+        access: &Access,
+        flavor: Flavor,
+    ) -> Result<Option<QueryOutput>> {
+        let Some(shape) = plan_cache::shape(statement, flavor, &self.views) else {
+            return Ok(None);
+        };
+        check_read_only(statement)?;
+        match self.cached_plan(base, shape).await {
+            Some(FromCache::Physical(cached, physical)) => {
+                self.check_tables(&cached.plan, access)?;
+                let task = match flavor {
+                    Flavor::Plain => &self.tasks[0],
+                    Flavor::Postgres => &self.tasks[1],
+                };
+                Ok(Some(QueryOutput {
+                    schema: Arc::new(cached.plan.schema().as_arrow().clone()),
+                    batches: execute_stream(physical, task.clone())?,
+                }))
+            }
+            Some(FromCache::Logical(plan)) => {
+                self.check_tables(&plan, access)?;
+                let physical = base
+                    .query_planner()
+                    .create_physical_plan(&plan, base)
+                    .await?;
+                Ok(Some(QueryOutput {
+                    schema: Arc::new(plan.schema().as_arrow().clone()),
+                    batches: execute_stream(physical, base.task_ctx())?,
+                }))
+            }
+            None => Ok(None),
+        }
     }
 
     /// The plan of `shape` with its values in place, from the cache or planned now and kept:
@@ -574,22 +606,6 @@ impl SqlEngine {
         let (state, plan) = match planned {
             Planned::View(view) => return self.view_statement(view, access).await,
             Planned::Plan(state, plan) => (*state, plan),
-            Planned::Physical(physical, schema, task) => {
-                return Ok(QueryOutput {
-                    schema,
-                    batches: execute_stream(physical, task)?,
-                });
-            }
-            Planned::Optimized(state, plan) => {
-                let physical = state
-                    .query_planner()
-                    .create_physical_plan(&plan, state.as_ref())
-                    .await?;
-                return Ok(QueryOutput {
-                    schema: Arc::new(plan.schema().as_arrow().clone()),
-                    batches: execute_stream(physical, state.task_ctx())?,
-                });
-            }
         };
         let plan = match params {
             Some(values) => plan.with_param_values(values)?,

@@ -27,7 +27,7 @@ use datafusion::logical_expr::{Expr as LExpr, LogicalPlan, Volatility};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
-    BinaryOperator, Expr, ObjectName, SetExpr, Statement, Value, visit_expressions, visit_relations,
+    BinaryOperator, Expr, ObjectName, SetExpr, Statement, Value, Visit, Visitor,
 };
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -46,8 +46,10 @@ pub(crate) struct Shape {
     key: Key,
 }
 
-/// A shape by its session, its text and the types of the literals taken out of it.
-type Key = (Flavor, String, Vec<DataType>);
+/// A shape by its session, its statement (placeholders in) and the types of the literals taken
+/// out of it. Statements compare without their source positions, so the same query sent with
+/// other spacing finds the same entry.
+type Key = (Flavor, Statement, Vec<DataType>);
 
 /// A shape's optimised plan, with placeholders, and the views it was planned over.
 pub(crate) struct Cached {
@@ -151,23 +153,7 @@ pub(crate) fn shape(
     let Statement::Query(query) = inner.as_ref() else {
         return None;
     };
-    let only_views = visit_relations(inner.as_ref(), |name: &ObjectName| {
-        let view = name
-            .0
-            .last()
-            .and_then(|part| part.as_ident())
-            .map(|ident| match ident.quote_style {
-                Some(_) => ident.value.clone(),
-                None => ident.value.to_ascii_lowercase(),
-            })
-            .and_then(|name| registry.get(&name));
-        if view.is_some() {
-            ControlFlow::Continue(())
-        } else {
-            ControlFlow::Break(())
-        }
-    });
-    if only_views.is_break() || has_placeholders(inner.as_ref()) {
+    if inner.visit(&mut OnlyViews(registry)).is_break() {
         return None;
     }
     let mut query = query.clone();
@@ -179,20 +165,42 @@ pub(crate) fn shape(
     }
     let template = Statement::Query(query);
     let types = values.iter().map(ScalarValue::data_type).collect();
-    let key = (flavor, template.to_string(), types);
     Some(Shape {
+        key: (flavor, template.clone(), types),
         template: DfStatement::Statement(Box::new(template)),
         values,
-        key,
     })
 }
 
-fn has_placeholders(statement: &Statement) -> bool {
-    visit_expressions(statement, |e: &Expr| match e {
-        Expr::Value(v) if matches!(v.value, Value::Placeholder(_)) => ControlFlow::Break(()),
-        _ => ControlFlow::Continue(()),
-    })
-    .is_break()
+/// Stops at a relation that is not a materialized view of the registry, and at a placeholder
+/// (one walk of the statement for both).
+struct OnlyViews<'a>(&'a ViewRegistry);
+
+impl Visitor for OnlyViews<'_> {
+    type Break = ();
+
+    fn pre_visit_relation(&mut self, name: &ObjectName) -> ControlFlow<()> {
+        let view = name
+            .0
+            .last()
+            .and_then(|part| part.as_ident())
+            .is_some_and(|ident| match ident.quote_style {
+                Some(_) => self.0.contains(&ident.value),
+                None => self.0.contains(&ident.value.to_ascii_lowercase()),
+            });
+        if view {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        }
+    }
+
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        match e {
+            Expr::Value(v) if matches!(v.value, Value::Placeholder(_)) => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        }
+    }
 }
 
 /// Replaces the literal of each `column = literal` (or `literal = column`) among the `AND`ed
