@@ -403,7 +403,7 @@ impl SqlEngine {
             // offsets to wait for (those live in the session the plan is made in).
             if query.params.is_none() && query.after.is_none() {
                 let kept = self
-                    .from_cache(base, &statement, query.access, query.flavor)
+                    .start_kept(base, &statement, query.access, query.flavor)
                     .await?;
                 if let Some(output) = kept {
                     return Ok(output);
@@ -500,7 +500,7 @@ impl SqlEngine {
     /// `statement` started from the plan kept for its shape (planned now and kept on a miss);
     /// `None` when the statement has no shape or its shape is not kept, and it is planned in
     /// full. The session is cloned only when the kept plan is a logical one.
-    async fn from_cache(
+    async fn start_kept(
         &self,
         base: &SessionState,
         statement: &DfStatement,
