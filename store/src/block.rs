@@ -37,7 +37,15 @@ pub(crate) struct BlockMeta {
 
 const META_VERSION: u8 = 1;
 const META_LEN: usize = 37;
-const COLUMN_VERSION: u8 = 1;
+/// A column value written before version 2: its Arrow stream starts right after this byte.
+const COLUMN_VERSION_1: u8 = 1;
+/// A column value: this byte, seven zero bytes, then its Arrow stream. The stream starts 8 bytes
+/// in so that its buffers are 8-aligned wherever the value is (fjall 3.1 hands a blob value back
+/// 56 bytes into an 8-aligned allocation), and numbers and offsets are used where they were read
+/// instead of copied to aligned memory (a seventh of a `GROUP BY` over 10M rows).
+const COLUMN_VERSION: u8 = 2;
+/// Bytes before a version 2 column's Arrow stream.
+const COLUMN_HEADER: usize = 8;
 
 impl BlockMeta {
     pub fn encode(&self) -> Vec<u8> {
@@ -310,14 +318,15 @@ fn read_ipc(
 fn encode_column(array: &ArrayRef) -> Result<Vec<u8>> {
     let schema = Schema::new(vec![Field::new("c", array.data_type().clone(), true)]);
     let batch = RecordBatch::try_new(Arc::new(schema), vec![array.clone()])?;
-    let mut out = vec![COLUMN_VERSION];
+    let mut out = vec![0; COLUMN_HEADER];
+    out[0] = COLUMN_VERSION;
     out.extend(write_ipc(&batch)?);
     Ok(out)
 }
 
 /// Decodes a stored block column. The array's buffers point into `value` itself (the bytes the
-/// store read) wherever their alignment allows — for text, the bulk of a block, always — instead
-/// of into a zeroed copy of it.
+/// store read) wherever their alignment allows — text always, numbers and offsets when `value`
+/// is 8-aligned — instead of into a copy of it.
 pub(crate) fn decode_column<V>(value: V, location: impl Fn() -> String) -> Result<ArrayRef>
 where
     V: AsRef<[u8]> + Send + 'static,
@@ -326,10 +335,14 @@ where
         location: location(),
         reason: reason.into(),
     };
-    if value.as_ref().first() != Some(&COLUMN_VERSION) {
-        return Err(corrupt("unknown column version"));
-    }
-    let mut ipc = Buffer::from(bytes::Bytes::from_owner(value)).slice(1);
+    let start = match value.as_ref() {
+        [COLUMN_VERSION, header @ ..] if header.get(..COLUMN_HEADER - 1) == Some(&[0; 7]) => {
+            COLUMN_HEADER
+        }
+        [COLUMN_VERSION_1, ..] => 1,
+        _ => return Err(corrupt("unknown column version")),
+    };
+    let mut ipc = Buffer::from(bytes::Bytes::from_owner(value)).slice(start);
     let mut decoder = StreamDecoder::new();
     let batch = decoder
         .decode(&mut ipc)?
@@ -470,20 +483,39 @@ mod tests {
             let (stored_start, stored_end) = (stored.start as usize, stored.end as usize);
             let back = decode_column(value, String::new).unwrap();
             assert_eq!(&back, &array);
+            let inside = |at: *const u8| (stored_start..stored_end).contains(&(at as usize));
             if let Some(strings) = back.as_string_opt::<i32>() {
-                // The text itself is not copied out of the value the store read.
-                let at = strings.values().as_ptr() as usize;
-                assert!(
-                    (stored_start..stored_end).contains(&at),
-                    "the text was copied"
-                );
+                // The text itself is not copied out of the value the store read, and nor are
+                // its offsets when the value is 8-aligned.
+                assert!(inside(strings.values().as_ptr()), "the text was copied");
+                if stored_start % 8 == 0 {
+                    let offsets = strings.offsets().inner().inner().as_ptr();
+                    assert!(inside(offsets), "the offsets were copied");
+                }
+            }
+            if let Some(ints) = back.as_primitive_opt::<Int64Type>()
+                && stored_start % 8 == 0
+            {
+                let numbers = ints.values().inner().as_ptr();
+                assert!(inside(numbers), "the numbers were copied");
             }
         }
+        // A value written before version 2 (the stream right after the version byte) reads the
+        // same; an unknown version or a non-zero header is corrupt.
+        let mut old = vec![COLUMN_VERSION_1];
+        old.extend_from_slice(&encode_column(&text).unwrap()[COLUMN_HEADER..]);
+        assert_eq!(&decode_column(old, String::new).unwrap(), &text);
+        let mut bad = encode_column(&text).unwrap();
+        bad[3] = 1;
+        assert!(decode_column(bad.clone(), String::new).is_err());
+        bad[0] = 9;
+        assert!(decode_column(bad, String::new).is_err());
         // A truncated value is corrupt, not a panic.
         let value = encode_column(&text).unwrap();
         assert!(decode_column(value[..value.len() / 2].to_vec(), String::new).is_err());
         // So is one with more than its batch: a second batch, or anything after the end.
-        let mut two = vec![COLUMN_VERSION];
+        let mut two = vec![0; COLUMN_HEADER];
+        two[0] = COLUMN_VERSION;
         {
             let batch = RecordBatch::try_new(
                 Arc::new(Schema::new(vec![Field::new("c", DataType::Utf8, true)])),

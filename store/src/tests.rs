@@ -363,6 +363,40 @@ fn blocks_are_made_in_the_background_and_commits_make_them_past_the_backlog() {
 }
 
 #[test]
+fn block_columns_read_back_from_disk_are_used_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with(dir.path(), 1000, 0);
+    let records: Vec<Record> = (0..2500)
+        .map(|o| record(o, o as i64, Some(&format!("k{o}")), Some(&format!("i{o}"))))
+        .collect();
+    store.commit(&stream(), 1, records).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.status(&stream()).unwrap()[1].tail_rows >= 1000
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let shard = store.shard(&stream(), 1).unwrap();
+    shard.blocks.rotate_memtable_and_wait().unwrap();
+    // Read from the blob file, as a restarted node reads every block: the value is 8-aligned,
+    // so the column's numbers are not copied (see `block::COLUMN_VERSION`).
+    let value = shard
+        .blocks
+        .get(crate::keys::column_key(0, schema::TIME))
+        .unwrap()
+        .unwrap();
+    assert!(value.len() > 8000, "a column of 1000 times");
+    let range = value.as_ptr_range();
+    let (start, end) = (range.start as usize, range.end as usize);
+    assert_eq!(start % 8, 0, "the value is not 8-aligned");
+    let times = crate::block::decode_column(value, String::new).unwrap();
+    let times = times.as_primitive::<TimestampMillisecondType>();
+    assert_eq!(times.value(999), 999);
+    let at = times.values().inner().as_ptr() as usize;
+    assert!((start..end).contains(&at), "the times were copied");
+}
+
+#[test]
 fn unknown_streams_and_partitions_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 3);
