@@ -399,12 +399,10 @@ impl SqlEngine {
         let started = Instant::now();
         let result = async {
             let (base, statement) = self.parse(query.sql, query.flavor)?;
-            // A plan is kept by shape only for a query without values of its own and without
-            // offsets to wait for (those live in the session the plan is made in).
-            if query.params.is_none() && query.after.is_none() {
-                let kept = self
-                    .start_kept(base, &statement, query.access, query.flavor)
-                    .await?;
+            // A plan is kept by shape only for a query without offsets to wait for (those live
+            // in the session the plan is made in).
+            if query.after.is_none() {
+                let kept = self.start_kept(base, &statement, &query).await?;
                 if let Some(output) = kept {
                     return Ok(output);
                 }
@@ -504,10 +502,11 @@ impl SqlEngine {
         &self,
         base: &SessionState,
         statement: &DfStatement,
-        access: &Access,
-        flavor: Flavor,
+        query: &Query<'_>,
     ) -> Result<Option<QueryOutput>> {
-        let Some(shape) = plan_cache::shape(statement, flavor, &self.views) else {
+        let (access, flavor) = (query.access, query.flavor);
+        let shape = plan_cache::shape(statement, flavor, &self.views, query.params.as_ref());
+        let Some(shape) = shape else {
             return Ok(None);
         };
         check_read_only(statement)?;

@@ -7,7 +7,9 @@
 //! ends up in a view scan's filters and every node of the physical plan can run again, the
 //! physical plan is kept too and later queries of the shape bind their literals into its view
 //! scans ([`bind`]); otherwise they put their literals into the optimised plan and plan it
-//! physically.
+//! physically. A query with placeholders of its own (PostgreSQL's extended protocol, Flight
+//! SQL's prepared statements) is its own shape, bound to the values it came with — the same
+//! shape as a literal query of that form, so both find one plan.
 //!
 //! Only shapes whose every table is a materialized view are kept (a view's table answers the same
 //! way until the view is replaced, which the entry checks on every use), and only plans whose
@@ -37,11 +39,12 @@ use std::sync::Arc;
 /// The most shapes kept; when full, the cache starts over.
 const MAX_SHAPES: usize = 512;
 
-/// A statement with the literals of its `column = literal` conjuncts taken out.
+/// A statement with the literals of its `column = literal` conjuncts taken out (or, for one with
+/// placeholders of its own, the statement and the values given for them).
 pub(crate) struct Shape {
     /// The statement with `$1`, `$2`, … in place of the literals.
     pub(crate) template: DfStatement,
-    /// The literals, in placeholder order.
+    /// The literals (or the given values), in placeholder order.
     pub(crate) values: Vec<ScalarValue>,
     key: Key,
 }
@@ -141,11 +144,14 @@ impl PlanCache {
 }
 
 /// The shape of `statement` when it is a query that reads only materialized views of
-/// `registry` and has no placeholders of its own; `None` otherwise.
+/// `registry`; `None` otherwise. A query with placeholders of its own is its own shape, with
+/// `params` as its values (positional, without metadata; `None` otherwise); the literals of a
+/// query without are taken out.
 pub(crate) fn shape(
     statement: &DfStatement,
     flavor: Flavor,
     registry: &ViewRegistry,
+    params: Option<&ParamValues>,
 ) -> Option<Shape> {
     let DfStatement::Statement(inner) = statement else {
         return None;
@@ -153,17 +159,33 @@ pub(crate) fn shape(
     let Statement::Query(query) = inner.as_ref() else {
         return None;
     };
-    if inner.visit(&mut OnlyViews(registry)).is_break() {
+    let mut walk = OnlyViews {
+        registry,
+        placeholders: false,
+    };
+    if inner.visit(&mut walk).is_break() {
         return None;
     }
-    let mut query = query.clone();
-    let mut values = Vec::new();
-    if let SetExpr::Select(select) = query.body.as_mut()
-        && let Some(selection) = select.selection.as_mut()
-    {
-        take_literals(selection, &mut values);
-    }
-    let template = Statement::Query(query);
+    let (template, values) = match (walk.placeholders, params) {
+        (false, None) => {
+            let mut query = query.clone();
+            let mut values = Vec::new();
+            if let SetExpr::Select(select) = query.body.as_mut()
+                && let Some(selection) = select.selection.as_mut()
+            {
+                take_literals(selection, &mut values);
+            }
+            (Statement::Query(query), values)
+        }
+        (true, Some(ParamValues::List(params))) => {
+            let values = params
+                .iter()
+                .map(|p| p.metadata.is_none().then(|| p.value.clone()))
+                .collect::<Option<Vec<_>>>()?;
+            (inner.as_ref().clone(), values)
+        }
+        _ => return None,
+    };
     let types = values.iter().map(ScalarValue::data_type).collect();
     Some(Shape {
         key: (flavor, template.clone(), types),
@@ -172,9 +194,12 @@ pub(crate) fn shape(
     })
 }
 
-/// Stops at a relation that is not a materialized view of the registry, and at a placeholder
-/// (one walk of the statement for both).
-struct OnlyViews<'a>(&'a ViewRegistry);
+/// Stops at a relation that is not a materialized view of the registry, and notes whether the
+/// statement has placeholders (one walk of the statement for both).
+struct OnlyViews<'a> {
+    registry: &'a ViewRegistry,
+    placeholders: bool,
+}
 
 impl Visitor for OnlyViews<'_> {
     type Break = ();
@@ -185,8 +210,8 @@ impl Visitor for OnlyViews<'_> {
             .last()
             .and_then(|part| part.as_ident())
             .is_some_and(|ident| match ident.quote_style {
-                Some(_) => self.0.contains(&ident.value),
-                None => self.0.contains(&ident.value.to_ascii_lowercase()),
+                Some(_) => self.registry.contains(&ident.value),
+                None => self.registry.contains(&ident.value.to_ascii_lowercase()),
             });
         if view {
             ControlFlow::Continue(())
@@ -196,10 +221,12 @@ impl Visitor for OnlyViews<'_> {
     }
 
     fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
-        match e {
-            Expr::Value(v) if matches!(v.value, Value::Placeholder(_)) => ControlFlow::Break(()),
-            _ => ControlFlow::Continue(()),
+        if let Expr::Value(v) = e
+            && matches!(v.value, Value::Placeholder(_))
+        {
+            self.placeholders = true;
         }
+        ControlFlow::Continue(())
     }
 }
 

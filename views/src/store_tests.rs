@@ -7,6 +7,7 @@
 use crate::ShardSource;
 use crate::SqlEngine;
 use crate::materialized_tests::{Ev, VIEWS, event, rows_text};
+use datafusion::common::ScalarValue;
 use futures::TryStreamExt;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -403,6 +404,50 @@ async fn a_lookup_plan_is_kept_by_shape_and_left_when_its_view_changes() {
         ["10"]
     );
     assert_eq!(engine.plans.kept().len(), 2);
+    // A query with placeholders of its own (as PostgreSQL and Flight SQL clients send them) is
+    // its own shape, with the values given: here the shape of the literal lookups above, whose
+    // kept plan answers it. A value of another type is not bound into it.
+    let with_params = |key: ScalarValue| {
+        let engine = &engine;
+        async move {
+            let access = crate::Access::all();
+            let out = engine
+                .run(crate::Query {
+                    sql: "SELECT key, n FROM by_key WHERE key = $1",
+                    access: &access,
+                    after: None,
+                    params: Some(vec![key].into()),
+                    flavor: crate::Flavor::Plain,
+                })
+                .await?;
+            let batches: Vec<_> = out.batches.try_collect().await?;
+            Ok::<_, crate::Error>(rows_text(&batches))
+        }
+    };
+    let utf8 = |k: &str| ScalarValue::Utf8(Some(k.into()));
+    assert_eq!(with_params(utf8("k1")).await.unwrap(), ["k1|10"]);
+    assert_eq!(with_params(utf8("k2")).await.unwrap(), ["k2|10"]);
+    assert_eq!(engine.plans.kept().len(), 2);
+    assert!(with_params(ScalarValue::Int64(Some(1))).await.is_err());
+    assert_eq!(with_params(utf8("k4")).await.unwrap(), ["k4|10"]);
+    // With placeholders of its own in another place: kept as a shape of its own.
+    let sql = "SELECT n FROM by_key WHERE key = $1 AND n = 10";
+    let access = crate::Access::all();
+    for k in ["k0", "k1"] {
+        let out = engine
+            .run(crate::Query {
+                sql,
+                access: &access,
+                after: None,
+                params: Some(vec![utf8(k)].into()),
+                flavor: crate::Flavor::Plain,
+            })
+            .await
+            .unwrap();
+        let batches: Vec<_> = out.batches.try_collect().await.unwrap();
+        assert_eq!(rows_text(&batches), ["10"]);
+    }
+    assert_eq!(engine.plans.kept().len(), 3);
     // Grants are checked on the kept plan too.
     let other = crate::Access {
         admin: false,
@@ -423,7 +468,7 @@ async fn a_lookup_plan_is_kept_by_shape_and_left_when_its_view_changes() {
     assert_eq!(rows(&engine, &both(10)).await, ["k0"]);
     assert_eq!(rows(&engine, &both(9)).await, Vec::<String>::new());
     let kept = engine.plans.kept();
-    assert_eq!(kept.len(), 3);
+    assert_eq!(kept.len(), 4);
     assert_eq!(kept.iter().filter(|k| k.starts_with("physical")).count(), 2);
     // The view replaced by another definition: the shape is planned again over the new one.
     engine.query("DROP MATERIALIZED VIEW by_key").await.unwrap();
