@@ -134,6 +134,19 @@ def psycopg_checks():
         conn.execute("RESET strata.after")
         views = conn.execute("SELECT * FROM by_country ORDER BY country").fetchall()
         check("psycopg reads the materialized view", len(views) == len(EXPECTED_GROUP), views)
+        # Key lookups with a parameter, each country in turn (the node keeps the lookup's plan
+        # and binds each key into it): the same rows as the literal query over HTTP.
+        for prepare in (False, True):
+            for e in EXPECTED_GROUP:
+                country = e["country"]
+                rows = conn.cursor(binary=True).execute(
+                    "SELECT country, n, total FROM by_country WHERE country = %s", (country,), prepare=prepare
+                ).fetchall()
+                want = http_rows(f"SELECT country, n, total FROM by_country WHERE country = '{country}'")
+                check(
+                    f"psycopg view lookup by parameter {country} (prepare={prepare})",
+                    *same(rows, want, ["country", "n", "total"]),
+                )
         shown = conn.execute("SHOW VIEWS").fetchall()
         check("psycopg SHOW VIEWS", any(r[0] == "by_country" for r in shown), shown)
         for sql, state in [
