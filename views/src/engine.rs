@@ -1,7 +1,7 @@
 //! The read-only SQL engine.
 
 use crate::materialized::{ViewStatement, view_statement};
-use crate::plan_cache::{self, Cached, Lookup, PlanCache, Shape};
+use crate::plan_cache::PlanCache;
 use crate::sandbox::{check_read_only, verify_read_only};
 use crate::source::ShardSource;
 use crate::table::{ReadAfter, StreamTable};
@@ -20,8 +20,8 @@ use datafusion::execution::context::SessionState;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, execute_stream};
 use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::Statement as DfStatement;
 use parking_lot::{Mutex, RwLock};
@@ -229,14 +229,6 @@ enum Planned {
     Plan(Box<SessionState>, LogicalPlan),
 }
 
-/// What the plan cache gives for a query.
-enum FromCache {
-    /// The kept plan with its values bound in its view scans.
-    Physical(Arc<Cached>, Arc<dyn ExecutionPlan>),
-    /// The kept optimised plan with its values in place.
-    Logical(LogicalPlan),
-}
-
 /// Answers read-only SQL over the store's streams, and keeps its materialized views.
 pub struct SqlEngine {
     pub(crate) ctx: SessionContext,
@@ -260,9 +252,9 @@ pub struct SqlEngine {
     pub(crate) plans: PlanCache,
     /// Whether the plan cache keeps physical plans too (not when queries span nodes, whose
     /// plans are made per query).
-    physical_cache: bool,
+    pub(crate) physical_cache: bool,
     /// The task contexts of kept physical plans: plain, PostgreSQL.
-    tasks: [Arc<TaskContext>; 2],
+    pub(crate) tasks: [Arc<TaskContext>; 2],
 }
 
 impl SqlEngine {
@@ -493,107 +485,6 @@ impl SqlEngine {
         verify_read_only(&plan)?;
         self.check_tables(&plan, access)?;
         Ok(Planned::Plan(Box::new(state), plan))
-    }
-
-    /// `statement` started from the plan kept for its shape (planned now and kept on a miss);
-    /// `None` when the statement has no shape or its shape is not kept, and it is planned in
-    /// full. The session is cloned only when the kept plan is a logical one.
-    async fn start_kept(
-        &self,
-        base: &SessionState,
-        statement: &DfStatement,
-        query: &Query<'_>,
-    ) -> Result<Option<QueryOutput>> {
-        let (access, flavor) = (query.access, query.flavor);
-        let shape = plan_cache::shape(statement, flavor, &self.views, query.params.as_ref());
-        let Some(shape) = shape else {
-            return Ok(None);
-        };
-        check_read_only(statement)?;
-        match self.cached_plan(base, shape).await {
-            Some(FromCache::Physical(cached, physical)) => {
-                self.check_tables(&cached.plan, access)?;
-                let task = match flavor {
-                    Flavor::Plain => &self.tasks[0],
-                    Flavor::Postgres => &self.tasks[1],
-                };
-                Ok(Some(QueryOutput {
-                    schema: Arc::new(cached.plan.schema().as_arrow().clone()),
-                    batches: execute_stream(physical, task.clone())?,
-                }))
-            }
-            Some(FromCache::Logical(plan)) => {
-                self.check_tables(&plan, access)?;
-                let physical = base
-                    .query_planner()
-                    .create_physical_plan(&plan, base)
-                    .await?;
-                Ok(Some(QueryOutput {
-                    schema: Arc::new(plan.schema().as_arrow().clone()),
-                    batches: execute_stream(physical, base.task_ctx())?,
-                }))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// The plan of `shape` with its values in place, from the cache or planned now and kept:
-    /// physical when the kept plan binds its values in its view scans, else the optimised
-    /// logical plan; `None` when the shape is not kept (or its plan does not take the values),
-    /// and the statement is planned in full.
-    async fn cached_plan(&self, state: &SessionState, shape: Shape) -> Option<FromCache> {
-        let cached = match self.plans.get(&shape, &self.views) {
-            Lookup::Skip => {
-                metrics::counter!("strata_query_plan_cache_total", "outcome" => "skip")
-                    .increment(1);
-                return None;
-            }
-            Lookup::Hit(cached) => {
-                metrics::counter!("strata_query_plan_cache_total", "outcome" => "hit").increment(1);
-                cached
-            }
-            Lookup::Miss => {
-                metrics::counter!("strata_query_plan_cache_total", "outcome" => "miss")
-                    .increment(1);
-                let planned = async {
-                    let plan = state.statement_to_plan(shape.template.clone()).await.ok()?;
-                    verify_read_only(&plan).ok()?;
-                    let views = plan_cache::cacheable(&plan, &shape.values)?;
-                    let plan = state.optimize(&plan).ok()?;
-                    let physical = if self.physical_cache {
-                        state
-                            .query_planner()
-                            .create_physical_plan(&plan, state)
-                            .await
-                            .ok()
-                            .filter(plan_cache::reusable)
-                    } else {
-                        None
-                    };
-                    Some(Cached {
-                        plan,
-                        views,
-                        physical,
-                    })
-                }
-                .await;
-                let Some(cached) = planned else {
-                    self.plans.put(&shape, None);
-                    return None;
-                };
-                let cached = Arc::new(cached);
-                self.plans.put(&shape, Some(cached.clone()));
-                cached
-            }
-        };
-        let values = ParamValues::from(shape.values);
-        if let Some(physical) = &cached.physical
-            && let Some(bound) = plan_cache::bind(physical, &values)
-        {
-            return Some(FromCache::Physical(cached, bound));
-        }
-        let plan = cached.plan.clone().with_param_values(values).ok()?;
-        Some(FromCache::Logical(plan))
     }
 
     async fn start(

@@ -16,17 +16,23 @@
 //! functions are immutable (`now()` is folded into a constant by the optimiser). A literal is
 //! taken out only when its type is the one the placeholder is inferred to have, so the plan is the
 //! one the literal would have got.
+//!
+//! [`SqlEngine::start_kept`] is where a query meets the cache: it finds or makes the kept plan,
+//! checks grants on it and starts it.
 
-use crate::engine::{Flavor, ViewRegistry};
+use crate::Result;
+use crate::engine::{Flavor, Query, QueryOutput, SqlEngine, ViewRegistry};
 use crate::materialized::ViewPlan;
+use crate::sandbox::{check_read_only, verify_read_only};
 use crate::view_table::{ViewScanExec, ViewTable};
 use arrow::datatypes::DataType;
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::datasource::source_as_provider;
+use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{Expr as LExpr, LogicalPlan, Volatility};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr, ObjectName, SetExpr, Statement, Value, Visit, Visitor,
@@ -38,6 +44,14 @@ use std::sync::Arc;
 
 /// The most shapes kept; when full, the cache starts over.
 const MAX_SHAPES: usize = 512;
+
+/// What the plan cache gives for a query.
+enum FromCache {
+    /// The kept plan with its values bound in its view scans.
+    Physical(Arc<Cached>, Arc<dyn ExecutionPlan>),
+    /// The kept optimised plan with its values in place.
+    Logical(LogicalPlan),
+}
 
 /// A statement with the literals of its `column = literal` conjuncts taken out (or, for one with
 /// placeholders of its own, the statement and the values given for them).
@@ -369,4 +383,107 @@ pub(crate) fn bind(
         })
         .ok()?;
     whole.then_some(bound.data)
+}
+
+impl SqlEngine {
+    /// `statement` started from the plan kept for its shape (planned now and kept on a miss);
+    /// `None` when the statement has no shape or its shape is not kept, and it is planned in
+    /// full. The session is cloned only when the kept plan is a logical one.
+    pub(crate) async fn start_kept(
+        &self,
+        base: &SessionState,
+        statement: &DfStatement,
+        query: &Query<'_>,
+    ) -> Result<Option<QueryOutput>> {
+        let (access, flavor) = (query.access, query.flavor);
+        let shape = shape(statement, flavor, &self.views, query.params.as_ref());
+        let Some(shape) = shape else {
+            return Ok(None);
+        };
+        check_read_only(statement)?;
+        match self.cached_plan(base, shape).await {
+            Some(FromCache::Physical(cached, physical)) => {
+                self.check_tables(&cached.plan, access)?;
+                let task = match flavor {
+                    Flavor::Plain => &self.tasks[0],
+                    Flavor::Postgres => &self.tasks[1],
+                };
+                Ok(Some(QueryOutput {
+                    schema: Arc::new(cached.plan.schema().as_arrow().clone()),
+                    batches: execute_stream(physical, task.clone())?,
+                }))
+            }
+            Some(FromCache::Logical(plan)) => {
+                self.check_tables(&plan, access)?;
+                let physical = base
+                    .query_planner()
+                    .create_physical_plan(&plan, base)
+                    .await?;
+                Ok(Some(QueryOutput {
+                    schema: Arc::new(plan.schema().as_arrow().clone()),
+                    batches: execute_stream(physical, base.task_ctx())?,
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The plan of `shape` with its values in place, from the cache or planned now and kept:
+    /// physical when the kept plan binds its values in its view scans, else the optimised
+    /// logical plan; `None` when the shape is not kept (or its plan does not take the values),
+    /// and the statement is planned in full.
+    async fn cached_plan(&self, state: &SessionState, shape: Shape) -> Option<FromCache> {
+        let cached = match self.plans.get(&shape, &self.views) {
+            Lookup::Skip => {
+                metrics::counter!("strata_query_plan_cache_total", "outcome" => "skip")
+                    .increment(1);
+                return None;
+            }
+            Lookup::Hit(cached) => {
+                metrics::counter!("strata_query_plan_cache_total", "outcome" => "hit").increment(1);
+                cached
+            }
+            Lookup::Miss => {
+                metrics::counter!("strata_query_plan_cache_total", "outcome" => "miss")
+                    .increment(1);
+                let planned = async {
+                    let plan = state.statement_to_plan(shape.template.clone()).await.ok()?;
+                    verify_read_only(&plan).ok()?;
+                    let views = cacheable(&plan, &shape.values)?;
+                    let plan = state.optimize(&plan).ok()?;
+                    let physical = if self.physical_cache {
+                        state
+                            .query_planner()
+                            .create_physical_plan(&plan, state)
+                            .await
+                            .ok()
+                            .filter(reusable)
+                    } else {
+                        None
+                    };
+                    Some(Cached {
+                        plan,
+                        views,
+                        physical,
+                    })
+                }
+                .await;
+                let Some(cached) = planned else {
+                    self.plans.put(&shape, None);
+                    return None;
+                };
+                let cached = Arc::new(cached);
+                self.plans.put(&shape, Some(cached.clone()));
+                cached
+            }
+        };
+        let values = ParamValues::from(shape.values);
+        if let Some(physical) = &cached.physical
+            && let Some(bound) = bind(physical, &values)
+        {
+            return Some(FromCache::Physical(cached, bound));
+        }
+        let plan = cached.plan.clone().with_param_values(values).ok()?;
+        Some(FromCache::Logical(plan))
+    }
 }
