@@ -56,11 +56,17 @@ enum FromCache {
 /// A statement with the literals of its `column = literal` conjuncts taken out (or, for one with
 /// placeholders of its own, the statement and the values given for them).
 pub(crate) struct Shape {
-    /// The statement with `$1`, `$2`, … in place of the literals.
-    pub(crate) template: DfStatement,
     /// The literals (or the given values), in placeholder order.
     pub(crate) values: Vec<ScalarValue>,
+    /// Holds the statement with `$1`, `$2`, … in place of the literals (its template).
     key: Key,
+}
+
+impl Shape {
+    /// The statement with `$1`, `$2`, … in place of the literals, to plan.
+    pub(crate) fn template(&self) -> DfStatement {
+        DfStatement::Statement(Box::new(self.key.1.clone()))
+    }
 }
 
 /// A shape by its session, its statement (placeholders in) and the types of the literals taken
@@ -202,8 +208,7 @@ pub(crate) fn shape(
     };
     let types = values.iter().map(ScalarValue::data_type).collect();
     Some(Shape {
-        key: (flavor, template.clone(), types),
-        template: DfStatement::Statement(Box::new(template)),
+        key: (flavor, template, types),
         values,
     })
 }
@@ -447,7 +452,7 @@ impl SqlEngine {
                 metrics::counter!("strata_query_plan_cache_total", "outcome" => "miss")
                     .increment(1);
                 let planned = async {
-                    let plan = state.statement_to_plan(shape.template.clone()).await.ok()?;
+                    let plan = state.statement_to_plan(shape.template()).await.ok()?;
                     verify_read_only(&plan).ok()?;
                     let views = cacheable(&plan, &shape.values)?;
                     let plan = state.optimize(&plan).ok()?;
