@@ -42,7 +42,7 @@ const COLUMN_VERSION_1: u8 = 1;
 /// A column value: this byte, seven zero bytes, then its Arrow stream. The stream starts 8 bytes
 /// in so that its buffers are 8-aligned wherever the value is (fjall 3.1 hands a blob value back
 /// 56 bytes into an 8-aligned allocation), and numbers and offsets are used where they were read
-/// instead of copied to aligned memory (a seventh of a `GROUP BY` over 10M rows).
+/// instead of copied to aligned memory (6.5 % of a `GROUP BY`'s CPU over 10M rows).
 const COLUMN_VERSION: u8 = 2;
 /// Bytes before a version 2 column's Arrow stream.
 const COLUMN_HEADER: usize = 8;
@@ -336,7 +336,9 @@ where
         reason: reason.into(),
     };
     let start = match value.as_ref() {
-        [COLUMN_VERSION, header @ ..] if header.get(..COLUMN_HEADER - 1) == Some(&[0; 7]) => {
+        [COLUMN_VERSION, header @ ..]
+            if header.get(..COLUMN_HEADER - 1) == Some(&[0; COLUMN_HEADER - 1]) =>
+        {
             COLUMN_HEADER
         }
         [COLUMN_VERSION_1, ..] => 1,
