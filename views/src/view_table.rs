@@ -51,59 +51,54 @@ impl ViewTable {
         Self { source, name, plan }
     }
 
-    /// The literal values `expr` allows for an output column: `col = v`, `v = col` or
-    /// `col IN (v, …)`.
-    fn equalities(&self, expr: &Expr) -> Option<(usize, Vec<ScalarValue>)> {
+    /// `expr` as an equality of an output column with values — `col = v`, `v = col` or
+    /// `col IN (v, …)` — as the column's index and the value expressions.
+    fn compared<'e>(&self, expr: &'e Expr) -> Option<(usize, Vec<&'e Expr>)> {
         let schema = self.plan.schema();
         let column = |e: &Expr| match e {
             Expr::Column(c) => schema.index_of(&c.name).ok(),
             _ => None,
         };
-        let literal = |e: &Expr| match e {
-            Expr::Literal(v, _) => Some(v.clone()),
-            _ => None,
-        };
         match expr {
             Expr::BinaryExpr(BinaryExpr {
                 left,
                 op: Operator::Eq,
                 right,
-            }) => match (column(left), literal(right), column(right), literal(left)) {
-                (Some(c), Some(v), _, _) | (_, _, Some(c), Some(v)) => Some((c, vec![v])),
+            }) => match (column(left), column(right)) {
+                (Some(c), None) => Some((c, vec![right.as_ref()])),
+                (None, Some(c)) => Some((c, vec![left.as_ref()])),
                 _ => None,
             },
             Expr::InList(list) if !list.negated && list.list.len() <= 1000 => {
-                let c = column(&list.expr)?;
-                let values = list.list.iter().map(literal).collect::<Option<Vec<_>>>()?;
-                Some((c, values))
+                Some((column(&list.expr)?, list.list.iter().collect()))
             }
             _ => None,
         }
     }
 
+    /// The literal values `expr` allows for an output column: `col = v`, `v = col` or
+    /// `col IN (v, …)`.
+    fn equalities(&self, expr: &Expr) -> Option<(usize, Vec<ScalarValue>)> {
+        let (c, values) = self.compared(expr)?;
+        let values = values
+            .into_iter()
+            .map(|e| match e {
+                Expr::Literal(v, _) => Some(v.clone()),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some((c, values))
+    }
+
     /// Whether `expr` is an equality on a group column with literals or placeholders (`col = v`,
     /// `col = $1`, `col IN (v, …)`): the scan applies it, by the point read or a filter.
     fn pins_group_column(&self, expr: &Expr) -> bool {
-        let key_columns = self.plan.key_columns();
-        let schema = self.plan.schema();
-        let group = |e: &Expr| match e {
-            Expr::Column(c) => schema
-                .index_of(&c.name)
-                .is_ok_and(|i| key_columns.contains(&Some(i))),
-            _ => false,
-        };
-        let value = |e: &Expr| matches!(e, Expr::Literal(..) | Expr::Placeholder(_));
-        match expr {
-            Expr::BinaryExpr(BinaryExpr {
-                left,
-                op: Operator::Eq,
-                right,
-            }) => (group(left) && value(right)) || (value(left) && group(right)),
-            Expr::InList(list) if !list.negated && list.list.len() <= 1000 => {
-                group(&list.expr) && list.list.iter().all(value)
-            }
-            _ => false,
-        }
+        self.compared(expr).is_some_and(|(c, values)| {
+            self.plan.key_columns().contains(&Some(c))
+                && values
+                    .iter()
+                    .all(|e| matches!(e, Expr::Literal(..) | Expr::Placeholder(_)))
+        })
     }
 
     /// The stored keys the filters pin down, when they pin every group column, with the
