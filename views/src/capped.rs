@@ -65,6 +65,7 @@ pub(crate) fn register(ctx: &SessionContext) {
             }));
         }
     }
+    crate::capped_agg::register(ctx);
 }
 
 /// A scalar function that reserves its output's estimated size before running.
@@ -91,7 +92,7 @@ impl Hash for Capped {
 }
 
 /// Per row, the byte length of a text argument (0 for null or non-text).
-fn text_lengths(arg: &ColumnarValue, rows: usize) -> Vec<u64> {
+pub(crate) fn text_lengths(arg: &ColumnarValue, rows: usize) -> Vec<u64> {
     match arg {
         ColumnarValue::Scalar(s) => {
             let len = match s {

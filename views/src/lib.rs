@@ -45,6 +45,7 @@ macro_rules! leaf_plan {
 
 mod browse;
 mod capped;
+mod capped_agg;
 mod engine;
 mod error;
 mod event_filter;
