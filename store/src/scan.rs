@@ -30,6 +30,10 @@ pub struct ScanRequest {
     pub key: Option<String>,
     /// Stop after this many rows.
     pub limit: Option<usize>,
+    /// Table columns (of `projection`) returned as the blocks store them: a text column a block
+    /// keeps dictionary-encoded comes as `Dictionary(Int32, Utf8)` instead of being expanded to
+    /// `Utf8View` (each batch's schema says which). For an operator that groups by the column.
+    pub as_stored: Vec<usize>,
 }
 
 impl ScanRequest {
@@ -41,6 +45,7 @@ impl ScanRequest {
             time: None,
             key: None,
             limit: None,
+            as_stored: Vec::new(),
         }
     }
 }
@@ -179,7 +184,14 @@ impl ShardScan {
         projection: &[usize],
         schema: SchemaRef,
     ) -> Result<RecordBatch> {
-        read_source(&self.shard, &self.fields, source, projection, schema)
+        read_source(
+            &self.shard,
+            &self.fields,
+            source,
+            projection,
+            &self.request.as_stored,
+            schema,
+        )
     }
 
     /// Reads `projection` plus the offsets and times of `source` (those two last).
@@ -328,12 +340,14 @@ impl Iterator for ShardScan {
 }
 
 /// Reads the table columns `projection` of a block or tail chunk as a batch of `schema`. A
-/// declared field written after the source was stored reads as NULL.
+/// declared field written after the source was stored reads as NULL. The columns of `as_stored`
+/// that a block keeps dictionary-encoded stay so, and the batch's schema says it.
 fn read_source(
     shard: &Shard,
     fields: &[FieldDef],
     source: &Source,
     projection: &[usize],
+    as_stored: &[usize],
     schema: SchemaRef,
 ) -> Result<RecordBatch> {
     let meta = source.meta();
@@ -393,7 +407,14 @@ fn read_source(
             match read {
                 Some(bytes) => {
                     let t = schema.field(i).data_type();
-                    let array = as_table_type(decode_column(bytes, label)?, t)?;
+                    let decoded = decode_column(bytes, label)?;
+                    let array = if as_stored.contains(&c)
+                        && matches!(decoded.data_type(), DataType::Dictionary(..))
+                    {
+                        decoded
+                    } else {
+                        as_table_type(decoded, t)?
+                    };
                     if array.len() != rows {
                         return Err(Error::Corrupt {
                             location: label(),
@@ -410,6 +431,20 @@ fn read_source(
             }
         })
         .collect::<Result<Vec<_>>>()?;
+    let schema = if columns
+        .iter()
+        .zip(schema.fields())
+        .all(|(c, f)| c.data_type() == f.data_type())
+    {
+        schema
+    } else {
+        let fields: Vec<_> = columns
+            .iter()
+            .zip(schema.fields())
+            .map(|(c, f)| f.as_ref().clone().with_data_type(c.data_type().clone()))
+            .collect();
+        Arc::new(Schema::new(fields))
+    };
     let options = RecordBatchOptions::new().with_row_count(Some(rows));
     Ok(RecordBatch::try_new_with_options(
         schema, columns, &options,
@@ -429,7 +464,7 @@ pub(crate) fn offset_for_time(
         if source.meta().max_time < time_ms {
             continue;
         }
-        let batch = read_source(shard, &[], &source, &projection, schema.clone())?;
+        let batch = read_source(shard, &[], &source, &projection, &[], schema.clone())?;
         let offsets = batch.column(0).as_primitive::<Int64Type>();
         let times = batch.column(1).as_primitive::<TimestampMillisecondType>();
         if let Some(i) = times.values().iter().position(|&t| t >= time_ms) {

@@ -416,6 +416,7 @@ impl Store {
                 time: None,
                 key: None,
                 limit: None,
+                as_stored: Vec::new(),
             };
             let scan = ShardScan::new(shard.clone(), &info, snapshot, state, request, Vec::new())?;
             let mut at = from;

@@ -3,7 +3,7 @@
 use crate::schema::{self, table_schema};
 use crate::{ScanRequest, Store, StoreConfig};
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Int64Type, TimestampMillisecondType};
+use arrow::datatypes::{DataType, Int64Type, TimestampMillisecondType};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -363,6 +363,44 @@ fn blocks_are_made_in_the_background_and_commits_make_them_past_the_backlog() {
 }
 
 #[test]
+fn text_columns_come_as_the_blocks_store_them_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 40);
+    // Five keys: a block of 40 rows keeps them as a dictionary; 20 rows stay in the tail.
+    let records: Vec<Record> = (0..100)
+        .map(|o| record(o, o as i64, Some(&format!("k{}", o % 5)), None))
+        .collect();
+    store.commit(&stream(), 1, records).unwrap();
+    let request = |as_stored: Vec<usize>| ScanRequest {
+        projection: vec![schema::KEY, schema::OFFSET],
+        as_stored,
+        ..ScanRequest::all()
+    };
+    let expanded = scan(&store, request(vec![]));
+    let stored = scan(&store, request(vec![schema::KEY]));
+    assert_eq!(offsets_of(&expanded, 1), (0..100).collect::<Vec<_>>());
+    assert_eq!(offsets_of(&stored, 1), offsets_of(&expanded, 1));
+    let dictionaries = stored
+        .iter()
+        .filter(|b| matches!(b.column(0).data_type(), DataType::Dictionary(..)))
+        .count();
+    assert_eq!(dictionaries, 2, "the two blocks' keys");
+    for (stored, expanded) in stored.iter().zip(&expanded) {
+        // Each batch's schema says what it holds, and the values are the same.
+        assert_eq!(
+            stored.schema().field(0).data_type(),
+            stored.column(0).data_type()
+        );
+        assert!(!matches!(
+            expanded.column(0).data_type(),
+            DataType::Dictionary(..)
+        ));
+        let as_text = arrow::compute::cast(stored.column(0), expanded.column(0).data_type());
+        assert_eq!(&as_text.unwrap(), expanded.column(0));
+    }
+}
+
+#[test]
 fn block_columns_read_back_from_disk_are_used_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_with(dir.path(), 1000, 0);
@@ -456,7 +494,7 @@ proptest! {
         let key = key.map(|k| format!("k{k}"));
         let request = ScanRequest {
             projection: vec![schema::OFFSET, schema::TIME],
-            offsets: offsets.clone(), time, key: key.clone(), limit: None,
+            offsets: offsets.clone(), time, key: key.clone(), limit: None, as_stored: Vec::new(),
         };
         let batches = scan(&store, request);
         // Time pruning is inexact: filter the scan's output by time as the query engine does.

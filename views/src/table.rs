@@ -2,6 +2,7 @@
 
 use crate::filters::ScanBounds;
 use crate::source::ShardSource;
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
@@ -88,13 +89,14 @@ pub struct ScanSpec {
 }
 
 impl ScanSpec {
-    fn request(&self) -> ScanRequest {
+    pub(crate) fn request(&self) -> ScanRequest {
         ScanRequest {
             projection: self.projection.clone(),
             offsets: self.offsets.0..self.offsets.1,
             time: self.time,
             key: self.key.clone(),
             limit: self.limit,
+            as_stored: Vec::new(),
         }
     }
 
@@ -104,6 +106,45 @@ impl ScanSpec {
             && self.time.is_none()
             && self.key.is_none()
             && self.limit.is_none()
+    }
+}
+
+/// One shard's read of a scan, detached from the plan: what [`StreamScanExec`] runs for an
+/// output partition, and what an operator that consumes the rows where they are read runs.
+pub(crate) struct ShardRead {
+    source: Arc<dyn ShardSource>,
+    stream: StreamName,
+    shard: u32,
+    /// What is read.
+    pub(crate) request: ScanRequest,
+    /// The offset the shard must have stored first, and how long to wait for it.
+    after: Option<(u64, Duration)>,
+}
+
+impl ShardRead {
+    /// Waits until the shard has stored what the query must see.
+    pub(crate) async fn wait(&self) -> Result<()> {
+        if let Some((offset, wait)) = self.after {
+            crate::source::wait_stored(
+                self.source.as_ref(),
+                &self.stream,
+                self.shard,
+                offset,
+                wait,
+            )
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        }
+        Ok(())
+    }
+
+    /// The shard's batches. Blocking: run it where blocking is allowed.
+    pub(crate) fn batches(self) -> Result<impl Iterator<Item = Result<RecordBatch>>> {
+        let scan = self
+            .source
+            .scan(&self.stream, self.shard, self.request)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(scan.map(|b| b.map_err(|e| DataFusionError::External(Box::new(e)))))
     }
 }
 
@@ -180,6 +221,24 @@ impl StreamScanExec {
     /// What this scan reads.
     pub fn spec(&self) -> &ScanSpec {
         &self.spec
+    }
+
+    /// The read of output partition `partition` (`None`: a padding partition, no rows).
+    pub(crate) fn shard_read(&self, partition: usize) -> Option<ShardRead> {
+        let &shard = self.spec.shards.get(partition)?;
+        let after = self
+            .spec
+            .after
+            .iter()
+            .find(|(p, _)| *p == shard)
+            .map(|&(_, offset)| (offset, Duration::from_millis(self.spec.wait_ms)));
+        Some(ShardRead {
+            source: self.source.clone(),
+            stream: self.stream.clone(),
+            shard,
+            request: self.spec.request(),
+            after,
+        })
     }
 
     /// The same scan over `shards` only, with `width` output partitions, meant for `holder`
@@ -287,34 +346,15 @@ impl ExecutionPlan for StreamScanExec {
             )));
         }
         let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema.clone(), 2);
-        let Some(&shard) = self.spec.shards.get(partition) else {
+        let Some(read) = self.shard_read(partition) else {
             // Padding of a share narrower than the others: no rows.
             return Ok(builder.build());
         };
         let tx = builder.tx();
-        let (source, stream, request) = (
-            self.source.clone(),
-            self.stream.clone(),
-            self.spec.request(),
-        );
-        let after = self
-            .spec
-            .after
-            .iter()
-            .find(|(p, _)| *p == shard)
-            .map(|&(_, offset)| (offset, Duration::from_millis(self.spec.wait_ms)));
         builder.spawn(async move {
-            if let Some((offset, wait)) = after {
-                crate::source::wait_stored(source.as_ref(), &stream, shard, offset, wait)
-                    .await
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            }
+            read.wait().await?;
             let read = tokio::task::spawn_blocking(move || {
-                let scan = source
-                    .scan(&stream, shard, request)
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                for batch in scan {
-                    let batch = batch.map_err(|e| DataFusionError::External(Box::new(e)));
+                for batch in read.batches()? {
                     let failed = batch.is_err();
                     if tx.blocking_send(batch).is_err() || failed {
                         // The query was cancelled (or this shard failed): stop reading.
