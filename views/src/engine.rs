@@ -311,7 +311,9 @@ impl SqlEngine {
                 .with_physical_optimizer_rule(Arc::new(crate::yielding::YieldAfterJoins));
             match &parts.distribute {
                 Some(hook) => hook(builder).build(),
-                None => builder.build(),
+                None => builder
+                    .with_physical_optimizer_rule(Arc::new(crate::grouped_scan::GroupByDictionary))
+                    .build(),
             }
         };
         let (query_state, pg_state) = (session(ctx.state()), session(pg.state()));

@@ -50,6 +50,7 @@ mod engine;
 mod error;
 mod event_filter;
 mod filters;
+mod grouped_scan;
 mod listing;
 mod manage;
 pub mod materialized;
