@@ -11,7 +11,8 @@
 //! aggregation above is unchanged. Text that is not a dictionary (the tail, a block column with
 //! many distinct values) goes into the same table row by row, as DataFusion's operator would.
 //!
-//! The rule replaces a partial `AggregateExec` directly over a [`StreamScanExec`] grouping by one
+//! The rule replaces a partial `AggregateExec` over a [`StreamScanExec`] (directly, or through a
+//! `FilterExec` whose predicate does not read the group column, applied here) grouping by one
 //! text column of the scan, with plain aggregates (no `DISTINCT`, `ORDER BY` or `FILTER`) that
 //! support grouped accumulation and do not read the group column. Only on a node that plans
 //! for itself: a plan spread over nodes is left as DataFusion makes it.
@@ -33,6 +34,7 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, evaluate_many};
+use datafusion::physical_plan::filter::{FilterExec, batch_filter};
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
@@ -73,10 +75,13 @@ impl PhysicalOptimizerRule for GroupByDictionary {
 pub(crate) struct ScanAggregateExec {
     /// The scan whose shards are read (a [`StreamScanExec`]).
     scan: Arc<dyn ExecutionPlan>,
-    /// The group column's index in the scan's output.
+    /// The group column's index in the aggregated rows (the scan's, or the filter's output).
     group: usize,
     /// The group column's index in the stream's table.
     table_column: usize,
+    /// A filter between the scan and the aggregation: its predicate over the scan's rows, and the
+    /// columns it keeps.
+    filter: Option<Filter>,
     aggregates: Vec<Arc<AggregateFunctionExpr>>,
     /// The partial aggregation's output: the group column, then each aggregate's state.
     schema: SchemaRef,
@@ -99,11 +104,36 @@ impl ScanAggregateExec {
         }
         let group = by.expr().first()?.0.downcast_ref::<Column>()?.index();
         let input = aggregate.input();
-        let scan = input.downcast_ref::<StreamScanExec>()?;
-        if scan.schema().fields().get(group)?.data_type() != &DataType::Utf8View {
+        if input.schema().fields().get(group)?.data_type() != &DataType::Utf8View {
             return None;
         }
-        let table_column = *scan.spec().projection.get(group)?;
+        // The scan, under the filter DataFusion applies when the predicate is not the scan's.
+        let (scan, filter, scan_group) = match input.downcast_ref::<FilterExec>() {
+            Some(filter) => {
+                let projection = filter.projection().as_ref().map(|p| p.to_vec());
+                let scan_group = match &projection {
+                    Some(p) => *p.get(group)?,
+                    None => group,
+                };
+                let reads_group = collect_columns(filter.predicate())
+                    .iter()
+                    .any(|c| c.index() == scan_group);
+                if filter.fetch().is_some() || reads_group {
+                    return None;
+                }
+                let filter = Filter {
+                    predicate: filter.predicate().clone(),
+                    projection,
+                };
+                (filter_input(input)?, Some(filter), scan_group)
+            }
+            None => (input.clone(), None, group),
+        };
+        let table_column = *scan
+            .downcast_ref::<StreamScanExec>()?
+            .spec()
+            .projection
+            .get(scan_group)?;
         let plain = aggregate.aggr_expr().iter().all(|a| {
             !a.is_distinct()
                 && a.order_bys().is_empty()
@@ -113,12 +143,36 @@ impl ScanAggregateExec {
                     .all(|e| collect_columns(e).iter().all(|c| c.index() != group))
         });
         plain.then(|| Self {
-            scan: input.clone(),
+            scan,
             group,
             table_column,
+            filter,
             aggregates: aggregate.aggr_expr().to_vec(),
             schema: aggregate.schema(),
             properties: aggregate.properties().clone(),
+        })
+    }
+}
+
+/// The input of a [`FilterExec`] `node`.
+fn filter_input(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+    Some(node.downcast_ref::<FilterExec>()?.input().clone())
+}
+
+/// A filter of the scan's rows before they are aggregated.
+#[derive(Clone, Debug)]
+struct Filter {
+    predicate: Arc<dyn PhysicalExpr>,
+    projection: Option<Vec<usize>>,
+}
+
+impl Filter {
+    /// The rows of `batch` the predicate keeps, with the columns the filter keeps.
+    fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let kept = batch_filter(batch, &self.predicate)?;
+        Ok(match &self.projection {
+            Some(columns) => kept.project(columns)?,
+            None => kept,
         })
     }
 }
@@ -128,10 +182,14 @@ impl DisplayAs for ScanAggregateExec {
         let names: Vec<&str> = self.aggregates.iter().map(|a| a.name()).collect();
         write!(
             f,
-            "ScanAggregateExec: mode=Partial, gby=[{}] by the blocks' dictionaries, aggr=[{}], over ",
+            "ScanAggregateExec: mode=Partial, gby=[{}] by the blocks' dictionaries, aggr=[{}], ",
             self.schema.field(0).name(),
             names.join(", ")
         )?;
+        if let Some(filter) = &self.filter {
+            write!(f, "filter={}, ", filter.predicate)?;
+        }
+        write!(f, "over ")?;
         self.scan.fmt_as(t, f)
     }
 }
@@ -162,6 +220,7 @@ impl ExecutionPlan for ScanAggregateExec {
         read.request.as_stored = vec![self.table_column];
         let group = Arc::new(Schema::new(vec![self.schema.field(0).clone()]));
         let mut groups = Groups::new(self.group, group, &self.aggregates)?;
+        let filter = self.filter.clone();
         let reservation = MemoryConsumer::new(format!("ScanAggregateExec[{partition}]"))
             .register(context.memory_pool());
         let (schema, batch_size) = (self.schema.clone(), context.session_config().batch_size());
@@ -174,7 +233,11 @@ impl ExecutionPlan for ScanAggregateExec {
                         // The query was cancelled: stop reading.
                         return Ok(());
                     }
-                    groups.update(&batch?)?;
+                    let batch = batch?;
+                    match &filter {
+                        Some(filter) => groups.update(&filter.apply(&batch)?)?,
+                        None => groups.update(&batch)?,
+                    }
                     reservation.try_resize(groups.size())?;
                 }
                 for batch in groups.emit(&schema, batch_size)? {
@@ -450,8 +513,12 @@ mod tests {
             (format!("SELECT country, count(*) AS n FROM s WHERE {one_row} GROUP BY country"), true),
             ("SELECT country, count(*) AS n FROM s WHERE \"offset\" BETWEEN 30 AND 41 GROUP BY country".into(), true),
             ("SELECT country, sum(amount) AS s FROM s WHERE key = 'k3' GROUP BY country".into(), true),
-            // Not replaced: a filter of DataFusion's, a DISTINCT aggregate, the group column read.
-            ("SELECT country, count(*) AS n FROM s WHERE amount > 50 GROUP BY country".into(), false),
+            // A filter the scan does not apply is applied before the grouping.
+            ("SELECT country, count(*) AS n, sum(amount) AS s FROM s WHERE amount > 50 GROUP BY country".into(), true),
+            ("SELECT country, count(*) AS n FROM s WHERE status LIKE 's1%' AND time >= TIMESTAMP '2023-11-14T22:13:20.100Z' GROUP BY country".into(), true),
+            // Not replaced: a filter reading the group column, a DISTINCT aggregate, the group
+            // column read by an aggregate, two group columns.
+            ("SELECT country, count(*) AS n FROM s WHERE country <> 'NL' GROUP BY country".into(), false),
             ("SELECT country, count(DISTINCT amount) AS n FROM s GROUP BY country".into(), false),
             ("SELECT country, count(country) AS n FROM s GROUP BY country".into(), false),
             ("SELECT country, status, count(*) AS n FROM s GROUP BY country, status".into(), false),
