@@ -104,28 +104,31 @@ impl ScanAggregateExec {
         }
         let group = by.expr().first()?.0.downcast_ref::<Column>()?.index();
         let input = aggregate.input();
-        if input.schema().fields().get(group)?.data_type() != &DataType::Utf8View {
+        if !matches!(
+            input.schema().fields().get(group)?.data_type(),
+            DataType::Utf8 | DataType::Utf8View
+        ) {
             return None;
         }
         // The scan, under the filter DataFusion applies when the predicate is not the scan's.
         let (scan, filter, scan_group) = match input.downcast_ref::<FilterExec>() {
-            Some(filter) => {
-                let projection = filter.projection().as_ref().map(|p| p.to_vec());
+            Some(exec) => {
+                let projection = exec.projection().as_ref().map(|p| p.to_vec());
                 let scan_group = match &projection {
                     Some(p) => *p.get(group)?,
                     None => group,
                 };
-                let reads_group = collect_columns(filter.predicate())
+                let reads_group = collect_columns(exec.predicate())
                     .iter()
                     .any(|c| c.index() == scan_group);
-                if filter.fetch().is_some() || reads_group {
+                if exec.fetch().is_some() || reads_group {
                     return None;
                 }
                 let filter = Filter {
-                    predicate: filter.predicate().clone(),
+                    predicate: exec.predicate().clone(),
                     projection,
                 };
-                (filter_input(input)?, Some(filter), scan_group)
+                (exec.input().clone(), Some(filter), scan_group)
             }
             None => (input.clone(), None, group),
         };
@@ -152,11 +155,6 @@ impl ScanAggregateExec {
             properties: aggregate.properties().clone(),
         })
     }
-}
-
-/// The input of a [`FilterExec`] `node`.
-fn filter_input(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
-    Some(node.downcast_ref::<FilterExec>()?.input().clone())
 }
 
 /// A filter of the scan's rows before they are aggregated.
@@ -262,6 +260,8 @@ struct Groups {
     arguments: Vec<Vec<Arc<dyn PhysicalExpr>>>,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
     table: Box<dyn GroupValues>,
+    /// The group column's type (`Utf8` or `Utf8View`), which the table takes.
+    text: DataType,
     /// Each row's group, for the batch at hand.
     rows: Vec<usize>,
     /// Scratch of a dictionary's batch: the groups of its values.
@@ -281,6 +281,7 @@ impl Groups {
                 .iter()
                 .map(|a| a.create_groups_accumulator())
                 .collect::<Result<_>>()?,
+            text: group.field(0).data_type().clone(),
             table: new_group_values(group, &GroupOrdering::None)?,
             rows: Vec::new(),
             values: Vec::new(),
@@ -291,9 +292,9 @@ impl Groups {
     /// each row takes its key's group.
     fn sort_rows(&mut self, column: &ArrayRef) -> Result<()> {
         let Some(dictionary) = column.as_dictionary_opt::<Int32Type>() else {
-            let column = match column.data_type() {
-                DataType::Utf8View => column.clone(),
-                _ => arrow::compute::cast(column, &DataType::Utf8View)?,
+            let column = match column.data_type() == &self.text {
+                true => column.clone(),
+                false => arrow::compute::cast(column, &self.text)?,
             };
             return self.table.intern(&[column], &mut self.rows);
         };
@@ -327,7 +328,7 @@ impl Groups {
             taken.push(None);
         }
         let texts = arrow::compute::take(values, &UInt32Array::from(taken.clone()), None)?;
-        let texts = arrow::compute::cast(&texts, &DataType::Utf8View)?;
+        let texts = arrow::compute::cast(&texts, &self.text)?;
         self.table.intern(&[texts], &mut self.values)?;
         for (key, &group) in taken.iter().zip(&self.values) {
             if let Some(key) = key {
@@ -445,7 +446,7 @@ mod tests {
                             time_ms: T0 + i as i64,
                             key: Some(format!("k{}", i % 7)),
                             id: None,
-                            event_type: None,
+                            event_type: (i % 3 != 0).then(|| format!("t{}", i % 2)),
                             data: format!(
                                 "{{\"country\": {country}, \"amount\": {}, \"status\": \"s{i}\"}}",
                                 i * (u64::from(partition) + 1)
@@ -508,7 +509,8 @@ mod tests {
             ("SELECT country, count(*) AS n, sum(amount) AS s, min(amount) AS lo, max(time) AS t, avg(amount) AS a FROM s GROUP BY country".to_string(), true),
             ("SELECT status, count(*) AS n, sum(amount) AS s FROM s GROUP BY status".into(), true),
             ("SELECT DISTINCT country FROM s".into(), true),
-            ("SELECT key, count(country) AS n FROM s GROUP BY key".into(), false),
+            ("SELECT key, count(country) AS n, sum(amount) AS s FROM s GROUP BY key".into(), true),
+            ("SELECT type, count(*) AS n FROM s WHERE key IN ('k1', 'k2') GROUP BY type".into(), true),
             // Blocks read in part keep their whole dictionary: only the rows' values are groups.
             (format!("SELECT country, count(*) AS n FROM s WHERE {one_row} GROUP BY country"), true),
             ("SELECT country, count(*) AS n FROM s WHERE \"offset\" BETWEEN 30 AND 41 GROUP BY country".into(), true),
