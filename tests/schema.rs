@@ -67,6 +67,17 @@ fn declared_fields_are_typed_columns() {
                 json!({"country": null, "n": 2, "total": null, "with_paid": 0}),
             ]
         );
+        // That answer was grouped where each shard is read, by the blocks' dictionaries.
+        let plan = rows(
+            &server,
+            "EXPLAIN SELECT country, count(*) AS n, sum(amount) AS total, count(paid) AS with_paid FROM orders GROUP BY country",
+        );
+        assert!(
+            plan.iter().any(|r| r["plan"]
+                .as_str()
+                .is_some_and(|p| p.contains("ScanAggregateExec"))),
+            "{plan:?}"
+        );
         assert_eq!(
             rows(&server, "SELECT count(*) AS n FROM orders WHERE paid"),
             vec![json!({"n": 8})]
