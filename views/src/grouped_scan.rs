@@ -236,7 +236,16 @@ impl ExecutionPlan for ScanAggregateExec {
                         Some(filter) => groups.update(&filter.apply(&batch)?)?,
                         None => groups.update(&batch)?,
                     }
-                    reservation.try_resize(groups.size())?;
+                    if reservation.try_resize(groups.size()).is_err() {
+                        // As DataFusion's partial aggregation does when memory runs short: hand
+                        // the groups so far on (the final aggregation merges them) and go on.
+                        for batch in groups.emit(&schema, batch_size)? {
+                            if tx.blocking_send(Ok(batch)).is_err() {
+                                return Ok(());
+                            }
+                        }
+                        reservation.try_resize(groups.size())?;
+                    }
                 }
                 for batch in groups.emit(&schema, batch_size)? {
                     if tx.blocking_send(Ok(batch)).is_err() {
@@ -374,8 +383,8 @@ impl Groups {
     }
 
     /// The partial aggregation's rows: each group's text and each aggregate's state, in batches
-    /// of `batch_size` rows.
-    fn emit(mut self, schema: &SchemaRef, batch_size: usize) -> Result<Vec<RecordBatch>> {
+    /// of `batch_size` rows. The groups are emptied.
+    fn emit(&mut self, schema: &SchemaRef, batch_size: usize) -> Result<Vec<RecordBatch>> {
         if self.table.is_empty() {
             return Ok(Vec::new());
         }
@@ -383,6 +392,9 @@ impl Groups {
         for accumulator in &mut self.accumulators {
             columns.extend(accumulator.state(EmitTo::All)?);
         }
+        self.table.clear_shrink(0);
+        self.rows = Vec::new();
+        self.values = Vec::new();
         let all = RecordBatch::try_new(schema.clone(), columns)?;
         let step = batch_size.max(1);
         Ok((0..all.num_rows())
@@ -539,5 +551,72 @@ mod tests {
             .await,
             vec!["DE|2"]
         );
+    }
+
+    /// A pool that lets the operator's groups hold at most 4 KiB, and anything else what it asks.
+    #[derive(Debug)]
+    struct Tight(datafusion::execution::memory_pool::GreedyMemoryPool);
+
+    impl std::fmt::Display for Tight {
+        fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "tight")
+        }
+    }
+
+    impl datafusion::execution::memory_pool::MemoryPool for Tight {
+        fn name(&self) -> &str {
+            "tight"
+        }
+
+        fn grow(&self, r: &datafusion::execution::memory_pool::MemoryReservation, n: usize) {
+            self.0.grow(r, n);
+        }
+
+        fn shrink(&self, r: &datafusion::execution::memory_pool::MemoryReservation, n: usize) {
+            self.0.shrink(r, n);
+        }
+
+        fn try_grow(
+            &self,
+            r: &datafusion::execution::memory_pool::MemoryReservation,
+            n: usize,
+        ) -> datafusion::error::Result<()> {
+            if r.consumer().name().starts_with("ScanAggregateExec") && r.size() + n > 4 << 10 {
+                return Err(datafusion::error::DataFusionError::ResourcesExhausted(
+                    "tight".into(),
+                ));
+            }
+            self.0.try_grow(r, n)
+        }
+
+        fn reserved(&self) -> usize {
+            self.0.reserved()
+        }
+    }
+
+    #[tokio::test]
+    async fn groups_over_the_memory_pool_are_handed_on_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path()).await;
+        let pool = datafusion::execution::memory_pool::GreedyMemoryPool::new(1 << 30);
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(Tight(pool)))
+            .build_arc()
+            .unwrap();
+        let tight = SqlEngine::open(EngineParts {
+            tables: store.clone(),
+            store: Some(store.clone()),
+            log: None,
+            runtime,
+            distribute: None,
+            explain: None,
+        })
+        .unwrap();
+        let plain = SqlEngine::new(store.clone(), None).unwrap();
+        // 210 statuses: more than 4 KiB of groups in each shard.
+        let sql = "SELECT status, count(*) AS n, sum(amount) AS s FROM s GROUP BY status";
+        let expected = rows(&plain, sql).await;
+        assert_eq!(expected.len(), 210);
+        assert_eq!(rows(&tight, sql).await, expected);
     }
 }
