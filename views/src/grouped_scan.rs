@@ -329,20 +329,20 @@ impl Groups {
                 .and_then(|k| group_of.get_mut(k))
                 .ok_or_else(out_of_range)? = 0;
         }
-        let mut taken: Vec<Option<u32>> = (0..values.len())
+        let used: Vec<usize> = (0..values.len())
             .filter(|&k| group_of[k] != UNUSED)
-            .map(|k| u32::try_from(k).ok())
             .collect();
-        if nulls {
-            taken.push(None);
-        }
-        let texts = arrow::compute::take(values, &UInt32Array::from(taken.clone()), None)?;
+        // The used values, then a NULL for the rows without a key.
+        let indices: UInt32Array = used
+            .iter()
+            .map(|&k| u32::try_from(k).ok())
+            .chain(nulls.then_some(None))
+            .collect();
+        let texts = arrow::compute::take(values, &indices, None)?;
         let texts = arrow::compute::cast(&texts, &self.text)?;
         self.table.intern(&[texts], &mut self.values)?;
-        for (key, &group) in taken.iter().zip(&self.values) {
-            if let Some(key) = key {
-                group_of[*key as usize] = group;
-            }
+        for (&key, &group) in used.iter().zip(&self.values) {
+            group_of[key] = group;
         }
         let null_group = self.values.last().copied().filter(|_| nulls);
         self.rows.clear();
