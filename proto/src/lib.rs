@@ -13,6 +13,7 @@ mod event;
 pub mod fields;
 #[cfg(test)]
 mod fuzz;
+mod line;
 mod log;
 mod name;
 mod partition;
@@ -21,10 +22,9 @@ mod token;
 pub use cluster::{Feed, Held, HeldPartition, Membership, NodeStatus, Stall};
 pub use condition::{BatchDecision, Condition, Expect, KeyDecision};
 pub use error::{Error, Result};
-pub use event::{
-    Event, Record, civil_from_days, format_time_ms, put_digits, write_ndjson_fields, write_time_ms,
-};
+pub use event::{Event, Record};
 pub use fields::{FieldDef, FieldSpec, FieldType, FieldValue};
+pub use line::{Line, civil_from_days, format_time_ms, needs_escape, put_digits, write_time_ms};
 pub use log::{
     Catalog, IdLookup, Log, LogReader, OffsetRange, ShardSink, SharedView, StreamInfo,
     SubscriptionCatalog, SubscriptionConsumer, SubscriptionState, ViewCatalog,
