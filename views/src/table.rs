@@ -89,7 +89,7 @@ pub struct ScanSpec {
 }
 
 impl ScanSpec {
-    pub(crate) fn request(&self) -> ScanRequest {
+    fn request(&self) -> ScanRequest {
         ScanRequest {
             projection: self.projection.clone(),
             offsets: self.offsets.0..self.offsets.1,
