@@ -2,7 +2,7 @@
 
 use crate::{Error, Result};
 use serde::Deserialize;
-use serde::de::{Deserializer, Error as _};
+use serde::de::Deserializer;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use strata_proto::fields::validate_fields;
@@ -57,20 +57,72 @@ fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>,
 
 fn de_string<'de, D: Deserializer<'de>>(
     d: D,
-    field: &str,
+    field: &'static str,
     max: usize,
 ) -> Result<Option<String>, D::Error> {
-    match Option::<Value>::deserialize(d)? {
-        None => Ok(None),
-        Some(Value::String(s)) if s.len() > max => Err(D::Error::custom(format!(
-            "`{field}` is {} bytes, over the limit of {max}",
-            s.len()
-        ))),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(D::Error::custom(format!(
-            "`{field}` must be a string, got {}",
-            kind(&other)
-        ))),
+    d.deserialize_option(OptionalText { field, max })
+}
+
+/// `key`, `id` or `type`: a string up to `max` bytes, or `null`; taken as the string it is, without
+/// a JSON value in between.
+struct OptionalText {
+    field: &'static str,
+    max: usize,
+}
+
+impl OptionalText {
+    fn wrong<E: serde::de::Error>(&self, kind: &str) -> E {
+        E::custom(format!("`{}` must be a string, got {kind}", self.field))
+    }
+
+    fn text<E: serde::de::Error>(&self, s: &str) -> Result<Option<String>, E> {
+        if s.len() > self.max {
+            return Err(E::custom(format!(
+                "`{}` is {} bytes, over the limit of {}",
+                self.field,
+                s.len(),
+                self.max
+            )));
+        }
+        Ok(Some(s.to_owned()))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for OptionalText {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "`{}` as a string", self.field)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        self.text(s)
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Err(self.wrong("a boolean"))
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Err(self.wrong("a number"))
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Err(self.wrong("a number"))
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Err(self.wrong("a number"))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(self.wrong("an array"))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(self.wrong("an object"))
     }
 }
 
@@ -329,6 +381,32 @@ mod tests {
         assert!(
             reason("{\"data\":1}\n\n{\"data\":1,\"key\":5}")
                 .starts_with("line 3: `key` must be a string, got a number")
+        );
+        for (value, kind) in [
+            ("[\"k\"]", "an array"),
+            ("{\"k\":1}", "an object"),
+            ("true", "a boolean"),
+            ("-1.5", "a number"),
+        ] {
+            for field in ["key", "id", "type"] {
+                let body = format!("{{\"data\":1,\"{field}\":{value}}}");
+                assert!(
+                    reason(&body)
+                        .starts_with(&format!("line 1: `{field}` must be a string, got {kind}")),
+                    "{body}: {}",
+                    reason(&body)
+                );
+            }
+        }
+        let events =
+            decode("{\"data\":1,\"key\":null,\"id\":\"i\\u00e9\",\"type\":\"t\"}").unwrap();
+        assert_eq!(
+            (
+                events[0].key.as_deref(),
+                events[0].id.as_deref(),
+                events[0].event_type.as_deref()
+            ),
+            (None, Some("ié"), Some("t"))
         );
         assert!(reason("{\"data\":1,\"dat\":2}").contains("unknown field `dat`"));
         assert!(reason("{\"data\":1,\"time\":\"yesterday\"}").contains("not RFC 3339"));
