@@ -2,7 +2,7 @@
 
 use crate::{Error, Result};
 use serde::Deserialize;
-use serde::de::Deserializer;
+use serde::de::{Deserializer, Error as _};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use strata_proto::fields::validate_fields;
@@ -57,72 +57,20 @@ fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>,
 
 fn de_string<'de, D: Deserializer<'de>>(
     d: D,
-    field: &'static str,
+    field: &str,
     max: usize,
 ) -> Result<Option<String>, D::Error> {
-    d.deserialize_option(OptionalText { field, max })
-}
-
-/// `key`, `id` or `type`: a string up to `max` bytes, or `null`; taken as the string it is, without
-/// a JSON value in between.
-struct OptionalText {
-    field: &'static str,
-    max: usize,
-}
-
-impl OptionalText {
-    fn wrong<E: serde::de::Error>(&self, kind: &str) -> E {
-        E::custom(format!("`{}` must be a string, got {kind}", self.field))
-    }
-
-    fn text<E: serde::de::Error>(&self, s: &str) -> Result<Option<String>, E> {
-        if s.len() > self.max {
-            return Err(E::custom(format!(
-                "`{}` is {} bytes, over the limit of {}",
-                self.field,
-                s.len(),
-                self.max
-            )));
-        }
-        Ok(Some(s.to_owned()))
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for OptionalText {
-    type Value = Option<String>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "`{}` as a string", self.field)
-    }
-    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
-        self.text(s)
-    }
-    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Err(self.wrong("a boolean"))
-    }
-    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Err(self.wrong("a number"))
-    }
-    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Err(self.wrong("a number"))
-    }
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Err(self.wrong("a number"))
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
-        Err(self.wrong("an array"))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
-        Err(self.wrong("an object"))
+    match Option::<Value>::deserialize(d)? {
+        None => Ok(None),
+        Some(Value::String(s)) if s.len() > max => Err(D::Error::custom(format!(
+            "`{field}` is {} bytes, over the limit of {max}",
+            s.len()
+        ))),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(D::Error::custom(format!(
+            "`{field}` must be a string, got {}",
+            kind(&other)
+        ))),
     }
 }
 

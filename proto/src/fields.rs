@@ -9,6 +9,7 @@
 use crate::{Error, Result};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::fmt;
 
 /// The type of a declared field.
@@ -167,13 +168,63 @@ pub enum FieldValue {
     Timestamp(i64),
 }
 
-/// The values of declared fields in a JSON object; a member of the wrong type is NULL.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "an integer",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Converts a JSON value to `t`, or says why it does not fit.
+fn convert(v: Value, t: FieldType) -> std::result::Result<FieldValue, String> {
+    let mismatch = |v: &Value| Err(format!("must be a {t}, got {}", kind(v)));
+    Ok(match (t, v) {
+        (_, Value::Null) => FieldValue::Null,
+        (FieldType::String, Value::String(s)) => FieldValue::String(s),
+        (FieldType::Long, Value::Number(n)) => match n.as_i64() {
+            Some(i) => FieldValue::Long(i),
+            None => return mismatch(&Value::Number(n)),
+        },
+        (FieldType::Double, Value::Number(n)) => match n.as_f64() {
+            Some(f) => FieldValue::Double(f),
+            None => return mismatch(&Value::Number(n)),
+        },
+        (FieldType::Boolean, Value::Bool(b)) => FieldValue::Boolean(b),
+        (FieldType::Timestamp, Value::Number(n)) => match n.as_i64() {
+            Some(ms) => FieldValue::Timestamp(ms),
+            None => {
+                return Err(
+                    "must be a timestamp (RFC 3339 text or epoch milliseconds), got a fraction"
+                        .into(),
+                );
+            }
+        },
+        (FieldType::Timestamp, Value::String(s)) => {
+            match chrono::DateTime::parse_from_rfc3339(&s) {
+                Ok(t) => FieldValue::Timestamp(t.timestamp_millis()),
+                Err(e) => {
+                    return Err(format!(
+                        "must be a timestamp (RFC 3339 text or epoch milliseconds): {s:?}: {e}"
+                    ));
+                }
+            }
+        }
+        (_, v) => return mismatch(&v),
+    })
+}
+
 struct Extract<'a> {
     fields: &'a [FieldDef],
+    strict: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for Extract<'_> {
-    type Value = Vec<FieldValue>;
+    type Value = std::result::Result<Vec<FieldValue>, (usize, String)>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
         d.deserialize_any(self)
@@ -207,7 +258,7 @@ impl<'de> Deserialize<'de> for MemberName<'de> {
 }
 
 impl<'de> Visitor<'de> for Extract<'_> {
-    type Value = Vec<FieldValue>;
+    type Value = std::result::Result<Vec<FieldValue>, (usize, String)>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
@@ -218,102 +269,15 @@ impl<'de> Visitor<'de> for Extract<'_> {
         mut map: A,
     ) -> std::result::Result<Self::Value, A::Error> {
         let mut values = vec![FieldValue::Null; self.fields.len()];
-        while let Some(MemberName(key)) = map.next_key::<MemberName<'de>>()? {
-            match self.fields.iter().position(|f| f.name == *key) {
-                Some(i) => {
-                    let taken = map.next_value_seed(Member {
-                        field_type: self.fields[i].field_type,
-                        keep: true,
-                    })?;
-                    values[i] = taken.unwrap_or(FieldValue::Null);
-                }
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(values)
-    }
-
-    // Anything but an object has no members: every field is NULL.
-    fn visit_bool<E>(self, _: bool) -> std::result::Result<Self::Value, E> {
-        Ok(vec![FieldValue::Null; self.fields.len()])
-    }
-    fn visit_i64<E>(self, _: i64) -> std::result::Result<Self::Value, E> {
-        Ok(vec![FieldValue::Null; self.fields.len()])
-    }
-    fn visit_u64<E>(self, _: u64) -> std::result::Result<Self::Value, E> {
-        Ok(vec![FieldValue::Null; self.fields.len()])
-    }
-    fn visit_f64<E>(self, _: f64) -> std::result::Result<Self::Value, E> {
-        Ok(vec![FieldValue::Null; self.fields.len()])
-    }
-    fn visit_str<E>(self, _: &str) -> std::result::Result<Self::Value, E> {
-        Ok(vec![FieldValue::Null; self.fields.len()])
-    }
-    fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
-        Ok(vec![FieldValue::Null; self.fields.len()])
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(
-        self,
-        mut seq: A,
-    ) -> std::result::Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(vec![FieldValue::Null; self.fields.len()])
-    }
-}
-
-/// Checks `data` (JSON text) against declared fields: a member of the wrong type is an error naming
-/// it (`field `amount` must be a double, got a string`). Missing members and `null` are fine.
-///
-/// Checks each declared member by the rules [`extract_fields`] takes its value by, without building
-/// the value.
-pub fn validate_fields(data: &str, fields: &[FieldDef]) -> std::result::Result<(), String> {
-    if fields.is_empty() {
-        return Ok(());
-    }
-    let mut de = serde_json::Deserializer::from_str(data);
-    match (Validate { fields }).deserialize(&mut de) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err((i, reason))) => Err(format!("field `{}` {reason}", fields[i].name)),
-        Err(e) => Err(format!("invalid `data`: {e}")),
-    }
-}
-
-/// The members of a JSON object checked against declared fields; anything else has none.
-struct Validate<'a> {
-    fields: &'a [FieldDef],
-}
-
-impl<'de> DeserializeSeed<'de> for Validate<'_> {
-    type Value = std::result::Result<(), (usize, String)>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Validate<'_> {
-    type Value = std::result::Result<(), (usize, String)>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(
-        self,
-        mut map: A,
-    ) -> std::result::Result<Self::Value, A::Error> {
         let mut error = None;
         while let Some(MemberName(key)) = map.next_key::<MemberName<'de>>()? {
             match self.fields.iter().position(|f| f.name == *key) {
                 Some(i) => {
-                    let taken = map.next_value_seed(Member {
-                        field_type: self.fields[i].field_type,
-                        keep: false,
-                    })?;
-                    if let (Err(reason), None) = (taken, &error) {
-                        error = Some((i, reason));
+                    let v: Value = map.next_value()?;
+                    match convert(v, self.fields[i].field_type) {
+                        Ok(v) => values[i] = v,
+                        Err(reason) if self.strict && error.is_none() => error = Some((i, reason)),
+                        Err(_) => values[i] = FieldValue::Null,
                     }
                 }
                 None => {
@@ -321,132 +285,56 @@ impl<'de> Visitor<'de> for Validate<'_> {
                 }
             }
         }
-        Ok(error.map_or(Ok(()), Err))
+        Ok(match error {
+            Some(e) => Err(e),
+            None => Ok(values),
+        })
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(
-        self,
-        mut seq: A,
-    ) -> std::result::Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Ok(()))
-    }
-
+    // Anything but an object has no members: every field is NULL.
     fn visit_bool<E>(self, _: bool) -> std::result::Result<Self::Value, E> {
-        Ok(Ok(()))
+        Ok(Ok(vec![FieldValue::Null; self.fields.len()]))
     }
     fn visit_i64<E>(self, _: i64) -> std::result::Result<Self::Value, E> {
-        Ok(Ok(()))
+        Ok(Ok(vec![FieldValue::Null; self.fields.len()]))
     }
     fn visit_u64<E>(self, _: u64) -> std::result::Result<Self::Value, E> {
-        Ok(Ok(()))
+        Ok(Ok(vec![FieldValue::Null; self.fields.len()]))
     }
     fn visit_f64<E>(self, _: f64) -> std::result::Result<Self::Value, E> {
-        Ok(Ok(()))
+        Ok(Ok(vec![FieldValue::Null; self.fields.len()]))
     }
     fn visit_str<E>(self, _: &str) -> std::result::Result<Self::Value, E> {
-        Ok(Ok(()))
+        Ok(Ok(vec![FieldValue::Null; self.fields.len()]))
     }
     fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
-        Ok(Ok(()))
-    }
-}
-
-/// One member of `data` taken as a declared field's type: its value, or why it does not fit
-/// (`must be a double, got a string`). Without `keep`, a fitting value is only checked, not
-/// built (no allocation for text).
-struct Member {
-    field_type: FieldType,
-    keep: bool,
-}
-
-type Taken = std::result::Result<FieldValue, String>;
-
-impl Member {
-    fn mismatch(&self, kind: &str) -> Taken {
-        Err(format!("must be a {}, got {kind}", self.field_type))
-    }
-
-    fn fraction() -> Taken {
-        Err("must be a timestamp (RFC 3339 text or epoch milliseconds), got a fraction".into())
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for Member {
-    type Value = Taken;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Member {
-    type Value = Taken;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
-        Ok(Ok(FieldValue::Null))
-    }
-    fn visit_bool<E>(self, v: bool) -> std::result::Result<Self::Value, E> {
-        Ok(match self.field_type {
-            FieldType::Boolean => Ok(FieldValue::Boolean(v)),
-            _ => self.mismatch("a boolean"),
-        })
-    }
-    fn visit_i64<E>(self, v: i64) -> std::result::Result<Self::Value, E> {
-        Ok(match self.field_type {
-            FieldType::Long => Ok(FieldValue::Long(v)),
-            FieldType::Double => Ok(FieldValue::Double(v as f64)),
-            FieldType::Timestamp => Ok(FieldValue::Timestamp(v)),
-            _ => self.mismatch("an integer"),
-        })
-    }
-    fn visit_u64<E>(self, v: u64) -> std::result::Result<Self::Value, E> {
-        let signed = i64::try_from(v);
-        Ok(match (self.field_type, signed) {
-            (FieldType::Double, _) => Ok(FieldValue::Double(v as f64)),
-            (FieldType::Long, Ok(v)) => Ok(FieldValue::Long(v)),
-            (FieldType::Timestamp, Ok(v)) => Ok(FieldValue::Timestamp(v)),
-            (FieldType::Timestamp, Err(_)) => Self::fraction(),
-            _ => self.mismatch("an integer"),
-        })
-    }
-    fn visit_f64<E>(self, v: f64) -> std::result::Result<Self::Value, E> {
-        Ok(match self.field_type {
-            FieldType::Double => Ok(FieldValue::Double(v)),
-            FieldType::Timestamp => Self::fraction(),
-            _ => self.mismatch("a number"),
-        })
-    }
-    fn visit_str<E>(self, s: &str) -> std::result::Result<Self::Value, E> {
-        Ok(match self.field_type {
-            FieldType::String if self.keep => Ok(FieldValue::String(s.to_owned())),
-            FieldType::String => Ok(FieldValue::Null),
-            FieldType::Timestamp => match chrono::DateTime::parse_from_rfc3339(s) {
-                Ok(t) => Ok(FieldValue::Timestamp(t.timestamp_millis())),
-                Err(e) => Err(format!(
-                    "must be a timestamp (RFC 3339 text or epoch milliseconds): {s:?}: {e}"
-                )),
-            },
-            _ => self.mismatch("a string"),
-        })
+        Ok(Ok(vec![FieldValue::Null; self.fields.len()]))
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(
         self,
         mut seq: A,
     ) -> std::result::Result<Self::Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(self.mismatch("an array"))
+        Ok(Ok(vec![FieldValue::Null; self.fields.len()]))
     }
-    fn visit_map<A: MapAccess<'de>>(
-        self,
-        mut map: A,
-    ) -> std::result::Result<Self::Value, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(self.mismatch("an object"))
+}
+
+/// Checks `data` (JSON text) against declared fields: a member of the wrong type is an error naming
+/// it (`field `amount` must be a double, got a string`). Missing members and `null` are fine.
+pub fn validate_fields(data: &str, fields: &[FieldDef]) -> std::result::Result<(), String> {
+    if fields.is_empty() {
+        return Ok(());
+    }
+    let mut de = serde_json::Deserializer::from_str(data);
+    match (Extract {
+        fields,
+        strict: true,
+    })
+    .deserialize(&mut de)
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((i, reason))) => Err(format!("field `{}` {reason}", fields[i].name)),
+        Err(e) => Err(format!("invalid `data`: {e}")),
     }
 }
 
@@ -454,65 +342,20 @@ impl<'de> Visitor<'de> for Member {
 /// wrong type is [`FieldValue::Null`] (events written straight to a log may not have been checked).
 pub fn extract_fields(data: &str, fields: &[FieldDef]) -> Vec<FieldValue> {
     let mut de = serde_json::Deserializer::from_str(data);
-    (Extract { fields })
-        .deserialize(&mut de)
-        .unwrap_or_else(|_| vec![FieldValue::Null; fields.len()])
+    match (Extract {
+        fields,
+        strict: false,
+    })
+    .deserialize(&mut de)
+    {
+        Ok(Ok(values)) => values,
+        _ => vec![FieldValue::Null; fields.len()],
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
-
-    fn kind(v: &Value) -> &'static str {
-        match v {
-            Value::Null => "null",
-            Value::Bool(_) => "a boolean",
-            Value::Number(n) if n.is_i64() || n.is_u64() => "an integer",
-            Value::Number(_) => "a number",
-            Value::String(_) => "a string",
-            Value::Array(_) => "an array",
-            Value::Object(_) => "an object",
-        }
-    }
-
-    /// The model of [`Member`]: a JSON value converted to `t`, or why it does not fit.
-    fn convert(v: Value, t: FieldType) -> std::result::Result<FieldValue, String> {
-        let mismatch = |v: &Value| Err(format!("must be a {t}, got {}", kind(v)));
-        Ok(match (t, v) {
-            (_, Value::Null) => FieldValue::Null,
-            (FieldType::String, Value::String(s)) => FieldValue::String(s),
-            (FieldType::Long, Value::Number(n)) => match n.as_i64() {
-                Some(i) => FieldValue::Long(i),
-                None => return mismatch(&Value::Number(n)),
-            },
-            (FieldType::Double, Value::Number(n)) => match n.as_f64() {
-                Some(f) => FieldValue::Double(f),
-                None => return mismatch(&Value::Number(n)),
-            },
-            (FieldType::Boolean, Value::Bool(b)) => FieldValue::Boolean(b),
-            (FieldType::Timestamp, Value::Number(n)) => match n.as_i64() {
-                Some(ms) => FieldValue::Timestamp(ms),
-                None => {
-                    return Err(
-                        "must be a timestamp (RFC 3339 text or epoch milliseconds), got a fraction"
-                            .into(),
-                    );
-                }
-            },
-            (FieldType::Timestamp, Value::String(s)) => {
-                match chrono::DateTime::parse_from_rfc3339(&s) {
-                    Ok(t) => FieldValue::Timestamp(t.timestamp_millis()),
-                    Err(e) => {
-                        return Err(format!(
-                            "must be a timestamp (RFC 3339 text or epoch milliseconds): {s:?}: {e}"
-                        ));
-                    }
-                }
-            }
-            (_, v) => return mismatch(&v),
-        })
-    }
 
     fn defs() -> Vec<FieldDef> {
         [
