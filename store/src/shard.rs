@@ -79,6 +79,14 @@ impl ShardState {
 /// keyspace's strategy from its creation: shards made before this keep 4.
 const INDEX_L0_RUNS: u8 = 12;
 
+/// Table size of an index keyspace past level 0 (fjall's default: 64 MiB). Level 1 holds up to
+/// [`INDEX_L0_RUNS`] tables' worth before it spills into level 2: with 64 MiB tables that is
+/// 768 MiB, more than a shard's index usually holds, so every compaction rewrote all of level 1
+/// and cost more than the one before; with 4 MiB it is 48 MiB, and runs of ascending ids merge
+/// with the last table only. Ingesting 5M events: 7.4–7.8 µs of store CPU per event against
+/// 8.7–9.5 (BENCHMARKS.md 1g). Also kept from a keyspace's creation.
+const INDEX_TABLE_BYTES: u64 = 4 << 20;
+
 /// One partition's shard: its keyspaces and progress.
 pub(crate) struct Shard {
     pub stream: StreamName,
@@ -134,7 +142,9 @@ impl Shard {
             small()
                 .data_block_compression_policy(fjall::config::CompressionPolicy::disabled())
                 .compaction_strategy(std::sync::Arc::new(
-                    fjall::compaction::Leveled::default().with_l0_threshold(INDEX_L0_RUNS),
+                    fjall::compaction::Leveled::default()
+                        .with_l0_threshold(INDEX_L0_RUNS)
+                        .with_table_target_size(INDEX_TABLE_BYTES),
                 ))
         };
         // Column values are read whole and often; uncompressed, see block.rs.
