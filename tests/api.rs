@@ -161,6 +161,25 @@ fn append_sql_replay_round_trip() {
                 .collect::<Vec<_>>(),
             vec![5, 6, 7]
         );
+        // A limit past the first partition goes on into the next one and ends inside it.
+        let (status, lines) = replay(&server, "orders", &format!("limit={}", n + 2));
+        assert_eq!(status, 200);
+        let at: Vec<(u64, u64)> = lines
+            .iter()
+            .map(|l| {
+                (
+                    l["partition"].as_u64().unwrap(),
+                    l["offset"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let want: Vec<(u64, u64)> = (0..n as u64)
+            .map(|o| (0, o))
+            .chain([(1, 0), (1, 1)])
+            .collect();
+        assert_eq!(at, want);
+        let (_, none) = replay(&server, "orders", "limit=0");
+        assert!(none.is_empty());
         let (_, past) = replay(&server, "orders", "partition=1&from=100000");
         assert!(past.is_empty());
     }
