@@ -117,6 +117,40 @@ type Result<T> = std::result::Result<T, String>;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Disk a run takes per stored event at its peak (the events file, the node's log and shards,
+/// the cluster's nodes, Parquet, PostgreSQL): 1.7 KB in full runs of 10M events.
+const DISK_BYTES_PER_EVENT: u64 = 2_000;
+
+/// Refuses to start a run that would fill the disk under `work` part-way (a node on a full disk
+/// stops applying, and the scenario waiting on it fails half an hour later).
+fn check_free_space(work: &std::path::Path, events: u64) -> Result<()> {
+    let out = std::process::Command::new("df")
+        .arg("-Pk")
+        .arg(work)
+        .output()
+        .map_err(|e| format!("cannot run df: {e}"))?;
+    let Some(free) = df_available_bytes(&String::from_utf8_lossy(&out.stdout)) else {
+        return Ok(()); // a df we cannot read: go on, as before this check
+    };
+    let needed = events.saturating_mul(DISK_BYTES_PER_EVENT);
+    if free < needed {
+        return Err(format!(
+            "{} has {:.1} GB free; a run of {events} events needs about {:.1} GB \
+             (free some space, or pass a smaller --events)",
+            work.display(),
+            free as f64 / 1e9,
+            needed as f64 / 1e9
+        ));
+    }
+    Ok(())
+}
+
+/// The available bytes in `df -Pk` output (the fourth column of its second line, in KiB).
+fn df_available_bytes(df: &str) -> Option<u64> {
+    let kib: u64 = df.lines().nth(1)?.split_whitespace().nth(3)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
+}
+
 fn main() -> std::process::ExitCode {
     strata::allocator::tune();
     let args = <Args as clap::Parser>::parse();
@@ -151,6 +185,7 @@ async fn run(args: Args) -> Result<()> {
     let runs = args.runs.unwrap_or(if args.quick { 1 } else { 5 }).max(1);
     let _ = std::fs::remove_dir_all(&args.work);
     std::fs::create_dir_all(&args.work).map_err(|e| format!("{}: {e}", args.work.display()))?;
+    check_free_space(&args.work, total_n)?;
     let started = Instant::now();
 
     progress(&format!("generating {total_n} events"));
@@ -278,4 +313,24 @@ async fn run(args: Args) -> Result<()> {
     println!("{report}");
     progress(&format!("report written to {}", args.out.display()));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn df_output_gives_the_available_bytes() {
+        let df = "Filesystem     1024-blocks     Used Available Capacity Mounted on\n\
+                  /dev/vda         264110212 60817152  35840000      63% /\n";
+        assert_eq!(super::df_available_bytes(df), Some(35_840_000 * 1024));
+        assert_eq!(super::df_available_bytes("Filesystem\n"), None);
+        assert_eq!(super::df_available_bytes(""), None);
+    }
+
+    #[test]
+    fn a_run_larger_than_the_free_space_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(super::check_free_space(dir.path(), 1_000).is_ok());
+        let e = super::check_free_space(dir.path(), u64::MAX / 4).unwrap_err();
+        assert!(e.contains("needs about") && e.contains("--events"), "{e}");
+    }
 }
