@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, Error as _};
 use serde_json::Value;
 use serde_json::value::RawValue;
-use strata_proto::fields::validate_fields;
+use strata_proto::fields::{json_kind, validate_fields};
 use strata_proto::{Condition, Event, Expect, FieldDef};
 
 /// Limits applied while decoding one append body.
@@ -69,7 +69,7 @@ fn de_string<'de, D: Deserializer<'de>>(
         Some(Value::String(s)) => Ok(Some(s)),
         Some(other) => Err(D::Error::custom(format!(
             "`{field}` must be a string, got {}",
-            kind(&other)
+            json_kind(&other)
         ))),
     }
 }
@@ -84,17 +84,6 @@ fn de_type<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> 
     de_string(d, "type", MAX_TYPE_BYTES)
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// Parses an event time: RFC 3339 text or epoch milliseconds.
 pub fn parse_time(v: &Value) -> std::result::Result<i64, String> {
     match v {
@@ -104,7 +93,7 @@ pub fn parse_time(v: &Value) -> std::result::Result<i64, String> {
         Value::String(s) => parse_rfc3339(s),
         other => Err(format!(
             "`time` must be RFC 3339 text or epoch milliseconds, got {}",
-            kind(other)
+            json_kind(other)
         )),
     }
 }
@@ -328,7 +317,7 @@ mod tests {
         );
         assert!(
             reason("{\"data\":1}\n\n{\"data\":1,\"key\":5}")
-                .starts_with("line 3: `key` must be a string, got a number")
+                .starts_with("line 3: `key` must be a string, got an integer")
         );
         for (value, kind) in [
             ("[\"k\"]", "an array"),

@@ -168,7 +168,8 @@ pub enum FieldValue {
     Timestamp(i64),
 }
 
-fn kind(v: &Value) -> &'static str {
+/// What a JSON value is, for error messages ("a string", "an integer", "a number", …).
+pub fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -182,7 +183,7 @@ fn kind(v: &Value) -> &'static str {
 
 /// Converts a JSON value to `t`, or says why it does not fit.
 fn convert(v: Value, t: FieldType) -> std::result::Result<FieldValue, String> {
-    let mismatch = |v: &Value| Err(format!("must be a {t}, got {}", kind(v)));
+    let mismatch = |v: &Value| Err(format!("must be a {t}, got {}", json_kind(v)));
     Ok(match (t, v) {
         (_, Value::Null) => FieldValue::Null,
         (FieldType::String, Value::String(s)) => FieldValue::String(s),
@@ -221,6 +222,13 @@ fn convert(v: Value, t: FieldType) -> std::result::Result<FieldValue, String> {
 struct Extract<'a> {
     fields: &'a [FieldDef],
     strict: bool,
+}
+
+impl Extract<'_> {
+    /// The answer for a `data` that is not an object, so has no members: every field NULL.
+    fn no_members(&self) -> std::result::Result<Vec<FieldValue>, (usize, String)> {
+        Ok(vec![FieldValue::Null; self.fields.len()])
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for Extract<'_> {
@@ -293,29 +301,29 @@ impl<'de> Visitor<'de> for Extract<'_> {
 
     // Anything but an object has no members: every field is NULL.
     fn visit_bool<E>(self, _: bool) -> std::result::Result<Self::Value, E> {
-        Ok(Ok(vec![FieldValue::Null; self.fields.len()]))
+        Ok(self.no_members())
     }
     fn visit_i64<E>(self, _: i64) -> std::result::Result<Self::Value, E> {
-        Ok(Ok(vec![FieldValue::Null; self.fields.len()]))
+        Ok(self.no_members())
     }
     fn visit_u64<E>(self, _: u64) -> std::result::Result<Self::Value, E> {
-        Ok(Ok(vec![FieldValue::Null; self.fields.len()]))
+        Ok(self.no_members())
     }
     fn visit_f64<E>(self, _: f64) -> std::result::Result<Self::Value, E> {
-        Ok(Ok(vec![FieldValue::Null; self.fields.len()]))
+        Ok(self.no_members())
     }
     fn visit_str<E>(self, _: &str) -> std::result::Result<Self::Value, E> {
-        Ok(Ok(vec![FieldValue::Null; self.fields.len()]))
+        Ok(self.no_members())
     }
     fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
-        Ok(Ok(vec![FieldValue::Null; self.fields.len()]))
+        Ok(self.no_members())
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(
         self,
         mut seq: A,
     ) -> std::result::Result<Self::Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Ok(vec![FieldValue::Null; self.fields.len()]))
+        Ok(self.no_members())
     }
 }
 
