@@ -15,12 +15,13 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// The PostgreSQL type of a column: arrow-pg's mapping (`timestamptz` for `time`, `numeric` for
-/// decimals, …), and `json` for a stream's `data`.
+/// decimals, …), and `json` for a stream's `data` (by the column's mark, whatever it is called:
+/// other text named `data` stays `text`).
 ///
 /// # Errors
 /// A clear error naming a column whose type strata cannot send.
 fn pg_type(field: &Arc<arrow::datatypes::Field>) -> PgWireResult<Type> {
-    if field.name() == "data"
+    if strata_store::schema::is_json(field)
         && matches!(
             field.data_type(),
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View

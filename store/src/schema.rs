@@ -40,6 +40,27 @@ pub fn field_type(t: FieldType) -> DataType {
     }
 }
 
+/// The field metadata key that marks a text column as JSON, with the value [`JSON`].
+pub const TEXT_KIND: &str = "strata.text";
+/// The value of [`TEXT_KIND`] for a column of JSON text.
+pub const JSON: &str = "json";
+
+/// The `data` column: text, marked as JSON ([`is_json`]). The mark goes wherever the column goes
+/// (under another name too) and not to text made from it, so that a front end can type the
+/// column by what it is rather than by its name (PostgreSQL's `json`).
+fn data_field() -> Field {
+    Field::new("data", DataType::Utf8, false).with_metadata(
+        [(TEXT_KIND.to_owned(), JSON.to_owned())]
+            .into_iter()
+            .collect(),
+    )
+}
+
+/// Whether `field` is a stream's `data` column (or the same column renamed): JSON text.
+pub fn is_json(field: &Field) -> bool {
+    field.metadata().get(TEXT_KIND).map(String::as_str) == Some(JSON)
+}
+
 static BASE: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         Field::new("partition", DataType::Int32, false),
@@ -48,7 +69,7 @@ static BASE: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("key", DataType::Utf8, true),
         Field::new("id", DataType::Utf8, true),
         Field::new("type", DataType::Utf8, true),
-        Field::new("data", DataType::Utf8, false),
+        data_field(),
         Field::new("version", DataType::Int64, true),
     ]))
 });

@@ -104,6 +104,18 @@ def psycopg_checks():
             isinstance(text[0], datetime.datetime) and isinstance(text[1], dict),
             text,
         )
+        # `json` goes with the stream's `data` column under any name, and not to other text
+        # called `data` (which psycopg would otherwise fail to parse as JSON).
+        for binary in (False, True):
+            renamed = conn.cursor(binary=binary).execute(
+                "SELECT data AS payload, json_get_str(data, 'country') AS data, 'plain' AS data2 "
+                'FROM orders ORDER BY time, "offset" LIMIT 1'
+            ).fetchone()
+            check(
+                f"psycopg json by the column, not its name (binary={binary})",
+                isinstance(renamed[0], dict) and isinstance(renamed[1], str) and renamed[2] == "plain",
+                renamed,
+            )
         nulls = conn.execute("SELECT CAST(NULL AS BIGINT) AS a, CAST(1.5 AS DECIMAL(10,2)) AS d, true AS b").fetchone()
         check("psycopg NULL, numeric, boolean", nulls == (None, decimal.Decimal("1.50"), True), nulls)
         # Session settings: SET/SHOW, and a statement_timeout that strata honours.
