@@ -225,6 +225,12 @@ fn psql_browses_reports_sqlstates_and_cancels_with_ctrl_c() {
     for column in ["time", "timestamp with time zone", "key", "data", "offset"] {
         assert!(described.contains(column), "{described}");
     }
+    // `data` is listed as the type its values are sent as: `json`, not `text`.
+    let data = described
+        .lines()
+        .find(|l| l.trim_start().starts_with("data "))
+        .unwrap_or_default();
+    assert!(data.contains("| json"), "{described}");
     let views = psql_ok(&server, "x", &["-c", "\\dv"]);
     assert!(views.contains("by_country"), "{views}");
     let databases = psql_ok(&server, "x", &["-c", "\\l"]);

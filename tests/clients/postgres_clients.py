@@ -185,8 +185,13 @@ def sqlalchemy_checks():
         inspector = sqlalchemy.inspect(conn)
         tables = inspector.get_table_names()
         check("SQLAlchemy get_table_names", "orders" in tables, tables)
-        columns = [c["name"] for c in inspector.get_columns("orders")]
-        check("SQLAlchemy get_columns", {"time", "key", "data"} <= set(columns), columns)
+        described = {c["name"]: c["type"] for c in inspector.get_columns("orders")}
+        check("SQLAlchemy get_columns", {"time", "key", "data"} <= set(described), described)
+        check(
+            "SQLAlchemy get_columns: data is JSON, key text",
+            isinstance(described["data"], sqlalchemy.JSON) and isinstance(described["key"], sqlalchemy.Text),
+            described,
+        )
         frame = pandas.read_sql(
             sqlalchemy.text(
                 "SELECT date_trunc('hour', time) AS hour, json_get_str(data, 'country') AS country, "

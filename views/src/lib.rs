@@ -55,6 +55,7 @@ mod listing;
 mod manage;
 pub mod materialized;
 mod pg_functions;
+mod pg_json;
 mod pg_rewrite;
 mod plan_cache;
 mod postgres;

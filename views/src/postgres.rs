@@ -10,8 +10,10 @@
 
 use crate::engine::{StreamSchema, ViewRegistry};
 use crate::materialized::view_statement;
+use crate::pg_json::PgCatalog;
 use crate::source::ShardSource;
 use crate::{Error, Result};
+use datafusion::catalog::{CatalogProvider, SchemaProvider};
 use datafusion::config::Dialect;
 use datafusion::execution::context::SessionContext;
 use datafusion::execution::runtime_env::RuntimeEnv;
@@ -78,14 +80,15 @@ pub(crate) fn context(
     crate::capped::register(&ctx);
     // Its own catalog object: `pg_catalog` is registered into it, not into the plain session's.
     let catalog = Arc::new(datafusion::catalog::MemoryCatalogProvider::new());
-    datafusion::catalog::CatalogProvider::register_schema(
-        catalog.as_ref(),
-        "public",
-        Arc::new(StreamSchema { source, views }),
-    )?;
-    ctx.register_catalog("strata", catalog);
+    let tables: Arc<dyn SchemaProvider> = Arc::new(StreamSchema { source, views });
+    catalog.register_schema("public", tables.clone())?;
+    ctx.register_catalog("strata", catalog.clone());
     datafusion_pg_catalog::pg_catalog::setup_pg_catalog(&ctx, "strata", EmptyContextProvider)
         .map_err(|e| Error::from(*e))?;
+    // `data` listed as `json`, as answers send it (the library types columns as `text`).
+    if let Some(inner) = catalog.schema("pg_catalog") {
+        catalog.register_schema("pg_catalog", Arc::new(PgCatalog { inner, tables }))?;
+    }
     crate::pg_functions::register(&ctx);
     Ok(ctx)
 }
