@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// The PostgreSQL type of a column: arrow-pg's mapping (`timestamptz` for `time`, `numeric` for
-/// decimals, …), and `json` for a stream's `data` (by the column's mark, whatever it is called:
+/// decimals, …), `text` for an untyped NULL, and `json` for a stream's `data` (by the column's mark, whatever it is called:
 /// other text named `data` stays `text`).
 ///
 /// # Errors
@@ -28,6 +28,12 @@ fn pg_type(field: &Arc<arrow::datatypes::Field>) -> PgWireResult<Type> {
         )
     {
         return Ok(Type::JSON);
+    }
+    if field.data_type() == &DataType::Null {
+        // An untyped NULL or a placeholder nothing types (`SELECT $1`): `text`, as PostgreSQL
+        // resolves an `unknown` result column (arrow-pg says `unknown`, which binary clients
+        // hand over as raw bytes).
+        return Ok(Type::TEXT);
     }
     arrow_pg::datatypes::field_into_pg_type(field).map_err(|_| {
         error::other(

@@ -10,6 +10,7 @@
 
 mod encode;
 mod error;
+mod params;
 mod query;
 mod rows;
 mod session;

@@ -320,9 +320,7 @@ impl ExtendedQueryHandler for Handler {
             Some(described) if portal.parameter_len() > 0 => {
                 let types: Vec<Option<&DataType>> =
                     described.params.iter().map(Option::as_ref).collect();
-                Some(arrow_pg::datatypes::df::deserialize_parameters(
-                    portal, &types,
-                )?)
+                Some(super::params::values(portal, &types)?)
             }
             _ => None,
         };

@@ -66,6 +66,10 @@ EXPECTED_GROUP = http_rows(GROUP)
 check("HTTP answers the reference query", len(EXPECTED_GROUP) > 1, EXPECTED_GROUP)
 
 
+def len_orders(conn):
+    return conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+
+
 def psycopg_checks():
     dsn = f"host={HOST} port={PORT} user=analyst password={PASSWORD} dbname=strata"
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -116,6 +120,17 @@ def psycopg_checks():
                 isinstance(renamed[0], dict) and isinstance(renamed[1], str) and renamed[2] == "plain",
                 renamed,
             )
+        # NULL parameters (psycopg sends None without a type), typed by a cast, by the plan, or
+        # by nothing: each binds a NULL in its place, and the values after it stay in theirs.
+        for binary in (False, True):
+            row = conn.cursor(binary=binary).execute(
+                "SELECT %s::int + 1 AS a, %s AS b, %s::timestamptz AS c", (None, "x", None)
+            ).fetchone()
+            check(f"psycopg NULL parameters (binary={binary})", row == (None, "x", None), row)
+            n = conn.cursor(binary=binary).execute(
+                "SELECT count(*) FROM orders WHERE key = %s OR %s::text IS NULL", (None, None)
+            ).fetchone()[0]
+            check(f"psycopg NULL parameter in a comparison (binary={binary})", n == len_orders(conn), n)
         nulls = conn.execute("SELECT CAST(NULL AS BIGINT) AS a, CAST(1.5 AS DECIMAL(10,2)) AS d, true AS b").fetchone()
         check("psycopg NULL, numeric, boolean", nulls == (None, decimal.Decimal("1.50"), True), nulls)
         # Session settings: SET/SHOW, and a statement_timeout that strata honours.
@@ -225,6 +240,20 @@ async def asyncpg_checks():
             n = await statement.fetchval(country)
             want = sum(e["n"] for e in EXPECTED_GROUP if e["country"] == country)
             check(f"asyncpg prepared statement ({country})", n == want, (n, want))
+        # A cast gives a placeholder its type, which asyncpg encodes the value by.
+        typed = await conn.fetchrow(
+            "SELECT $1::int + 1 AS a, $2::timestamptz AS b, $3::double precision AS c",
+            41,
+            datetime.datetime(2024, 5, 1, tzinfo=datetime.timezone.utc),
+            0.5,
+        )
+        check(
+            "asyncpg placeholders typed by their casts",
+            tuple(typed) == (42, datetime.datetime(2024, 5, 1, tzinfo=datetime.timezone.utc), 0.5),
+            typed,
+        )
+        keys = await conn.fetchval("SELECT count(*) FROM orders WHERE key = any($1::text[])", ["no-such-key"])
+        check("asyncpg array parameter through a cast", keys == 0, keys)
         first = await conn.fetchrow('SELECT time, data FROM orders ORDER BY time, "offset" LIMIT 1')
         check("asyncpg binary timestamptz", first["time"].tzinfo is not None, first)
     finally:

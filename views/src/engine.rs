@@ -431,7 +431,7 @@ impl SqlEngine {
                 params: Vec::new(),
             }),
             Planned::Plan(_, plan) => {
-                let types = plan.get_parameter_types()?;
+                let types = crate::placeholders::parameter_types(&plan)?;
                 let mut numbered = Vec::with_capacity(types.len());
                 for (name, ty) in types {
                     match name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {

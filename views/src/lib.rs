@@ -57,6 +57,7 @@ pub mod materialized;
 mod pg_functions;
 mod pg_json;
 mod pg_rewrite;
+mod placeholders;
 mod plan_cache;
 mod postgres;
 mod sandbox;

@@ -75,6 +75,9 @@ pub(crate) fn context(
         .with_information_schema(true)
         .with_default_catalog_and_schema("strata", "public");
     config.options_mut().sql_parser.dialect = Dialect::PostgreSQL;
+    // `timestamptz` and `now()` in UTC, as the session's TimeZone says: without a zone DataFusion
+    // makes them zone-less, which clients would be told is `timestamp`.
+    config.options_mut().execution.time_zone = Some("+00:00".to_owned());
     let mut ctx = SessionContext::new_with_config_rt(config, runtime);
     datafusion_functions_json::register_all(&mut ctx)?;
     crate::capped::register(&ctx);
