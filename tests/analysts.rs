@@ -233,6 +233,18 @@ fn psql_browses_reports_sqlstates_and_cancels_with_ctrl_c() {
     assert!(data.contains("| json"), "{described}");
     let views = psql_ok(&server, "x", &["-c", "\\dv"]);
     assert!(views.contains("by_country"), "{views}");
+    // The detailed listings too (no sizes or descriptions: strata keeps none per relation).
+    for (listing, name) in [
+        ("\\dt+", "orders"),
+        ("\\dv+", "by_country"),
+        ("\\l+", "strata"),
+    ] {
+        let listed = psql_ok(&server, "x", &["-c", listing]);
+        assert!(
+            listed.contains(name) && listed.contains("Size"),
+            "{listing}: {listed}"
+        );
+    }
     let databases = psql_ok(&server, "x", &["-c", "\\l"]);
     assert!(databases.contains("strata"), "{databases}");
     let schemas = psql_ok(&server, "x", &["-c", "\\dn"]);

@@ -56,6 +56,7 @@ mod manage;
 pub mod materialized;
 mod pg_functions;
 mod pg_json;
+mod pg_listing;
 mod pg_rewrite;
 mod placeholders;
 mod plan_cache;

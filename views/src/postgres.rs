@@ -93,6 +93,7 @@ pub(crate) fn context(
         catalog.register_schema("pg_catalog", Arc::new(PgCatalog { inner, tables }))?;
     }
     crate::pg_functions::register(&ctx);
+    crate::pg_listing::register(&ctx);
     Ok(ctx)
 }
 
