@@ -6,7 +6,7 @@ use crate::auth::Principal;
 use crate::service::{Error, Result};
 use bytes::Bytes;
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +50,8 @@ pub(super) struct Session {
     /// Who authenticated.
     pub principal: Principal,
     settings: Mutex<BTreeMap<String, String>>,
+    /// The names of the statements the client prepared (extended protocol), for `DEALLOCATE ALL`.
+    prepared: Mutex<BTreeSet<String>>,
     slot: Arc<Mutex<CancellationToken>>,
     cancels: Arc<Cancels>,
     key: (i32, Bytes),
@@ -63,9 +65,29 @@ impl Session {
         Self {
             principal,
             settings: Mutex::new(BTreeMap::new()),
+            prepared: Mutex::new(BTreeSet::new()),
             slot,
             cancels,
             key,
+        }
+    }
+
+    /// Notes that the client prepared a statement called `name`.
+    pub fn prepared(&self, name: &str) {
+        self.prepared.lock().insert(name.to_owned());
+    }
+
+    /// Forgets statement `name` (closed or deallocated); `None`: every one, whose names it
+    /// returns.
+    pub fn deallocate(&self, name: Option<&str>) -> Vec<String> {
+        let mut prepared = self.prepared.lock();
+        match name {
+            Some(name) => prepared
+                .remove(name)
+                .then(|| name.to_owned())
+                .into_iter()
+                .collect(),
+            None => std::mem::take(&mut *prepared).into_iter().collect(),
         }
     }
 

@@ -193,6 +193,31 @@ def psycopg_checks():
                 check(f"refused with {state}: {sql}", e.sqlstate == state, (e.sqlstate, str(e)))
 
 
+def transaction_checks():
+    """psycopg's default mode: transactions, statements it prepares after five runs, and the
+    `DEALLOCATE ALL` it sends after a rollback."""
+    dsn = f"host={HOST} port={PORT} user=analyst password={PASSWORD} dbname=strata"
+    with psycopg.connect(dsn) as conn:
+        query = "SELECT count(*) FROM orders WHERE json_get_str(data, 'country') = %s"
+        want = conn.execute(query, ("NL",)).fetchone()[0]
+        for _ in range(6):
+            conn.execute(query, ("NL",)).fetchone()
+        check("psycopg prepared a repeated statement", len(conn._prepared._names) > 0, conn._prepared._names)
+        conn.rollback()
+        got = [conn.execute(query, ("NL",)).fetchone()[0] for _ in range(7)]
+        check("psycopg rollback (DEALLOCATE ALL), then the statement again", got == [want] * 7, got)
+        conn.commit()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        try:
+            conn.execute("DEALLOCATE no_such_statement")
+            check("DEALLOCATE of an unknown statement refused", False, "it ran")
+        except psycopg.Error as e:
+            check("DEALLOCATE of an unknown statement refused (26000)", e.sqlstate == "26000", (e.sqlstate, str(e)))
+        for statement in ("DEALLOCATE ALL", "DISCARD ALL"):
+            conn.execute(statement)
+        check("psycopg after DISCARD ALL", conn.execute("SELECT 1").fetchone() == (1,))
+
+
 def sqlalchemy_checks():
     url = f"postgresql+psycopg://analyst:{PASSWORD}@{HOST}:{PORT}/strata"
     engine = sqlalchemy.create_engine(url)
@@ -261,6 +286,7 @@ async def asyncpg_checks():
 
 
 psycopg_checks()
+transaction_checks()
 sqlalchemy_checks()
 asyncio.run(asyncpg_checks())
 print("all PostgreSQL client checks passed")

@@ -123,8 +123,11 @@ pub enum PgStatement {
     Reset(String),
     /// A transaction statement, accepted and answered with this tag (strata's reads need none).
     Transaction(&'static str),
-    /// `DISCARD ALL` and the like: back to the settings of a fresh session.
+    /// `DISCARD ALL` and the like: back to the settings of a fresh session, no prepared statements.
     Discard,
+    /// `DEALLOCATE name` (`None`: `DEALLOCATE ALL`): a prepared statement of the extended protocol
+    /// forgotten (psycopg sends `DEALLOCATE ALL` after a rollback).
+    Deallocate(Option<String>),
 }
 
 /// Parses what a client sent into statements.
@@ -209,6 +212,10 @@ fn sort(statement: Statement) -> Result<PgStatement> {
         Statement::Savepoint { .. } => PgStatement::Transaction("SAVEPOINT"),
         Statement::ReleaseSavepoint { .. } => PgStatement::Transaction("RELEASE"),
         Statement::Discard { .. } => PgStatement::Discard,
+        Statement::Deallocate { name, .. } => PgStatement::Deallocate(
+            (name.quote_style.is_some() || !name.value.eq_ignore_ascii_case("all"))
+                .then_some(name.value),
+        ),
         Statement::Reset(reset) => PgStatement::Reset(match reset.reset {
             Reset::ALL => "all".into(),
             Reset::ConfigurationParameter(name) => name.to_string().to_ascii_lowercase(),
@@ -293,7 +300,7 @@ mod tests {
         let parsed = parse_postgres(
             "SET application_name = 'psql'; SET extra_float_digits TO 3; SHOW DateStyle; \
              SET TIME ZONE 'UTC'; BEGIN; SELECT 1; COMMIT; SHOW VIEWS; RESET ALL; \
-             SET statement_timeout = DEFAULT; DISCARD ALL",
+             SET statement_timeout = DEFAULT; DISCARD ALL; DEALLOCATE ALL; DEALLOCATE PREPARE _pg3_0",
         )
         .unwrap();
         assert_eq!(
@@ -322,6 +329,8 @@ mod tests {
                     value: None
                 },
                 PgStatement::Discard,
+                PgStatement::Deallocate(None),
+                PgStatement::Deallocate(Some("_pg3_0".into())),
             ]
         );
         assert!(matches!(
