@@ -9,7 +9,7 @@ use datafusion::common::ScalarValue;
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
-    Volatility,
+    Volatility, create_udf,
 };
 use std::sync::Arc;
 
@@ -47,9 +47,13 @@ pub(crate) fn register(ctx: &SessionContext) {
             ScalarValue::Boolean(Some(true)),
         ));
     }
-    ctx.register_udf(ScalarUDF::new_from_impl(SizePretty {
-        signature: Signature::exact(vec![DataType::Int64], Volatility::Immutable),
-    }));
+    ctx.register_udf(create_udf(
+        "pg_size_pretty",
+        vec![DataType::Int64],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(size_pretty),
+    ));
 }
 
 fn constant(name: &'static str, signatures: Vec<TypeSignature>, value: ScalarValue) -> ScalarUDF {
@@ -90,48 +94,24 @@ impl ScalarUDFImpl for Constant {
 }
 
 /// `pg_size_pretty(bigint)`: a size in bytes as PostgreSQL writes it (`8192 bytes`, `16 kB`).
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct SizePretty {
-    signature: Signature,
-}
-
-impl ScalarUDFImpl for SizePretty {
-    fn name(&self) -> &str {
-        "pg_size_pretty"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _args: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-
-    fn invoke_with_args(
-        &self,
-        args: ScalarFunctionArgs,
-    ) -> datafusion::error::Result<ColumnarValue> {
-        let sizes = match args.args.first() {
-            Some(ColumnarValue::Scalar(ScalarValue::Int64(size))) => {
-                return Ok(ColumnarValue::Scalar(ScalarValue::Utf8(size.map(pretty))));
-            }
-            Some(ColumnarValue::Array(sizes)) => sizes,
-            _ => {
-                return Err(datafusion::error::DataFusionError::Plan(
-                    "pg_size_pretty takes a size in bytes (bigint)".into(),
-                ));
-            }
-        };
-        let sizes = sizes.as_primitive_opt::<Int64Type>().ok_or_else(|| {
-            datafusion::error::DataFusionError::Plan(
-                "pg_size_pretty takes a size in bytes (bigint)".into(),
-            )
-        })?;
-        let out: StringArray = (0..sizes.len())
-            .map(|i| sizes.is_valid(i).then(|| pretty(sizes.value(i))))
-            .collect();
-        Ok(ColumnarValue::Array(Arc::new(out)))
+fn size_pretty(args: &[ColumnarValue]) -> datafusion::error::Result<ColumnarValue> {
+    let wrong = || {
+        datafusion::error::DataFusionError::Plan(
+            "pg_size_pretty takes a size in bytes (bigint)".into(),
+        )
+    };
+    match args.first() {
+        Some(ColumnarValue::Scalar(ScalarValue::Int64(size))) => {
+            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(size.map(pretty))))
+        }
+        Some(ColumnarValue::Array(sizes)) => {
+            let sizes = sizes.as_primitive_opt::<Int64Type>().ok_or_else(wrong)?;
+            let out: StringArray = (0..sizes.len())
+                .map(|i| sizes.is_valid(i).then(|| pretty(sizes.value(i))))
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }
+        _ => Err(wrong()),
     }
 }
 
