@@ -15,8 +15,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// The PostgreSQL type of a column: arrow-pg's mapping (`timestamptz` for `time`, `numeric` for
-/// decimals, …), `text` for an untyped NULL, and `json` for a stream's `data` (by the column's mark, whatever it is called:
-/// other text named `data` stays `text`).
+/// decimals, …), `text` for an untyped NULL, and `json` for a stream's `data` (by the column's
+/// mark, whatever it is called: other text named `data` stays `text`).
 ///
 /// # Errors
 /// A clear error naming a column whose type strata cannot send.

@@ -207,6 +207,12 @@ def transaction_checks():
         got = [conn.execute(query, ("NL",)).fetchone()[0] for _ in range(7)]
         check("psycopg rollback (DEALLOCATE ALL), then the statement again", got == [want] * 7, got)
         conn.commit()
+        # SQLAlchemy's documented reset on return; the statements psycopg prepared stay valid.
+        for statement in ("CLOSE ALL", "RESET ALL", "DISCARD TEMP", "UNLISTEN *"):
+            conn.execute(statement)
+        conn.rollback()
+        got = conn.execute(query, ("NL",)).fetchone()[0]
+        check("psycopg's prepared statement after a reset (CLOSE ALL, DISCARD TEMP, …)", got == want, got)
     with psycopg.connect(dsn, autocommit=True) as conn:
         try:
             conn.execute("DEALLOCATE no_such_statement")

@@ -18,7 +18,9 @@ use datafusion::config::Dialect;
 use datafusion::execution::context::SessionContext;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::SessionConfig;
-use datafusion::sql::sqlparser::ast::{Expr, ObjectName, Reset, Set, Statement, Value};
+use datafusion::sql::sqlparser::ast::{
+    CloseCursor, DiscardObject, Expr, ObjectName, Reset, Set, Statement, Value,
+};
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use std::sync::Arc;
@@ -121,7 +123,9 @@ pub enum PgStatement {
     Show(String),
     /// `RESET name` or `RESET ALL` (`all`).
     Reset(String),
-    /// A transaction statement, accepted and answered with this tag (strata's reads need none).
+    /// A statement accepted and answered with this tag, changing nothing: transaction statements
+    /// (strata's reads need none), and the parts of a session reset strata has nothing for
+    /// (`DISCARD TEMP`/`PLANS`/`SEQUENCES`, `CLOSE ALL`, `UNLISTEN`).
     Transaction(&'static str),
     /// `DISCARD ALL` and the like: back to the settings of a fresh session, no prepared statements.
     Discard,
@@ -211,7 +215,24 @@ fn sort(statement: Statement) -> Result<PgStatement> {
         Statement::Rollback { .. } => PgStatement::Transaction("ROLLBACK"),
         Statement::Savepoint { .. } => PgStatement::Transaction("SAVEPOINT"),
         Statement::ReleaseSavepoint { .. } => PgStatement::Transaction("RELEASE"),
-        Statement::Discard { .. } => PgStatement::Discard,
+        Statement::Discard {
+            object_type: DiscardObject::ALL,
+        } => PgStatement::Discard,
+        // strata keeps no plans, sequences or temporary objects for a session.
+        Statement::Discard {
+            object_type: DiscardObject::PLANS,
+        } => PgStatement::Transaction("DISCARD PLANS"),
+        Statement::Discard {
+            object_type: DiscardObject::SEQUENCES,
+        } => PgStatement::Transaction("DISCARD SEQUENCES"),
+        Statement::Discard {
+            object_type: DiscardObject::TEMP,
+        } => PgStatement::Transaction("DISCARD TEMP"),
+        // No cursors, no channels: nothing to close or stop listening to (a reset sends these).
+        Statement::Close {
+            cursor: CloseCursor::All,
+        } => PgStatement::Transaction("CLOSE CURSOR ALL"),
+        Statement::UNLISTEN { .. } => PgStatement::Transaction("UNLISTEN"),
         Statement::Deallocate { name, .. } => PgStatement::Deallocate(
             (name.quote_style.is_some() || !name.value.eq_ignore_ascii_case("all"))
                 .then_some(name.value),
@@ -300,7 +321,8 @@ mod tests {
         let parsed = parse_postgres(
             "SET application_name = 'psql'; SET extra_float_digits TO 3; SHOW DateStyle; \
              SET TIME ZONE 'UTC'; BEGIN; SELECT 1; COMMIT; SHOW VIEWS; RESET ALL; \
-             SET statement_timeout = DEFAULT; DISCARD ALL; DEALLOCATE ALL; DEALLOCATE PREPARE _pg3_0",
+             SET statement_timeout = DEFAULT; DISCARD ALL; DEALLOCATE ALL; DEALLOCATE PREPARE _pg3_0; \
+             CLOSE ALL; DISCARD TEMP; UNLISTEN *",
         )
         .unwrap();
         assert_eq!(
@@ -331,6 +353,9 @@ mod tests {
                 PgStatement::Discard,
                 PgStatement::Deallocate(None),
                 PgStatement::Deallocate(Some("_pg3_0".into())),
+                PgStatement::Transaction("CLOSE CURSOR ALL"),
+                PgStatement::Transaction("DISCARD TEMP"),
+                PgStatement::Transaction("UNLISTEN"),
             ]
         );
         assert!(matches!(
