@@ -123,7 +123,9 @@ impl Handler {
             }
             PgStatement::Deallocate(name) => {
                 let names = session.deallocate(name.as_deref());
-                if let (Some(name), true) = (&name, names.is_empty()) {
+                if names.is_empty()
+                    && let Some(name) = &name
+                {
                     return Err(error::other(
                         "26000",
                         format!("prepared statement \"{name}\" does not exist"),

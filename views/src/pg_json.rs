@@ -8,7 +8,7 @@
 //! (or a view) get `json`'s type. Which relation a row belongs to is read from `pg_class`, whose
 //! OIDs the library keeps consistent with `pg_attribute`'s.
 
-use arrow::array::{Array, AsArray, Int32Array, RecordBatch};
+use arrow::array::{AsArray, Int32Array, RecordBatch};
 use arrow::datatypes::{Int32Type, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
@@ -19,6 +19,9 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+
+/// The names of the JSON-marked columns of each relation, by its OID.
+type JsonColumns = HashMap<i32, HashSet<String>>;
 
 /// PostgreSQL's type OIDs of `text` and `json`.
 const TEXT_OID: i32 = 25;
@@ -67,9 +70,9 @@ struct Attributes {
 }
 
 impl Attributes {
-    /// The (relation OID, column name) of every JSON-marked column of a stream or view.
-    async fn json_columns(&self, state: &dyn Session) -> Result<HashSet<(i32, String)>> {
-        let mut columns = HashSet::new();
+    /// The JSON-marked columns of each stream or view, by relation OID.
+    async fn json_columns(&self, state: &dyn Session) -> Result<JsonColumns> {
+        let mut columns = JsonColumns::new();
         let Some(classes) = self.catalog.table("pg_class").await? else {
             return Ok(columns);
         };
@@ -99,9 +102,10 @@ impl Attributes {
                 .ok_or_else(|| shape("pg_class.relname"))?;
             for row in 0..batch.num_rows() {
                 if let Some(marked) = json.get(names.value(row)) {
-                    for column in marked {
-                        columns.insert((oids.value(row), column.clone()));
-                    }
+                    columns
+                        .entry(oids.value(row))
+                        .or_default()
+                        .extend(marked.iter().cloned());
                 }
             }
         }
@@ -158,7 +162,7 @@ fn int32<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a Int32Array> {
 }
 
 /// `batch` of `pg_attribute` with `atttypid` set to `json` for the columns in `json`.
-fn retype(batch: RecordBatch, json: &HashSet<(i32, String)>) -> Result<RecordBatch> {
+fn retype(batch: RecordBatch, json: &JsonColumns) -> Result<RecordBatch> {
     if json.is_empty() {
         return Ok(batch);
     }
@@ -167,20 +171,22 @@ fn retype(batch: RecordBatch, json: &HashSet<(i32, String)>) -> Result<RecordBat
         .column_by_name("attname")
         .and_then(|c| c.as_string_opt::<i32>())
         .ok_or_else(|| shape("pg_attribute.attname"))?;
+    let index = batch
+        .schema()
+        .index_of("atttypid")
+        .map_err(|_| shape("pg_attribute.atttypid"))?;
     let types = int32(&batch, "atttypid")?;
-    let retyped: Int32Array = (0..batch.num_rows())
-        .map(|row| {
-            let marked = types.is_valid(row)
-                && types.value(row) == TEXT_OID
-                && json.contains(&(relations.value(row), names.value(row).to_owned()));
-            types
-                .is_valid(row)
-                .then(|| if marked { JSON_OID } else { types.value(row) })
+    let retyped: Int32Array = types
+        .iter()
+        .enumerate()
+        .map(|(row, t)| {
+            let marked = t == Some(TEXT_OID)
+                && json
+                    .get(&relations.value(row))
+                    .is_some_and(|columns| columns.contains(names.value(row)));
+            if marked { Some(JSON_OID) } else { t }
         })
         .collect();
-    let Some(index) = batch.schema().index_of("atttypid").ok() else {
-        return Err(shape("pg_attribute.atttypid"));
-    };
     let mut columns = batch.columns().to_vec();
     columns[index] = Arc::new(retyped);
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
@@ -208,8 +214,9 @@ mod tests {
             ],
         )
         .unwrap();
-        let json: HashSet<(i32, String)> = [(1, "data".to_owned()), (3, "data".to_owned())]
+        let json: JsonColumns = [(1, "data"), (3, "data")]
             .into_iter()
+            .map(|(oid, name)| (oid, HashSet::from([name.to_owned()])))
             .collect();
         let out = retype(batch, &json).unwrap();
         let types = out.column(2).as_primitive::<Int32Type>();
