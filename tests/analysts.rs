@@ -245,6 +245,48 @@ fn psql_browses_reports_sqlstates_and_cancels_with_ctrl_c() {
             "{listing}: {listed}"
         );
     }
+    // `\d+` lists storage and descriptions beside the columns (its query reads `ARRAY(SELECT …)`
+    // and the relation's options); the other listings answer, empty where strata has no such
+    // objects (roles, domains, operators, event triggers).
+    let detailed = psql_ok(&server, "x", &["-c", "\\d+ orders"]);
+    assert!(
+        detailed.contains("Storage") && detailed.contains("Description"),
+        "{detailed}"
+    );
+    let data = detailed
+        .lines()
+        .find(|l| l.trim_start().starts_with("data "))
+        .unwrap_or_default();
+    assert!(data.contains("| json"), "{detailed}");
+    // An `ARRAY(SELECT …)` over the catalog collects its rows in order, and no rows as `{}`.
+    let columns = psql_ok(
+        &server,
+        "x",
+        &[
+            "-Atc",
+            "SELECT ARRAY(SELECT a.attname FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid = c.oid ORDER BY a.attnum), \
+             ARRAY(SELECT a.attname FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid = c.oid AND a.attname = 'nope') \
+             FROM pg_catalog.pg_class c WHERE c.relname = 'orders'",
+        ],
+    );
+    assert_eq!(
+        columns.trim(),
+        "{partition,offset,time,key,id,type,data,version}|{}"
+    );
+    for (listing, heading) in [
+        ("\\du", "List of roles"),
+        ("\\dn+", "Access privileges"),
+        ("\\dD", "List of domains"),
+        ("\\do", "List of operators"),
+        ("\\dy", "List of event triggers"),
+        ("\\db", "pg_default"),
+        ("\\dF", "english"),
+    ] {
+        let listed = psql_ok(&server, "x", &["-c", listing]);
+        assert!(listed.contains(heading), "{listing}: {listed}");
+    }
     let databases = psql_ok(&server, "x", &["-c", "\\l"]);
     assert!(databases.contains("strata"), "{databases}");
     let schemas = psql_ok(&server, "x", &["-c", "\\dn"]);

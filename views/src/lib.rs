@@ -54,6 +54,8 @@ mod grouped_scan;
 mod listing;
 mod manage;
 pub mod materialized;
+mod pg_array;
+mod pg_columns;
 mod pg_functions;
 mod pg_json;
 mod pg_listing;

@@ -27,7 +27,8 @@ type JsonColumns = HashMap<i32, HashSet<String>>;
 const TEXT_OID: i32 = 25;
 const JSON_OID: i32 = 114;
 
-/// The `pg_catalog` schema: the library's tables, `pg_attribute` wrapped by [`Attributes`].
+/// The `pg_catalog` schema: the library's tables, `pg_attribute` wrapped by [`Attributes`], and
+/// the access-privilege columns psql reads as arrays ([`crate::pg_columns`]).
 #[derive(Debug)]
 pub(crate) struct PgCatalog {
     /// datafusion-pg-catalog's schema.
@@ -44,7 +45,7 @@ impl SchemaProvider for PgCatalog {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         let table = self.inner.table(name).await?;
-        Ok(match table {
+        let table: Option<Arc<dyn TableProvider>> = match table {
             Some(inner) if name.eq_ignore_ascii_case("pg_attribute") => {
                 Some(Arc::new(Attributes {
                     inner,
@@ -53,7 +54,8 @@ impl SchemaProvider for PgCatalog {
                 }))
             }
             other => other,
-        })
+        };
+        Ok(table.map(|t| crate::pg_columns::with_array_columns(name, t)))
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -145,7 +147,10 @@ impl TableProvider for Attributes {
 }
 
 /// Every row of `table`.
-async fn rows(table: &dyn TableProvider, state: &dyn Session) -> Result<Vec<RecordBatch>> {
+pub(crate) async fn rows(
+    table: &dyn TableProvider,
+    state: &dyn Session,
+) -> Result<Vec<RecordBatch>> {
     let plan = table.scan(state, None, &[], None).await?;
     collect(plan, state.task_ctx()).await
 }

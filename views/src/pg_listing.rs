@@ -1,7 +1,9 @@
-//! The functions psql's detailed listings call (`\dt+`, `\dv+`, `\l+`, `\dn+`, `\df`, `\dT`)
-//! that datafusion-pg-catalog does not register: sizes, which strata does not keep per relation
-//! or database (NULL, which psql shows as empty), `pg_size_pretty` itself, descriptions (strata
-//! has none: NULL), and the visibility of functions and types (all are visible: one schema).
+//! The functions psql's detailed listings call (`\dt+`, `\dv+`, `\d+`, `\l+`, `\dn+`, `\dT`,
+//! `\do`, `\dF`, `\db`) that datafusion-pg-catalog does not register: sizes, which strata does
+//! not keep per relation or database (NULL, which psql shows as empty), `pg_size_pretty` itself,
+//! descriptions of objects and columns (strata has none: NULL), tablespaces' locations, and the
+//! visibility of functions, types, operators and text-search objects (all are visible: one
+//! schema).
 
 use arrow::array::{Array, AsArray, StringArray};
 use arrow::datatypes::{DataType, Int64Type};
@@ -30,9 +32,11 @@ pub(crate) fn register(ctx: &SessionContext) {
         vec![TypeSignature::Exact(vec![DataType::Utf8]), oid()],
         ScalarValue::Int64(None),
     ));
+    // `pg_operator.oprcode` is the procedure's name here (a regproc's text), not its oid.
+    let described_by_name = || TypeSignature::Exact(vec![DataType::Utf8, DataType::Utf8]);
     ctx.register_udf(constant(
         "obj_description",
-        vec![described(), oid()],
+        vec![described(), described_by_name(), oid()],
         ScalarValue::Utf8(None),
     ));
     ctx.register_udf(constant(
@@ -40,7 +44,31 @@ pub(crate) fn register(ctx: &SessionContext) {
         vec![described()],
         ScalarValue::Utf8(None),
     ));
-    for name in ["pg_function_is_visible", "pg_type_is_visible"] {
+    ctx.register_udf(constant(
+        "col_description",
+        vec![TypeSignature::Exact(vec![DataType::Int64, DataType::Int64])],
+        ScalarValue::Utf8(None),
+    ));
+    // Where a tablespace's files are: PostgreSQL answers '' for its two built-in ones, the only
+    // ones pg_tablespace lists.
+    ctx.register_udf(constant(
+        "pg_tablespace_location",
+        vec![oid()],
+        ScalarValue::Utf8(Some(String::new())),
+    ));
+    for name in [
+        "pg_function_is_visible",
+        "pg_type_is_visible",
+        "pg_operator_is_visible",
+        "pg_opclass_is_visible",
+        "pg_opfamily_is_visible",
+        "pg_conversion_is_visible",
+        "pg_statistics_obj_is_visible",
+        "pg_ts_config_is_visible",
+        "pg_ts_dict_is_visible",
+        "pg_ts_parser_is_visible",
+        "pg_ts_template_is_visible",
+    ] {
         ctx.register_udf(constant(
             name,
             vec![oid()],

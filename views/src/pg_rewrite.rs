@@ -1,7 +1,8 @@
 //! Rewrites of the catalog queries PostgreSQL clients send, beyond datafusion-pg-catalog's, so
 //! that DataFusion plans them: aggregated (or hoisted) correlated subqueries, field access on
-//! composite values, procedures compared by name. Only statements that read the catalog get
-//! them (see [`crate::parse_postgres`]).
+//! composite values, procedures compared by name, `ARRAY(SELECT …)`
+//! ([`crate::pg_array`]). Only statements that read the catalog get them (see
+//! [`crate::parse_postgres`]).
 
 use datafusion::sql::sqlparser::ast::{Expr, Statement, Value};
 
@@ -16,9 +17,13 @@ pub(crate) fn catalog_rewrites(statement: &mut Statement) {
     };
     use std::ops::ControlFlow;
     let _ = visit_expressions_mut(statement, |expr| {
+        if let Some(array) = crate::pg_array::array_subquery(expr) {
+            *expr = array;
+            return ControlFlow::<()>::Continue(());
+        }
         if let Some(field) = field_of_call(expr) {
             *expr = field;
-            return ControlFlow::<()>::Continue(());
+            return ControlFlow::Continue(());
         }
         if let Some(compared) = proc_name_comparison(expr) {
             *expr = compared;
