@@ -394,6 +394,28 @@ fn tokens_grants_and_the_sandbox_hold_over_postgres_and_flight() {
         ),
         "ADBC Flight SQL and pyarrow.flight with a token",
     );
+    // A view's definition (psql's `\d+ VIEW`) reads as NULL to a token without a grant for the
+    // view's stream, as `SHOW VIEWS` leaves the view out for it.
+    psql_ok(
+        &server,
+        "ops-secret",
+        &[
+            "-c",
+            "CREATE MATERIALIZED VIEW pins AS SELECT key, count(*) AS n FROM secrets GROUP BY key",
+        ],
+    );
+    let definitions = "SELECT pg_get_viewdef('by_country') IS NOT NULL, \
+                       pg_get_viewdef(c.oid) IS NOT NULL \
+                       FROM pg_catalog.pg_class c WHERE c.relname = 'pins'";
+    let ops = psql_ok(&server, "ops-secret", &["-Atc", definitions]);
+    assert_eq!(ops.trim(), "t|t");
+    let analyst = psql_ok(&server, "analyst-secret", &["-Atc", definitions]);
+    assert_eq!(analyst.trim(), "t|f");
+    let described = psql_ok(&server, "analyst-secret", &["-c", "\\d+ by_country"]);
+    assert!(
+        described.contains("View definition:") && described.contains("GROUP BY"),
+        "{described}"
+    );
     let wrong = psql(&server, "not-a-token", &["-c", "SELECT 1"]);
     // psql shows no SQLSTATE for a failed connection (the scripts check 28P01 with asyncpg).
     assert!(

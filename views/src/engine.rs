@@ -480,6 +480,9 @@ impl SqlEngine {
         }
         check_read_only(&statement)?;
         let mut state = base.clone();
+        if std::ptr::eq(base, &self.pg_state) && crate::pg_viewdef::called(&statement) {
+            crate::pg_viewdef::register(&mut state, self.view_definitions(), access).await?;
+        }
         if let Some(after) = after {
             state.config_mut().set_extension(Arc::new(after));
         }

@@ -60,6 +60,7 @@ mod pg_functions;
 mod pg_json;
 mod pg_listing;
 mod pg_rewrite;
+mod pg_viewdef;
 mod placeholders;
 mod plan_cache;
 mod postgres;

@@ -44,10 +44,9 @@ pub struct ViewListing {
 }
 
 impl SqlEngine {
-    /// Every view with its size, progress and lag behind the log: the shared catalog's views
-    /// (each partition as its holder reports it), or this store's.
-    pub async fn view_listing(&self) -> Result<Vec<ViewListing>> {
-        let defs: Vec<(String, StreamName, String)> = match self.shared_views() {
+    /// Every view's name, stream and `SELECT`: the shared catalog's, or this store's.
+    pub(crate) fn view_definitions(&self) -> Vec<(String, StreamName, String)> {
+        match self.shared_views() {
             Some(catalog) => catalog
                 .borrow()
                 .values()
@@ -62,7 +61,13 @@ impl SqlEngine {
                     .collect(),
                 None => Vec::new(),
             },
-        };
+        }
+    }
+
+    /// Every view with its size, progress and lag behind the log: the shared catalog's views
+    /// (each partition as its holder reports it), or this store's.
+    pub async fn view_listing(&self) -> Result<Vec<ViewListing>> {
+        let defs = self.view_definitions();
         let mut out = Vec::new();
         for (name, stream, query) in defs {
             let (tables, s, n) = (self.tables.clone(), stream.clone(), name.clone());
