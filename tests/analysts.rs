@@ -283,6 +283,7 @@ fn psql_browses_reports_sqlstates_and_cancels_with_ctrl_c() {
         ("\\dy", "List of event triggers"),
         ("\\db", "pg_default"),
         ("\\dF", "english"),
+        ("\\df pg_catalog.concat", "VARIADIC"),
     ] {
         let listed = psql_ok(&server, "x", &["-c", listing]);
         assert!(listed.contains(heading), "{listing}: {listed}");

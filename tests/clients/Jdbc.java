@@ -62,6 +62,35 @@ public class Jdbc {
                 while (rs.next()) { }
             }
             check("getPrimaryKeys answers", true, "");
+            // What a database browser asks of a table and a schema beside its columns (DBeaver's
+            // references and indexes tabs, generic JDBC tools): empty is fine, an error is not.
+            try (ResultSet rs = meta.getImportedKeys(null, "public", "orders")) {
+                while (rs.next()) { }
+            }
+            try (ResultSet rs = meta.getExportedKeys(null, "public", "orders")) {
+                while (rs.next()) { }
+            }
+            try (ResultSet rs = meta.getCrossReference(null, "public", "orders", null, "public", "by_country")) {
+                while (rs.next()) { }
+            }
+            try (ResultSet rs = meta.getIndexInfo(null, "public", "orders", false, true)) {
+                while (rs.next()) { }
+            }
+            try (ResultSet rs = meta.getProcedures(null, "public", "%")) {
+                while (rs.next()) { }
+            }
+            int functions = 0;
+            try (ResultSet rs = meta.getFunctions(null, "pg_catalog", "concat")) {
+                while (rs.next()) functions++;
+            }
+            check("getFunctions lists pg_catalog.concat", functions == 1, functions);
+            try (ResultSet rs = meta.getSchemas()) {
+                while (rs.next()) { }
+            }
+            try (ResultSet rs = meta.getTypeInfo()) {
+                while (rs.next()) { }
+            }
+            check("keys, indexes, procedures, schemas and types answer", true, "");
             System.out.println("all JDBC checks passed");
         }
     }

@@ -480,8 +480,16 @@ impl SqlEngine {
         }
         check_read_only(&statement)?;
         let mut state = base.clone();
-        if std::ptr::eq(base, &self.pg_state) && crate::pg_viewdef::called(&statement) {
-            crate::pg_viewdef::register(&mut state, self.view_definitions(), access).await?;
+        if std::ptr::eq(base, &self.pg_state) {
+            // Catalog functions made for the query that calls them (what they answer depends on
+            // the caller's grants or is read from the catalog).
+            let text = statement.to_string().to_ascii_lowercase();
+            if crate::pg_viewdef::called(&text) {
+                crate::pg_viewdef::register(&mut state, self.view_definitions(), access).await?;
+            }
+            if crate::pg_procs::called(&text) {
+                crate::pg_procs::register(&mut state).await?;
+            }
         }
         if let Some(after) = after {
             state.config_mut().set_extension(Arc::new(after));

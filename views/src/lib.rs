@@ -59,6 +59,7 @@ mod pg_columns;
 mod pg_functions;
 mod pg_json;
 mod pg_listing;
+mod pg_procs;
 mod pg_rewrite;
 mod pg_viewdef;
 mod placeholders;

@@ -1,11 +1,17 @@
-//! Access-privilege and option columns of the catalog that psql's listings read and
-//! datafusion-pg-catalog lacks (`pg_class.relacl`, `pg_class.reloptions`) or types as text
-//! (`pg_namespace.nspacl`, `pg_attribute.attacl`, `pg_event_trigger.evttags`, which psql hands
-//! to `array_to_string` or `unnest`). Here they are `text[]`, as in PostgreSQL, and NULL in every
-//! row: strata keeps no PostgreSQL ACLs (its grants are its tokens' scopes) and no storage
-//! options, and NULL is what PostgreSQL shows for default privileges.
+//! Array columns of the catalog that clients index or hand to array functions, and that
+//! datafusion-pg-catalog lacks (`pg_class.relacl`, `pg_class.reloptions`) or types as text:
+//!
+//! - `text[]`, NULL in every row: the ACLs psql hands to `array_to_string`
+//!   (`pg_namespace.nspacl`, `pg_attribute.attacl`) and `pg_event_trigger.evttags`. strata keeps
+//!   no PostgreSQL ACLs (its grants are its tokens' scopes) and no storage options, and NULL is
+//!   what PostgreSQL shows for default privileges.
+//! - `int2[]`, parsed from the library's text (`[2, 20, 3]`, `1 2`): the column numbers of
+//!   constraints and indexes (`pg_constraint.conkey`/`confkey`, `pg_index.indkey`/`indoption`),
+//!   which pgjdbc's foreign-key and index listings subscript (`con.conkey[pos.n]`).
 
-use arrow::array::{RecordBatch, new_null_array};
+use arrow::array::{
+    AsArray, Int16Builder, ListArray, ListBuilder, RecordBatch, StringArray, new_null_array,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
@@ -16,19 +22,79 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use std::sync::Arc;
 
-/// The `text[]` columns of each catalog table, all NULL.
-const ARRAY_COLUMNS: &[(&str, &[&str])] = &[
-    ("pg_class", &["relacl", "reloptions"]),
-    ("pg_namespace", &["nspacl"]),
-    ("pg_attribute", &["attacl"]),
-    ("pg_event_trigger", &["evttags"]),
+/// The element type of an array column, and where its values come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Element {
+    /// `text[]`, NULL in every row.
+    Text,
+    /// `int2[]`, parsed from the library's text.
+    Int2,
+}
+
+/// The array columns of each catalog table.
+const ARRAY_COLUMNS: &[(&str, &[(&str, Element)])] = &[
+    (
+        "pg_class",
+        &[("relacl", Element::Text), ("reloptions", Element::Text)],
+    ),
+    ("pg_namespace", &[("nspacl", Element::Text)]),
+    ("pg_attribute", &[("attacl", Element::Text)]),
+    ("pg_event_trigger", &[("evttags", Element::Text)]),
+    (
+        "pg_constraint",
+        &[("conkey", Element::Int2), ("confkey", Element::Int2)],
+    ),
+    (
+        "pg_index",
+        &[("indkey", Element::Int2), ("indoption", Element::Int2)],
+    ),
 ];
 
-/// Whether `column` is one of the array columns above, NULL in every row of its table.
+impl Element {
+    fn array(self) -> DataType {
+        let element = match self {
+            Element::Text => DataType::Utf8,
+            Element::Int2 => DataType::Int16,
+        };
+        DataType::List(Arc::new(Field::new_list_field(element, true)))
+    }
+}
+
+/// Whether `column` is one of the `text[]` columns above, NULL in every row of its table.
 pub(crate) fn always_null(column: &str) -> bool {
-    ARRAY_COLUMNS
+    ARRAY_COLUMNS.iter().any(|(_, columns)| {
+        columns
+            .iter()
+            .any(|(c, e)| *e == Element::Text && c.eq_ignore_ascii_case(column))
+    })
+}
+
+/// `pg_settings` with a row for every setting strata knows (the library's lists one), as a
+/// fresh session has them: pgjdbc reads `max_index_keys` there before it lists foreign keys.
+/// The table's schema stays the library's; columns other than the name, the value and its
+/// source are NULL.
+pub(crate) fn settings(table: Arc<dyn TableProvider>) -> Result<Arc<dyn TableProvider>> {
+    use arrow::array::ArrayRef;
+    let schema = table.schema();
+    let rows = crate::postgres::default_settings();
+    let text = |f: fn(&(&'static str, &'static str)) -> Option<&'static str>| -> ArrayRef {
+        Arc::new(rows.iter().map(f).collect::<StringArray>())
+    };
+    let columns = schema
+        .fields()
         .iter()
-        .any(|(_, columns)| columns.iter().any(|c| c.eq_ignore_ascii_case(column)))
+        .map(|field| match field.name().as_str() {
+            "name" => text(|(name, _)| Some(*name)),
+            "setting" | "reset_val" => text(|(_, value)| Some(*value)),
+            "source" => text(|_| Some("default")),
+            _ => new_null_array(field.data_type(), rows.len()),
+        })
+        .collect();
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    Ok(Arc::new(datafusion::datasource::MemTable::try_new(
+        schema,
+        vec![vec![batch]],
+    )?))
 }
 
 /// `table` (catalog table `name`) with its array columns, if it has any.
@@ -43,20 +109,18 @@ pub(crate) fn with_array_columns(
         return table;
     };
     let inner = table.schema();
+    let element = |name: &str| columns.iter().find(|(c, _)| *c == name).map(|(_, e)| *e);
     let mut fields: Vec<Field> = inner
         .fields()
         .iter()
-        .map(|f| {
-            if columns.contains(&f.name().as_str()) {
-                Field::new(f.name(), text_array(), true)
-            } else {
-                f.as_ref().clone()
-            }
+        .map(|f| match element(f.name()) {
+            Some(e) => Field::new(f.name(), e.array(), true),
+            None => f.as_ref().clone(),
         })
         .collect();
-    for column in columns.iter() {
+    for (column, e) in columns.iter() {
         if inner.field_with_name(column).is_err() {
-            fields.push(Field::new(*column, text_array(), true));
+            fields.push(Field::new(*column, e.array(), true));
         }
     }
     Arc::new(WithArrays {
@@ -65,11 +129,30 @@ pub(crate) fn with_array_columns(
     })
 }
 
-fn text_array() -> DataType {
-    DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)))
+/// The `int2[]` of each of `text`'s values: numbers separated by commas or spaces, in brackets
+/// or braces or bare; NULL for a NULL or a value that does not read so.
+fn int2_arrays(text: &StringArray) -> ListArray {
+    let mut out = ListBuilder::new(Int16Builder::new());
+    for value in text.iter() {
+        let numbers = value.and_then(|v| {
+            v.trim_matches(|c| matches!(c, '[' | ']' | '{' | '}'))
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|n| !n.is_empty())
+                .map(|n| n.parse::<i16>().ok())
+                .collect::<Option<Vec<_>>>()
+        });
+        match numbers {
+            Some(numbers) => {
+                out.values().append_slice(&numbers);
+                out.append(true);
+            }
+            None => out.append(false),
+        }
+    }
+    out.finish()
 }
 
-/// A catalog table with NULL `text[]` columns replacing or following its own.
+/// A catalog table with array columns replacing or following its own.
 #[derive(Debug)]
 struct WithArrays {
     inner: Arc<dyn TableProvider>,
@@ -86,6 +169,12 @@ impl WithArrays {
             .iter()
             .map(|field| match own.index_of(field.name()) {
                 Ok(i) if own.field(i).data_type() == field.data_type() => batch.column(i).clone(),
+                Ok(i) if field.data_type() == &Element::Int2.array() => {
+                    match batch.column(i).as_string_opt::<i32>() {
+                        Some(text) => Arc::new(int2_arrays(text)),
+                        None => new_null_array(field.data_type(), batch.num_rows()),
+                    }
+                }
                 _ => new_null_array(field.data_type(), batch.num_rows()),
             })
             .collect();
@@ -128,6 +217,34 @@ mod tests {
     use arrow::array::{Array, Int32Array, StringArray};
     use datafusion::datasource::MemTable;
     use datafusion::prelude::SessionContext;
+
+    #[test]
+    fn column_numbers_read_as_int2_arrays() {
+        let text = StringArray::from(vec![
+            Some("[2, 20, 3]"),
+            Some("1 2"),
+            Some("{4,5}"),
+            Some(""),
+            None,
+            Some("x"),
+        ]);
+        let lists = int2_arrays(&text);
+        let row = |i: usize| {
+            lists.is_valid(i).then(|| {
+                lists
+                    .value(i)
+                    .as_primitive::<arrow::datatypes::Int16Type>()
+                    .values()
+                    .to_vec()
+            })
+        };
+        assert_eq!(row(0), Some(vec![2, 20, 3]));
+        assert_eq!(row(1), Some(vec![1, 2]));
+        assert_eq!(row(2), Some(vec![4, 5]));
+        assert_eq!(row(3), Some(vec![]));
+        assert_eq!(row(4), None);
+        assert_eq!(row(5), None);
+    }
 
     #[tokio::test]
     async fn acl_columns_are_null_text_arrays() {

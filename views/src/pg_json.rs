@@ -27,8 +27,9 @@ type JsonColumns = HashMap<i32, HashSet<String>>;
 const TEXT_OID: i32 = 25;
 const JSON_OID: i32 = 114;
 
-/// The `pg_catalog` schema: the library's tables, `pg_attribute` wrapped by [`Attributes`], and
-/// the access-privilege columns psql reads as arrays ([`crate::pg_columns`]).
+/// The `pg_catalog` schema: the library's tables, `pg_attribute` wrapped by [`Attributes`],
+/// `pg_settings` listing strata's settings, and the access-privilege columns psql reads as arrays
+/// ([`crate::pg_columns`]).
 #[derive(Debug)]
 pub(crate) struct PgCatalog {
     /// datafusion-pg-catalog's schema.
@@ -52,6 +53,9 @@ impl SchemaProvider for PgCatalog {
                     catalog: self.inner.clone(),
                     tables: self.tables.clone(),
                 }))
+            }
+            Some(inner) if name.eq_ignore_ascii_case("pg_settings") => {
+                Some(crate::pg_columns::settings(inner)?)
             }
             other => other,
         };

@@ -1,7 +1,8 @@
 //! The functions psql's detailed listings call (`\dt+`, `\dv+`, `\d+`, `\l+`, `\dn+`, `\dT`,
 //! `\do`, `\dF`, `\db`) that datafusion-pg-catalog does not register: sizes, which strata does
 //! not keep per relation or database (NULL, which psql shows as empty), `pg_size_pretty` itself,
-//! descriptions of objects and columns (strata has none: NULL), tablespaces' locations, and the
+//! descriptions of objects and columns (strata has none: NULL), index definitions (strata has no
+//! indexes: NULL, for pgjdbc's `getIndexInfo`), tablespaces' locations, and the
 //! visibility of functions, types, operators and text-search objects (all are visible: one
 //! schema).
 
@@ -42,6 +43,15 @@ pub(crate) fn register(ctx: &SessionContext) {
     ctx.register_udf(constant(
         "shobj_description",
         vec![described()],
+        ScalarValue::Utf8(None),
+    ));
+    // strata has no indexes (pg_index is empty), so no index has a definition.
+    ctx.register_udf(constant(
+        "pg_get_indexdef",
+        vec![
+            oid(),
+            TypeSignature::Exact(vec![DataType::Int64, DataType::Int64, DataType::Boolean]),
+        ],
         ScalarValue::Utf8(None),
     ));
     ctx.register_udf(constant(

@@ -1,7 +1,7 @@
 //! Rewrites of the catalog queries PostgreSQL clients send, beyond datafusion-pg-catalog's, so
 //! that DataFusion plans them: aggregated (or hoisted) correlated subqueries, field access on
 //! composite values, procedures compared by name, `ARRAY(SELECT …)`
-//! ([`crate::pg_array`]). Only statements that read the catalog get them (see
+//! ([`crate::pg_array`]), repeated unaliased literals in a select list. Only statements that read the catalog get them (see
 //! [`crate::parse_postgres`]).
 
 use datafusion::sql::sqlparser::ast::{Expr, Statement, Value};
@@ -70,6 +70,40 @@ pub(crate) fn catalog_rewrites(statement: &mut Statement) {
         }
         ControlFlow::Continue(())
     });
+    distinct_literal_names(statement);
+}
+
+/// Gives each unaliased literal of a select list that repeats an earlier one (pgjdbc's
+/// `getProcedures` selects `NULL, NULL, NULL`) a name of its own, `?column?N` after its
+/// position: PostgreSQL allows repeated column names, DataFusion refuses them.
+fn distinct_literal_names(statement: &mut Statement) {
+    use datafusion::sql::sqlparser::ast::{
+        Ident, Query, SelectItem, SetExpr, VisitMut, VisitorMut,
+    };
+    use std::collections::HashSet;
+    use std::ops::ControlFlow;
+    struct Literals;
+    impl VisitorMut for Literals {
+        type Break = ();
+        fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+            let SetExpr::Select(select) = query.body.as_mut() else {
+                return ControlFlow::Continue(());
+            };
+            let mut seen = HashSet::new();
+            for (position, item) in select.projection.iter_mut().enumerate() {
+                if let SelectItem::UnnamedExpr(expr @ Expr::Value(_)) = item
+                    && !seen.insert(expr.to_string())
+                {
+                    *item = SelectItem::ExprWithAlias {
+                        expr: expr.clone(),
+                        alias: Ident::with_quote('"', format!("?column?{}", position + 1)),
+                    };
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = statement.visit(&mut Literals);
 }
 
 /// `CASE WHEN c THEN (SELECT max(x) FROM pg_… WHERE w) [ELSE NULL] END` as

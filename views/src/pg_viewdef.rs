@@ -74,12 +74,9 @@ pub(crate) async fn register(
     Ok(())
 }
 
-/// Whether `statement` calls `pg_get_viewdef` (so that the function is made for it).
-pub(crate) fn called(statement: &impl std::fmt::Display) -> bool {
-    statement
-        .to_string()
-        .to_ascii_lowercase()
-        .contains("pg_get_viewdef")
+/// Whether `statement` (lowercase SQL) calls `pg_get_viewdef`.
+pub(crate) fn called(statement: &str) -> bool {
+    statement.contains("pg_get_viewdef")
 }
 
 /// `pg_get_viewdef` over the definitions one caller may read, by view name.

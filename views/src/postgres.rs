@@ -60,6 +60,11 @@ const SETTINGS: &[(&str, &str)] = &[
     ("lc_ctype", "C"),
 ];
 
+/// Every setting `current_setting()` knows, with its value in a fresh session (`pg_settings`).
+pub(crate) fn default_settings() -> &'static [(&'static str, &'static str)] {
+    SETTINGS
+}
+
 /// The value of setting `name` as a fresh session has it, if strata knows it.
 pub fn default_setting(name: &str) -> Option<&'static str> {
     let name = name.to_ascii_lowercase();

@@ -1,0 +1,199 @@
+//! `pg_get_function_result(oid)` and `pg_get_function_arguments(oid)`, which psql's `\df` and
+//! pgjdbc's `getFunctions` call for the functions `pg_proc` lists. Like `pg_get_viewdef`
+//! ([`crate::pg_viewdef`]), they are made for a query that calls them, from `pg_proc` and
+//! `pg_type` as the catalog has them then. Types are named as `format_type` names them, or by
+//! `pg_type.typname` where it does not know them (`record`, `anyarray`); arguments' defaults
+//! are not shown (the catalog keeps them as expression trees).
+
+use arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Int64Type};
+use datafusion::common::{DataFusionError, ScalarValue};
+use datafusion::execution::FunctionRegistry;
+use datafusion::execution::context::{SessionContext, SessionState};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Whether `statement` (lowercase SQL) calls one of the functions.
+pub(crate) fn called(statement: &str) -> bool {
+    statement.contains("pg_get_function_result") || statement.contains("pg_get_function_arguments")
+}
+
+/// Registers both functions on `state`, from its `pg_proc` and `pg_type`.
+///
+/// # Errors
+/// When the catalog cannot be read.
+pub(crate) async fn register(state: &mut SessionState) -> datafusion::error::Result<()> {
+    let ctx = SessionContext::new_with_state(state.clone());
+    let read = |sql: &'static str| {
+        let ctx = ctx.clone();
+        async move { ctx.sql(sql).await?.collect().await }
+    };
+    let mut types = HashMap::new();
+    for batch in
+        read("SELECT CAST(oid AS BIGINT), format_type(oid, NULL), typname FROM pg_catalog.pg_type")
+            .await?
+    {
+        let (oids, formatted, names) = (int64(&batch, 0)?, text(&batch, 1)?, text(&batch, 2)?);
+        for row in 0..batch.num_rows() {
+            let name = match formatted.is_valid(row) && !formatted.value(row).starts_with("oid(") {
+                true => formatted.value(row),
+                false => names.value(row),
+            };
+            types.insert(oids.value(row), name.to_owned());
+        }
+    }
+    let type_name = |oid: i64| {
+        types
+            .get(&oid)
+            .cloned()
+            .unwrap_or_else(|| format!("oid({oid})"))
+    };
+    let (mut results, mut arguments) = (BTreeMap::new(), BTreeMap::new());
+    for batch in read(
+        "SELECT CAST(oid AS BIGINT), proretset, CAST(prorettype AS BIGINT), proargtypes, \
+         proallargtypes, proargmodes, proargnames FROM pg_catalog.pg_proc",
+    )
+    .await?
+    {
+        let (oids, sets, returns) = (
+            int64(&batch, 0)?,
+            batch.column(1).as_boolean(),
+            int64(&batch, 2)?,
+        );
+        let texts = (3..7)
+            .map(|i| text(&batch, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let value = |c: usize, row: usize| texts[c].is_valid(row).then(|| texts[c].value(row));
+        for row in 0..batch.num_rows() {
+            let set = if sets.value(row) { "SETOF " } else { "" };
+            results.insert(
+                oids.value(row),
+                format!("{set}{}", type_name(returns.value(row))),
+            );
+            let (all, modes, names) = (value(1, row), value(2, row), value(3, row));
+            let types = list(all.or(value(0, row)).unwrap_or_default());
+            let modes = list(modes.unwrap_or_default());
+            let names = list(names.unwrap_or_default());
+            let described: Vec<String> = types
+                .iter()
+                .enumerate()
+                .map(|(i, oid)| {
+                    let mode = match modes.get(i).map(String::as_str) {
+                        Some("o") => "OUT ",
+                        Some("b") => "INOUT ",
+                        Some("v") => "VARIADIC ",
+                        Some("t") => "OUT ",
+                        _ => "",
+                    };
+                    let name = names.get(i).filter(|n| !n.is_empty());
+                    let oid = oid.parse::<i64>().unwrap_or(0);
+                    match name {
+                        Some(name) => format!("{mode}{name} {}", type_name(oid)),
+                        None => format!("{mode}{}", type_name(oid)),
+                    }
+                })
+                .collect();
+            arguments.insert(oids.value(row), described.join(", "));
+        }
+    }
+    for (name, texts) in [
+        ("pg_get_function_result", results),
+        ("pg_get_function_arguments", arguments),
+    ] {
+        state.register_udf(Arc::new(ScalarUDF::new_from_impl(ByOid {
+            name,
+            signature: Signature::exact(vec![DataType::Int64], Volatility::Stable),
+            texts,
+        })))?;
+    }
+    Ok(())
+}
+
+/// The items of a catalog list as the library writes them: `[2276]`, `['', 'x']`, `26 23`.
+fn list(text: &str) -> Vec<String> {
+    text.trim_matches(|c| matches!(c, '[' | ']' | '{' | '}'))
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|item| !item.is_empty())
+        .map(|item| item.trim_matches(|c| c == '\'' || c == '"').to_owned())
+        .collect()
+}
+
+fn int64(batch: &RecordBatch, i: usize) -> datafusion::error::Result<&arrow::array::Int64Array> {
+    batch
+        .column(i)
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| DataFusionError::Internal("pg_proc: unexpected column type".into()))
+}
+
+fn text(batch: &RecordBatch, i: usize) -> datafusion::error::Result<&StringArray> {
+    batch
+        .column(i)
+        .as_string_opt::<i32>()
+        .ok_or_else(|| DataFusionError::Internal("pg_proc: unexpected column type".into()))
+}
+
+/// A function of a procedure's OID: its text from `texts`, NULL for an OID not there.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ByOid {
+    name: &'static str,
+    signature: Signature,
+    texts: BTreeMap<i64, String>,
+}
+
+impl ScalarUDFImpl for ByOid {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        let text = |oid: i64| self.texts.get(&oid).cloned();
+        Ok(match args.args.first() {
+            Some(ColumnarValue::Scalar(ScalarValue::Int64(oid))) => {
+                ColumnarValue::Scalar(ScalarValue::Utf8(oid.and_then(text)))
+            }
+            Some(ColumnarValue::Array(oids)) => {
+                let oids = oids.as_primitive_opt::<Int64Type>().ok_or_else(|| {
+                    DataFusionError::Plan(format!("{} takes a function's oid", self.name))
+                })?;
+                let out: StringArray = (0..oids.len())
+                    .map(|i| oids.is_valid(i).then(|| text(oids.value(i))).flatten())
+                    .collect();
+                ColumnarValue::Array(Arc::new(out))
+            }
+            _ => {
+                return Err(DataFusionError::Plan(format!(
+                    "{} takes a function's oid",
+                    self.name
+                )));
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_lists_read_as_items() {
+        assert_eq!(list("[2276]"), ["2276"]);
+        assert_eq!(list("['', 'x', 'n']"), ["", "x", "n"]);
+        assert_eq!(list("26 23"), ["26", "23"]);
+        assert_eq!(list("['v']"), ["v"]);
+        assert!(list("").is_empty());
+    }
+}
