@@ -58,11 +58,11 @@ pub(crate) async fn register(state: &mut SessionState) -> datafusion::error::Res
     )
     .await?
     {
-        let (oids, sets, returns) = (
-            int64(&batch, 0)?,
-            batch.column(1).as_boolean(),
-            int64(&batch, 2)?,
-        );
+        let sets = batch
+            .column(1)
+            .as_boolean_opt()
+            .ok_or_else(|| DataFusionError::Internal("pg_proc: unexpected column type".into()))?;
+        let (oids, returns) = (int64(&batch, 0)?, int64(&batch, 2)?);
         let texts = (3..7)
             .map(|i| text(&batch, i))
             .collect::<Result<Vec<_>, _>>()?;

@@ -1,8 +1,8 @@
 //! Rewrites of the catalog queries PostgreSQL clients send, beyond datafusion-pg-catalog's, so
 //! that DataFusion plans them: aggregated (or hoisted) correlated subqueries, field access on
-//! composite values, procedures compared by name, `ARRAY(SELECT …)`
-//! ([`crate::pg_array`]), repeated unaliased literals in a select list. Only statements that read the catalog get them (see
-//! [`crate::parse_postgres`]).
+//! composite values, procedures compared by name, `ARRAY(SELECT …)` ([`crate::pg_array`]),
+//! repeated unaliased literals in a select list. Only statements that read the catalog get them
+//! (see [`crate::parse_postgres`]).
 
 use datafusion::sql::sqlparser::ast::{Expr, Statement, Value};
 
@@ -272,4 +272,28 @@ fn is_aggregate(expr: &Expr) -> bool {
             | "json_agg"
             | "jsonb_agg"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_literals_get_names_of_their_own() {
+        let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+        let mut statement = datafusion::sql::sqlparser::parser::Parser::parse_sql(
+            &dialect,
+            "SELECT NULL AS a, NULL, NULL, 1, 1, relname FROM pg_catalog.pg_class",
+        )
+        .unwrap()
+        .remove(0);
+        catalog_rewrites(&mut statement);
+        // The first of each stays as it was (an alias or DataFusion's name); the repeats, which
+        // DataFusion would refuse, are named after their positions.
+        assert_eq!(
+            statement.to_string(),
+            "SELECT NULL AS a, NULL, NULL AS \"?column?3\", 1, 1 AS \"?column?5\", relname \
+             FROM pg_catalog.pg_class"
+        );
+    }
 }
