@@ -288,6 +288,50 @@ fn psql_browses_reports_sqlstates_and_cancels_with_ctrl_c() {
         let listed = psql_ok(&server, "x", &["-c", listing]);
         assert!(listed.contains(heading), "{listing}: {listed}");
     }
+    // `\copy (query) to FILE` (COPY … TO STDOUT underneath): the query's rows, as HTTP answers
+    // them, in CSV with a header and in the text format (NULL as `\N`).
+    let query = "SELECT id, key, json_get_str(data, 'country') AS country, NULL AS nothing \
+                 FROM orders ORDER BY id LIMIT 5";
+    let expected = rows(&server, query);
+    let copies = tempfile::tempdir().unwrap();
+    let (csv_file, text_file) = (copies.path().join("out.csv"), copies.path().join("out.txt"));
+    let said = psql_ok(
+        &server,
+        "x",
+        &[
+            "-c",
+            &format!(
+                "\\copy ({query}) to '{}' with (format csv, header)",
+                csv_file.display()
+            ),
+            "-c",
+            &format!("\\copy ({query}) to '{}'", text_file.display()),
+        ],
+    );
+    assert_eq!(said.matches("COPY 5").count(), 2, "{said}");
+    let line = |row: &Value, sep: &str, null: &str| {
+        ["id", "key", "country"]
+            .iter()
+            .map(|c| row[c].as_str().unwrap_or_default().to_owned())
+            .chain([null.to_owned()])
+            .collect::<Vec<_>>()
+            .join(sep)
+    };
+    let mut csv = String::from("id,key,country,nothing\n");
+    let mut tsv = String::new();
+    for row in &expected {
+        csv.push_str(&format!("{}\n", line(row, ",", "")));
+        tsv.push_str(&format!("{}\n", line(row, "\t", "\\N")));
+    }
+    assert_eq!(std::fs::read_to_string(&csv_file).unwrap(), csv);
+    assert_eq!(std::fs::read_to_string(&text_file).unwrap(), tsv);
+    // COPY to a file on the server stays refused, as over HTTP.
+    let to_file = psql(
+        &server,
+        "x",
+        &["-c", "COPY (SELECT 1) TO '/tmp/strata-copy'"],
+    );
+    assert!(!to_file.status.success(), "{}", text(&to_file));
     let databases = psql_ok(&server, "x", &["-c", "\\l"]);
     assert!(databases.contains("strata"), "{databases}");
     let schemas = psql_ok(&server, "x", &["-c", "\\dn"]);

@@ -8,6 +8,7 @@
 //! and answering `SET`/`SHOW`/`BEGIN`… from the session's own settings; [`error`] maps the
 //! service's errors to SQLSTATEs in one place. Cancel requests stop the running query.
 
+mod copy;
 mod encode;
 mod error;
 mod params;

@@ -80,6 +80,13 @@ impl Handler {
                         .await?,
                 )
             }
+            PgStatement::CopyOut { sql, format: copy } => {
+                let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+                let rows = self
+                    .query(session, sql, params, &Format::UnifiedText, Some(options))
+                    .await?;
+                Response::CopyOut(super::copy::response(rows, copy))
+            }
             PgStatement::ViewDdl { sql, tag } => {
                 let response = self.query(session, sql, None, format, None).await?;
                 drain(response).await?;

@@ -77,6 +77,18 @@ def psycopg_checks():
         check("psycopg version()", version.startswith("PostgreSQL "), version)
         rows = conn.execute(GROUP).fetchall()
         check("psycopg simple GROUP BY", *same(rows, EXPECTED_GROUP, ["country", "n", "total"]))
+        # COPY … TO STDOUT, as psycopg's cursor.copy() reads it: the same rows, as text.
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY ({GROUP}) TO STDOUT") as copy:
+                copied = [tuple(row) for row in copy.rows()]
+        want = [(e["country"], str(e["n"])) for e in EXPECTED_GROUP]
+        check("psycopg COPY TO STDOUT", [c[:2] for c in copied] == want, (copied[:3], want[:3]))
+        totals = [float(c[2]) for c in copied]
+        check(
+            "psycopg COPY TO STDOUT floats",
+            all(abs(t - e["total"]) < 1e-6 * max(1, abs(e["total"])) for t, e in zip(totals, EXPECTED_GROUP)),
+            totals[:3],
+        )
         # Parameters ($1 as psycopg sends %s), server-side prepared, binary results.
         for prepare in (False, True):
             for binary in (False, True):

@@ -83,7 +83,9 @@ pub use filters::ScanBounds;
 pub use listing::{ViewListing, ViewPartitionLag};
 pub use manage::{Rebuild, RebuildEvent, RebuildProgress};
 pub use materialized::ViewPlan;
-pub use postgres::{PgStatement, SERVER_VERSION, default_setting, parse_postgres, version_string};
+pub use postgres::{
+    CopyFormat, PgStatement, SERVER_VERSION, default_setting, parse_postgres, version_string,
+};
 pub use source::{Batches, ShardSource, ViewAfter, ViewProgress, wait_stored};
 pub use table::{ReadAfter, ScanSpec, StreamScanExec, StreamTable};
 pub use view_table::{ViewScanExec, ViewTable};

@@ -19,7 +19,8 @@ use datafusion::execution::context::SessionContext;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::SessionConfig;
 use datafusion::sql::sqlparser::ast::{
-    CloseCursor, DiscardObject, Expr, ObjectName, Reset, Set, Statement, Value,
+    CloseCursor, CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget,
+    DiscardObject, Expr, ObjectName, Reset, Set, Statement, Value,
 };
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
@@ -137,6 +138,125 @@ pub enum PgStatement {
     /// `DEALLOCATE name` (`None`: `DEALLOCATE ALL`): a prepared statement of the extended protocol
     /// forgotten (psycopg sends `DEALLOCATE ALL` after a rollback).
     Deallocate(Option<String>),
+    /// `COPY (query) TO STDOUT` or `COPY table [(columns)] TO STDOUT` (psql's `\copy … to`): the
+    /// query's rows, planned and checked as any query, sent as COPY data.
+    CopyOut {
+        /// The query.
+        sql: String,
+        /// How the rows are written.
+        format: CopyFormat,
+    },
+}
+
+/// The text of `COPY … TO STDOUT`'s rows: PostgreSQL's text format (tab-separated, backslash
+/// escapes, `\N` for NULL) or CSV, with the options PostgreSQL gives them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyFormat {
+    /// CSV rather than text.
+    pub csv: bool,
+    /// A first line of column names.
+    pub header: bool,
+    /// Between values: tab (text) or comma (CSV) unless given.
+    pub delimiter: char,
+    /// How NULL is written: `\N` (text) or nothing (CSV) unless given.
+    pub null: String,
+}
+
+impl CopyFormat {
+    /// The format `options` ask for, or why they cannot be honoured.
+    fn of(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<Self> {
+        let unsupported = |what: &dyn std::fmt::Display| {
+            Error::Invalid(format!("COPY option {what} is not supported"))
+        };
+        let mut csv = false;
+        let (mut header, mut delimiter, mut null) = (None, None, None);
+        for option in options {
+            match option {
+                CopyOption::Format(name) => match name.value.to_ascii_lowercase().as_str() {
+                    "csv" => csv = true,
+                    "text" => csv = false,
+                    _ => return Err(unsupported(option)),
+                },
+                CopyOption::Header(h) => header = Some(*h),
+                CopyOption::Delimiter(d) => delimiter = Some(*d),
+                CopyOption::Null(n) => null = Some(n.clone()),
+                CopyOption::Encoding(e)
+                    if e.eq_ignore_ascii_case("utf8") || e.eq_ignore_ascii_case("utf-8") => {}
+                other => return Err(unsupported(other)),
+            }
+        }
+        for option in legacy {
+            match option {
+                CopyLegacyOption::Csv(more) => {
+                    csv = true;
+                    for o in more {
+                        match o {
+                            CopyLegacyCsvOption::Header => header = Some(true),
+                            other => return Err(unsupported(other)),
+                        }
+                    }
+                }
+                CopyLegacyOption::Header => header = Some(true),
+                CopyLegacyOption::Delimiter(d) => delimiter = Some(*d),
+                CopyLegacyOption::Null(n) => null = Some(n.clone()),
+                other => return Err(unsupported(other)),
+            }
+        }
+        let delimiter = delimiter.unwrap_or(if csv { ',' } else { '\t' });
+        if delimiter == '\n'
+            || delimiter == '\r'
+            || delimiter == '\\' && !csv
+            || delimiter == '"' && csv
+        {
+            return Err(Error::Invalid(format!(
+                "COPY delimiter cannot be {delimiter:?}"
+            )));
+        }
+        Ok(Self {
+            csv,
+            header: header.unwrap_or(false),
+            delimiter,
+            null: null.unwrap_or_else(|| if csv { String::new() } else { "\\N".into() }),
+        })
+    }
+}
+
+/// `COPY … TO STDOUT` as a query and a format; `None` for other `COPY` forms (from a client,
+/// to a server file or program), which the engine refuses as it does over HTTP.
+fn copy_out(statement: &Statement) -> Result<Option<PgStatement>> {
+    let Statement::Copy {
+        source,
+        to: true,
+        target: CopyTarget::Stdout,
+        options,
+        legacy_options,
+        ..
+    } = statement
+    else {
+        return Ok(None);
+    };
+    let sql = match source {
+        CopySource::Query(query) => query.to_string(),
+        CopySource::Table {
+            table_name,
+            columns,
+        } => {
+            let columns = if columns.is_empty() {
+                "*".to_owned()
+            } else {
+                columns
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            format!("SELECT {columns} FROM {table_name}")
+        }
+    };
+    Ok(Some(PgStatement::CopyOut {
+        sql,
+        format: CopyFormat::of(options, legacy_options)?,
+    }))
 }
 
 /// Parses what a client sent into statements.
@@ -247,6 +367,9 @@ fn sort(statement: Statement) -> Result<PgStatement> {
             Reset::ConfigurationParameter(name) => name.to_string().to_ascii_lowercase(),
         }),
         other => {
+            if let Some(copy) = copy_out(&other)? {
+                return Ok(copy);
+            }
             let sql = other.to_string();
             let parsed = datafusion::sql::parser::Statement::Statement(Box::new(other));
             match view_statement(&parsed)? {
@@ -320,6 +443,73 @@ fn value_text(expr: &Expr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_to_stdout_is_a_query_with_its_format() {
+        let copy = |sql: &str| parse_postgres(sql).map(|mut s| s.remove(0));
+        assert_eq!(
+            copy("COPY (SELECT key FROM orders) TO STDOUT WITH (FORMAT csv, HEADER)").unwrap(),
+            PgStatement::CopyOut {
+                sql: "SELECT key FROM orders".into(),
+                format: CopyFormat {
+                    csv: true,
+                    header: true,
+                    delimiter: ',',
+                    null: String::new(),
+                },
+            }
+        );
+        // psql's `\copy orders (key, id) to FILE csv header` and the text format's defaults.
+        assert_eq!(
+            copy("COPY orders (key, id) TO STDOUT csv header").unwrap(),
+            PgStatement::CopyOut {
+                sql: "SELECT key, id FROM orders".into(),
+                format: CopyFormat {
+                    csv: true,
+                    header: true,
+                    delimiter: ',',
+                    null: String::new(),
+                },
+            }
+        );
+        assert_eq!(
+            copy("COPY orders TO STDOUT (DELIMITER '|')").unwrap(),
+            PgStatement::CopyOut {
+                sql: "SELECT * FROM orders".into(),
+                format: CopyFormat {
+                    csv: false,
+                    header: false,
+                    delimiter: '|',
+                    null: "\\N".into(),
+                },
+            }
+        );
+        // Options strata does not honour are refused, not ignored; a server file stays the
+        // engine's to refuse.
+        assert!(matches!(
+            copy("COPY orders TO STDOUT (FORMAT binary)"),
+            Err(Error::Invalid(m)) if m.contains("FORMAT binary")
+        ));
+        assert!(matches!(
+            copy("COPY orders TO STDOUT (HEADER)").unwrap(),
+            PgStatement::CopyOut {
+                format: CopyFormat {
+                    csv: false,
+                    header: true,
+                    ..
+                },
+                ..
+            }
+        ));
+        assert!(matches!(
+            copy("COPY orders TO STDOUT (FORMAT csv, FORCE_QUOTE (key))"),
+            Err(Error::Invalid(m)) if m.contains("FORCE_QUOTE")
+        ));
+        assert!(matches!(
+            copy("COPY (SELECT 1) TO '/tmp/x.csv'").unwrap(),
+            PgStatement::Sql(_)
+        ));
+    }
 
     #[test]
     fn session_statements_are_sorted_from_queries() {
