@@ -16,7 +16,6 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::TableType;
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::Result;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
@@ -200,14 +199,8 @@ impl TableProvider for WithArrays {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         // As for pg_attribute's retyping: the rows are few, read whole; DataFusion filters above.
-        let batches = crate::pg_json::rows(self.inner.as_ref(), state)
-            .await?
-            .iter()
-            .map(|batch| self.widen(batch))
-            .collect::<Result<Vec<_>>>()?;
-        let exec: Arc<dyn ExecutionPlan> =
-            MemorySourceConfig::try_new_exec(&[batches], self.schema(), projection.cloned())?;
-        Ok(exec)
+        let batches = crate::pg_json::rows(self.inner.as_ref(), state).await?;
+        crate::pg_json::in_memory(batches, |b| self.widen(&b), self.schema(), projection)
     }
 }
 

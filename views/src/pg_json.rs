@@ -139,15 +139,27 @@ impl TableProvider for Attributes {
         // The catalog's rows are few (a row per column of each table): read them whole, retype,
         // and let DataFusion filter and limit above, as it would over the library's table.
         let json = self.json_columns(state).await?;
-        let batches = rows(self.inner.as_ref(), state)
-            .await?
-            .into_iter()
-            .map(|batch| retype(batch, &json))
-            .collect::<Result<Vec<_>>>()?;
-        let exec: Arc<dyn ExecutionPlan> =
-            MemorySourceConfig::try_new_exec(&[batches], self.schema(), projection.cloned())?;
-        Ok(exec)
+        let batches = rows(self.inner.as_ref(), state).await?;
+        in_memory(
+            batches,
+            |batch| retype(batch, &json),
+            self.schema(),
+            projection,
+        )
     }
+}
+
+/// `batches`, each mapped by `map`, as the scan of a table of `schema` (its `projection`).
+pub(crate) fn in_memory(
+    batches: Vec<RecordBatch>,
+    map: impl Fn(RecordBatch) -> Result<RecordBatch>,
+    schema: SchemaRef,
+    projection: Option<&Vec<usize>>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let batches = batches.into_iter().map(map).collect::<Result<Vec<_>>>()?;
+    let exec: Arc<dyn ExecutionPlan> =
+        MemorySourceConfig::try_new_exec(&[batches], schema, projection.cloned())?;
+    Ok(exec)
 }
 
 /// Every row of `table`.

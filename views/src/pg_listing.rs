@@ -14,6 +14,7 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
     Volatility, create_udf,
 };
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Registers the functions on the PostgreSQL session.
@@ -128,6 +129,66 @@ impl ScalarUDFImpl for Constant {
         _args: ScalarFunctionArgs,
     ) -> datafusion::error::Result<ColumnarValue> {
         Ok(ColumnarValue::Scalar(self.value.clone()))
+    }
+}
+
+/// A function of an OID or a name whose answers were read when it was made (for one query):
+/// its text from `by_oid` or `by_name`, NULL for a key not there.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Lookup {
+    pub(crate) name: &'static str,
+    pub(crate) signature: Signature,
+    pub(crate) by_oid: BTreeMap<i64, String>,
+    pub(crate) by_name: BTreeMap<String, String>,
+}
+
+impl ScalarUDFImpl for Lookup {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        let by_name = |name: &str| self.by_name.get(name).cloned();
+        let by_oid = |oid: i64| self.by_oid.get(&oid).cloned();
+        let wrong = || {
+            datafusion::error::DataFusionError::Plan(format!(
+                "{}: unexpected argument type",
+                self.name
+            ))
+        };
+        Ok(match args.args.first() {
+            Some(ColumnarValue::Scalar(ScalarValue::Utf8(name))) => {
+                ColumnarValue::Scalar(ScalarValue::Utf8(name.as_deref().and_then(by_name)))
+            }
+            Some(ColumnarValue::Scalar(ScalarValue::Int64(oid))) => {
+                ColumnarValue::Scalar(ScalarValue::Utf8(oid.and_then(by_oid)))
+            }
+            Some(ColumnarValue::Array(values)) => {
+                let out: StringArray = if let Some(names) = values.as_string_opt::<i32>() {
+                    (0..names.len())
+                        .map(|i| names.is_valid(i).then(|| by_name(names.value(i))).flatten())
+                        .collect()
+                } else {
+                    let oids = values.as_primitive_opt::<Int64Type>().ok_or_else(wrong)?;
+                    (0..oids.len())
+                        .map(|i| oids.is_valid(i).then(|| by_oid(oids.value(i))).flatten())
+                        .collect()
+                };
+                ColumnarValue::Array(Arc::new(out))
+            }
+            _ => return Err(wrong()),
+        })
     }
 }
 

@@ -5,14 +5,13 @@
 //! `pg_type.typname` where it does not know them (`record`, `anyarray`); arguments' defaults
 //! are not shown (the catalog keeps them as expression trees).
 
+use crate::pg_listing::Lookup;
 use arrow::array::{Array, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Int64Type};
-use datafusion::common::{DataFusionError, ScalarValue};
+use datafusion::common::DataFusionError;
 use datafusion::execution::FunctionRegistry;
 use datafusion::execution::context::{SessionContext, SessionState};
-use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
-};
+use datafusion::logical_expr::{ScalarUDF, Signature, Volatility};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -103,10 +102,11 @@ pub(crate) async fn register(state: &mut SessionState) -> datafusion::error::Res
         ("pg_get_function_result", results),
         ("pg_get_function_arguments", arguments),
     ] {
-        state.register_udf(Arc::new(ScalarUDF::new_from_impl(ByOid {
+        state.register_udf(Arc::new(ScalarUDF::new_from_impl(Lookup {
             name,
             signature: Signature::exact(vec![DataType::Int64], Volatility::Stable),
-            texts,
+            by_oid: texts,
+            by_name: BTreeMap::new(),
         })))?;
     }
     Ok(())
@@ -133,55 +133,6 @@ fn text(batch: &RecordBatch, i: usize) -> datafusion::error::Result<&StringArray
         .column(i)
         .as_string_opt::<i32>()
         .ok_or_else(|| DataFusionError::Internal("pg_proc: unexpected column type".into()))
-}
-
-/// A function of a procedure's OID: its text from `texts`, NULL for an OID not there.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct ByOid {
-    name: &'static str,
-    signature: Signature,
-    texts: BTreeMap<i64, String>,
-}
-
-impl ScalarUDFImpl for ByOid {
-    fn name(&self) -> &str {
-        self.name
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _args: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-
-    fn invoke_with_args(
-        &self,
-        args: ScalarFunctionArgs,
-    ) -> datafusion::error::Result<ColumnarValue> {
-        let text = |oid: i64| self.texts.get(&oid).cloned();
-        Ok(match args.args.first() {
-            Some(ColumnarValue::Scalar(ScalarValue::Int64(oid))) => {
-                ColumnarValue::Scalar(ScalarValue::Utf8(oid.and_then(text)))
-            }
-            Some(ColumnarValue::Array(oids)) => {
-                let oids = oids.as_primitive_opt::<Int64Type>().ok_or_else(|| {
-                    DataFusionError::Plan(format!("{} takes a function's oid", self.name))
-                })?;
-                let out: StringArray = (0..oids.len())
-                    .map(|i| oids.is_valid(i).then(|| text(oids.value(i))).flatten())
-                    .collect();
-                ColumnarValue::Array(Arc::new(out))
-            }
-            _ => {
-                return Err(DataFusionError::Plan(format!(
-                    "{} takes a function's oid",
-                    self.name
-                )));
-            }
-        })
-    }
 }
 
 #[cfg(test)]

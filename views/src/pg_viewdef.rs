@@ -6,15 +6,13 @@
 //! name.
 
 use crate::engine::Access;
-use arrow::array::{Array, AsArray, StringArray};
-use arrow::datatypes::{DataType, Int32Type, Int64Type};
-use datafusion::common::{DataFusionError, ScalarValue};
+use crate::pg_listing::Lookup;
+use arrow::array::AsArray;
+use arrow::datatypes::{DataType, Int32Type};
+use datafusion::common::DataFusionError;
 use datafusion::execution::FunctionRegistry;
 use datafusion::execution::context::{SessionContext, SessionState};
-use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
-    Volatility,
-};
+use datafusion::logical_expr::{ScalarUDF, Signature, TypeSignature, Volatility};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use strata_proto::StreamName;
@@ -53,23 +51,28 @@ pub(crate) async fn register(
             oids.insert(i64::from(oid.value(row)), name.value(row).to_owned());
         }
     }
-    let by_oid = |pretty: bool| {
+    let oid = |pretty: bool| {
         let mut args = vec![DataType::Int64];
         args.extend(pretty.then_some(DataType::Boolean));
         TypeSignature::Exact(args)
     };
-    let by_name = |pretty: bool| {
+    let name = |pretty: bool| {
         let mut args = vec![DataType::Utf8];
         args.extend(pretty.then_some(DataType::Boolean));
         TypeSignature::Exact(args)
     };
-    state.register_udf(Arc::new(ScalarUDF::new_from_impl(ViewDef {
+    let by_oid = oids
+        .into_iter()
+        .filter_map(|(oid, name)| defs.get(&name).map(|def| (oid, def.clone())))
+        .collect();
+    state.register_udf(Arc::new(ScalarUDF::new_from_impl(Lookup {
+        name: "pg_get_viewdef",
         signature: Signature::one_of(
-            vec![by_oid(false), by_oid(true), by_name(false), by_name(true)],
+            vec![oid(false), oid(true), name(false), name(true)],
             Volatility::Stable,
         ),
-        defs,
-        oids,
+        by_oid,
+        by_name: defs,
     })))?;
     Ok(())
 }
@@ -79,64 +82,10 @@ pub(crate) fn called(statement: &str) -> bool {
     statement.contains("pg_get_viewdef")
 }
 
-/// `pg_get_viewdef` over the definitions one caller may read, by view name.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct ViewDef {
-    signature: Signature,
-    /// Definitions by view name.
-    defs: BTreeMap<String, String>,
-    /// View names by OID.
-    oids: BTreeMap<i64, String>,
-}
-
-impl ScalarUDFImpl for ViewDef {
-    fn name(&self) -> &str {
-        "pg_get_viewdef"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _args: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-
-    fn invoke_with_args(
-        &self,
-        args: ScalarFunctionArgs,
-    ) -> datafusion::error::Result<ColumnarValue> {
-        let by_name = |name: &str| self.defs.get(name).cloned();
-        let by_oid = |oid: i64| self.oids.get(&oid).and_then(|name| by_name(name));
-        let wrong = || DataFusionError::Plan("pg_get_viewdef takes a view's oid or name".into());
-        Ok(match args.args.first() {
-            Some(ColumnarValue::Scalar(ScalarValue::Utf8(name))) => {
-                ColumnarValue::Scalar(ScalarValue::Utf8(name.as_deref().and_then(by_name)))
-            }
-            Some(ColumnarValue::Scalar(ScalarValue::Int64(oid))) => {
-                ColumnarValue::Scalar(ScalarValue::Utf8(oid.and_then(by_oid)))
-            }
-            Some(ColumnarValue::Array(values)) => {
-                let out: StringArray = if let Some(names) = values.as_string_opt::<i32>() {
-                    (0..names.len())
-                        .map(|i| names.is_valid(i).then(|| by_name(names.value(i))).flatten())
-                        .collect()
-                } else {
-                    let oids = values.as_primitive_opt::<Int64Type>().ok_or_else(wrong)?;
-                    (0..oids.len())
-                        .map(|i| oids.is_valid(i).then(|| by_oid(oids.value(i))).flatten())
-                        .collect()
-                };
-                ColumnarValue::Array(Arc::new(out))
-            }
-            _ => return Err(wrong()),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::Array;
 
     #[tokio::test]
     async fn a_definition_is_read_only_with_a_grant_for_its_stream() {

@@ -447,16 +447,17 @@ mod tests {
     #[test]
     fn copy_to_stdout_is_a_query_with_its_format() {
         let copy = |sql: &str| parse_postgres(sql).map(|mut s| s.remove(0));
+        let csv_with_header = CopyFormat {
+            csv: true,
+            header: true,
+            delimiter: ',',
+            null: String::new(),
+        };
         assert_eq!(
             copy("COPY (SELECT key FROM orders) TO STDOUT WITH (FORMAT csv, HEADER)").unwrap(),
             PgStatement::CopyOut {
                 sql: "SELECT key FROM orders".into(),
-                format: CopyFormat {
-                    csv: true,
-                    header: true,
-                    delimiter: ',',
-                    null: String::new(),
-                },
+                format: csv_with_header.clone(),
             }
         );
         // psql's `\copy orders (key, id) to FILE csv header` and the text format's defaults.
@@ -464,12 +465,7 @@ mod tests {
             copy("COPY orders (key, id) TO STDOUT csv header").unwrap(),
             PgStatement::CopyOut {
                 sql: "SELECT key, id FROM orders".into(),
-                format: CopyFormat {
-                    csv: true,
-                    header: true,
-                    delimiter: ',',
-                    null: String::new(),
-                },
+                format: csv_with_header,
             }
         );
         assert_eq!(
