@@ -402,7 +402,7 @@ impl SqlEngine {
                 }
             }
             let planned = self
-                .plan(base, statement, query.access, query.after)
+                .plan(base, query.sql, statement, query.access, query.after)
                 .await?;
             self.start(planned, query.access, query.params).await
         }
@@ -421,7 +421,7 @@ impl SqlEngine {
     /// As [`SqlEngine::run`] before it starts the query.
     pub async fn describe(&self, sql: &str, access: &Access, flavor: Flavor) -> Result<Described> {
         let (base, statement) = self.parse(sql, flavor)?;
-        match self.plan(base, statement, access, None).await? {
+        match self.plan(base, sql, statement, access, None).await? {
             Planned::View(ViewStatement::Show) => Ok(Described {
                 schema: crate::manage::show_views_schema(),
                 params: Vec::new(),
@@ -467,10 +467,12 @@ impl SqlEngine {
         Ok((base, base.sql_to_statement(sql, &dialect)?))
     }
 
-    /// `statement` planned in a session made from `base` (waiting for `after`) and checked.
+    /// `statement` (parsed from `sql`) planned in a session made from `base` (waiting for
+    /// `after`) and checked.
     async fn plan(
         &self,
         base: &SessionState,
+        sql: &str,
         statement: DfStatement,
         access: &Access,
         after: Option<ReadAfter>,
@@ -483,11 +485,10 @@ impl SqlEngine {
         if std::ptr::eq(base, &self.pg_state) {
             // Catalog functions made for the query that calls them (what they answer depends on
             // the caller's grants or is read from the catalog).
-            let text = statement.to_string().to_ascii_lowercase();
-            if crate::pg_viewdef::called(&text) {
+            if crate::pg_viewdef::called(sql) {
                 crate::pg_viewdef::register(&mut state, self.view_definitions(), access).await?;
             }
-            if crate::pg_procs::called(&text) {
+            if crate::pg_procs::called(sql) {
                 crate::pg_procs::register(&mut state).await?;
             }
         }

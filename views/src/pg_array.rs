@@ -10,12 +10,11 @@
 //! Both are wrapped in `coalesce(…, make_array())`: an `ARRAY` of no rows is an empty array,
 //! where `array_agg` over no rows (and unnest of a NULL array) is NULL.
 
+use crate::pg_rewrite::parse_expr as parse;
 use datafusion::sql::sqlparser::ast::{
     Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, OrderByKind, Query,
     Select, SelectItem, SetExpr, TableFactor, Value,
 };
-use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use datafusion::sql::sqlparser::parser::Parser;
 
 /// The rewrite of `expr` if it is an `ARRAY(SELECT …)` of one of the shapes above.
 pub(crate) fn array_subquery(expr: &Expr) -> Option<Expr> {
@@ -152,13 +151,6 @@ fn aggregated(query: &Query, element: &Expr) -> Option<Expr> {
         "array_agg({element}{order})"
     ))?)];
     parse(&format!("coalesce(({query}), make_array())"))
-}
-
-fn parse(sql: &str) -> Option<Expr> {
-    Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_expr())
-        .ok()
 }
 
 #[cfg(test)]

@@ -134,9 +134,8 @@ fn int2_arrays(text: &StringArray) -> ListArray {
     let mut out = ListBuilder::new(Int16Builder::new());
     for value in text.iter() {
         let numbers = value.and_then(|v| {
-            v.trim_matches(|c| matches!(c, '[' | ']' | '{' | '}'))
-                .split(|c: char| c == ',' || c.is_whitespace())
-                .filter(|n| !n.is_empty())
+            crate::pg_procs::list(v)
+                .into_iter()
                 .map(|n| n.parse::<i16>().ok())
                 .collect::<Option<Vec<_>>>()
         });

@@ -132,6 +132,13 @@ impl ScalarUDFImpl for Constant {
     }
 }
 
+/// Whether `sql` names `function`, in any case (the function is made only for such a query).
+pub(crate) fn mentions(sql: &str, function: &str) -> bool {
+    sql.as_bytes()
+        .windows(function.len())
+        .any(|w| w.eq_ignore_ascii_case(function.as_bytes()))
+}
+
 /// A function of an OID or a name whose answers were read when it was made (for one query):
 /// its text from `by_oid` or `by_name`, NULL for a key not there.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -236,6 +243,13 @@ fn pretty(bytes: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_function_is_mentioned_in_any_case() {
+        assert!(mentions("SELECT PG_GET_VIEWDEF(c.oid)", "pg_get_viewdef"));
+        assert!(!mentions("SELECT pg_get_expr(x)", "pg_get_viewdef"));
+        assert!(!mentions("", "pg_get_viewdef"));
+    }
 
     #[test]
     fn sizes_read_as_postgresql_writes_them() {

@@ -15,9 +15,9 @@ use datafusion::logical_expr::{ScalarUDF, Signature, Volatility};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-/// Whether `statement` (lowercase SQL) calls one of the functions.
-pub(crate) fn called(statement: &str) -> bool {
-    statement.contains("pg_get_function_result") || statement.contains("pg_get_function_arguments")
+/// Whether `sql` calls one of the functions.
+pub(crate) fn called(sql: &str) -> bool {
+    crate::pg_listing::mentions(sql, "pg_get_function_")
 }
 
 /// Registers both functions on `state`, from its `pg_proc` and `pg_type`.
@@ -80,7 +80,7 @@ pub(crate) async fn register(state: &mut SessionState) -> datafusion::error::Res
                 .iter()
                 .enumerate()
                 .map(|(i, oid)| {
-                    let mode = match modes.get(i).map(String::as_str) {
+                    let mode = match modes.get(i).copied() {
                         Some("o") => "OUT ",
                         Some("b") => "INOUT ",
                         Some("v") => "VARIADIC ",
@@ -112,12 +112,13 @@ pub(crate) async fn register(state: &mut SessionState) -> datafusion::error::Res
     Ok(())
 }
 
-/// The items of a catalog list as the library writes them: `[2276]`, `['', 'x']`, `26 23`.
-fn list(text: &str) -> Vec<String> {
+/// The items of a catalog list as the library writes them: `[2276]`, `['', 'x']`, `26 23`,
+/// `{1,2}` — in brackets or braces or bare, separated by commas or spaces, quotes taken off.
+pub(crate) fn list(text: &str) -> Vec<&str> {
     text.trim_matches(|c| matches!(c, '[' | ']' | '{' | '}'))
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|item| !item.is_empty())
-        .map(|item| item.trim_matches(|c| c == '\'' || c == '"').to_owned())
+        .map(|item| item.trim_matches(|c| c == '\'' || c == '"'))
         .collect()
 }
 

@@ -60,12 +60,7 @@ pub(crate) fn catalog_rewrites(statement: &mut Statement) {
         if is_aggregate(inner) {
             return ControlFlow::Continue(());
         }
-        let wrapped = datafusion::sql::sqlparser::parser::Parser::new(
-            &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
-        )
-        .try_with_sql(&format!("max({inner})"))
-        .and_then(|mut p| p.parse_expr());
-        if let Ok(wrapped) = wrapped {
+        if let Some(wrapped) = parse_expr(&format!("max({inner})")) {
             *inner = wrapped;
         }
         ControlFlow::Continue(())
@@ -182,13 +177,19 @@ fn field_of_call(expr: &Expr) -> Option<Expr> {
     ) {
         return None;
     }
-    datafusion::sql::sqlparser::parser::Parser::new(
-        &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
-    )
-    .try_with_sql(&format!(
+    parse_expr(&format!(
         "get_field({root}, '{}')",
         field.value.replace('\'', "''")
     ))
+}
+
+/// `sql` parsed as one expression in PostgreSQL's dialect: how the rewrites build what they put
+/// in place.
+pub(crate) fn parse_expr(sql: &str) -> Option<Expr> {
+    datafusion::sql::sqlparser::parser::Parser::new(
+        &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
+    )
+    .try_with_sql(sql)
     .and_then(|mut p| p.parse_expr())
     .ok()
 }

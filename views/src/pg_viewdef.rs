@@ -77,9 +77,9 @@ pub(crate) async fn register(
     Ok(())
 }
 
-/// Whether `statement` (lowercase SQL) calls `pg_get_viewdef`.
-pub(crate) fn called(statement: &str) -> bool {
-    statement.contains("pg_get_viewdef")
+/// Whether `sql` calls `pg_get_viewdef`.
+pub(crate) fn called(sql: &str) -> bool {
+    crate::pg_listing::mentions(sql, "pg_get_viewdef")
 }
 
 #[cfg(test)]
